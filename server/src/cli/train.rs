@@ -1,0 +1,73 @@
+//! `goodhart train --config run.toml [--output-dir DIR] [--resume]`
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use trainer::config::RunConfig;
+use trainer::metrics::{JsonlSink, MetricSink, Metrics};
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Run config, TOML or JSON (by extension), with TRL's key names.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where metrics.jsonl and checkpoint-<step>/ go.
+    #[arg(long, default_value = "runs/latest")]
+    pub output_dir: PathBuf,
+    /// Continue from the latest checkpoint in the output directory.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// metrics.jsonl plus a progress bar with ETA.
+struct CliSink {
+    jsonl: JsonlSink,
+    bar: ProgressBar,
+}
+
+impl MetricSink for CliSink {
+    fn log(&mut self, step: u64, metrics: &Metrics) -> trainer::Result<()> {
+        if let Some(loss) = metrics.get("loss") {
+            self.bar.set_message(format!("loss {loss:.4}"));
+        }
+        self.jsonl.log(step, metrics)
+    }
+
+    fn resumed_at(&mut self, step: u64) -> trainer::Result<()> {
+        self.bar.println(format!("resuming from step {step}"));
+        self.jsonl.resumed_at(step)
+    }
+
+    fn checkpoint_saved(&mut self, _step: u64, dir: &std::path::Path) -> trainer::Result<()> {
+        self.bar.println(format!("saved {}", dir.display()));
+        Ok(())
+    }
+
+    fn progress(&mut self, step: u64, total: u64) {
+        self.bar.set_length(total);
+        self.bar.set_position(step);
+    }
+}
+
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let cfg = RunConfig::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
+    std::fs::create_dir_all(&args.output_dir).with_context(|| format!("creating {}", args.output_dir.display()))?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {elapsed} < {eta}  {msg}")
+            .expect("valid progress template"),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut sink = CliSink { jsonl: JsonlSink::create(&args.output_dir.join("metrics.jsonl"))?, bar };
+    let outcome = trainer::train::train(&cfg, &args.output_dir, args.resume, &mut sink)?;
+    sink.bar.finish();
+    eprintln!(
+        "finished {} of {} steps; metrics in {}",
+        outcome.global_step,
+        outcome.total_steps,
+        args.output_dir.join("metrics.jsonl").display()
+    );
+    Ok(())
+}

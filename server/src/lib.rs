@@ -1,0 +1,3 @@
+//! Goodhart's application crate: the `goodhart` command line and (to come) the web server.
+
+pub mod cli;

@@ -1,0 +1,159 @@
+//! `checkpoint-<step>/`: an HF model directory (`config.json`, `model.safetensors`, the
+//! tokenizer files) that `transformers` loads as is, plus the trainer state needed to resume
+//! exactly: optimizer moments, reference weights, step, data cursor and the open metric window.
+//!
+//! A checkpoint is written under a temporary name and renamed into place, so a crash never
+//! leaves a half-written `checkpoint-<step>`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataCursor;
+use crate::error::{Error, Result};
+use crate::metrics::MetricWindow;
+use crate::model::{ModelConfig, ParamSet};
+use crate::optim::{AdamW, AdamWConfig};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const REFERENCE_FILE: &str = "reference.safetensors";
+
+/// Tokenizer and generation files copied from the source model directory when present.
+pub const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub global_step: u64,
+    pub data_cursor: DataCursor,
+    pub seed: u64,
+    pub metric_window: MetricWindow,
+    /// Whether `reference.safetensors` is present (only when the reference moves).
+    pub has_reference: bool,
+}
+
+/// What to write.
+#[derive(Debug)]
+pub struct CheckpointContents<'a> {
+    pub model_config: &'a ModelConfig,
+    pub policy: &'a ParamSet,
+    /// Only when it differs from the initial policy.
+    pub reference: Option<&'a ParamSet>,
+    pub optimizer: &'a AdamW,
+    pub state: &'a TrainerState,
+    /// Files to copy in beside the weights (tokenizer and friends).
+    pub side_files: &'a [PathBuf],
+}
+
+pub fn checkpoint_dir(output_dir: &Path, step: u64) -> PathBuf {
+    output_dir.join(format!("checkpoint-{step}"))
+}
+
+pub fn save(output_dir: &Path, c: &CheckpointContents<'_>) -> Result<PathBuf> {
+    let step = c.state.global_step;
+    let final_dir = checkpoint_dir(output_dir, step);
+    let tmp = output_dir.join(format!(".checkpoint-{step}.tmp-{}", std::process::id()));
+    let io = |p: &Path, e| Error::io(p, e);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    let config_json = serde_json::to_string_pretty(&c.model_config.to_hf_json()).expect("config serializes");
+    write(&tmp.join("config.json"), config_json.as_bytes())?;
+    c.policy.save_safetensors(&tmp.join(MODEL_FILE))?;
+    for src in c.side_files {
+        if let Some(name) = src.file_name() {
+            std::fs::copy(src, tmp.join(name)).map_err(|e| io(src, e))?;
+        }
+    }
+    let generation = tmp.join("generation_config.json");
+    if !generation.exists() {
+        let cfg = c.model_config;
+        let json = serde_json::json!({
+            "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
+        });
+        write(&generation, serde_json::to_string_pretty(&json).expect("json").as_bytes())?;
+    }
+    c.optimizer.save(c.policy.names(), &tmp.join(OPTIMIZER_FILE))?;
+    if let Some(reference) = c.reference {
+        reference.save_safetensors(&tmp.join(REFERENCE_FILE))?;
+    }
+    let state = serde_json::to_string_pretty(c.state).expect("state serializes");
+    write(&tmp.join(STATE_FILE), state.as_bytes())?;
+    if final_dir.exists() {
+        // A resumed run rewrites a step it already saved: swap, then drop the old copy.
+        let old = output_dir.join(format!(".checkpoint-{step}.old-{}", std::process::id()));
+        std::fs::rename(&final_dir, &old).map_err(|e| io(&final_dir, e))?;
+        std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+    } else {
+        std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
+    }
+    Ok(final_dir)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// The highest-step complete checkpoint in `output_dir`, if any.
+pub fn latest(output_dir: &Path) -> Result<Option<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(output_dir) else {
+        return Ok(None);
+    };
+    let mut best: Option<(u64, PathBuf)> = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(output_dir, e))?;
+        let name = entry.file_name();
+        let Some(step) = name.to_str().and_then(|n| n.strip_prefix("checkpoint-")).and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if entry.path().join(STATE_FILE).is_file() && best.as_ref().is_none_or(|(b, _)| step > *b) {
+            best = Some((step, entry.path()));
+        }
+    }
+    Ok(best.map(|(_, p)| p))
+}
+
+/// What a resumed run restores.
+#[derive(Debug)]
+pub struct Restored {
+    pub policy: ParamSet,
+    pub reference: Option<ParamSet>,
+    pub optimizer: AdamW,
+    pub state: TrainerState,
+}
+
+pub fn load(dir: &Path, cfg: &ModelConfig, adam: AdamWConfig, device: &Device) -> Result<Restored> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|source| Error::Json { path: state_path.clone(), source })?;
+    let policy = ParamSet::load_safetensors(&dir.join(MODEL_FILE), cfg, device)?;
+    let reference = if state.has_reference {
+        Some(ParamSet::load_safetensors(&dir.join(REFERENCE_FILE), cfg, device)?)
+    } else {
+        None
+    };
+    let optimizer = AdamW::load(policy.names(), adam, &dir.join(OPTIMIZER_FILE), device)?;
+    if optimizer.steps_taken() != state.global_step {
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!(
+                "optimizer is at step {} but the state says {}",
+                optimizer.steps_taken(),
+                state.global_step
+            ),
+        });
+    }
+    Ok(Restored { policy, reference, optimizer, state })
+}

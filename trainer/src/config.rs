@@ -1,0 +1,386 @@
+//! The run config: one struct, TRL's key names and defaults, every error reported by field.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// One invalid field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+
+    pub fn join(errors: &[FieldError]) -> String {
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.field, self.message)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LossType {
+    /// DPO: `-log σ(β Δ)`.
+    #[default]
+    Sigmoid,
+    /// IPO: `(Δ̄ - 1/(2β))²` on length-averaged log-probs.
+    Ipo,
+    /// KTO on unpaired `{prompt, completion, label}` data.
+    Kto,
+}
+
+impl LossType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sigmoid => "sigmoid",
+            Self::Ipo => "ipo",
+            Self::Kto => "kto",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedulerType {
+    Constant,
+    #[default]
+    Linear,
+    Cosine,
+}
+
+/// Everything a run needs. Keys are TRL's (`DPOConfig`/`KTOConfig`/`TrainingArguments`) where
+/// TRL has one, with TRL's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    // --- task, model, data
+    /// HF model directory: `config.json`, `model.safetensors` (or a sharded index) and `tokenizer.json`.
+    pub model_name_or_path: Option<PathBuf>,
+    /// Start from a seeded random init of the directory's `config.json` instead of its weights.
+    pub random_init: bool,
+    /// Standard deviation of the random init (transformers' `initializer_range`).
+    pub initializer_range: f64,
+    /// JSONL in TRL's format: `{prompt, chosen, rejected}`, or `{prompt, completion, label}` for KTO.
+    pub dataset_path: Option<PathBuf>,
+    /// Longest prompt + completion, in tokens; longer sequences keep their start.
+    pub max_length: Option<usize>,
+    /// Longest prompt, in tokens; longer prompts keep their end.
+    pub max_prompt_length: Option<usize>,
+
+    // --- method
+    pub loss_type: LossType,
+    pub beta: f64,
+    /// DPO's conservative label smoothing ε (`sigmoid` only).
+    pub label_smoothing: f64,
+    pub desirable_weight: f64,
+    pub undesirable_weight: f64,
+
+    // --- trust region
+    /// Move the reference during training (TR-DPO/TR-IPO/TR-KTO).
+    pub sync_ref_model: bool,
+    /// α in `θ_ref ← α θ + (1 − α) θ_ref`.
+    pub ref_model_mixup_alpha: f64,
+    /// τ: update the reference after every τ-th optimizer step.
+    pub ref_model_sync_steps: u64,
+
+    // --- optimization
+    pub learning_rate: f64,
+    /// Optimizer steps to run; when unset, `num_train_epochs` passes over the data.
+    pub max_steps: Option<u64>,
+    pub num_train_epochs: f64,
+    pub per_device_train_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    /// Clip gradients to this global norm; 0 disables clipping.
+    pub max_grad_norm: f64,
+    pub warmup_steps: u64,
+    pub lr_scheduler_type: LrSchedulerType,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub seed: u64,
+
+    // --- bookkeeping
+    pub logging_steps: u64,
+    /// Write `checkpoint-<step>/` every this many optimizer steps (and at the end); 0 = only at the end.
+    pub save_steps: u64,
+    pub eval_steps: Option<u64>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            model_name_or_path: None,
+            random_init: false,
+            initializer_range: 0.02,
+            dataset_path: None,
+            max_length: Some(1024),
+            max_prompt_length: None,
+            loss_type: LossType::Sigmoid,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.0,
+            sync_ref_model: false,
+            ref_model_mixup_alpha: 0.6,
+            ref_model_sync_steps: 512,
+            learning_rate: 1e-6,
+            max_steps: None,
+            num_train_epochs: 3.0,
+            per_device_train_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            max_grad_norm: 1.0,
+            warmup_steps: 0,
+            lr_scheduler_type: LrSchedulerType::Linear,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            seed: 42,
+            logging_steps: 1,
+            save_steps: 500,
+            eval_steps: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Parses a JSON object; a wrong type or unknown key is reported with the field's name.
+    pub fn from_json_value(value: Value) -> Result<Self, Vec<FieldError>> {
+        let config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let field =
+                if path == "." { unknown_field_name(&inner).unwrap_or_else(|| "(config)".into()) } else { path };
+            vec![FieldError::new(field, strip_position(&inner))]
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML or JSON text (`format` is a file extension: `toml` or `json`).
+    pub fn parse(text: &str, format: &str) -> Result<Self, Vec<FieldError>> {
+        let value: Value = match format {
+            "json" => serde_json::from_str(text)
+                .map_err(|e| vec![FieldError::new("(config)", format!("malformed JSON: {e}"))])?,
+            "toml" => {
+                let table: toml::Table = toml::from_str(text)
+                    .map_err(|e| vec![FieldError::new("(config)", format!("malformed TOML: {}", e.message()))])?;
+                serde_json::to_value(table)
+                    .map_err(|e| vec![FieldError::new("(config)", format!("malformed TOML: {e}"))])?
+            }
+            other => {
+                return Err(vec![FieldError::new(
+                    "(config)",
+                    format!("unknown config format {other:?}: use .toml or .json"),
+                )])
+            }
+        };
+        Self::from_json_value(value)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let format = path.extension().and_then(|e| e.to_str()).unwrap_or("toml");
+        Self::parse(&text, format).map_err(Error::Config)
+    }
+
+    /// Every problem at once, each naming its field and the allowed range.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut check = |ok: bool, field: &str, message: &str| {
+            if !ok {
+                errors.push(FieldError::new(field, message));
+            }
+        };
+        let finite = |v: f64| v.is_finite();
+        check(finite(self.beta) && self.beta > 0.0, "beta", "must be > 0");
+        check(finite(self.learning_rate) && self.learning_rate > 0.0, "learning_rate", "must be > 0");
+        check((0.0..=1.0).contains(&self.ref_model_mixup_alpha), "ref_model_mixup_alpha", "must be in [0, 1]");
+        check(self.ref_model_sync_steps >= 1, "ref_model_sync_steps", "must be >= 1");
+        check((0.0..0.5).contains(&self.label_smoothing), "label_smoothing", "must be in [0, 0.5)");
+        check(
+            self.label_smoothing == 0.0 || self.loss_type == LossType::Sigmoid,
+            "label_smoothing",
+            "only applies to loss_type \"sigmoid\"",
+        );
+        check(finite(self.desirable_weight) && self.desirable_weight > 0.0, "desirable_weight", "must be > 0");
+        check(finite(self.undesirable_weight) && self.undesirable_weight > 0.0, "undesirable_weight", "must be > 0");
+        check(self.max_steps != Some(0), "max_steps", "must be >= 1 (or unset to train num_train_epochs)");
+        check(
+            self.max_steps.is_some() || (finite(self.num_train_epochs) && self.num_train_epochs > 0.0),
+            "num_train_epochs",
+            "must be > 0",
+        );
+        check(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1");
+        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1");
+        check(
+            finite(self.max_grad_norm) && self.max_grad_norm >= 0.0,
+            "max_grad_norm",
+            "must be >= 0 (0 disables clipping)",
+        );
+        check(finite(self.weight_decay) && self.weight_decay >= 0.0, "weight_decay", "must be >= 0");
+        check((0.0..1.0).contains(&self.adam_beta1), "adam_beta1", "must be in [0, 1)");
+        check((0.0..1.0).contains(&self.adam_beta2), "adam_beta2", "must be in [0, 1)");
+        check(finite(self.adam_epsilon) && self.adam_epsilon > 0.0, "adam_epsilon", "must be > 0");
+        check(finite(self.initializer_range) && self.initializer_range > 0.0, "initializer_range", "must be > 0");
+        check(self.logging_steps >= 1, "logging_steps", "must be >= 1");
+        check(self.eval_steps != Some(0), "eval_steps", "must be >= 1 (or unset)");
+        check(self.max_length.is_none_or(|m| m >= 2), "max_length", "must be >= 2");
+        check(self.max_prompt_length.is_none_or(|m| m >= 1), "max_prompt_length", "must be >= 1");
+        check(
+            match (self.max_prompt_length, self.max_length) {
+                (Some(p), Some(m)) => p < m,
+                _ => true,
+            },
+            "max_prompt_length",
+            "must be < max_length",
+        );
+        match &self.model_name_or_path {
+            None => check(false, "model_name_or_path", "is required"),
+            Some(p) => check(
+                p.join("config.json").is_file(),
+                "model_name_or_path",
+                &format!("{} is not a model directory with a config.json", p.display()),
+            ),
+        }
+        match &self.dataset_path {
+            None => check(false, "dataset_path", "is required"),
+            Some(p) => check(p.is_file(), "dataset_path", &format!("{} does not exist", p.display())),
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The reference moves during training.
+    pub fn moves_reference(&self) -> bool {
+        self.sync_ref_model
+    }
+}
+
+/// serde's "unknown field `foo`, expected ..." names the key only inside the message.
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn fields(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    fn base() -> Value {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        json!({
+            "model_name_or_path": format!("{dir}/../../shared/reference/trl-parity/tiny-llama"),
+            "dataset_path": format!("{dir}/../../shared/reference/trl-parity/pairs.jsonl"),
+        })
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut v = base();
+        v[key] = value;
+        v
+    }
+
+    #[test]
+    fn a_minimal_config_gets_trl_defaults() {
+        let c = RunConfig::from_json_value(base()).unwrap();
+        assert_eq!(c.beta, 0.1);
+        assert_eq!(c.ref_model_mixup_alpha, 0.6);
+        assert_eq!(c.ref_model_sync_steps, 512);
+        assert_eq!(c.loss_type, LossType::Sigmoid);
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_field_and_range() {
+        for (key, value, needle) in [
+            ("ref_model_mixup_alpha", json!(1.5), "[0, 1]"),
+            ("ref_model_mixup_alpha", json!(-0.1), "[0, 1]"),
+            ("ref_model_sync_steps", json!(0), ">= 1"),
+            ("beta", json!(0.0), "> 0"),
+            ("beta", json!(-1.0), "> 0"),
+            ("learning_rate", json!(0.0), "> 0"),
+            ("per_device_train_batch_size", json!(0), ">= 1"),
+            ("max_steps", json!(0), ">= 1"),
+        ] {
+            let errors = RunConfig::from_json_value(with(key, value)).unwrap_err();
+            assert_eq!(fields(&errors), vec![key], "{key}");
+            assert!(errors[0].message.contains(needle), "{key}: {}", errors[0].message);
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let errors = RunConfig::from_json_value(with("betaa", json!(0.1))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["betaa"]);
+        assert!(errors[0].message.contains("unknown field"));
+    }
+
+    #[test]
+    fn a_wrong_type_is_named() {
+        let errors = RunConfig::from_json_value(with("beta", json!("high"))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["beta"]);
+        let errors = RunConfig::from_json_value(with("loss_type", json!("hinge"))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["loss_type"]);
+    }
+
+    #[test]
+    fn missing_paths_are_reported_together() {
+        let mut v = with("model_name_or_path", json!("/nonexistent/model"));
+        v["dataset_path"] = json!("/nonexistent/data.jsonl");
+        let errors = RunConfig::from_json_value(v).unwrap_err();
+        assert_eq!(fields(&errors), vec!["model_name_or_path", "dataset_path"]);
+    }
+
+    #[test]
+    fn toml_and_json_parse_to_the_same_config() {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let toml = format!(
+            "model_name_or_path = \"{dir}/../../shared/reference/trl-parity/tiny-llama\"\n\
+             dataset_path = \"{dir}/../../shared/reference/trl-parity/pairs.jsonl\"\n\
+             beta = 0.2\nsync_ref_model = true\nref_model_mixup_alpha = 0.5\nref_model_sync_steps = 4\n"
+        );
+        let mut json = base();
+        json["beta"] = json!(0.2);
+        json["sync_ref_model"] = json!(true);
+        json["ref_model_mixup_alpha"] = json!(0.5);
+        json["ref_model_sync_steps"] = json!(4);
+        assert_eq!(RunConfig::parse(&toml, "toml").unwrap(), RunConfig::from_json_value(json).unwrap());
+    }
+
+    #[test]
+    fn malformed_text_is_an_error_not_a_panic() {
+        assert!(RunConfig::parse("beta = = 1", "toml").is_err());
+        assert!(RunConfig::parse("{\"beta\": ", "json").is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! The trainer's one error type. Every fallible trainer function returns [`Result`].
+
+use std::path::PathBuf;
+
+use crate::config::FieldError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The run config is invalid; every offending field is listed.
+    #[error("invalid config: {}", FieldError::join(.0))]
+    Config(Vec<FieldError>),
+
+    /// A dataset line could not be used.
+    #[error("{path}:{line}: {message}")]
+    Data { path: PathBuf, line: usize, message: String },
+
+    /// A model directory or config.json that we cannot build a model from.
+    #[error("model: {0}")]
+    Model(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// Training produced a NaN or infinite value; the last good checkpoint is left intact.
+    #[error("non-finite {what} at step {step}: training stopped; the last good checkpoint is intact")]
+    NonFinite { step: u64, what: String },
+
+    /// A checkpoint or trainer state that cannot be resumed from.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+
+    #[error("{path}: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+
+    pub fn model(message: impl Into<String>) -> Self {
+        Self::Model(message.into())
+    }
+}

@@ -1,0 +1,18 @@
+//! Goodhart's trainer: turns a run config into metrics and checkpoints.
+//!
+//! A pure library: no async runtime, database or web framework. It reports through
+//! [`metrics::MetricSink`], so the CLI and the server share every line of training code.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod logps;
+pub mod loss;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod train;
+pub mod trust_region;
+
+pub use error::{Error, Result};

@@ -1,0 +1,188 @@
+//! AdamW with PyTorch/transformers semantics and moments we can checkpoint, global-norm
+//! gradient clipping, and transformers' learning-rate schedules.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+
+use crate::config::LrSchedulerType;
+use crate::error::{Error, Result};
+use crate::model::ParamSet;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// `torch.optim.AdamW`: decoupled weight decay, bias-corrected moments, `eps` outside the sqrt.
+#[derive(Debug)]
+pub struct AdamW {
+    cfg: AdamWConfig,
+    /// Optimizer steps taken so far.
+    step: u64,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+}
+
+impl AdamW {
+    pub fn new(params: &ParamSet, cfg: AdamWConfig) -> Result<Self> {
+        let zeros = || params.vars().iter().map(|v| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>();
+        Ok(Self { cfg, step: 0, exp_avg: zeros()?, exp_avg_sq: zeros()? })
+    }
+
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// One update of every variable with its gradient at learning rate `lr`.
+    pub fn step(&mut self, vars: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        self.step += 1;
+        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
+        let t = self.step as i32;
+        let bias_correction1 = 1.0 - beta1.powi(t);
+        let bias_correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let step_size = lr / bias_correction1;
+        for (((var, grad), m), v) in vars.iter().zip(grads).zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+            let mut p = var.as_tensor().detach();
+            if weight_decay != 0.0 {
+                p = (p * (1.0 - lr * weight_decay))?;
+            }
+            *m = ((&*m * beta1)? + (grad * (1.0 - beta1))?)?;
+            *v = ((&*v * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
+            let denom = ((v.sqrt()? / bias_correction2_sqrt)? + eps)?;
+            let update = ((&*m / denom)? * step_size)?;
+            var.set(&(p - update)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn save(&self, names: &[String], path: &Path) -> Result<()> {
+        let mut map: HashMap<String, Tensor> = HashMap::new();
+        for (name, (m, v)) in names.iter().zip(self.exp_avg.iter().zip(&self.exp_avg_sq)) {
+            map.insert(format!("exp_avg.{name}"), m.clone());
+            map.insert(format!("exp_avg_sq.{name}"), v.clone());
+        }
+        map.insert("step".into(), Tensor::new(&[self.step as f64], &Device::Cpu)?);
+        candle_core::safetensors::save(&map, path)?;
+        Ok(())
+    }
+
+    pub fn load(names: &[String], cfg: AdamWConfig, path: &Path, device: &Device) -> Result<Self> {
+        let mut map = candle_core::safetensors::load(path, device)?;
+        let missing = |what: &str| Error::Checkpoint { path: path.to_path_buf(), message: format!("missing `{what}`") };
+        let mut take = |key: String| map.remove(&key).ok_or_else(|| missing(&key));
+        let step = take("step".into())?.to_vec1::<f64>()?[0] as u64;
+        let mut exp_avg = Vec::with_capacity(names.len());
+        let mut exp_avg_sq = Vec::with_capacity(names.len());
+        for name in names {
+            exp_avg.push(take(format!("exp_avg.{name}"))?);
+            exp_avg_sq.push(take(format!("exp_avg_sq.{name}"))?);
+        }
+        Ok(Self { cfg, step, exp_avg, exp_avg_sq })
+    }
+}
+
+/// The global L2 norm of all gradients (reported before clipping, as TRL does).
+pub fn global_grad_norm(grads: &[Tensor]) -> Result<f64> {
+    let mut total = 0f64;
+    for g in grads {
+        total += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+    }
+    Ok(total.sqrt())
+}
+
+/// `torch.nn.utils.clip_grad_norm_`: scales every gradient by `max_norm / (norm + 1e-6)` when
+/// that is below 1. Returns the norm before clipping. `max_norm = 0` disables clipping.
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let norm = global_grad_norm(grads)?;
+    if max_norm > 0.0 {
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for g in grads.iter_mut() {
+                *g = (&*g * coef)?;
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// transformers' schedules; warmup is linear from 0 for every type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrSchedule {
+    pub kind: LrSchedulerType,
+    pub base_lr: f64,
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+}
+
+impl LrSchedule {
+    /// The learning rate after `steps_done` optimizer steps (the one the next step uses).
+    pub fn lr_at(&self, steps_done: u64) -> f64 {
+        let s = steps_done as f64;
+        let warmup = self.warmup_steps as f64;
+        if steps_done < self.warmup_steps {
+            return self.base_lr * s / warmup.max(1.0);
+        }
+        let span = (self.total_steps as f64 - warmup).max(1.0);
+        let progress = ((s - warmup) / span).clamp(0.0, 1.0);
+        let factor = match self.kind {
+            LrSchedulerType::Constant => 1.0,
+            LrSchedulerType::Linear => 1.0 - progress,
+            LrSchedulerType::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        };
+        self.base_lr * factor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(kind: LrSchedulerType) -> LrSchedule {
+        LrSchedule { kind, base_lr: 1.0, warmup_steps: 2, total_steps: 10 }
+    }
+
+    #[test]
+    fn schedules_warm_up_linearly_then_follow_their_shape() {
+        for kind in [LrSchedulerType::Constant, LrSchedulerType::Linear, LrSchedulerType::Cosine] {
+            let s = schedule(kind);
+            assert_eq!(s.lr_at(0), 0.0);
+            assert_eq!(s.lr_at(1), 0.5);
+            assert_eq!(s.lr_at(2), 1.0);
+        }
+        assert_eq!(schedule(LrSchedulerType::Constant).lr_at(9), 1.0);
+        assert!((schedule(LrSchedulerType::Linear).lr_at(6) - 0.5).abs() < 1e-12);
+        assert!((schedule(LrSchedulerType::Cosine).lr_at(6) - 0.5).abs() < 1e-12);
+        assert_eq!(schedule(LrSchedulerType::Linear).lr_at(10), 0.0);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_max_norm_and_reports_the_norm_before() {
+        let dev = Device::Cpu;
+        let mut grads = vec![Tensor::new(&[3f32, 0.0], &dev).unwrap(), Tensor::new(&[4f32], &dev).unwrap()];
+        let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-6);
+        assert!((global_grad_norm(&grads).unwrap() - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn adamw_first_step_moves_each_weight_by_lr_against_the_gradient_sign() {
+        let dev = Device::Cpu;
+        let var = Var::new(&[1f32, -1.0, 0.5], &dev).unwrap();
+        let grad = Tensor::new(&[0.3f32, -2.0, 0.0], &dev).unwrap();
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut opt = AdamW {
+            cfg,
+            step: 0,
+            exp_avg: vec![var.zeros_like().unwrap()],
+            exp_avg_sq: vec![var.zeros_like().unwrap()],
+        };
+        opt.step(std::slice::from_ref(&var), &[grad], 0.01).unwrap();
+        let v: Vec<f32> = var.as_tensor().to_vec1().unwrap();
+        assert!((v[0] - 0.99).abs() < 1e-6 && (v[1] + 0.99).abs() < 1e-6 && v[2] == 0.5);
+    }
+}

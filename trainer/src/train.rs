@@ -1,0 +1,304 @@
+//! THE training loop, readable top to bottom: one config in, metrics and checkpoints out.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::checkpoint::{self, CheckpointContents, TrainerState};
+use crate::config::{LossType, RunConfig};
+use crate::data::{self, Batch, BatchSampler, DataCursor, Dataset, PairedExample, TextTokenizer, UnpairedExample};
+use crate::error::{Error, Result};
+use crate::logps::sequence_logps;
+use crate::loss::{self, LossOutput, Pair};
+use crate::metrics::{MetricSink, MetricWindow, Metrics};
+use crate::model::{CausalLm, ModelConfig, ParamSet};
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::trust_region::TrustRegion;
+
+/// The examples a run trains on, already in the shape its loss needs.
+#[derive(Debug, Clone)]
+pub enum TrainData {
+    Paired(Vec<PairedExample>),
+    Unpaired(Vec<UnpairedExample>),
+}
+
+impl TrainData {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Paired(v) => v.len(),
+            Self::Unpaired(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// KTO trains on unpaired examples (pairs are split); DPO and IPO need pairs.
+    pub fn for_loss(dataset: Dataset, cfg: &RunConfig) -> Result<Self> {
+        match (cfg.loss_type, dataset) {
+            (LossType::Kto, d) => {
+                let mut examples = d.into_unpaired();
+                data::assign_mismatched_completions(&mut examples, cfg.per_device_train_batch_size);
+                Ok(Self::Unpaired(examples))
+            }
+            (_, Dataset::Paired(p)) => Ok(Self::Paired(p)),
+            (other, Dataset::Unpaired(_)) => Err(Error::Config(vec![crate::config::FieldError::new(
+                "loss_type",
+                format!(
+                    "{:?} needs paired {{prompt, chosen, rejected}} data; the dataset is unpaired (use \"kto\")",
+                    other.as_str()
+                ),
+            )])),
+        }
+    }
+}
+
+/// Everything loaded before the first step: the architecture, the initial policy, the data.
+#[derive(Debug)]
+pub struct Setup {
+    pub model: CausalLm,
+    pub initial: ParamSet,
+    pub data: TrainData,
+    pub pad_token_id: u32,
+    /// Copied into every checkpoint (tokenizer files).
+    pub side_files: Vec<PathBuf>,
+}
+
+impl Setup {
+    /// An HF model directory and a JSONL dataset, as named by the config.
+    pub fn from_config(cfg: &RunConfig, device: &Device) -> Result<Self> {
+        cfg.validate().map_err(Error::Config)?;
+        let dir = cfg.model_name_or_path.as_deref().expect("validated: model_name_or_path is set");
+        let model_config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let initial = if cfg.random_init {
+            ParamSet::random(&model_config, cfg.seed, cfg.initializer_range, device)?
+        } else {
+            ParamSet::load_hf_dir(dir, &model_config, device)?
+        };
+        let tokenizer = TextTokenizer::from_dir(dir, model_config.eos_token_id, model_config.pad_token_id)?;
+        let dataset_path = cfg.dataset_path.as_deref().expect("validated: dataset_path is set");
+        let dataset = data::load_jsonl(dataset_path, &tokenizer, cfg.max_length, cfg.max_prompt_length)?;
+        let side_files = checkpoint::SIDE_FILES.iter().map(|f| dir.join(f)).filter(|p| p.is_file()).collect();
+        Ok(Self {
+            model: CausalLm::new(model_config, device),
+            initial,
+            data: TrainData::for_loss(dataset, cfg)?,
+            pad_token_id: tokenizer.pad_token_id,
+            side_files,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    pub global_step: u64,
+    pub total_steps: u64,
+    /// The sink asked to stop before the last step; a checkpoint was written.
+    pub stopped_early: bool,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Optimizer steps a run takes: `max_steps`, or `num_train_epochs` as transformers counts them.
+pub fn total_steps(cfg: &RunConfig, examples: usize) -> u64 {
+    cfg.max_steps.unwrap_or_else(|| {
+        let batches = examples.div_ceil(cfg.per_device_train_batch_size);
+        let updates_per_epoch = (batches / cfg.gradient_accumulation_steps).max(1);
+        (cfg.num_train_epochs * updates_per_epoch as f64).ceil() as u64
+    })
+}
+
+/// Loads what the config names and trains. With `resume`, continues from the latest
+/// checkpoint in `output_dir` (or starts fresh if there is none).
+pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn MetricSink) -> Result<TrainOutcome> {
+    let setup = Setup::from_config(cfg, &Device::Cpu)?;
+    train_with(cfg, &setup, output_dir, resume, sink)
+}
+
+/// The loop itself, on an already loaded [`Setup`].
+pub fn train_with(
+    cfg: &RunConfig,
+    setup: &Setup,
+    output_dir: &Path,
+    resume: bool,
+    sink: &mut dyn MetricSink,
+) -> Result<TrainOutcome> {
+    let device = setup.model.device().clone();
+    let adam = AdamWConfig {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_epsilon,
+        weight_decay: cfg.weight_decay,
+    };
+    let total = total_steps(cfg, setup.data.len());
+    let schedule = LrSchedule {
+        kind: cfg.lr_scheduler_type,
+        base_lr: cfg.learning_rate,
+        warmup_steps: cfg.warmup_steps,
+        total_steps: total,
+    };
+    let trust_region = cfg
+        .sync_ref_model
+        .then_some(TrustRegion { mixup_alpha: cfg.ref_model_mixup_alpha, sync_steps: cfg.ref_model_sync_steps });
+    std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
+
+    // Fresh start, or everything a checkpoint holds. Without trust-region updates the reference
+    // never moves, so the initial policy serves as the reference and no copy is kept.
+    let resume_from = if resume { checkpoint::latest(output_dir)? } else { None };
+    let (policy, moving_reference, mut optimizer, mut state) = match resume_from {
+        Some(dir) => {
+            let r = checkpoint::load(&dir, &setup.model.config, adam, &device)?;
+            if trust_region.is_some() != r.reference.is_some() {
+                return Err(Error::Checkpoint {
+                    path: dir,
+                    message: "sync_ref_model differs from the run that wrote this checkpoint".into(),
+                });
+            }
+            sink.resumed_at(r.state.global_step)?;
+            (r.policy, r.reference, r.optimizer, r.state)
+        }
+        None => {
+            let policy = setup.initial.deep_clone()?;
+            let reference = trust_region.map(|_| setup.initial.deep_clone()).transpose()?;
+            let optimizer = AdamW::new(&policy, adam)?;
+            let state = TrainerState {
+                global_step: 0,
+                data_cursor: DataCursor::default(),
+                seed: cfg.seed,
+                metric_window: MetricWindow::default(),
+                has_reference: reference.is_some(),
+            };
+            (policy, reference, optimizer, state)
+        }
+    };
+    let reference = moving_reference.as_ref().unwrap_or(&setup.initial);
+    let mut sampler = BatchSampler::new(setup.data.len(), cfg.per_device_train_batch_size, cfg.seed, state.data_cursor);
+    let mut last_checkpoint = None;
+    let save = |state: &TrainerState, optimizer: &AdamW, sink: &mut dyn MetricSink| -> Result<PathBuf> {
+        let dir = checkpoint::save(
+            output_dir,
+            &CheckpointContents {
+                model_config: &setup.model.config,
+                policy: &policy,
+                reference: moving_reference.as_ref(),
+                optimizer,
+                state,
+                side_files: &setup.side_files,
+            },
+        )?;
+        sink.checkpoint_saved(state.global_step, &dir)?;
+        Ok(dir)
+    };
+
+    while state.global_step < total {
+        if sink.should_stop() {
+            state.data_cursor = sampler.cursor();
+            let dir = save(&state, &optimizer, sink)?;
+            return Ok(TrainOutcome {
+                global_step: state.global_step,
+                total_steps: total,
+                stopped_early: true,
+                last_checkpoint: Some(dir),
+            });
+        }
+        let step = state.global_step + 1;
+
+        // Forward and backward over the micro-batches, gradients summed.
+        let mut grads: Vec<Tensor> =
+            policy.vars().iter().map(|v| v.zeros_like()).collect::<candle_core::Result<_>>()?;
+        for _ in 0..cfg.gradient_accumulation_steps {
+            let indices = sampler.next_batch();
+            let out = micro_batch_loss(cfg, setup, &policy, reference, &indices)?;
+            for (name, value) in &out.metrics {
+                if !value.is_finite() {
+                    return Err(Error::NonFinite { step, what: (*name).to_string() });
+                }
+                state.metric_window.add(name, *value);
+            }
+            let scaled = (out.loss / cfg.gradient_accumulation_steps as f64)?;
+            let store = scaled.backward()?;
+            for (acc, var) in grads.iter_mut().zip(policy.vars()) {
+                if let Some(g) = store.get(var.as_tensor()) {
+                    *acc = (&*acc + g)?;
+                }
+            }
+        }
+        let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFinite { step, what: "grad_norm".into() });
+        }
+
+        // Optimizer step, then the trust-region reference update (TRL's callback order).
+        optimizer.step(policy.vars(), &grads, schedule.lr_at(state.global_step))?;
+        state.global_step = step;
+        state.data_cursor = sampler.cursor();
+        if let (Some(tr), Some(reference)) = (trust_region, moving_reference.as_ref()) {
+            tr.maybe_update(step, &policy, reference)?;
+        }
+        sink.progress(step, total);
+
+        if step % cfg.logging_steps == 0 || step == total {
+            let mut metrics: Metrics = state.metric_window.drain();
+            metrics.insert("grad_norm".into(), grad_norm);
+            // transformers logs the scheduler's rate after its step: the one the next step uses.
+            metrics.insert("learning_rate".into(), schedule.lr_at(step));
+            let cursor = sampler.cursor();
+            metrics.insert("epoch".into(), cursor.epoch as f64 + cursor.offset as f64 / setup.data.len() as f64);
+            sink.log(step, &metrics)?;
+        }
+        if (cfg.save_steps > 0 && step % cfg.save_steps == 0) || step == total {
+            last_checkpoint = Some(save(&state, &optimizer, sink)?);
+        }
+    }
+    Ok(TrainOutcome {
+        global_step: state.global_step,
+        total_steps: total,
+        stopped_early: false,
+        last_checkpoint: last_checkpoint.or(checkpoint::latest(output_dir)?),
+    })
+}
+
+/// One micro-batch through the policy (with gradients) and the reference (without), then the
+/// configured loss as a pure function of their log-probs.
+fn micro_batch_loss(
+    cfg: &RunConfig,
+    setup: &Setup,
+    policy: &ParamSet,
+    reference: &ParamSet,
+    indices: &[usize],
+) -> Result<LossOutput> {
+    let model = &setup.model;
+    let pad = setup.pad_token_id;
+    match &setup.data {
+        TrainData::Paired(examples) => {
+            let picked: Vec<&PairedExample> = indices.iter().map(|&i| &examples[i]).collect();
+            let Batch::Paired(rows) = data::collate_paired(&picked, pad) else { unreachable!("paired collation") };
+            let n = picked.len();
+            let pol = sequence_logps(model, &policy.trainable(), &rows)?;
+            let refl = sequence_logps(model, &reference.frozen(), &rows)?;
+            let split =
+                |v: &Tensor| -> Result<Pair> { Ok(Pair { chosen: v.narrow(0, 0, n)?, rejected: v.narrow(0, n, n)? }) };
+            let (pol, refl) = (split(&pol.sums)?, split(&refl.sums)?);
+            match cfg.loss_type {
+                LossType::Ipo => {
+                    let counts = Tensor::new(rows.completion_token_counts(), model.device())?;
+                    loss::ipo_loss(&pol, &refl, &split(&counts)?, cfg.beta)
+                }
+                _ => loss::dpo_loss(&pol, &refl, cfg.beta, cfg.label_smoothing),
+            }
+        }
+        TrainData::Unpaired(examples) => {
+            let picked: Vec<&UnpairedExample> = indices.iter().map(|&i| &examples[i]).collect();
+            let Batch::Unpaired { rows, labels, kl_rows } = data::collate_unpaired(&picked, pad) else {
+                unreachable!("unpaired collation")
+            };
+            let pol = sequence_logps(model, &policy.trainable(), &rows)?;
+            let refl = sequence_logps(model, &reference.frozen(), &rows)?;
+            // z₀ is detached in TRL: the mismatched pairs go through the policy without gradients.
+            let pol_kl = sequence_logps(model, &policy.frozen(), &kl_rows)?;
+            let ref_kl = sequence_logps(model, &reference.frozen(), &kl_rows)?;
+            let z0 = loss::kto_z0(&pol_kl.sums, &ref_kl.sums)?;
+            loss::kto_loss(&pol.sums, &refl.sums, &labels, z0, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
+        }
+    }
+}
