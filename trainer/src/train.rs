@@ -67,7 +67,11 @@ pub struct Setup {
 
 impl Setup {
     /// An HF model directory and a JSONL dataset, as named by the config.
+    /// A toy `task` builds its model, π_init and data in code instead (see [`crate::tasks`]).
     pub fn from_config(cfg: &RunConfig, device: &Device) -> Result<Self> {
+        if cfg.task.is_toy() {
+            return Ok(crate::tasks::build(cfg, device)?.setup);
+        }
         cfg.validate().map_err(Error::Config)?;
         let dir = cfg.model_name_or_path.as_deref().expect("validated: model_name_or_path is set");
         let model_config = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -90,6 +94,23 @@ impl Setup {
     }
 }
 
+/// Measures the policy during training (`eval/*` metrics): at step 0 of a fresh run, every
+/// `eval_steps`, and at the last step. Toy tasks compute exact or Monte Carlo KL to the
+/// initial policy and the gold reward here.
+pub trait Evaluator {
+    fn evaluate(&mut self, step: u64, weights: EvalWeights<'_>) -> Result<Metrics>;
+}
+
+/// The three weight sets an evaluation may compare.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalWeights<'a> {
+    pub model: &'a CausalLm,
+    pub policy: &'a ParamSet,
+    /// The current reference (the initial policy itself when it never moves).
+    pub reference: &'a ParamSet,
+    pub initial: &'a ParamSet,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOutcome {
     pub global_step: u64,
@@ -110,9 +131,14 @@ pub fn total_steps(cfg: &RunConfig, examples: usize) -> u64 {
 
 /// Loads what the config names and trains. With `resume`, continues from the latest
 /// checkpoint in `output_dir` (or starts fresh if there is none).
+/// A toy `task` brings its own evaluator (exact or Monte Carlo KL to π_init, gold reward).
 pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn MetricSink) -> Result<TrainOutcome> {
+    if cfg.task.is_toy() {
+        let mut task = crate::tasks::build(cfg, &Device::Cpu)?;
+        return train_with(cfg, &task.setup, output_dir, resume, sink, Some(task.evaluator.as_mut()));
+    }
     let setup = Setup::from_config(cfg, &Device::Cpu)?;
-    train_with(cfg, &setup, output_dir, resume, sink)
+    train_with(cfg, &setup, output_dir, resume, sink, None)
 }
 
 /// The loop itself, on an already loaded [`Setup`].
@@ -122,6 +148,7 @@ pub fn train_with(
     output_dir: &Path,
     resume: bool,
     sink: &mut dyn MetricSink,
+    mut evaluator: Option<&mut dyn Evaluator>,
 ) -> Result<TrainOutcome> {
     let device = setup.model.device().clone();
     let adam = AdamWConfig {
@@ -190,6 +217,21 @@ pub fn train_with(
         Ok(dir)
     };
 
+    let mut evaluate = |step: u64, policy: &ParamSet, reference: &ParamSet| -> Result<Option<Metrics>> {
+        let due = step == 0 || step == total || cfg.eval_steps.is_some_and(|e| step % e == 0);
+        match evaluator.as_deref_mut() {
+            Some(ev) if due => Ok(Some(
+                ev.evaluate(step, EvalWeights { model: &setup.model, policy, reference, initial: &setup.initial })?,
+            )),
+            _ => Ok(None),
+        }
+    };
+    if state.global_step == 0 {
+        if let Some(metrics) = evaluate(0, &policy, reference)? {
+            sink.log(0, &metrics)?;
+        }
+    }
+
     while state.global_step < total {
         if sink.should_stop() {
             state.data_cursor = sampler.cursor();
@@ -237,13 +279,17 @@ pub fn train_with(
         }
         sink.progress(step, total);
 
+        let eval_metrics = evaluate(step, &policy, reference)?;
         if step % cfg.logging_steps == 0 || step == total {
             let mut metrics: Metrics = state.metric_window.drain();
+            metrics.extend(eval_metrics.unwrap_or_default());
             metrics.insert("grad_norm".into(), grad_norm);
             // transformers logs the scheduler's rate after its step: the one the next step uses.
             metrics.insert("learning_rate".into(), schedule.lr_at(step));
             let cursor = sampler.cursor();
             metrics.insert("epoch".into(), cursor.epoch as f64 + cursor.offset as f64 / setup.data.len() as f64);
+            sink.log(step, &metrics)?;
+        } else if let Some(metrics) = eval_metrics {
             sink.log(step, &metrics)?;
         }
         if (cfg.save_steps > 0 && step % cfg.save_steps == 0) || step == total {
