@@ -212,6 +212,10 @@ impl ModelConfig {
         Ok(())
     }
 
+    pub fn model_type_name(&self) -> &'static str {
+        self.architecture.model_type()
+    }
+
     /// Dimensions of each head that get rotary position embeddings.
     pub fn rotary_dim(&self) -> usize {
         (self.head_dim as f64 * self.partial_rotary_factor) as usize
