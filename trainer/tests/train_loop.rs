@@ -1,0 +1,170 @@
+//! The loop's guarantees: determinism, exact resume, gradient accumulation, and clear errors
+//! for bad data and for a diverging run.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::Device;
+use common::fixtures;
+use serde_json::{json, Value};
+use trainer::config::RunConfig;
+use trainer::metrics::{JsonlSink, MemorySink, MetricSink, Metrics};
+use trainer::model::ParamSet;
+use trainer::train::{train, train_with, Setup};
+use trainer::Error;
+
+fn config(overrides: Value) -> RunConfig {
+    let mut v = json!({
+        "model_name_or_path": fixtures().join("tiny-llama"),
+        "dataset_path": fixtures().join("pairs.jsonl"),
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 4,
+        "max_steps": 6,
+        "save_steps": 0,
+        "seed": 3,
+    });
+    for (k, val) in overrides.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    RunConfig::from_json_value(v).unwrap()
+}
+
+/// Records like [`MemorySink`] and asks to stop once `stop_at` steps are done.
+struct StopAfter {
+    inner: MemorySink,
+    stop_at: u64,
+    done: u64,
+}
+
+impl MetricSink for StopAfter {
+    fn log(&mut self, step: u64, metrics: &Metrics) -> trainer::Result<()> {
+        self.inner.log(step, metrics)
+    }
+    fn progress(&mut self, step: u64, _total: u64) {
+        self.done = step;
+    }
+    fn should_stop(&mut self) -> bool {
+        self.done >= self.stop_at
+    }
+}
+
+fn weights(dir: &Path, file: &str, setup: &Setup) -> ParamSet {
+    ParamSet::load_safetensors(&dir.join(file), &setup.model.config, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn the_same_config_and_seed_give_an_identical_metrics_file() {
+    let cfg = config(json!({"sync_ref_model": true, "ref_model_sync_steps": 2, "gradient_accumulation_steps": 2}));
+    let files: Vec<String> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sink = JsonlSink::create(&dir.path().join("metrics.jsonl")).unwrap();
+            train(&cfg, dir.path(), false, &mut sink).unwrap();
+            std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap()
+        })
+        .collect();
+    assert_eq!(files[0].lines().count(), 6);
+    assert_eq!(files[0], files[1]);
+    let losses = |seed: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = MemorySink::default();
+        train(&config(json!({"seed": seed})), dir.path(), false, &mut sink).unwrap();
+        sink.series("loss")
+    };
+    assert_ne!(losses(3), losses(4), "another seed shuffles the data differently");
+}
+
+#[test]
+fn a_run_stopped_at_step_k_and_resumed_matches_an_uninterrupted_run() {
+    // Shuffled batches, accumulation, warmup + linear decay, a reference moving every 2 steps.
+    let cfg = config(json!({
+        "gradient_accumulation_steps": 2, "per_device_train_batch_size": 2, "max_steps": 7,
+        "warmup_steps": 2, "lr_scheduler_type": "linear", "sync_ref_model": true,
+        "ref_model_mixup_alpha": 0.5, "ref_model_sync_steps": 2, "logging_steps": 2,
+    }));
+    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+
+    let whole = tempfile::tempdir().unwrap();
+    let mut uninterrupted = MemorySink::default();
+    train_with(&cfg, &setup, whole.path(), false, &mut uninterrupted, None).unwrap();
+
+    let split = tempfile::tempdir().unwrap();
+    let mut first = StopAfter { inner: MemorySink::default(), stop_at: 3, done: 0 };
+    let stopped = train_with(&cfg, &setup, split.path(), false, &mut first, None).unwrap();
+    assert!(stopped.stopped_early);
+    assert_eq!(stopped.global_step, 3);
+    let mut second = first.inner.clone();
+    let resumed = train_with(&cfg, &setup, split.path(), true, &mut second, None).unwrap();
+    assert_eq!(resumed.global_step, 7);
+
+    assert_eq!(second.steps, uninterrupted.steps, "metrics, including the window open at step 3");
+    let (a, b) = (whole.path().join("checkpoint-7"), split.path().join("checkpoint-7"));
+    for file in ["model.safetensors", "reference.safetensors"] {
+        assert_eq!(weights(&a, file, &setup).max_abs_diff(&weights(&b, file, &setup)).unwrap(), 0.0, "{file}");
+    }
+}
+
+#[test]
+fn gradient_accumulation_of_two_halves_equals_one_full_batch() {
+    let full = config(json!({"per_device_train_batch_size": 8, "max_steps": 3, "max_grad_norm": 0.0}));
+    let halves = config(
+        json!({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "max_steps": 3, "max_grad_norm": 0.0}),
+    );
+    let setup = Setup::from_config(&full, &Device::Cpu).unwrap();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut s1, mut s2) = (MemorySink::default(), MemorySink::default());
+    train_with(&full, &setup, d1.path(), false, &mut s1, None).unwrap();
+    train_with(&halves, &setup, d2.path(), false, &mut s2, None).unwrap();
+    for ((_, a), (_, b)) in s1.series("loss").iter().zip(s2.series("loss")) {
+        assert!((a - b).abs() < 1e-5, "loss {a} vs {b}");
+    }
+    let ck = |d: &Path| weights(&d.join("checkpoint-3"), "model.safetensors", &setup);
+    assert!(ck(d1.path()).max_abs_diff(&ck(d2.path())).unwrap() < 1e-5);
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let cfg = config(json!({"learning_rate": 1e30, "max_steps": 6, "save_steps": 1, "max_grad_norm": 0.0}));
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = MemorySink::default();
+    let err = train(&cfg, dir.path(), false, &mut sink).unwrap_err();
+    let Error::NonFinite { step, .. } = err else { panic!("expected a non-finite error, got {err}") };
+    assert!(step >= 2, "step {step}");
+    assert!(err.to_string().contains(&format!("step {step}")), "{err}");
+    let last_good = dir.path().join(format!("checkpoint-{}", step - 1));
+    assert!(last_good.join("model.safetensors").is_file(), "checkpoint of step {} is kept", step - 1);
+    assert!(!dir.path().join(format!("checkpoint-{step}")).exists());
+    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    weights(&last_good, "model.safetensors", &setup); // loads
+}
+
+fn dataset_error(contents: &str, loss_type: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.jsonl");
+    std::fs::write(&path, contents).unwrap();
+    let cfg = config(json!({"dataset_path": path, "loss_type": loss_type}));
+    let err = train(&cfg, dir.path(), false, &mut MemorySink::default()).unwrap_err();
+    err.to_string()
+}
+
+#[test]
+fn a_malformed_jsonl_line_is_reported_with_its_line_number() {
+    let good = r#"{"prompt": "t3", "chosen": " t4", "rejected": " t5"}"#;
+    let msg = dataset_error(&format!("{good}\n{good}\n{{\"prompt\": \"t3\", \"chosen\": \n"), "sigmoid");
+    assert!(msg.contains("data.jsonl:3") && msg.contains("malformed JSON"), "{msg}");
+    let msg = dataset_error(&format!("{good}\n{{\"prompt\": \"t3\", \"chosen\": \" t4\"}}\n"), "sigmoid");
+    assert!(msg.contains("data.jsonl:2") && msg.contains("missing `rejected`"), "{msg}");
+}
+
+#[test]
+fn kto_data_without_labels_is_rejected_with_its_line_number() {
+    let msg = dataset_error("{\"prompt\": \"t3\", \"completion\": \" t4\", \"label\": true}\n{\"prompt\": \"t3\", \"completion\": \" t5\"}\n", "kto");
+    assert!(msg.contains("data.jsonl:2") && msg.contains("label"), "{msg}");
+}
+
+#[test]
+fn dpo_refuses_unpaired_data_naming_loss_type() {
+    let msg = dataset_error("{\"prompt\": \"t3\", \"completion\": \" t4\", \"label\": true}\n", "sigmoid");
+    assert!(msg.contains("`loss_type`") && msg.contains("paired"), "{msg}");
+}
