@@ -1,13 +1,225 @@
-//! `goodhart bench trainer`: to come.
+//! `goodhart bench trainer`: median ms per TR-DPO step on the peer baseline's workload, run
+//! interleaved with the PyTorch peer (`../shared/bench/peer/bench_plain.py`) when given one.
+//!
+//! Every measurement is its own process, so peak RSS is per run; Goodhart and the peer
+//! alternate (A B, then B A) so that the machine's slow and fast phases hit both alike.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use trainer::bench::{median, peer_model_config, run_trdpo};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
-    /// Median ms per TR-DPO step for the peer's `tiny` and `small` configs.
-    Trainer,
+    /// Median ms per TR-DPO step (α = 0.6 every step, 8 pairs × 64 tokens, fp32) for the peer's
+    /// `tiny` and `small` configs, phase by phase, the soft update alone, and peak RSS.
+    Trainer(TrainerBenchArgs),
+    /// One measurement in this process, printed as JSON (what `trainer` spawns).
+    #[command(hide = true)]
+    TrainerOnce(OnceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainerBenchArgs {
+    #[arg(long, value_delimiter = ',', default_value = "tiny,small")]
+    pub configs: Vec<String>,
+    /// Processes per config (and per side when a peer is given).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// A copy of ../shared/bench/peer with its venv, to interleave with `bench_plain.py --mode trdpo`.
+    #[arg(long)]
+    pub peer_dir: Option<PathBuf>,
+    /// The peer's Python (default: PEER_DIR/.venv/bin/python).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OnceArgs {
+    #[arg(long)]
+    pub config: String,
+    #[arg(long)]
+    pub warmup: usize,
+    #[arg(long)]
+    pub steps: usize,
+}
+
+/// One process's result, Goodhart's or the peer's, in the same units.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Measurement {
+    step_ms: Vec<f64>,
+    phase_median_ms: Vec<(String, f64)>,
+    soft_update_ms: Vec<f64>,
+    peak_rss_mb: f64,
+    setup_rss_mb: f64,
+}
+
+fn proc_status_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn once(args: &OnceArgs) -> anyhow::Result<()> {
+    let cfg = peer_model_config(&args.config).with_context(|| format!("unknown config {:?}", args.config))?;
+    let setup_rss_mb = proc_status_mb("VmRSS:");
+    let report = run_trdpo(&args.config, &cfg, args.warmup, args.steps)?;
+    let col = |f: fn(&trainer::bench::StepTimes) -> f64| report.steps.iter().map(f).collect::<Vec<f64>>();
+    let phases = [
+        ("policy_fwd", median(&mut col(|s| s.policy_fwd))),
+        ("ref_fwd", median(&mut col(|s| s.ref_fwd))),
+        ("loss_bwd", median(&mut col(|s| s.loss_bwd))),
+        ("optim", median(&mut col(|s| s.optim))),
+        ("soft_update", median(&mut col(|s| s.soft_update))),
+    ];
+    let m = Measurement {
+        step_ms: col(|s| s.total),
+        phase_median_ms: phases.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+        soft_update_ms: col(|s| s.soft_update),
+        peak_rss_mb: proc_status_mb("VmHWM:"),
+        setup_rss_mb,
+    };
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}
+
+fn run_goodhart(args: &TrainerBenchArgs, config: &str) -> anyhow::Result<Measurement> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .args(["bench", "trainer-once", "--config", config])
+        .args(["--warmup", &args.warmup.to_string(), "--steps", &args.steps.to_string()])
+        .env("RAYON_NUM_THREADS", args.threads.to_string())
+        .output()?;
+    if !out.status.success() {
+        bail!("goodhart bench run failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn run_peer(args: &TrainerBenchArgs, peer: &std::path::Path, config: &str) -> anyhow::Result<Measurement> {
+    let python = args.python.clone().unwrap_or_else(|| peer.join(".venv/bin/python"));
+    let out_file = std::env::temp_dir().join(format!("goodhart-peer-{}-{config}.json", std::process::id()));
+    let threads = args.threads.to_string();
+    let status = Command::new(&python)
+        .current_dir(peer)
+        .args(["bench_plain.py", "--config", config, "--mode", "trdpo", "--microbench-reps", "0"])
+        .args(["--threads", &threads, "--warmup", &args.warmup.to_string(), "--steps", &args.steps.to_string()])
+        .arg("--out")
+        .arg(&out_file)
+        .envs([("OMP_NUM_THREADS", &threads), ("MKL_NUM_THREADS", &threads)])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !status.status.success() {
+        bail!("peer run failed: {}", String::from_utf8_lossy(&status.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_file)?)?;
+    std::fs::remove_file(&out_file).ok();
+    let floats = |key: &str| -> Vec<f64> {
+        v[key].as_array().map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect()).unwrap_or_default()
+    };
+    let phases = v["phase_median_ms"]
+        .as_object()
+        .map(|o| {
+            o.iter().filter(|(k, _)| *k != "total").map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN))).collect()
+        })
+        .unwrap_or_default();
+    Ok(Measurement {
+        step_ms: floats("step_samples_ms"),
+        phase_median_ms: phases,
+        soft_update_ms: floats("soft_update_samples_ms"),
+        peak_rss_mb: v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+        setup_rss_mb: v["rss_after_setup_mb"].as_f64().unwrap_or(f64::NAN),
+    })
+}
+
+fn summarize(name: &str, runs: &[Measurement]) {
+    let mut pooled: Vec<f64> = runs.iter().flat_map(|m| m.step_ms.iter().copied()).collect();
+    let (min, max) = pooled.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let med = median(&mut pooled);
+    let per_rep: Vec<String> = runs.iter().map(|m| format!("{:.2}", median(&mut m.step_ms.clone()))).collect();
+    let mut soft: Vec<f64> = runs.iter().flat_map(|m| m.soft_update_ms.iter().copied()).collect();
+    let mut peak: Vec<f64> = runs.iter().map(|m| m.peak_rss_mb).collect();
+    let mut grown: Vec<f64> = runs.iter().map(|m| m.peak_rss_mb - m.setup_rss_mb).collect();
+    println!(
+        "  {name:<9} step median {med:8.2} ms (min {min:.2}, max {max:.2}; per-process medians {})  soft update {:.3} ms  peak RSS {:.0} MB (peak - setup {:.0} MB)",
+        per_rep.join(", "),
+        median(&mut soft),
+        median(&mut peak),
+        median(&mut grown),
+    );
+    let phases: Vec<String> = runs[0]
+        .phase_median_ms
+        .iter()
+        .map(|(k, _)| {
+            let mut v: Vec<f64> =
+                runs.iter().filter_map(|m| m.phase_median_ms.iter().find(|(n, _)| n == k).map(|p| p.1)).collect();
+            format!("{k} {:.2}", median(&mut v))
+        })
+        .collect();
+    println!("  {:<9} phases (ms, median of process medians): {}", "", phases.join(", "));
+}
+
+fn trainer_bench(args: &TrainerBenchArgs) -> anyhow::Result<()> {
+    println!(
+        "TR-DPO step, {} pairs x {} tokens, alpha {}, fp32, {} threads, {} warm-up + {} measured steps, {} processes per side",
+        trainer::bench::PAIRS,
+        trainer::bench::PROMPT_LEN + trainer::bench::COMPLETION_LEN,
+        trainer::bench::ALPHA,
+        args.threads,
+        args.warmup,
+        args.steps,
+        args.repeats
+    );
+    for config in &args.configs {
+        peer_model_config(config).with_context(|| format!("unknown config {config:?} (use tiny or small)"))?;
+        let mut ours = Vec::new();
+        let mut peers = Vec::new();
+        for r in 0..args.repeats {
+            // Alternate which side goes first, so drift in machine speed cancels.
+            let peer_first = r % 2 == 1;
+            if let (true, Some(dir)) = (peer_first, &args.peer_dir) {
+                peers.push(run_peer(args, dir, config)?);
+            }
+            ours.push(run_goodhart(args, config)?);
+            if let (false, Some(dir)) = (peer_first, &args.peer_dir) {
+                peers.push(run_peer(args, dir, config)?);
+            }
+        }
+        println!("{config}:");
+        summarize("goodhart", &ours);
+        if !peers.is_empty() {
+            summarize("pytorch", &peers);
+            let mut ratios: Vec<f64> = ours
+                .iter()
+                .zip(&peers)
+                .map(|(a, b)| median(&mut a.step_ms.clone()) / median(&mut b.step_ms.clone()))
+                .collect();
+            let (lo, hi) = ratios.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            println!(
+                "  ratio goodhart/pytorch of interleaved process medians: median {:.2} (min {lo:.2}, max {hi:.2})",
+                median(&mut ratios)
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Trainer => anyhow::bail!("not built yet"),
+        BenchCommand::Trainer(args) => trainer_bench(&args),
+        BenchCommand::TrainerOnce(args) => once(&args),
     }
 }

@@ -1,0 +1,170 @@
+//! One TR-DPO training step, timed phase by phase, on the peer baseline's workload
+//! (`../shared/bench/peer/`): a random-init Llama, 8 pairs of 16 prompt + 48 completion
+//! tokens, fp32, a soft reference update (α = 0.6) after every optimizer step.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::data::{Collated, Sequence};
+use crate::error::Result;
+use crate::logps::sequence_logps;
+use crate::loss::{dpo_loss, Pair};
+use crate::model::{CausalLm, ModelConfig, ParamSet};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::trust_region::soft_update;
+
+pub const PROMPT_LEN: usize = 16;
+pub const COMPLETION_LEN: usize = 48;
+pub const PAIRS: usize = 8;
+pub const ALPHA: f64 = 0.6;
+
+/// The peer's `tiny` and `small` LlamaConfigs (untied, MHA, rope 1e4, rms eps 1e-6).
+pub fn peer_model_config(name: &str) -> Option<ModelConfig> {
+    let (vocab, hidden, inter, layers, heads, pos) = match name {
+        "tiny" => (256, 128, 344, 2, 4, 128),
+        "small" => (512, 256, 688, 4, 8, 256),
+        _ => return None,
+    };
+    ModelConfig::from_hf_json(&json!({
+        "model_type": "llama", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads,
+        "max_position_embeddings": pos, "tie_word_embeddings": false, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+    }))
+    .ok()
+}
+
+/// Per-step phase times in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StepTimes {
+    pub policy_fwd: f64,
+    pub ref_fwd: f64,
+    pub loss_bwd: f64,
+    pub optim: f64,
+    pub soft_update: f64,
+    pub total: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub config: String,
+    pub n_params: usize,
+    pub threads: usize,
+    pub steps: Vec<StepTimes>,
+    pub first_loss: f64,
+    pub last_loss: f64,
+}
+
+fn random_batch(vocab: usize, rng: &mut ChaCha8Rng) -> Collated {
+    let mut draw = |n: usize| (0..n).map(|_| rng.random_range(0..vocab as u32)).collect::<Vec<u32>>();
+    let prompts: Vec<Vec<u32>> = (0..PAIRS).map(|_| draw(PROMPT_LEN)).collect();
+    let chosen: Vec<Vec<u32>> = (0..PAIRS).map(|_| draw(COMPLETION_LEN)).collect();
+    let rejected: Vec<Vec<u32>> = (0..PAIRS).map(|_| draw(COMPLETION_LEN)).collect();
+    let seqs: Vec<Sequence> = chosen
+        .iter()
+        .chain(&rejected)
+        .enumerate()
+        .map(|(i, c)| Sequence { prompt: prompts[i % PAIRS].clone(), completion: c.clone() })
+        .collect();
+    Collated::from_sequences(&seqs, 0)
+}
+
+/// Runs `warmup + steps` TR-DPO steps and returns the measured ones.
+pub fn run_trdpo(config_name: &str, cfg: &ModelConfig, warmup: usize, steps: usize) -> Result<BenchReport> {
+    let dev = Device::Cpu;
+    let model = CausalLm::new(cfg.clone(), &dev);
+    let policy = ParamSet::random(cfg, 0, 0.02, &dev)?;
+    let reference = policy.deep_clone()?;
+    let mut optimizer = AdamW::new(&policy, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let batches: Vec<Collated> = (0..warmup + steps).map(|_| random_batch(cfg.vocab_size, &mut rng)).collect();
+    let mut measured = Vec::with_capacity(steps);
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    for (i, batch) in batches.iter().enumerate() {
+        let t0 = Instant::now();
+        let pol = sequence_logps(&model, &policy.trainable(), batch)?.sums;
+        let t1 = Instant::now();
+        let refl = sequence_logps(&model, &reference.frozen(), batch)?.sums;
+        let t2 = Instant::now();
+        let split = |v: &Tensor| -> Result<Pair> {
+            Ok(Pair { chosen: v.narrow(0, 0, PAIRS)?, rejected: v.narrow(0, PAIRS, PAIRS)? })
+        };
+        let out = dpo_loss(&split(&pol)?, &split(&refl)?, 0.1, 0.0)?;
+        let grads = out.loss.backward()?;
+        let grads: Vec<Tensor> = policy
+            .vars()
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
+        let t3 = Instant::now();
+        optimizer.step(policy.vars(), &grads, 1e-6)?;
+        let t4 = Instant::now();
+        soft_update(&policy, &reference, ALPHA)?;
+        let t5 = Instant::now();
+        let loss = out.metrics[0].1;
+        if i == 0 {
+            first_loss = loss;
+        }
+        last_loss = loss;
+        if i >= warmup {
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+            measured.push(StepTimes {
+                policy_fwd: ms(t0, t1),
+                ref_fwd: ms(t1, t2),
+                loss_bwd: ms(t2, t3),
+                optim: ms(t3, t4),
+                soft_update: ms(t4, t5),
+                total: ms(t0, t5),
+            });
+        }
+    }
+    Ok(BenchReport {
+        config: config_name.to_string(),
+        n_params: policy.num_parameters(),
+        threads: candle_core::utils::get_num_threads(),
+        steps: measured,
+        first_loss,
+        last_loss,
+    })
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bench_models_have_the_peer_parameter_counts() {
+        // bench/peer/README.md: tiny 461,440 and small 3,426,560 parameters.
+        for (name, expected) in [("tiny", 461_440), ("small", 3_426_560)] {
+            let cfg = peer_model_config(name).unwrap();
+            let params = ParamSet::random(&cfg, 0, 0.02, &Device::Cpu).unwrap();
+            assert_eq!(params.num_parameters(), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_bench_run_starts_at_ln_2_and_times_every_phase() {
+        let report = run_trdpo("tiny", &peer_model_config("tiny").unwrap(), 1, 2).unwrap();
+        assert!((report.first_loss - std::f64::consts::LN_2).abs() < 1e-6);
+        assert_eq!(report.steps.len(), 2);
+        assert!(report.steps.iter().all(|s| s.total > 0.0 && s.policy_fwd > 0.0 && s.loss_bwd > 0.0));
+    }
+}

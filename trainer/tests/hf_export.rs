@@ -1,0 +1,76 @@
+//! A checkpoint written by the trainer loads in HF `transformers` and gives the same logits.
+//!
+//! Needs a Python with torch and transformers, named by `GOODHART_PYTHON` (for example the
+//! venv that `../shared/bench/peer/run_all.sh` creates). Without one the test is reported as
+//! ignored, with the reason, rather than passing silently; `.ci/run` runs it when the variable
+//! is set.
+
+mod common;
+
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use common::fixtures;
+use serde_json::{json, Value};
+use trainer::config::RunConfig;
+use trainer::metrics::MemorySink;
+use trainer::model::{CausalLm, ForwardInput};
+
+const LOAD_AND_RUN: &str = r#"
+import json, sys, warnings
+import torch
+from transformers import AutoModelForCausalLM
+ckpt, ids = sys.argv[1], json.loads(sys.argv[2])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    model = AutoModelForCausalLM.from_pretrained(ckpt, attn_implementation="eager").float().eval()
+with torch.no_grad():
+    logits = model(input_ids=torch.tensor(ids)).logits
+print(json.dumps({"logits": logits.tolist(), "warnings": [str(w.message) for w in caught]}))
+"#;
+
+#[test]
+#[ignore = "needs GOODHART_PYTHON: a Python with torch + transformers (see ../shared/bench/peer)"]
+fn trained_checkpoints_load_in_transformers_with_the_same_logits() {
+    let python = std::env::var("GOODHART_PYTHON").expect("GOODHART_PYTHON names a Python with torch + transformers");
+    for arch in ["tiny-llama", "tiny-qwen2", "tiny-gpt-neox"] {
+        let cfg = RunConfig::from_json_value(json!({
+            "model_name_or_path": fixtures().join(arch),
+            "dataset_path": fixtures().join("pairs.jsonl"),
+            "learning_rate": 1e-2, "max_steps": 2, "per_device_train_batch_size": 8,
+            "sync_ref_model": true, "ref_model_sync_steps": 1,
+        }))
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        trainer::train::train(&cfg, out.path(), false, &mut MemorySink::default()).unwrap();
+        let ckpt = out.path().join("checkpoint-2");
+        let ids: Vec<Vec<u32>> = vec![vec![39, 57, 54, 7, 19, 10, 34, 2], vec![8, 31, 45, 35, 52, 2, 4, 5]];
+
+        let output = Command::new(&python)
+            .args(["-c", LOAD_AND_RUN, ckpt.to_str().unwrap(), &serde_json::to_string(&ids).unwrap()])
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{arch}: transformers failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        let theirs: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(theirs["warnings"], json!([]), "{arch}: transformers warned while loading");
+
+        let (model, params) = CausalLm::from_hf_dir(&ckpt, &Device::Cpu).unwrap();
+        let t = Tensor::new(ids.clone(), &Device::Cpu).unwrap();
+        let ours: Vec<Vec<Vec<f32>>> =
+            model.forward(&params.frozen(), ForwardInput::ids(&t), None).unwrap().to_vec3().unwrap();
+        let original = CausalLm::from_hf_dir(&fixtures().join(arch), &Device::Cpu).unwrap().1;
+        assert!(params.max_abs_diff(&original).unwrap() > 1e-4, "{arch}: training changed the weights");
+        for (b, rows) in ours.iter().enumerate() {
+            for (p, row) in rows.iter().enumerate() {
+                for (v, x) in row.iter().enumerate() {
+                    let y = theirs["logits"][b][p][v].as_f64().unwrap();
+                    assert!(
+                        (f64::from(*x) - y).abs() <= 1e-5 * y.abs().max(1.0),
+                        "{arch} logit [{b}][{p}][{v}]: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+}
