@@ -1,3 +1,12 @@
-//! Goodhart's application crate: the `goodhart` command line and (to come) the web server.
+//! Goodhart's application crate: the `goodhart` command line and the web server.
 
 pub mod cli;
+pub mod db;
+pub mod http;
+pub mod jobs;
+pub mod serve;
+
+/// The whole HTTP API as one router.
+pub fn app(state: http::AppState) -> axum::Router {
+    http::router(state)
+}

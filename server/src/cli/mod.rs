@@ -1,6 +1,7 @@
 //! The `goodhart` subcommands.
 
 mod bench;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Train one run from a TOML or JSON config.
     Train(train::TrainArgs),
+    /// The web server: a run queue, background trainers and the JSON API.
+    Serve(serve::ServeArgs),
     /// Benchmarks (`goodhart bench trainer`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -24,6 +27,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
+        Command::Serve(args) => serve::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

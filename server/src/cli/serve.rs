@@ -1,0 +1,94 @@
+//! `goodhart serve`: the web server, its run queue and background trainers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::serve::{start, ServeConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback needs --auth-token (or --insecure).
+    #[arg(long, env = "GOODHART_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// SQLite database; created if missing, migrated at start.
+    #[arg(long, env = "GOODHART_DATABASE_URL", default_value = "sqlite://goodhart.db")]
+    pub database_url: String,
+    /// Checkpoints and caches (`runs/<id>/checkpoint-<step>/`).
+    #[arg(long, env = "GOODHART_DATA_DIR", default_value = "./goodhart-data")]
+    pub data_dir: PathBuf,
+    /// Run configs may only name models inside this directory.
+    #[arg(long, env = "GOODHART_MODELS_DIR", default_value = "./models")]
+    pub models_dir: PathBuf,
+    /// Run configs may only name datasets inside this directory.
+    #[arg(long, env = "GOODHART_DATASETS_DIR", default_value = "./datasets")]
+    pub datasets_dir: PathBuf,
+    /// Trainers running at once [default: half the cores, at least 1].
+    #[arg(long, env = "GOODHART_MAX_CONCURRENT_RUNS")]
+    pub max_concurrent_runs: Option<usize>,
+    /// The largest grid `POST /api/sweeps` accepts, in runs.
+    #[arg(long, env = "GOODHART_MAX_SWEEP_RUNS", default_value_t = 512)]
+    pub max_sweep_runs: usize,
+    /// The largest request body, in bytes.
+    #[arg(long, env = "GOODHART_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds a request may take until its response starts (streams may then run longer).
+    #[arg(long, env = "GOODHART_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Require `Authorization: Bearer <token>` on every mutating route and every download.
+    #[arg(long, env = "GOODHART_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Listen on a non-loopback address without a token.
+    #[arg(long, env = "GOODHART_INSECURE")]
+    pub insecure: bool,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let config = ServeConfig {
+        bind: args.bind,
+        database_url: args.database_url,
+        data_dir: args.data_dir,
+        models_dir: args.models_dir,
+        datasets_dir: args.datasets_dir,
+        max_concurrent_runs: args.max_concurrent_runs.unwrap_or((cores / 2).max(1)).max(1),
+        max_sweep_runs: args.max_sweep_runs,
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: Duration::from_secs(args.request_timeout_secs),
+        auth_token: args.auth_token,
+        insecure: args.insecure,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let server = start(config).await?;
+        let token = server.shutdown_token();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: running trainers checkpoint and will resume at the next start");
+            token.cancel();
+        });
+        server.wait().await
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

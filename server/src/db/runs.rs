@@ -1,0 +1,139 @@
+//! Reading and deleting runs. Every status change lives in `jobs::queue`.
+
+use serde::Serialize;
+use sqlx::SqlitePool;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Finished,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 5] = [Self::Queued, Self::Running, Self::Finished, Self::Failed, Self::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// No further status change will happen without a user action.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Finished | Self::Failed | Self::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Run {
+    pub id: i64,
+    pub sweep_id: Option<i64>,
+    pub config: String,
+    pub status: String,
+    pub cancel_requested: bool,
+    pub step: i64,
+    pub total_steps: Option<i64>,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub parent_id: Option<i64>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub heartbeat_at: Option<i64>,
+}
+
+impl Run {
+    pub fn status(&self) -> RunStatus {
+        RunStatus::parse(&self.status).unwrap_or(RunStatus::Failed)
+    }
+
+    pub fn config_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.config).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+const COLUMNS: &str = "id, sweep_id, config, status, cancel_requested, step, total_steps, error, attempts, \
+                       parent_id, created_at, started_at, finished_at, heartbeat_at";
+
+pub async fn get(pool: &SqlitePool, id: i64) -> sqlx::Result<Option<Run>> {
+    sqlx::query_as(&format!("select {COLUMNS} from runs where id = ?")).bind(id).fetch_optional(pool).await
+}
+
+/// How `GET /api/runs` may order its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    Newest,
+    Oldest,
+    Status,
+}
+
+impl Sort {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "-id" | "newest" | "-created_at" => Some(Self::Newest),
+            "id" | "oldest" | "created_at" => Some(Self::Oldest),
+            "status" => Some(Self::Status),
+            _ => None,
+        }
+    }
+
+    fn order_by(self) -> &'static str {
+        match self {
+            Self::Newest => "id desc",
+            Self::Oldest => "id asc",
+            Self::Status => "status asc, id desc",
+        }
+    }
+}
+
+pub async fn list(
+    pool: &SqlitePool,
+    status: Option<RunStatus>,
+    sweep_id: Option<i64>,
+    sort: Sort,
+) -> sqlx::Result<Vec<Run>> {
+    let sql = format!(
+        "select {COLUMNS} from runs where (?1 is null or status = ?1) and (?2 is null or sweep_id = ?2) \
+         order by {}",
+        sort.order_by()
+    );
+    sqlx::query_as(&sql).bind(status.map(RunStatus::as_str)).bind(sweep_id).fetch_all(pool).await
+}
+
+/// Removes the run and (by cascade) its metrics, summaries and checkpoint rows.
+pub async fn delete(pool: &SqlitePool, id: i64) -> sqlx::Result<bool> {
+    Ok(sqlx::query("delete from runs where id = ?").bind(id).execute(pool).await?.rows_affected() > 0)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct SummaryRow {
+    pub name: String,
+    pub first_value: Option<f64>,
+    pub last_value: Option<f64>,
+    pub min_value: Option<f64>,
+    pub max_value: Option<f64>,
+    pub last_step: i64,
+    pub points: i64,
+}
+
+pub async fn summary(pool: &SqlitePool, id: i64) -> sqlx::Result<Vec<SummaryRow>> {
+    sqlx::query_as(
+        "select name, first_value, last_value, min_value, max_value, last_step, points \
+         from run_summaries where run_id = ? order by name",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,123 @@
+//! The JSON API: one router per resource, one [`error::Error`], bearer auth on mutating routes
+//! and downloads.
+
+pub mod checkpoints;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod runs;
+pub mod sweeps;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use sqlx::SqlitePool;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::jobs::events::EventBus;
+use crate::jobs::queue::RunQueue;
+
+/// What the server was started with, as handlers need it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub models_dir: PathBuf,
+    pub datasets_dir: PathBuf,
+    pub auth_token: Option<String>,
+    pub max_sweep_runs: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: SqlitePool,
+    pub queue: Arc<dyn RunQueue>,
+    pub events: EventBus,
+    pub settings: Arc<Settings>,
+    /// Cancelled at shutdown; live streams end with it.
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: AppState) -> Router {
+    let settings = state.settings.clone();
+    Router::new()
+        .merge(runs::router())
+        .merge(sweeps::router())
+        .merge(metrics::router())
+        .merge(events::router())
+        .merge(checkpoints::router())
+        .route("/api/openapi.json", get(openapi))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        // Bounds the time to the response head; streamed bodies (SSE, downloads) may run longer.
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, settings.request_timeout))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+/// With a token configured, everything that changes state or downloads files needs it.
+fn needs_token(method: &Method, path: &str) -> bool {
+    let mutating = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let download = path.contains("/checkpoints/") && (path.ends_with("/archive") || path.contains("/files/"));
+    mutating || download
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.settings.auth_token else { return next.run(request).await };
+    if !needs_token(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        next.run(request).await
+    } else {
+        error::Error::Unauthorized.into_response()
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_public_but_mutations_and_downloads_need_the_token() {
+        assert!(!needs_token(&Method::GET, "/api/runs/1"));
+        assert!(!needs_token(&Method::GET, "/api/runs/1/checkpoints"));
+        assert!(needs_token(&Method::POST, "/api/runs"));
+        assert!(needs_token(&Method::DELETE, "/api/runs/1"));
+        assert!(needs_token(&Method::GET, "/api/runs/1/checkpoints/4/archive"));
+        assert!(needs_token(&Method::GET, "/api/runs/1/checkpoints/4/files/config.json"));
+    }
+
+    #[test]
+    fn tokens_compare_equal_only_when_identical() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

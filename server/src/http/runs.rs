@@ -1,0 +1,180 @@
+//! `/api/runs`: create, list, show, cancel, retry, clone-with-edits, delete.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::config::{parse_body, prepare};
+use super::error::{Error, Result};
+use super::AppState;
+use crate::db::runs::{self, Run, RunStatus, Sort};
+use crate::jobs::queue::Cancelled;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/runs", post(create).get(list))
+        .route("/api/runs/{id}", get(show).delete(delete))
+        .route("/api/runs/{id}/cancel", post(cancel))
+        .route("/api/runs/{id}/retry", post(retry))
+        .route("/api/runs/{id}/clone", post(clone_with_edits))
+}
+
+/// Ids in URLs: anything that is not a run id is a run that does not exist.
+pub fn parse_id(raw: &str, what: &str) -> Result<i64> {
+    raw.parse().map_err(|_| Error::NotFound(format!("{what} {raw:?}")))
+}
+
+pub async fn find(state: &AppState, raw_id: &str) -> Result<Run> {
+    let id = parse_id(raw_id, "run")?;
+    runs::get(&state.pool, id).await?.ok_or_else(|| Error::NotFound(format!("run {id}")))
+}
+
+/// A run as the API shows it.
+pub fn view(run: &Run) -> Value {
+    let progress = run.total_steps.filter(|t| *t > 0).map(|t| run.step as f64 / t as f64);
+    json!({
+        "id": run.id,
+        "sweep_id": run.sweep_id,
+        "status": run.status,
+        "config": run.config_json(),
+        "step": run.step,
+        "total_steps": run.total_steps,
+        "progress": progress,
+        "error": run.error,
+        "cancel_requested": run.cancel_requested,
+        "attempts": run.attempts,
+        "parent_id": run.parent_id,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "heartbeat_at": run.heartbeat_at,
+    })
+}
+
+async fn create(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let value = parse_body(body, state.settings.max_body_bytes)?;
+    let (_, stored) = prepare(value, &state.settings).map_err(Error::Invalid)?;
+    let id = state.queue.enqueue(stored, None).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    sweep: Option<String>,
+    sort: Option<String>,
+}
+
+async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>> {
+    let mut errors = Vec::new();
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => RunStatus::parse(s).or_else(|| {
+            errors.push(trainer::config::FieldError::new(
+                "status",
+                "must be one of queued, running, finished, failed, cancelled",
+            ));
+            None
+        }),
+    };
+    let sweep = match q.sweep.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => s.parse::<i64>().ok().or_else(|| {
+            errors.push(trainer::config::FieldError::new("sweep", "must be a sweep id"));
+            None
+        }),
+    };
+    let sort = match q.sort.as_deref().filter(|s| !s.is_empty()) {
+        None => Sort::Newest,
+        Some(s) => Sort::parse(s).unwrap_or_else(|| {
+            errors.push(trainer::config::FieldError::new("sort", "must be one of -id (newest), id (oldest), status"));
+            Sort::Newest
+        }),
+    };
+    if !errors.is_empty() {
+        return Err(Error::Invalid(errors));
+    }
+    let runs = runs::list(&state.pool, status, sweep, sort).await?;
+    Ok(Json(json!({ "runs": runs.iter().map(view).collect::<Vec<_>>() })))
+}
+
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let run = find(&state, &id).await?;
+    let summary: serde_json::Map<String, Value> = runs::summary(&state.pool, run.id)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let name = s.name.clone();
+            (name, serde_json::to_value(s).unwrap_or(Value::Null))
+        })
+        .collect();
+    let mut body = view(&run);
+    body["summary"] = if summary.is_empty() { Value::Null } else { Value::Object(summary) };
+    Ok(Json(body))
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let id = parse_id(&id, "run")?;
+    let answer = match state.queue.cancel(id).await? {
+        Cancelled::Now => "cancelled",
+        Cancelled::Requested => "cancel requested: the run checkpoints and stops before its next step",
+    };
+    Ok(Json(json!({ "id": id, "result": answer })))
+}
+
+/// A failed or cancelled run, again, as a new run with the same config.
+async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>)> {
+    let id = parse_id(&id, "run")?;
+    let config = state.queue.retry(id).await?;
+    let value: Value = serde_json::from_str(&config).map_err(|e| Error::Internal(format!("stored config: {e}")))?;
+    // Revalidated: a model or dataset may have moved since.
+    let (_, stored) = prepare(value, &state.settings).map_err(Error::Invalid)?;
+    let new_id = state.queue.enqueue(stored, Some(id)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "retry_of": id }))))
+}
+
+/// A new run: this run's config with the posted keys replaced.
+async fn clone_with_edits(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let run = find(&state, &id).await?;
+    let edits = if body.as_ref().is_ok_and(Bytes::is_empty) {
+        Value::Object(serde_json::Map::new())
+    } else {
+        parse_body(body, state.settings.max_body_bytes)?
+    };
+    let Value::Object(edits) = edits else {
+        return Err(Error::field("(body)", "must be a JSON object of config keys to change"));
+    };
+    let mut config = run.config_json();
+    let Some(object) = config.as_object_mut() else {
+        return Err(Error::Internal(format!("run {} has a config that is not an object", run.id)));
+    };
+    object.extend(edits);
+    let (_, stored) = prepare(config, &state.settings).map_err(Error::Invalid)?;
+    let new_id = state.queue.enqueue(stored, Some(run.id)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "cloned_from": run.id }))))
+}
+
+/// Deletes a run that is not running, and its files.
+async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
+    let id = parse_id(&id, "run")?;
+    state.queue.delete(id).await?;
+    let dir = crate::jobs::run_dir(&state.settings.data_dir, id);
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Internal(format!("run {id} deleted, but removing {} failed: {e}", dir.display()))),
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,316 @@
+//! The metrics path: [`DbSink`] is the trainer's [`MetricSink`] on its blocking thread; it hands
+//! every message to the one [`MetricWriter`] task, which commits whatever has queued up in a
+//! single transaction and then tells live subscribers.
+//!
+//! Durability rule: before a checkpoint is written the metrics it covers are committed (the sink
+//! flushes on checkpoint steps and before stopping), so a run resumed from that checkpoint after
+//! a crash has every earlier step stored, and its later steps are deleted and logged again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+use trainer::metrics::{MetricSink, Metrics};
+
+use super::events::{EventBus, RunEvent};
+use crate::db::{self, checkpoints::CheckpointFile, metrics::MetricRow};
+
+/// The most messages one transaction takes.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Debug)]
+pub enum WriteMsg {
+    Metrics {
+        run_id: i64,
+        step: i64,
+        values: Vec<(String, Option<f64>)>,
+    },
+    Progress {
+        run_id: i64,
+        step: i64,
+        total: i64,
+    },
+    /// Forget everything after `step` (metrics and checkpoints).
+    ResumedAt {
+        run_id: i64,
+        step: i64,
+    },
+    Checkpoint {
+        run_id: i64,
+        step: i64,
+        path: String,
+        sha256: String,
+        files: Vec<CheckpointFile>,
+    },
+    /// Answered once everything sent before it is committed.
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// Cloneable handle to the writer task.
+#[derive(Debug, Clone)]
+pub struct MetricWriter {
+    tx: mpsc::Sender<WriteMsg>,
+    /// Set when a batch could not be committed after retries; every sink then fails its run
+    /// rather than train on while losing metrics.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl MetricWriter {
+    /// Starts the writer task; it ends when every handle is dropped and the queue is drained.
+    pub fn spawn(pool: SqlitePool, events: EventBus) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(65_536);
+        let failure = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(write_loop(pool, events, rx, failure.clone()));
+        (Self { tx, failure }, task)
+    }
+
+    /// From a blocking thread; waits when the writer is behind (backpressure).
+    pub fn send_blocking(&self, msg: WriteMsg) -> Result<(), String> {
+        self.tx.blocking_send(msg).map_err(|_| "the metrics writer has stopped".to_string())
+    }
+
+    pub async fn send(&self, msg: WriteMsg) -> Result<(), String> {
+        self.tx.send(msg).await.map_err(|_| "the metrics writer has stopped".to_string())
+    }
+
+    /// From a blocking thread: returns once everything sent so far is committed.
+    pub fn flush_blocking(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.send_blocking(WriteMsg::Flush(tx))?;
+        rx.blocking_recv().map_err(|_| "the metrics writer has stopped".to_string())?
+    }
+
+    pub async fn flush(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(WriteMsg::Flush(tx)).await?;
+        rx.await.map_err(|_| "the metrics writer has stopped".to_string())?
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock").clone()
+    }
+}
+
+async fn write_loop(
+    pool: SqlitePool,
+    events: EventBus,
+    mut rx: mpsc::Receiver<WriteMsg>,
+    failure: Arc<Mutex<Option<String>>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut result = Err(String::new());
+        for attempt in 0..5u32 {
+            result = commit(&pool, &batch).await.map_err(|e| e.to_string());
+            match &result {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "metrics batch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "metrics batch lost");
+            *failure.lock().expect("failure lock") = Some(e.clone());
+        }
+        for msg in batch.drain(..) {
+            match msg {
+                WriteMsg::Flush(ack) => {
+                    let _ = ack.send(result.clone());
+                }
+                WriteMsg::Metrics { run_id, step, values } if result.is_ok() => {
+                    let _ =
+                        events.send(RunEvent::Metrics { run_id, step, values: Arc::new(values.into_iter().collect()) });
+                }
+                WriteMsg::Checkpoint { run_id, step, .. } if result.is_ok() => {
+                    let _ = events.send(RunEvent::Checkpoint { run_id, step });
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// One transaction for the whole batch, applied in order.
+async fn commit(pool: &SqlitePool, batch: &[WriteMsg]) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    let mut rows: Vec<MetricRow> = Vec::new();
+    let mut progress: HashMap<i64, (i64, i64)> = HashMap::new();
+    for msg in batch {
+        match msg {
+            WriteMsg::Metrics { run_id, step, values } => rows.extend(values.iter().map(|(name, value)| MetricRow {
+                run_id: *run_id,
+                name: name.clone(),
+                step: *step,
+                value: *value,
+            })),
+            WriteMsg::Progress { run_id, step, total } => {
+                progress.insert(*run_id, (*step, *total));
+            }
+            WriteMsg::ResumedAt { run_id, step } => {
+                db::metrics::upsert(&mut tx, &std::mem::take(&mut rows)).await?;
+                db::metrics::delete_after(&mut tx, *run_id, *step).await?;
+                db::checkpoints::delete_after(&mut tx, *run_id, *step).await?;
+            }
+            WriteMsg::Checkpoint { run_id, step, path, sha256, files } => {
+                db::checkpoints::upsert(&mut tx, *run_id, *step, path, sha256, files, db::now_ms()).await?;
+            }
+            WriteMsg::Flush(_) => {}
+        }
+    }
+    db::metrics::upsert(&mut tx, &rows).await?;
+    let now = db::now_ms();
+    for (run_id, (step, total)) in progress {
+        sqlx::query("update runs set step = ?, total_steps = ?, heartbeat_at = ? where id = ?")
+            .bind(step)
+            .bind(total)
+            .bind(now)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// The trainer's sink for a queued run.
+pub struct DbSink {
+    run_id: i64,
+    writer: MetricWriter,
+    /// This run was cancelled.
+    cancel: Arc<AtomicBool>,
+    /// The server is shutting down: every run checkpoints and stops.
+    shutdown: Arc<AtomicBool>,
+    save_steps: u64,
+    total: u64,
+}
+
+impl DbSink {
+    pub fn new(
+        run_id: i64,
+        writer: MetricWriter,
+        cancel: Arc<AtomicBool>,
+        shutdown: Arc<AtomicBool>,
+        save_steps: u64,
+    ) -> Self {
+        Self { run_id, writer, cancel, shutdown, save_steps, total: 0 }
+    }
+
+    pub fn flush(&self) -> trainer::Result<()> {
+        self.writer.flush_blocking().map_err(writer_error)
+    }
+
+    fn send(&self, msg: WriteMsg) -> trainer::Result<()> {
+        if let Some(e) = self.writer.failure() {
+            return Err(writer_error(e));
+        }
+        self.writer.send_blocking(msg).map_err(writer_error)
+    }
+}
+
+fn writer_error(message: String) -> trainer::Error {
+    trainer::Error::io("metrics database", std::io::Error::other(message))
+}
+
+fn step_i64(step: u64) -> i64 {
+    i64::try_from(step).unwrap_or(i64::MAX)
+}
+
+impl MetricSink for DbSink {
+    fn log(&mut self, step: u64, metrics: &Metrics) -> trainer::Result<()> {
+        let values = metrics.iter().map(|(k, v)| (k.clone(), v.is_finite().then_some(*v))).collect();
+        self.send(WriteMsg::Metrics { run_id: self.run_id, step: step_i64(step), values })?;
+        // The trainer writes a checkpoint right after logging these steps: commit first.
+        if (self.save_steps > 0 && step.is_multiple_of(self.save_steps)) || step == self.total {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn resumed_at(&mut self, step: u64) -> trainer::Result<()> {
+        self.send(WriteMsg::ResumedAt { run_id: self.run_id, step: step_i64(step) })?;
+        self.flush()
+    }
+
+    fn checkpoint_saved(&mut self, step: u64, dir: &Path) -> trainer::Result<()> {
+        let (sha256, files) = hash_dir(dir)?;
+        self.send(WriteMsg::Checkpoint {
+            run_id: self.run_id,
+            step: step_i64(step),
+            path: dir.to_string_lossy().into_owned(),
+            sha256,
+            files,
+        })?;
+        self.flush()
+    }
+
+    fn progress(&mut self, step: u64, total: u64) {
+        self.total = total;
+        // A lost progress tick is harmless; the next one or the metrics carry on.
+        let _ = self.send(WriteMsg::Progress { run_id: self.run_id, step: step_i64(step), total: step_i64(total) });
+    }
+
+    fn should_stop(&mut self) -> bool {
+        let stop = self.cancel.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst);
+        if stop {
+            // The trainer checkpoints next; the metrics before it must be committed first.
+            let _ = self.flush();
+        }
+        stop
+    }
+}
+
+/// The files of a checkpoint directory with their sizes and sha256, and one digest over all.
+pub fn hash_dir(dir: &Path) -> trainer::Result<(String, Vec<CheckpointFile>)> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| trainer::Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| trainer::Error::io(dir, e))?;
+        let path = entry.path();
+        if !path.is_file() {
+            continue;
+        }
+        let mut hasher = Sha256::new();
+        let mut file = std::fs::File::open(&path).map_err(|e| trainer::Error::io(&path, e))?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut bytes = 0i64;
+        loop {
+            let n = file.read(&mut buf).map_err(|e| trainer::Error::io(&path, e))?;
+            if n == 0 {
+                break;
+            }
+            bytes += i64::try_from(n).unwrap_or(i64::MAX);
+            hasher.update(&buf[..n]);
+        }
+        files.push(CheckpointFile {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            bytes,
+            sha256: hex(&hasher.finalize()),
+        });
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut all = Sha256::new();
+    for f in &files {
+        all.update(format!("{}  {}\n", f.sha256, f.name).as_bytes());
+    }
+    Ok((hex(&all.finalize()), files))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// For tests and benchmarks: a step's values as the writer stores them.
+pub fn metric_values(metrics: &BTreeMap<String, f64>) -> Vec<(String, Option<f64>)> {
+    metrics.iter().map(|(k, v)| (k.clone(), v.is_finite().then_some(*v))).collect()
+}
