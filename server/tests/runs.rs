@@ -200,3 +200,18 @@ async fn the_openapi_document_lists_every_route() {
     }
     t.server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_diverges_to_nan_fails_with_the_reason_and_the_next_run_still_trains() {
+    let t = spawn().await;
+    let mut diverging = config(30, 10);
+    diverging["learning_rate"] = json!(1e30);
+    diverging["max_grad_norm"] = json!(0.0);
+    let bad = t.create_run(&diverging).await;
+    let good = t.create_run(&config(3, 0)).await;
+    let run = t.wait_for(bad, "failed", |r| r["status"] == "failed").await;
+    assert!(run["error"].as_str().unwrap().contains("non-finite"), "{run}");
+    assert!(run["finished_at"].is_i64());
+    t.wait_for_status(good, "finished").await;
+    t.server.stop().await.unwrap();
+}

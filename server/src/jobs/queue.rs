@@ -324,3 +324,90 @@ impl RunQueue for SqliteQueue {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::jobs::events::event_bus;
+
+    async fn queue() -> (tempfile::TempDir, Arc<SqliteQueue>) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(&format!("sqlite://{}", dir.path().join("q.db").display())).await.unwrap();
+        (dir, Arc::new(SqliteQueue::new(pool, event_bus())))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_workers_never_claim_the_same_run() {
+        let (_dir, q) = queue().await;
+        for _ in 0..40 {
+            q.enqueue(json!({}), None).await.unwrap();
+        }
+        let mut workers = Vec::new();
+        for w in 0..8 {
+            let q = q.clone();
+            workers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(c) = q.claim(&format!("w{w}")).await.unwrap() {
+                    mine.push(c.run_id);
+                }
+                mine
+            }));
+        }
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(w.await.unwrap());
+        }
+        let distinct: BTreeSet<i64> = all.iter().copied().collect();
+        assert_eq!((all.len(), distinct.len()), (40, 40));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_run_is_requeued_unless_it_was_cancelled() {
+        let (_dir, q) = queue().await;
+        let a = q.enqueue(json!({}), None).await.unwrap();
+        let b = q.enqueue(json!({}), None).await.unwrap();
+        let ca = q.claim("w").await.unwrap().unwrap();
+        let cb = q.claim("w").await.unwrap().unwrap();
+        assert_eq!((ca.run_id, cb.run_id), (a, b));
+        assert_eq!(q.cancel(b).await.unwrap(), Cancelled::Requested);
+        assert!(cb.cancel.load(Ordering::SeqCst), "the trainer sees the cancel");
+        assert_eq!(q.finish(a, Outcome::Stopped).await.unwrap(), RunStatus::Queued);
+        assert_eq!(q.finish(b, Outcome::Stopped).await.unwrap(), RunStatus::Cancelled);
+        let again = q.claim("w").await.unwrap().unwrap();
+        assert_eq!((again.run_id, again.attempt), (a, 2));
+        assert!(
+            matches!(q.finish(b, Outcome::Finished).await, Err(QueueError::NotFound(_))),
+            "only running runs finish"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_left_running_by_a_crash_are_requeued_and_a_pending_cancel_still_counts() {
+        let (_dir, q) = queue().await;
+        let a = q.enqueue(json!({}), None).await.unwrap();
+        let b = q.enqueue(json!({}), None).await.unwrap();
+        q.claim("w").await.unwrap().unwrap();
+        q.claim("w").await.unwrap().unwrap();
+        q.cancel(b).await.unwrap();
+        assert_eq!(q.requeue_orphans().await.unwrap(), vec![a]);
+        assert_eq!(q.status_of(a).await.unwrap(), RunStatus::Queued);
+        assert_eq!(q.status_of(b).await.unwrap(), RunStatus::Cancelled);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_failed_or_cancelled_runs_retry_and_running_runs_are_not_deleted() {
+        let (_dir, q) = queue().await;
+        let a = q.enqueue(json!({"beta": 0.2}), None).await.unwrap();
+        assert!(matches!(q.retry(a).await, Err(QueueError::Conflict { .. })));
+        q.claim("w").await.unwrap().unwrap();
+        assert!(matches!(q.delete(a).await, Err(QueueError::Conflict { .. })));
+        q.finish(a, Outcome::Failed("boom".into())).await.unwrap();
+        assert_eq!(q.retry(a).await.unwrap(), json!({"beta": 0.2}).to_string());
+        q.delete(a).await.unwrap();
+        assert!(matches!(q.delete(a).await, Err(QueueError::NotFound(_))));
+    }
+}

@@ -6,7 +6,7 @@
 //! flushes on checkpoint steps and before stopping), so a run resumed from that checkpoint after
 //! a crash has every earlier step stored, and its later steps are deleted and logged again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -310,7 +310,49 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// For tests and benchmarks: a step's values as the writer stores them.
-pub fn metric_values(metrics: &BTreeMap<String, f64>) -> Vec<(String, Option<f64>)> {
-    metrics.iter().map(|(k, v)| (k.clone(), v.is_finite().then_some(*v))).collect()
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::jobs::events::event_bus;
+    use crate::jobs::queue::{RunQueue, SqliteQueue};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resume_replaces_later_steps_so_each_step_is_stored_once_and_subscribers_hear_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap();
+        let events = event_bus();
+        let mut rx = events.subscribe();
+        let run_id = SqliteQueue::new(pool.clone(), events.clone()).enqueue(json!({}), None).await.unwrap();
+        let (writer, task) = MetricWriter::spawn(pool.clone(), events);
+        let w = writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut sink = DbSink::new(run_id, w, Arc::default(), Arc::default(), 0);
+            for step in 1..=10 {
+                sink.log(step, &[("loss".to_string(), 1.0 / step as f64)].into_iter().collect()).unwrap();
+            }
+            // Crashed after step 10, resumed from a checkpoint at step 6, and logged 7..=10 again.
+            sink.resumed_at(6).unwrap();
+            for step in 7..=10 {
+                sink.log(step, &[("loss".to_string(), -(step as f64))].into_iter().collect()).unwrap();
+            }
+            sink.flush().unwrap();
+        })
+        .await
+        .unwrap();
+        let rows = db::metrics::series(&pool, run_id, &["loss".into()]).await.unwrap();
+        let steps: Vec<i64> = rows.iter().map(|r| r.step).collect();
+        assert_eq!(steps, (1..=10).collect::<Vec<_>>());
+        assert_eq!(rows[9].value, Some(-10.0), "the resumed value replaced the old one");
+        assert_eq!(rows[5].value, Some(1.0 / 6.0), "steps up to the checkpoint are kept");
+        // Subscribers heard every logged step, after its commit.
+        let mut heard = 0;
+        while let Ok(event) = rx.try_recv() {
+            heard += usize::from(matches!(event, RunEvent::Metrics { .. }));
+        }
+        assert_eq!(heard, 14);
+        drop(writer);
+        task.await.unwrap();
+    }
 }
