@@ -74,8 +74,15 @@ fn random_batch(vocab: usize, rng: &mut ChaCha8Rng) -> Collated {
     Collated::from_sequences(&seqs, 0)
 }
 
-/// Runs `warmup + steps` TR-DPO steps and returns the measured ones.
-pub fn run_trdpo(config_name: &str, cfg: &ModelConfig, warmup: usize, steps: usize) -> Result<BenchReport> {
+/// Runs `warmup + steps` TR-DPO steps and returns the measured ones; `on_warm` is called once
+/// the warm-up is done (to start external counters).
+pub fn run_trdpo(
+    config_name: &str,
+    cfg: &ModelConfig,
+    warmup: usize,
+    steps: usize,
+    mut on_warm: impl FnMut(),
+) -> Result<BenchReport> {
     let dev = Device::Cpu;
     let model = CausalLm::new(cfg.clone(), &dev);
     let policy = ParamSet::random(cfg, 0, 0.02, &dev)?;
@@ -86,6 +93,9 @@ pub fn run_trdpo(config_name: &str, cfg: &ModelConfig, warmup: usize, steps: usi
     let mut measured = Vec::with_capacity(steps);
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
     for (i, batch) in batches.iter().enumerate() {
+        if i == warmup {
+            on_warm();
+        }
         let t0 = Instant::now();
         let pol = sequence_logps(&model, &policy.trainable(), batch)?.sums;
         let t1 = Instant::now();
@@ -162,7 +172,7 @@ mod tests {
 
     #[test]
     fn a_bench_run_starts_at_ln_2_and_times_every_phase() {
-        let report = run_trdpo("tiny", &peer_model_config("tiny").unwrap(), 1, 2).unwrap();
+        let report = run_trdpo("tiny", &peer_model_config("tiny").unwrap(), 1, 2, || {}).unwrap();
         assert!((report.first_loss - std::f64::consts::LN_2).abs() < 1e-6);
         assert_eq!(report.steps.len(), 2);
         assert!(report.steps.iter().all(|s| s.total > 0.0 && s.policy_fwd > 0.0 && s.loss_bwd > 0.0));

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 
 use crate::config::LrSchedulerType;
 use crate::error::{Error, Result};
@@ -47,6 +47,20 @@ impl AdamW {
         let bias_correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
         let step_size = lr / bias_correction1;
         for (((var, grad), m), v) in vars.iter().zip(grads).zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+            if var.device().is_cpu() && var.dtype() == DType::F32 {
+                // In place, three passes, no allocation: what torch's fused AdamW does on CPU.
+                let grad = grad.contiguous()?;
+                m.inplace_op2(&grad, &Moment { decay: beta1 as f32, square: false })?;
+                v.inplace_op2(&grad, &Moment { decay: beta2 as f32, square: true })?;
+                let update = ParamUpdate {
+                    decay: (1.0 - lr * weight_decay) as f32,
+                    step_size: step_size as f32,
+                    bias_correction2_sqrt: bias_correction2_sqrt as f32,
+                    eps: eps as f32,
+                };
+                var.as_tensor().inplace_op3(m, v, &update)?;
+                continue;
+            }
             let mut p = var.as_tensor().detach();
             if weight_decay != 0.0 {
                 p = (p * (1.0 - lr * weight_decay))?;
@@ -83,6 +97,75 @@ impl AdamW {
             exp_avg_sq.push(take(format!("exp_avg_sq.{name}"))?);
         }
         Ok(Self { cfg, step, exp_avg, exp_avg_sq })
+    }
+}
+
+fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("expected f32") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut v[a..b]),
+        None => candle_core::bail!("expected a contiguous tensor"),
+    }
+}
+
+fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("expected f32") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("expected a contiguous tensor"),
+    }
+}
+
+/// `m ← decay·m + (1 − decay)·g` (or `g²` for the second moment), in place.
+struct Moment {
+    decay: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let (m, g) = (f32_mut(s1, l1)?, f32_ref(s2, l2)?);
+        let keep = 1.0 - self.decay;
+        for (m, &g) in m.iter_mut().zip(g) {
+            let x = if self.square { g * g } else { g };
+            *m = *m * self.decay + x * keep;
+        }
+        Ok(())
+    }
+}
+
+/// `p ← p·(1 − lr·wd) − step_size · m / (sqrt(v)/sqrt(bc2) + eps)`, in place.
+struct ParamUpdate {
+    decay: f32,
+    step_size: f32,
+    bias_correction2_sqrt: f32,
+    eps: f32,
+}
+
+impl InplaceOp3 for ParamUpdate {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (p, m, v) = (f32_mut(s1, l1)?, f32_ref(s2, l2)?, f32_ref(s3, l3)?);
+        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+            let denom = v.sqrt() / self.bias_correction2_sqrt + self.eps;
+            *p = *p * self.decay - (m / denom) * self.step_size;
+        }
+        Ok(())
     }
 }
 

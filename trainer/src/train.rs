@@ -246,8 +246,7 @@ pub fn train_with(
         let step = state.global_step + 1;
 
         // Forward and backward over the micro-batches, gradients summed.
-        let mut grads: Vec<Tensor> =
-            policy.vars().iter().map(|v| v.zeros_like()).collect::<candle_core::Result<_>>()?;
+        let mut grads: Vec<Option<Tensor>> = vec![None; policy.vars().len()];
         for _ in 0..cfg.gradient_accumulation_steps {
             let indices = sampler.next_batch();
             let out = micro_batch_loss(cfg, setup, &policy, reference, &indices)?;
@@ -261,10 +260,18 @@ pub fn train_with(
             let store = scaled.backward()?;
             for (acc, var) in grads.iter_mut().zip(policy.vars()) {
                 if let Some(g) = store.get(var.as_tensor()) {
-                    *acc = (&*acc + g)?;
+                    *acc = Some(match acc.take() {
+                        Some(sum) => (sum + g)?,
+                        None => g.clone(),
+                    });
                 }
             }
         }
+        let mut grads: Vec<Tensor> = grads
+            .into_iter()
+            .zip(policy.vars())
+            .map(|(g, var)| g.map_or_else(|| var.zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
         let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite { step, what: "grad_norm".into() });

@@ -2,6 +2,8 @@
 //! `if t % τ == 0 { θ_ref ← α θ + (1 − α) θ_ref }`, parameter by parameter, as TRL's
 //! `SyncRefModelCallback` does. α = 1 is the hard update, τ = 1 the soft one.
 
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout};
+
 use crate::error::Result;
 use crate::model::ParamSet;
 
@@ -31,10 +33,37 @@ impl TrustRegion {
 /// `θ_ref ← α θ + (1 − α) θ_ref`, in TRL's order of operations: `ref.mul_(1 − α).add_(θ, α)`.
 pub fn soft_update(policy: &ParamSet, reference: &ParamSet, alpha: f64) -> Result<()> {
     for (p, r) in policy.vars().iter().zip(reference.vars()) {
-        let mixed = ((r.as_tensor().detach() * (1.0 - alpha))? + (p.as_tensor().detach() * alpha)?)?;
-        r.set(&mixed)?;
+        if r.device().is_cpu() && r.dtype() == DType::F32 {
+            r.as_tensor().inplace_op2(p.as_tensor(), &Mix { alpha: alpha as f32 })?;
+        } else {
+            let mixed = ((r.as_tensor().detach() * (1.0 - alpha))? + (p.as_tensor().detach() * alpha)?)?;
+            r.set(&mixed)?;
+        }
     }
     Ok(())
+}
+
+/// The soft update in place, one pass, no allocation.
+struct Mix {
+    alpha: f32,
+}
+
+impl InplaceOp2 for Mix {
+    fn name(&self) -> &'static str {
+        "trust-region-mix"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(r), CpuStorage::F32(p)) = (s1, s2) else { candle_core::bail!("expected f32 weights") };
+        let (Some((r0, r1)), Some((p0, p1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("expected contiguous weights")
+        };
+        let keep = 1.0 - self.alpha;
+        for (r, &p) in r[r0..r1].iter_mut().zip(&p[p0..p1]) {
+            *r = *r * keep + p * self.alpha;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

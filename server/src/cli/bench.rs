@@ -60,6 +60,21 @@ struct Measurement {
     soft_update_ms: Vec<f64>,
     peak_rss_mb: f64,
     setup_rss_mb: f64,
+    /// User + system CPU time per measured step (both threads): less sensitive than wall time
+    /// to other load on the machine.
+    cpu_ms_per_step: f64,
+}
+
+/// User + system CPU time of this process so far, in ms (from /proc/self/stat, 100 Hz ticks).
+fn process_cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<f64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    match (fields.get(11), fields.get(12)) {
+        (Some(u), Some(s)) => (u + s) * 10.0,
+        _ => f64::NAN,
+    }
 }
 
 fn proc_status_mb(field: &str) -> f64 {
@@ -76,7 +91,9 @@ fn proc_status_mb(field: &str) -> f64 {
 fn once(args: &OnceArgs) -> anyhow::Result<()> {
     let cfg = peer_model_config(&args.config).with_context(|| format!("unknown config {:?}", args.config))?;
     let setup_rss_mb = proc_status_mb("VmRSS:");
-    let report = run_trdpo(&args.config, &cfg, args.warmup, args.steps)?;
+    let mut cpu_before = f64::NAN;
+    let report = run_trdpo(&args.config, &cfg, args.warmup, args.steps, || cpu_before = process_cpu_ms())?;
+    let cpu_ms_per_step = (process_cpu_ms() - cpu_before) / args.steps.max(1) as f64;
     let col = |f: fn(&trainer::bench::StepTimes) -> f64| report.steps.iter().map(f).collect::<Vec<f64>>();
     let phases = [
         ("policy_fwd", median(&mut col(|s| s.policy_fwd))),
@@ -91,6 +108,7 @@ fn once(args: &OnceArgs) -> anyhow::Result<()> {
         soft_update_ms: col(|s| s.soft_update),
         peak_rss_mb: proc_status_mb("VmHWM:"),
         setup_rss_mb,
+        cpu_ms_per_step,
     };
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
@@ -142,6 +160,8 @@ fn run_peer(args: &TrainerBenchArgs, peer: &std::path::Path, config: &str) -> an
         soft_update_ms: floats("soft_update_samples_ms"),
         peak_rss_mb: v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
         setup_rss_mb: v["rss_after_setup_mb"].as_f64().unwrap_or(f64::NAN),
+        cpu_ms_per_step: v["rusage_per_step"]["user_cpu_ms"].as_f64().unwrap_or(f64::NAN)
+            + v["rusage_per_step"]["sys_cpu_ms"].as_f64().unwrap_or(f64::NAN),
     })
 }
 
@@ -153,9 +173,11 @@ fn summarize(name: &str, runs: &[Measurement]) {
     let mut soft: Vec<f64> = runs.iter().flat_map(|m| m.soft_update_ms.iter().copied()).collect();
     let mut peak: Vec<f64> = runs.iter().map(|m| m.peak_rss_mb).collect();
     let mut grown: Vec<f64> = runs.iter().map(|m| m.peak_rss_mb - m.setup_rss_mb).collect();
+    let mut cpu: Vec<f64> = runs.iter().map(|m| m.cpu_ms_per_step).collect();
     println!(
-        "  {name:<9} step median {med:8.2} ms (min {min:.2}, max {max:.2}; per-process medians {})  soft update {:.3} ms  peak RSS {:.0} MB (peak - setup {:.0} MB)",
+        "  {name:<9} step median {med:8.2} ms (min {min:.2}, max {max:.2}; per-process medians {})  CPU {:.1} ms/step  soft update {:.3} ms  peak RSS {:.0} MB (peak - setup {:.0} MB)",
         per_rep.join(", "),
+        median(&mut cpu),
         median(&mut soft),
         median(&mut peak),
         median(&mut grown),

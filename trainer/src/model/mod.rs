@@ -5,6 +5,7 @@
 //! in the weights passed to [`CausalLm::forward`].
 
 mod config;
+mod fused;
 mod ops;
 mod params;
 pub mod sampling;
@@ -14,7 +15,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
-pub use ops::{apply_rope, layer_norm, linear, rms_norm, softmax_last_dim, target_log_probs};
+pub use fused::{apply_rope, rms_norm, scaled_masked_softmax, target_log_probs};
+pub use ops::{layer_norm, linear, softmax_last_dim};
 pub use params::{param_specs, ParamSet, Weights};
 
 use crate::error::{Error, Result};
@@ -229,8 +231,7 @@ impl CausalLm {
             v = expand(&v)?;
         }
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = softmax_last_dim(&scores)?;
+        let probs = scaled_masked_softmax(&q.matmul(&k.t()?)?, mask, scale)?;
         let out = probs.matmul(&v.contiguous()?)?; // (b, heads, seq, d)
         let seq = out.dim(2)?;
         Ok(out.transpose(1, 2)?.reshape((b, seq, cfg.num_attention_heads * d))?)
