@@ -3,6 +3,7 @@
 //! A pure library: no async runtime, database or web framework. It reports through
 //! [`metrics::MetricSink`], so the CLI and the server share every line of training code.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
