@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -14,21 +15,25 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::error::Result;
 use super::runs::find;
 use super::AppState;
 use crate::db::metrics::{self, MetricRow};
 use crate::db::runs::RunStatus;
-use crate::jobs::events::RunEvent;
+use crate::jobs::events::{metrics_json, RunEvent};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/runs/{id}/events", get(events))
 }
 
-fn metrics_event(step: i64, values: &BTreeMap<String, Option<f64>>) -> Event {
-    Event::default().event("metrics").id(step.to_string()).data(json!({ "step": step, "values": values }).to_string())
+/// How long a live stream lets events gather before sending them in one write: a subscriber
+/// then costs the server a few wake-ups per second, not one per training step.
+const LIVE_BATCH: Duration = Duration::from_millis(50);
+
+fn metrics_event(step: i64, data: &str) -> Event {
+    Event::default().event("metrics").id(step.to_string()).data(data)
 }
 
 fn status_event(status: RunStatus, error: Option<&str>) -> Event {
@@ -62,7 +67,7 @@ async fn events(
         match metrics::after_step(&pool, run_id, last_sent).await {
             Ok(rows) => for (step, values) in group_by_step(rows) {
                 last_sent = step;
-                yield Ok(metrics_event(step, &values));
+                yield Ok(metrics_event(step, &metrics_json(step, &values)));
             },
             Err(e) => tracing::warn!(run_id, error = %e, "replaying metrics failed"),
         }
@@ -71,43 +76,55 @@ async fn events(
             return;
         }
         loop {
-            match rx.recv().await {
-                Ok(event) if event.run_id() != run_id => {}
-                Ok(RunEvent::Metrics { step, values, .. }) => {
-                    if step > last_sent {
-                        last_sent = step;
-                        yield Ok(metrics_event(step, &values));
-                    }
+            let mut batch = vec![rx.recv().await];
+            tokio::time::sleep(LIVE_BATCH).await;
+            loop {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(Ok(event)),
+                    Err(TryRecvError::Lagged(n)) => batch.push(Err(RecvError::Lagged(n))),
+                    Err(TryRecvError::Closed) => batch.push(Err(RecvError::Closed)),
+                    Err(TryRecvError::Empty) => break,
                 }
-                Ok(RunEvent::Status { status, error, .. }) => {
-                    yield Ok(status_event(status, error.as_deref()));
-                    if status.is_terminal() {
-                        return;
-                    }
-                }
-                Ok(RunEvent::Checkpoint { step, .. }) => {
-                    yield Ok(Event::default().event("checkpoint").data(json!({ "step": step }).to_string()));
-                }
-                // Too slow to keep up: catch up from the database instead.
-                Err(RecvError::Lagged(_)) => {
-                    let now = crate::db::runs::get(&pool, run_id).await.ok().flatten();
-                    if let Ok(rows) = metrics::after_step(&pool, run_id, last_sent).await {
-                        for (step, values) in group_by_step(rows) {
+            }
+            for received in batch {
+                match received {
+                    Ok(event) if event.run_id() != run_id => {}
+                    Ok(RunEvent::Metrics { step, data, .. }) => {
+                        if step > last_sent {
                             last_sent = step;
-                            yield Ok(metrics_event(step, &values));
+                            yield Ok(metrics_event(step, &data));
                         }
                     }
-                    // A missed final status would leave the stream open forever.
-                    match now {
-                        Some(run) if run.status().is_terminal() => {
-                            yield Ok(status_event(run.status(), run.error.as_deref()));
+                    Ok(RunEvent::Status { status, error, .. }) => {
+                        yield Ok(status_event(status, error.as_deref()));
+                        if status.is_terminal() {
                             return;
                         }
-                        None => return,
-                        Some(_) => {}
                     }
+                    Ok(RunEvent::Checkpoint { step, .. }) => {
+                        yield Ok(Event::default().event("checkpoint").data(json!({ "step": step }).to_string()));
+                    }
+                    // Too slow to keep up: catch up from the database instead.
+                    Err(RecvError::Lagged(_)) => {
+                        let now = crate::db::runs::get(&pool, run_id).await.ok().flatten();
+                        if let Ok(rows) = metrics::after_step(&pool, run_id, last_sent).await {
+                            for (step, values) in group_by_step(rows) {
+                                last_sent = step;
+                                yield Ok(metrics_event(step, &metrics_json(step, &values)));
+                            }
+                        }
+                        // A missed final status would leave the stream open forever.
+                        match now {
+                            Some(run) if run.status().is_terminal() => {
+                                yield Ok(status_event(run.status(), run.error.as_deref()));
+                                return;
+                            }
+                            None => return,
+                            Some(_) => {}
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
                 }
-                Err(RecvError::Closed) => return,
             }
         }
     };

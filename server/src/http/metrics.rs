@@ -13,7 +13,7 @@ use serde_json::json;
 use super::error::{Error, Result};
 use super::runs::find;
 use super::AppState;
-use crate::db::metrics::{self, MetricRow};
+use crate::db::metrics;
 
 /// JSON answers are downsampled to this many points per series unless asked otherwise.
 const DEFAULT_JSON_POINTS: usize = 2000;
@@ -57,11 +57,8 @@ async fn series(
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect();
-    let rows = metrics::series(&state.pool, run.id, &names).await?;
-    let mut by_name: BTreeMap<String, Vec<(i64, Option<f64>)>> = BTreeMap::new();
-    for MetricRow { name, step, value, .. } in rows {
-        by_name.entry(name).or_default().push((step, value));
-    }
+    let mut by_name: BTreeMap<String, Vec<(i64, Option<f64>)>> =
+        metrics::series(&state.pool, run.id, &names).await?.into_iter().collect();
     let total_points: usize = by_name.values().map(Vec::len).sum();
     if let Some(max) = max_points {
         for points in by_name.values_mut() {

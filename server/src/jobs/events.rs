@@ -1,18 +1,18 @@
 //! What live subscribers hear. Events are sent only after the change they describe is committed,
 //! so a subscriber that replays from the database and then listens misses nothing.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::db::runs::RunStatus;
 
 #[derive(Debug, Clone)]
 pub enum RunEvent {
-    /// Every metric logged at one step.
+    /// Every metric logged at one step, as the JSON `{"step": N, "values": {name: value}}`,
+    /// serialized once for all subscribers.
     Metrics {
         run_id: i64,
         step: i64,
-        values: Arc<BTreeMap<String, Option<f64>>>,
+        data: Arc<str>,
     },
     Status {
         run_id: i64,
@@ -38,4 +38,11 @@ pub type EventBus = tokio::sync::broadcast::Sender<RunEvent>;
 
 pub fn event_bus() -> EventBus {
     tokio::sync::broadcast::channel(16_384).0
+}
+
+/// The `data` of a metrics event.
+pub fn metrics_json<'a>(step: i64, values: impl IntoIterator<Item = (&'a String, &'a Option<f64>)>) -> String {
+    let values: serde_json::Map<String, serde_json::Value> =
+        values.into_iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+    serde_json::json!({ "step": step, "values": values }).to_string()
 }

@@ -18,7 +18,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 use trainer::metrics::{MetricSink, Metrics};
 
-use super::events::{EventBus, RunEvent};
+use super::events::{metrics_json, EventBus, RunEvent};
 use crate::db::{self, checkpoints::CheckpointFile, metrics::MetricRow};
 
 /// The most messages one transaction takes.
@@ -126,8 +126,8 @@ async fn write_loop(
                     let _ = ack.send(result.clone());
                 }
                 WriteMsg::Metrics { run_id, step, values } if result.is_ok() => {
-                    let _ =
-                        events.send(RunEvent::Metrics { run_id, step, values: Arc::new(values.into_iter().collect()) });
+                    let data = metrics_json(step, values.iter().map(|(k, v)| (k, v)));
+                    let _ = events.send(RunEvent::Metrics { run_id, step, data: data.into() });
                 }
                 WriteMsg::Checkpoint { run_id, step, .. } if result.is_ok() => {
                     let _ = events.send(RunEvent::Checkpoint { run_id, step });
@@ -341,11 +341,12 @@ mod tests {
         })
         .await
         .unwrap();
-        let rows = db::metrics::series(&pool, run_id, &["loss".into()]).await.unwrap();
-        let steps: Vec<i64> = rows.iter().map(|r| r.step).collect();
+        let series = db::metrics::series(&pool, run_id, &["loss".into()]).await.unwrap();
+        let points = &series[0].1;
+        let steps: Vec<i64> = points.iter().map(|p| p.0).collect();
         assert_eq!(steps, (1..=10).collect::<Vec<_>>());
-        assert_eq!(rows[9].value, Some(-10.0), "the resumed value replaced the old one");
-        assert_eq!(rows[5].value, Some(1.0 / 6.0), "steps up to the checkpoint are kept");
+        assert_eq!(points[9].1, Some(-10.0), "the resumed value replaced the old one");
+        assert_eq!(points[5].1, Some(1.0 / 6.0), "steps up to the checkpoint are kept");
         // Subscribers heard every logged step, after its commit.
         let mut heard = 0;
         while let Ok(event) = rx.try_recv() {
