@@ -15,7 +15,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
-pub use fused::{apply_rope, rms_norm, scaled_masked_softmax, target_log_probs};
+pub use fused::{apply_rope, rms_norm, scaled_masked_softmax, swiglu, target_log_probs};
 pub use ops::{layer_norm, linear, softmax_last_dim};
 pub use params::{param_specs, ParamSet, Weights};
 
@@ -86,7 +86,30 @@ impl CausalLm {
     }
 
     /// Logits at every position, `(batch, seq, vocab)`.
-    pub fn forward(&self, w: &Weights, input: ForwardInput<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward(&self, w: &Weights, input: ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let hidden = self.hidden_states(w, input, cache)?;
+        self.lm_head(w, &hidden)
+    }
+
+    /// The output projection, for hidden states of any leading shape: scoring only the
+    /// positions that matter skips the rest of the vocabulary-sized work.
+    pub fn lm_head(&self, w: &Weights, hidden: &Tensor) -> Result<Tensor> {
+        let head = match (self.config.architecture, self.config.tie_word_embeddings) {
+            (Architecture::GptNeox, true) => "gpt_neox.embed_in.weight",
+            (Architecture::GptNeox, false) => "embed_out.weight",
+            (_, true) => "model.embed_tokens.weight",
+            (_, false) => "lm_head.weight",
+        };
+        linear(hidden, w.get(head)?, None)
+    }
+
+    /// The final normalised hidden states `(batch, seq, hidden)`, before the output projection.
+    pub fn hidden_states(
+        &self,
+        w: &Weights,
+        input: ForwardInput<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let (batch, seq) = input.input_ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -106,22 +129,15 @@ impl CausalLm {
                 _ => self.llama_block(w, layer, &x, &cos, &sin, &mask, layer_cache)?,
             };
         }
-        let (x, head) = match cfg.architecture {
-            Architecture::GptNeox => (
-                layer_norm(
-                    &x,
-                    w.get("gpt_neox.final_layer_norm.weight")?,
-                    w.get("gpt_neox.final_layer_norm.bias")?,
-                    cfg.norm_eps,
-                )?,
-                if cfg.tie_word_embeddings { "gpt_neox.embed_in.weight" } else { "embed_out.weight" },
+        match cfg.architecture {
+            Architecture::GptNeox => layer_norm(
+                &x,
+                w.get("gpt_neox.final_layer_norm.weight")?,
+                w.get("gpt_neox.final_layer_norm.bias")?,
+                cfg.norm_eps,
             ),
-            _ => (
-                rms_norm(&x, w.get("model.norm.weight")?, cfg.norm_eps)?,
-                if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" },
-            ),
-        };
-        linear(&x, w.get(head)?, None)
+            _ => rms_norm(&x, w.get("model.norm.weight")?, cfg.norm_eps),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -147,7 +163,7 @@ impl CausalLm {
         let attn = self.attention(q, k, v, cos, sin, mask, cache)?;
         let x = (x + proj("self_attn.o_proj", &attn)?)?;
         let h = rms_norm(&x, w.get(&format!("{p}.post_attention_layernorm.weight"))?, cfg.norm_eps)?;
-        let gated = (proj("mlp.gate_proj", &h)?.silu()? * proj("mlp.up_proj", &h)?)?;
+        let gated = swiglu(&proj("mlp.gate_proj", &h)?, &proj("mlp.up_proj", &h)?)?;
         Ok((x + proj("mlp.down_proj", &gated)?)?)
     }
 
@@ -291,6 +307,8 @@ impl CausalLm {
         attention_mask: Option<&[Vec<u8>]>,
     ) -> Result<Tensor> {
         let keys = past + seq;
+        // Without padding one causal mask serves every row.
+        let attention_mask = attention_mask.filter(|m| m.iter().any(|row| row.contains(&0)));
         let rows = attention_mask.map_or(1, <[Vec<u8>]>::len);
         let mut data = Vec::with_capacity(rows * seq * keys);
         for r in 0..rows {
