@@ -62,12 +62,77 @@ pub enum LrSchedulerType {
     Cosine,
 }
 
+/// Where a run's model, initial policy and data come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// An HF model directory and a JSONL preference dataset (`model_name_or_path`, `dataset_path`).
+    #[default]
+    Dataset,
+    /// Built-in toy task with every response enumerable: exact KL and gold reward (SPEC §4).
+    ToyTree,
+    /// Built-in toy task with variable-length responses: Monte Carlo metrics (SPEC §4).
+    ToyLength,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dataset => "dataset",
+            Self::ToyTree => "toy-tree",
+            Self::ToyLength => "toy-length",
+        }
+    }
+
+    pub fn is_toy(self) -> bool {
+        self != Self::Dataset
+    }
+
+    /// Keys a toy task sets when the config leaves them out: TRL's defaults suit fine-tuning a
+    /// pretrained model, not a 100k-parameter toy trained for thousands of steps (SPEC §4).
+    fn default_overrides(self) -> Vec<(&'static str, Value)> {
+        use serde_json::json;
+        let training = || {
+            vec![
+                ("learning_rate", json!(3e-4)),
+                ("per_device_train_batch_size", json!(32)),
+                ("lr_scheduler_type", json!("constant")),
+                ("max_grad_norm", json!(0.0)),
+                ("eval_steps", json!(25)),
+                ("logging_steps", json!(25)),
+                ("save_steps", json!(500)),
+            ]
+        };
+        match self {
+            Self::Dataset => Vec::new(),
+            Self::ToyTree => {
+                let mut v = training();
+                v.push(("max_steps", json!(2000)));
+                v
+            }
+            Self::ToyLength => {
+                let mut v = training();
+                v.extend([
+                    ("max_steps", json!(1000)),
+                    ("toy_num_prompts", json!(16)),
+                    ("toy_alphabet_size", json!(16)),
+                    ("toy_response_length", json!(24)),
+                    ("toy_pairs_per_prompt", json!(64)),
+                ]);
+                v
+            }
+        }
+    }
+}
+
 /// Everything a run needs. Keys are TRL's (`DPOConfig`/`KTOConfig`/`TrainingArguments`) where
 /// TRL has one, with TRL's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
     // --- task, model, data
+    /// `dataset` (default), or a built-in toy task that needs no model or dataset path.
+    pub task: Task,
     /// HF model directory: `config.json`, `model.safetensors` (or a sharded index) and `tokenizer.json`.
     pub model_name_or_path: Option<PathBuf>,
     /// Start from a seeded random init of the directory's `config.json` instead of its weights.
@@ -119,6 +184,26 @@ pub struct RunConfig {
     /// Write `checkpoint-<step>/` every this many optimizer steps (and at the end); 0 = only at the end.
     pub save_steps: u64,
     pub eval_steps: Option<u64>,
+
+    // --- toy tasks (SPEC §4); ignored by `task = "dataset"`
+    /// Number of prompts P.
+    pub toy_num_prompts: usize,
+    /// Response alphabet size A (toy-tree) or content vocabulary (toy-length).
+    pub toy_alphabet_size: usize,
+    /// Response length L (toy-tree), or the most tokens generated (toy-length).
+    pub toy_response_length: usize,
+    /// Preference pairs sampled from π_init per prompt.
+    pub toy_pairs_per_prompt: usize,
+    /// Bradley–Terry label temperature T: `P(y₁ ≻ y₂) = σ((r*(y₁) − r*(y₂)) / T)`.
+    pub toy_label_temperature: f64,
+    /// Temperature of the behaviour distribution π_init is trained on (toy-tree).
+    pub toy_behaviour_temperature: f64,
+    /// Model width, depth and heads of the toy policy.
+    pub toy_hidden_size: usize,
+    pub toy_num_layers: usize,
+    pub toy_num_heads: usize,
+    /// Where π_init is cached; default `$GOODHART_CACHE_DIR`, else `<temp dir>/goodhart-cache`.
+    pub toy_cache_dir: Option<PathBuf>,
 }
 
 impl Default for RunConfig {
@@ -154,13 +239,31 @@ impl Default for RunConfig {
             logging_steps: 1,
             save_steps: 500,
             eval_steps: None,
+            task: Task::Dataset,
+            toy_num_prompts: 8,
+            toy_alphabet_size: 6,
+            toy_response_length: 4,
+            toy_pairs_per_prompt: 32,
+            toy_label_temperature: 1.0,
+            toy_behaviour_temperature: 0.2,
+            toy_hidden_size: 64,
+            toy_num_layers: 2,
+            toy_num_heads: 4,
+            toy_cache_dir: None,
         }
     }
 }
 
 impl RunConfig {
     /// Parses a JSON object; a wrong type or unknown key is reported with the field's name.
-    pub fn from_json_value(value: Value) -> Result<Self, Vec<FieldError>> {
+    /// A toy `task` first fills the keys it has defaults for (see [`Task`]) where they are absent.
+    pub fn from_json_value(mut value: Value) -> Result<Self, Vec<FieldError>> {
+        if let Some(map) = value.as_object_mut() {
+            let task = map.get("task").cloned().and_then(|t| serde_json::from_value::<Task>(t).ok());
+            for (key, default) in task.unwrap_or_default().default_overrides() {
+                map.entry(key).or_insert(default);
+            }
+        }
         let config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
@@ -250,6 +353,24 @@ impl RunConfig {
             "max_prompt_length",
             "must be < max_length",
         );
+        if self.task.is_toy() {
+            self.validate_toy(&mut errors);
+        } else {
+            self.validate_paths(&mut errors);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn validate_paths(&self, errors: &mut Vec<FieldError>) {
+        let mut check = |ok: bool, field: &str, message: &str| {
+            if !ok {
+                errors.push(FieldError::new(field, message));
+            }
+        };
         match &self.model_name_or_path {
             None => check(false, "model_name_or_path", "is required"),
             Some(p) => check(
@@ -262,11 +383,59 @@ impl RunConfig {
             None => check(false, "dataset_path", "is required"),
             Some(p) => check(p.is_file(), "dataset_path", &format!("{} does not exist", p.display())),
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
+    }
+
+    fn validate_toy(&self, errors: &mut Vec<FieldError>) {
+        let task = self.task.as_str();
+        let mut check = |ok: bool, field: &str, message: String| {
+            if !ok {
+                errors.push(FieldError::new(field, message));
+            }
+        };
+        check(
+            self.model_name_or_path.is_none(),
+            "model_name_or_path",
+            format!("must be unset: task {task:?} builds its own model"),
+        );
+        check(self.dataset_path.is_none(), "dataset_path", format!("must be unset: task {task:?} generates its data"));
+        check((1..=64).contains(&self.toy_num_prompts), "toy_num_prompts", "must be in [1, 64]".into());
+        check((2..=32).contains(&self.toy_alphabet_size), "toy_alphabet_size", "must be in [2, 32]".into());
+        check((1..=64).contains(&self.toy_response_length), "toy_response_length", "must be in [1, 64]".into());
+        if self.task == Task::ToyTree {
+            // Exact metrics enumerate A^L responses per prompt: keep that a table, not a universe.
+            let responses = (self.toy_alphabet_size as f64).powi(self.toy_response_length as i32);
+            check(
+                responses * self.toy_num_prompts as f64 <= 1_000_000.0,
+                "toy_response_length",
+                format!(
+                    "toy-tree enumerates toy_num_prompts × toy_alphabet_size^toy_response_length responses; \
+                     {responses} per prompt is too many (at most 1,000,000 in all)"
+                ),
+            );
         }
+        check(self.toy_pairs_per_prompt >= 1, "toy_pairs_per_prompt", "must be >= 1".into());
+        check(
+            self.toy_label_temperature.is_finite() && self.toy_label_temperature > 0.0,
+            "toy_label_temperature",
+            "must be > 0".into(),
+        );
+        check(
+            self.toy_behaviour_temperature.is_finite() && self.toy_behaviour_temperature > 0.0,
+            "toy_behaviour_temperature",
+            "must be > 0".into(),
+        );
+        check((1..=1024).contains(&self.toy_hidden_size), "toy_hidden_size", "must be in [1, 1024]".into());
+        check((1..=16).contains(&self.toy_num_layers), "toy_num_layers", "must be in [1, 16]".into());
+        check(
+            self.toy_num_heads >= 1 && self.toy_hidden_size.is_multiple_of(self.toy_num_heads),
+            "toy_num_heads",
+            "must be >= 1 and divide toy_hidden_size".into(),
+        );
+        check(
+            self.toy_num_heads == 0 || (self.toy_hidden_size / self.toy_num_heads).is_multiple_of(2),
+            "toy_num_heads",
+            "toy_hidden_size / toy_num_heads must be even (rotary embeddings)".into(),
+        );
     }
 
     /// The reference moves during training.

@@ -8,11 +8,16 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod logps;
 pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod sft;
+pub mod summary;
+pub mod sweep;
+pub mod tasks;
 pub mod train;
 pub mod trust_region;
 

@@ -1,0 +1,200 @@
+//! The initial policy π_init: trained by cross-entropy on a task's behaviour distribution, and
+//! cached on disk so that every run of a sweep starts from the identical weights.
+//!
+//! The cache key hashes everything that determines π_init (task, its parameters, model config,
+//! seed, and [`SFT_VERSION`]). Concurrent runs take an exclusive file lock on the key: the first
+//! builds, the others wait and then load. The weights are written to a temporary file and renamed
+//! into place, so a reader never sees a half-written file.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use fs2::FileExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::model::{CausalLm, ParamSet, Weights};
+use crate::optim::{AdamW, AdamWConfig};
+
+/// Bump when SFT or task generation changes, so old caches are not reused.
+pub const SFT_VERSION: u32 = 1;
+/// Full-batch AdamW learning rate and step limit for SFT.
+const SFT_LEARNING_RATE: f64 = 3e-3;
+const SFT_MAX_STEPS: u64 = 5000;
+
+/// What SFT minimises: a differentiable loss and the divergence that decides when to stop.
+pub trait SftTarget {
+    /// `(loss, KL(behaviour ‖ π))` for the current weights.
+    fn loss(&self, model: &CausalLm, weights: &Weights) -> Result<(Tensor, f64)>;
+}
+
+/// How SFT went, stored beside the cached weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SftReport {
+    pub steps: u64,
+    /// KL(behaviour ‖ π_init) at the end.
+    pub kl_behaviour: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug)]
+pub struct CachedPolicy {
+    pub params: ParamSet,
+    pub report: SftReport,
+    /// This call trained π_init (rather than loading it).
+    pub built: bool,
+    pub path: PathBuf,
+}
+
+/// `toy_cache_dir`, else `$GOODHART_CACHE_DIR`, else `<temp dir>/goodhart-cache`.
+pub fn cache_dir(cfg: &RunConfig) -> PathBuf {
+    cfg.toy_cache_dir
+        .clone()
+        .or_else(|| std::env::var_os("GOODHART_CACHE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| std::env::temp_dir().join("goodhart-cache"))
+}
+
+/// Loads π_init for `key` from `dir`, or builds it with `build` (once, even under concurrency).
+pub fn cached_initial_policy(
+    dir: &Path,
+    key: &impl Serialize,
+    model: &CausalLm,
+    build: impl FnOnce() -> Result<(ParamSet, SftReport)>,
+) -> Result<CachedPolicy> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let material =
+        serde_json::to_string(&(SFT_VERSION, key)).map_err(|source| Error::Json { path: dir.to_path_buf(), source })?;
+    let hash: String = Sha256::digest(material.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let weights = dir.join(format!("pi_init-{hash}.safetensors"));
+    let report_path = dir.join(format!("pi_init-{hash}.json"));
+    let lock_path = dir.join(format!("pi_init-{hash}.lock"));
+
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock_exclusive().map_err(|e| Error::io(&lock_path, e))?;
+    // The lock is released when `lock` drops, on every path out of this function.
+    if weights.is_file() && report_path.is_file() {
+        let params = ParamSet::load_safetensors(&weights, &model.config, model.device())?;
+        let text = std::fs::read_to_string(&report_path).map_err(|e| Error::io(&report_path, e))?;
+        let report = serde_json::from_str(&text).map_err(|source| Error::Json { path: report_path.clone(), source })?;
+        return Ok(CachedPolicy { params, report, built: false, path: weights });
+    }
+    let (params, report) = build()?;
+    let tmp = dir.join(format!("pi_init-{hash}.safetensors.tmp-{}", std::process::id()));
+    params.save_safetensors(&tmp)?;
+    write_atomically(&report_path, &serde_json::to_vec_pretty(&report).expect("a report serializes"))?;
+    std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
+    drop(lock);
+    Ok(CachedPolicy { params, report, built: true, path: weights })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Full-batch AdamW from a seeded random init until KL(behaviour ‖ π) ≤ `target_kl` (or the step
+/// limit; the report says where it stopped).
+pub fn train_initial_policy(
+    model: &CausalLm,
+    objective: &dyn SftTarget,
+    seed: u64,
+    initializer_range: f64,
+    target_kl: f64,
+) -> Result<(ParamSet, SftReport)> {
+    let start = std::time::Instant::now();
+    let params = ParamSet::random(&model.config, seed, initializer_range, model.device())?;
+    let mut adam = AdamW::new(&params, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
+    let mut steps = 0;
+    let mut kl = f64::INFINITY;
+    while steps < SFT_MAX_STEPS {
+        let (loss, now) = objective.loss(model, &params.trainable())?;
+        kl = now;
+        if !kl.is_finite() {
+            return Err(Error::NonFinite { step: steps, what: "SFT loss".into() });
+        }
+        if kl <= target_kl {
+            break;
+        }
+        let store = loss.backward()?;
+        let grads: Vec<Tensor> = params
+            .vars()
+            .iter()
+            .map(|v| store.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
+        adam.step(params.vars(), &grads, SFT_LEARNING_RATE)?;
+        steps += 1;
+    }
+    Ok((params, SftReport { steps, kl_behaviour: kl, seconds: start.elapsed().as_secs_f64() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Barrier;
+
+    use candle_core::Device;
+
+    use super::*;
+    use crate::model::ModelConfig;
+
+    fn tiny_model() -> CausalLm {
+        let cfg = ModelConfig::from_hf_json(&serde_json::json!({
+            "model_type": "llama", "vocab_size": 5, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2,
+        }))
+        .unwrap();
+        CausalLm::new(cfg, &Device::Cpu)
+    }
+
+    #[test]
+    fn concurrent_runs_build_the_initial_policy_once_and_share_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_model();
+        let builds = AtomicUsize::new(0);
+        let start = Barrier::new(6);
+        let results: Vec<CachedPolicy> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        cached_initial_policy(dir.path(), &("task", 1), &model, || {
+                            builds.fetch_add(1, Ordering::SeqCst);
+                            // Slow enough that the other threads arrive while it builds.
+                            std::thread::sleep(std::time::Duration::from_millis(300));
+                            let params = ParamSet::random(&model.config, 9, 0.02, model.device())?;
+                            Ok((params, SftReport { steps: 1, kl_behaviour: 0.0, seconds: 0.0 }))
+                        })
+                        .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+        assert_eq!(results.iter().filter(|r| r.built).count(), 1);
+        for r in &results {
+            assert_eq!(r.params.max_abs_diff(&results[0].params).unwrap(), 0.0);
+        }
+        // No temporary file is left behind; a different key builds its own.
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
+        let other = cached_initial_policy(dir.path(), &("task", 2), &model, || {
+            Ok((
+                ParamSet::random(&model.config, 10, 0.02, model.device())?,
+                SftReport { steps: 1, kl_behaviour: 0.0, seconds: 0.0 },
+            ))
+        })
+        .unwrap();
+        assert!(other.built);
+    }
+}

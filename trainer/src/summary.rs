@@ -1,0 +1,256 @@
+//! A run's overoptimization summary (SPEC §3) from its logged evaluations: gold reward at the
+//! start, at its peak and at the end, the Gao et al. RL-form fit of gold reward against
+//! sqrt(KL to π_init), and the Pareto front of (low KL, high gold reward). A plain function of
+//! the metrics, so the CLI and the server compute the same thing.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::metrics::{JsonlSink, Metrics};
+
+pub const GOLD: &str = "eval/gold_reward";
+pub const KL_INIT: &str = "eval/kl_init";
+
+/// One evaluation: step, KL to π_init, gold reward.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub step: u64,
+    pub kl: f64,
+    pub gold: f64,
+}
+
+/// Gao et al. (2023) RL form `R(d) = d (a − b ln d)` with `d = sqrt(KL)` and `R` the gold reward
+/// minus its value at the start. With `b > 0` it peaks at `d* = exp(a/b − 1)`, `R* = b d*`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GaoFit {
+    pub a: f64,
+    pub b: f64,
+    /// `None` when `b ≤ 0`: the fitted curve has no interior peak.
+    pub d_star: Option<f64>,
+    pub r_star: Option<f64>,
+    /// Fraction of the variance of R the fit explains (uncentred, as the model has no intercept).
+    pub r_squared: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub evaluations: usize,
+    pub start_gold: f64,
+    pub peak_gold: f64,
+    pub peak_step: u64,
+    pub peak_kl: f64,
+    /// Mean over the last 10% of evaluations (at least one): late curves are noisy.
+    pub final_gold: f64,
+    pub final_kl: f64,
+    /// `peak − start`.
+    pub rise: f64,
+    /// `peak − final`.
+    pub drop: f64,
+    /// `drop / rise`, when the gold reward rose at all.
+    pub drop_fraction: Option<f64>,
+    pub fit: Option<GaoFit>,
+    /// Evaluations no other evaluation beats on both KL (lower) and gold reward (higher), by KL.
+    pub pareto: Vec<ParetoPoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ParetoPoint {
+    pub step: u64,
+    pub kl: f64,
+    pub gold: f64,
+    /// A checkpoint was saved at this step.
+    pub checkpoint: bool,
+}
+
+/// The evaluation points of a run's logged metrics (steps with both `eval/kl_init` and
+/// `eval/gold_reward`), in step order.
+pub fn eval_points(steps: &[(u64, Metrics)]) -> Vec<EvalPoint> {
+    let mut points: Vec<EvalPoint> = steps
+        .iter()
+        .filter_map(|(step, m)| Some(EvalPoint { step: *step, kl: *m.get(KL_INIT)?, gold: *m.get(GOLD)? }))
+        .collect();
+    points.sort_by_key(|p| p.step);
+    points.dedup_by_key(|p| p.step);
+    points
+}
+
+/// `None` when the run logged no evaluation.
+pub fn summarize(points: &[EvalPoint], checkpoint_steps: &[u64]) -> Option<RunSummary> {
+    let first = points.first()?;
+    let peak = points.iter().fold(first, |best, p| if p.gold > best.gold { p } else { best });
+    let tail = &points[points.len() - points.len().div_ceil(10)..];
+    let final_gold = tail.iter().map(|p| p.gold).sum::<f64>() / tail.len() as f64;
+    let final_kl = tail.iter().map(|p| p.kl).sum::<f64>() / tail.len() as f64;
+    let rise = peak.gold - first.gold;
+    let drop = peak.gold - final_gold;
+    let fit_points: Vec<(f64, f64)> = points.iter().map(|p| (p.kl.max(0.0).sqrt(), p.gold - first.gold)).collect();
+    Some(RunSummary {
+        evaluations: points.len(),
+        start_gold: first.gold,
+        peak_gold: peak.gold,
+        peak_step: peak.step,
+        peak_kl: peak.kl,
+        final_gold,
+        final_kl,
+        rise,
+        drop,
+        drop_fraction: (rise > 0.0).then(|| drop / rise),
+        fit: fit_gao_rl(&fit_points),
+        pareto: pareto_front(points)
+            .into_iter()
+            .map(|p| ParetoPoint {
+                step: p.step,
+                kl: p.kl,
+                gold: p.gold,
+                checkpoint: checkpoint_steps.contains(&p.step),
+            })
+            .collect(),
+    })
+}
+
+/// Summarizes a run directory (`metrics.jsonl`, `checkpoint-<step>/`) into its `summary.json`.
+/// Returns `None`, writing nothing, when the run logged no evaluation.
+pub fn write_run_summary(dir: &Path) -> Result<Option<RunSummary>> {
+    let steps = JsonlSink::read(&dir.join("metrics.jsonl"))?;
+    let mut checkpoints = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let name = entry.map_err(|e| Error::io(dir, e))?.file_name();
+        if let Some(step) = name.to_str().and_then(|n| n.strip_prefix("checkpoint-")).and_then(|s| s.parse().ok()) {
+            checkpoints.push(step);
+        }
+    }
+    let Some(summary) = summarize(&eval_points(&steps), &checkpoints) else { return Ok(None) };
+    let path = dir.join("summary.json");
+    let text = serde_json::to_string_pretty(&summary).map_err(|source| Error::Json { path: path.clone(), source })?;
+    std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+    Ok(Some(summary))
+}
+
+/// Least squares of `R = a·d − b·d ln d` over `(d, R)` points (points at `d = 0` carry no
+/// information: both features vanish). `None` when the two features are collinear.
+pub fn fit_gao_rl(points: &[(f64, f64)]) -> Option<GaoFit> {
+    let (mut s11, mut s12, mut s22, mut s1r, mut s2r, mut srr) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(d, r) in points.iter().filter(|(d, r)| *d > 0.0 && d.is_finite() && r.is_finite()) {
+        let (f1, f2) = (d, -d * d.ln());
+        s11 += f1 * f1;
+        s12 += f1 * f2;
+        s22 += f2 * f2;
+        s1r += f1 * r;
+        s2r += f2 * r;
+        srr += r * r;
+    }
+    let det = s11 * s22 - s12 * s12;
+    if det.abs() <= 1e-12 * (s11 * s22).max(f64::MIN_POSITIVE) {
+        return None;
+    }
+    let a = (s22 * s1r - s12 * s2r) / det;
+    let b = (s11 * s2r - s12 * s1r) / det;
+    let residual = srr - a * s1r - b * s2r;
+    let d_star = (b > 0.0).then(|| (a / b - 1.0).exp());
+    Some(GaoFit {
+        a,
+        b,
+        d_star,
+        r_star: d_star.map(|d| b * d),
+        r_squared: if srr > 0.0 { 1.0 - residual / srr } else { 1.0 },
+    })
+}
+
+/// Points not dominated by another with lower-or-equal KL and higher-or-equal gold reward (one
+/// strictly), sorted by KL.
+pub fn pareto_front(points: &[EvalPoint]) -> Vec<EvalPoint> {
+    let mut sorted: Vec<EvalPoint> =
+        points.iter().copied().filter(|p| p.kl.is_finite() && p.gold.is_finite()).collect();
+    // By KL, and at equal KL the best gold reward first, so it alone survives.
+    sorted.sort_by(|x, y| x.kl.total_cmp(&y.kl).then(y.gold.total_cmp(&x.gold)));
+    let mut front: Vec<EvalPoint> = Vec::new();
+    for p in sorted {
+        if front.last().is_none_or(|best| p.gold > best.gold) {
+            front.push(p);
+        }
+    }
+    front
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(step: u64, kl: f64, gold: f64) -> EvalPoint {
+        EvalPoint { step, kl, gold }
+    }
+
+    #[test]
+    fn the_gao_fit_recovers_known_coefficients_from_exact_points() {
+        let (a, b) = (1.3, 0.8);
+        let points: Vec<(f64, f64)> = (1..40).map(|i| i as f64 * 0.1).map(|d| (d, d * (a - b * d.ln()))).collect();
+        let fit = fit_gao_rl(&points).unwrap();
+        assert!((fit.a - a).abs() < 1e-9 && (fit.b - b).abs() < 1e-9, "{fit:?}");
+        let d_star = (a / b - 1.0f64).exp();
+        assert!((fit.d_star.unwrap() - d_star).abs() < 1e-9);
+        assert!((fit.r_star.unwrap() - b * d_star).abs() < 1e-9);
+        assert!((fit.r_squared - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_gao_fit_recovers_known_coefficients_under_noise() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let (a, b) = (0.9, 0.5);
+        let points: Vec<(f64, f64)> = (1..400)
+            .map(|i| i as f64 * 0.01)
+            .map(|d| (d, d * (a - b * d.ln()) + 0.01 * (rng.random::<f64>() - 0.5)))
+            .collect();
+        let fit = fit_gao_rl(&points).unwrap();
+        assert!((fit.a - a).abs() < 0.01 && (fit.b - b).abs() < 0.01, "{fit:?}");
+    }
+
+    #[test]
+    fn a_curve_without_a_peak_has_no_optimum() {
+        let points: Vec<(f64, f64)> = (1..20).map(|i| i as f64 * 0.1).map(|d| (d, d * (1.0 + 0.5 * d.ln()))).collect();
+        let fit = fit_gao_rl(&points).unwrap();
+        assert!(fit.b < 0.0 && fit.d_star.is_none() && fit.r_star.is_none());
+    }
+
+    #[test]
+    fn the_pareto_front_keeps_only_undominated_points() {
+        let points = [
+            point(0, 0.0, 0.0),
+            point(1, 1.0, 2.0),
+            point(2, 2.0, 1.5), // dominated by step 1
+            point(3, 3.0, 3.0),
+            point(4, 3.0, 2.5),  // same KL, lower gold
+            point(5, 0.5, -1.0), // dominated by step 0
+            point(6, 5.0, 3.0),  // equal gold at higher KL: dominated
+        ];
+        let steps: Vec<u64> = pareto_front(&points).iter().map(|p| p.step).collect();
+        assert_eq!(steps, vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn the_summary_reports_peak_drop_and_a_tail_mean_final() {
+        // Rises to 2.0 at step 3, then ends at 1.0 for the last 10% (2 of 20 points).
+        let mut points: Vec<EvalPoint> =
+            (0..20).map(|i| point(i * 10, i as f64, if i == 3 { 2.0 } else { 1.5 })).collect();
+        points[0].gold = 0.0;
+        points[18].gold = 1.0;
+        points[19].gold = 1.0;
+        let s = summarize(&points, &[30]).unwrap();
+        assert_eq!((s.start_gold, s.peak_gold, s.peak_step, s.peak_kl), (0.0, 2.0, 30, 3.0));
+        assert_eq!(s.final_gold, 1.0);
+        assert_eq!(s.final_kl, 18.5);
+        assert_eq!((s.rise, s.drop), (2.0, 1.0));
+        assert_eq!(s.drop_fraction, Some(0.5));
+        assert!(s.pareto.iter().any(|p| p.step == 30 && p.checkpoint));
+        assert!(summarize(&[], &[]).is_none());
+    }
+
+    #[test]
+    fn eval_points_ignore_training_only_steps() {
+        let with = |kl: f64, gold: f64| Metrics::from([(KL_INIT.to_string(), kl), (GOLD.to_string(), gold)]);
+        let steps = vec![(0, with(0.0, 1.0)), (1, Metrics::from([("loss".to_string(), 0.7)])), (25, with(0.5, 1.2))];
+        assert_eq!(eval_points(&steps), vec![point(0, 0.0, 1.0), point(25, 0.5, 1.2)]);
+    }
+}
