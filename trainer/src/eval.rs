@@ -44,7 +44,10 @@ pub struct ScoredSample {
 
 /// `samples_per_prompt` responses per prompt from the policy at temperature 1, each scored under
 /// every weight set in `others` with the trainer's own completion log-probs (so EOS counts
-/// exactly as it does in training).
+/// exactly as it does in training). A response also ends at the first token for which `ends`
+/// holds (toy-tree's invalid tokens); what the sampler drew after it is dropped, which leaves
+/// the distribution of everything before it unchanged.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_and_score(
     model: &CausalLm,
     policy: &ParamSet,
@@ -52,13 +55,21 @@ pub fn sample_and_score(
     prompts: &[Vec<u32>],
     samples_per_prompt: usize,
     sampling: &SamplingConfig,
+    ends: &dyn Fn(u32) -> bool,
     rng: &mut impl Rng,
 ) -> Result<Vec<ScoredSample>> {
     let sampling = SamplingConfig { temperature: 1.0, top_k: None, ..sampling.clone() };
     let repeated: Vec<(usize, Vec<u32>)> =
         prompts.iter().enumerate().flat_map(|(i, p)| std::iter::repeat_n((i, p.clone()), samples_per_prompt)).collect();
     let batch_prompts: Vec<Vec<u32>> = repeated.iter().map(|(_, p)| p.clone()).collect();
-    let samples = generate(model, &policy.frozen(), &batch_prompts, &sampling, rng)?;
+    let mut samples = generate(model, &policy.frozen(), &batch_prompts, &sampling, rng)?;
+    for s in &mut samples {
+        if let Some(cut) = s.tokens.iter().position(|&t| ends(t)) {
+            s.tokens.truncate(cut + 1);
+            s.logprobs.truncate(cut + 1);
+            s.finished = true;
+        }
+    }
     let sequences: Vec<Sequence> = repeated
         .iter()
         .zip(&samples)
@@ -129,13 +140,16 @@ mod tests {
         let sampling =
             SamplingConfig { max_new_tokens: 3, temperature: 1.0, top_k: None, eos_token_id: None, pad_token_id: 0 };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let samples = sample_and_score(&model, &policy, &[&initial], &prompts, 500, &sampling, &mut rng).unwrap();
+        // Invalid (non-alphabet) tokens end a toy-tree response, as in the exact sums.
+        let invalid = |t: u32| t as usize >= cfg.toy_alphabet_size;
+        let samples =
+            sample_and_score(&model, &policy, &[&initial], &prompts, 500, &sampling, &invalid, &mut rng).unwrap();
         let estimate = kl_estimate(&samples, 0);
         assert!(exact > 0.05, "the policies differ: {exact}");
         assert!(estimate.se > 0.0 && estimate.se < exact / 3.0, "{estimate:?}");
         assert!((estimate.mean - exact).abs() < 3.0 * estimate.se, "MC {estimate:?} vs exact {exact}");
         // The sampler's own log-probs match the exact tree.
-        for s in samples.iter().take(20) {
+        for s in samples.iter().filter(|s| s.sample.tokens.len() == 3 && !invalid(s.sample.tokens[2])).take(20) {
             let code = s.sample.tokens.iter().fold(0, |c, &t| c * 3 + t as usize);
             assert!((s.policy_logp - exact_policy.response_log_probs(s.prompt)[code]).abs() < 1e-4);
         }
