@@ -1,5 +1,6 @@
 //! Goodhart's application crate: the `goodhart` command line and the web server.
 
+pub mod charts;
 pub mod cli;
 pub mod db;
 pub mod http;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod serve;
+mod sweep;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Train one run from a TOML or JSON config.
     Train(train::TrainArgs),
+    /// Train a grid of runs (`[base]` + `[[grid]]`), then write sweep.csv and the figures.
+    Sweep(sweep::SweepArgs),
     /// The web server: a run queue, background trainers and the JSON API.
     Serve(serve::ServeArgs),
     /// Benchmarks (`goodhart bench trainer`).
@@ -27,6 +30,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
+        Command::Sweep(args) => sweep::run(&args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }

@@ -69,5 +69,17 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         outcome.total_steps,
         args.output_dir.join("metrics.jsonl").display()
     );
+    // Runs with evaluations (the toy tasks) also get their overoptimization summary.
+    if let Some(s) = trainer::summary::write_run_summary(&args.output_dir)? {
+        eprintln!(
+            "gold reward: start {:.3}, peak {:.3} at step {} (KL {:.3}), final {:.3}; summary in {}",
+            s.start_gold,
+            s.peak_gold,
+            s.peak_step,
+            s.peak_kl,
+            s.final_gold,
+            args.output_dir.join("summary.json").display()
+        );
+    }
     Ok(())
 }

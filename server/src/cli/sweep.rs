@@ -1,0 +1,277 @@
+//! `goodhart sweep --config sweep.toml [--output-dir DIR] [--jobs N]`: expands the grid (see
+//! `trainer::sweep`), trains the runs with at most N at once, then writes `sweep.csv` and the
+//! figures (gold reward against sqrt(KL to π_init); OOD mass against step) as SVG and PNG.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context};
+use trainer::config::FieldError;
+use trainer::metrics::{JsonlSink, Metrics};
+use trainer::summary::{self, EvalPoint, RunSummary};
+use trainer::sweep::SweepRun;
+
+use crate::charts::{self, Chart, Series};
+
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// Sweep file, TOML or JSON: `[base]` run config keys and `[grid]` / `[[grid]]` value lists.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// One `<run name>/` per run, plus sweep.csv and the figures.
+    #[arg(long, default_value = "runs/sweep")]
+    pub output_dir: PathBuf,
+    /// Runs trained at once. Each run then gets one CPU thread (RAYON_NUM_THREADS=1, unless set):
+    /// for toy-sized models, parallel runs beat parallel threads.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+}
+
+/// A finished run: its metrics and summary.
+struct Finished {
+    run: SweepRun,
+    steps: Vec<(u64, Metrics)>,
+    summary: Option<RunSummary>,
+    seconds: f64,
+}
+
+pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let format = args.config.extension().and_then(|e| e.to_str()).unwrap_or("toml");
+    let runs = trainer::sweep::parse(&text, format)
+        .map_err(|e| anyhow!("sweep {}: {}", args.config.display(), FieldError::join(&e)))?;
+    if args.jobs == 0 {
+        anyhow::bail!("--jobs must be >= 1");
+    }
+    if args.jobs > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Read by candle when its thread pool starts, which has not happened yet.
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+    std::fs::create_dir_all(&args.output_dir).with_context(|| format!("creating {}", args.output_dir.display()))?;
+    eprintln!("sweep: {} runs, {} at a time, into {}", runs.len(), args.jobs, args.output_dir.display());
+
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<anyhow::Result<Finished>>>> = Mutex::new((0..runs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..args.jobs.min(runs.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(run) = runs.get(i) else { break };
+                let result = train_one(run, &args.output_dir);
+                match &result {
+                    Ok(f) => eprintln!("  {} done in {:.1}s", run.name, f.seconds),
+                    Err(e) => eprintln!("  {} failed: {e:#}", run.name),
+                }
+                results.lock().expect("no worker panics while holding the lock")[i] = Some(result);
+            });
+        }
+    });
+    let mut finished = Vec::new();
+    let mut failures = Vec::new();
+    for (run, result) in runs.iter().zip(results.into_inner().expect("workers joined")) {
+        match result {
+            Some(Ok(f)) => finished.push(f),
+            Some(Err(e)) => failures.push(format!("{}: {e:#}", run.name)),
+            None => failures.push(format!("{}: not run", run.name)),
+        }
+    }
+    write_csv(&args.output_dir.join("sweep.csv"), &finished)?;
+    write_figures(&args.output_dir, &finished)?;
+    eprintln!(
+        "sweep: {} of {} runs in {:.1}s; sweep.csv and figures in {}",
+        finished.len(),
+        runs.len(),
+        started.elapsed().as_secs_f64(),
+        args.output_dir.display()
+    );
+    if !failures.is_empty() {
+        anyhow::bail!("{} run(s) failed:\n{}", failures.len(), failures.join("\n"));
+    }
+    Ok(())
+}
+
+fn train_one(run: &SweepRun, output_dir: &Path) -> anyhow::Result<Finished> {
+    let dir = output_dir.join(&run.name);
+    // A sweep re-run starts each run afresh rather than appending to old metrics.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    // `goodhart train --config <run>/config.json` reproduces the run on its own.
+    let config_text = serde_json::to_string_pretty(&run.config).context("serializing the run config")?;
+    std::fs::write(dir.join("config.json"), config_text)?;
+    let started = Instant::now();
+    let mut sink = JsonlSink::create(&dir.join("metrics.jsonl"))?;
+    trainer::train::train(&run.config, &dir, false, &mut sink)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = summary::write_run_summary(&dir)?;
+    let steps = JsonlSink::read(&dir.join("metrics.jsonl"))?;
+    Ok(Finished { run: run.clone(), steps, summary, seconds })
+}
+
+fn series_style(run: &SweepRun) -> (Option<f64>, Option<u64>) {
+    let c = &run.config;
+    if c.sync_ref_model {
+        (Some(c.ref_model_mixup_alpha), Some(c.ref_model_sync_steps))
+    } else {
+        (None, None)
+    }
+}
+
+fn series_label(run: &SweepRun, with_seed: bool) -> String {
+    let c = &run.config;
+    let method = match c.loss_type.as_str() {
+        "sigmoid" => "DPO",
+        "ipo" => "IPO",
+        _ => "KTO",
+    };
+    let mut label = if c.sync_ref_model {
+        format!("TR-{method} α={} τ={}", c.ref_model_mixup_alpha, c.ref_model_sync_steps)
+    } else {
+        method.to_string()
+    };
+    if with_seed {
+        label.push_str(&format!(" seed {}", c.seed));
+    }
+    label
+}
+
+fn write_figures(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
+    let seeds: std::collections::HashSet<u64> = finished.iter().map(|f| f.run.config.seed).collect();
+    let with_seed = seeds.len() > 1;
+    let make = |f: &Finished, points: Vec<(f64, f64)>| {
+        let (alpha, tau) = series_style(&f.run);
+        Series { label: series_label(&f.run, with_seed), alpha, tau, points }
+    };
+    let gold = Chart {
+        title: "Gold reward against distance from π_init".into(),
+        x_label: "sqrt(KL(π_θ ‖ π_init))".into(),
+        y_label: "gold reward".into(),
+        series: finished
+            .iter()
+            .map(|f| make(f, summary::eval_points(&f.steps).iter().map(|p| (p.kl.max(0.0).sqrt(), p.gold)).collect()))
+            .collect(),
+    };
+    let ood = Chart {
+        title: "Out-of-domain probability mass".into(),
+        x_label: "step".into(),
+        y_label: "eval/ood_mass".into(),
+        series: finished
+            .iter()
+            .map(|f| {
+                let pts = f.steps.iter().filter_map(|(s, m)| Some((*s as f64, *m.get("eval/ood_mass")?))).collect();
+                make(f, pts)
+            })
+            .collect(),
+    };
+    for ext in ["svg", "png"] {
+        charts::draw(&gold, &dir.join(format!("gold_vs_kl.{ext}")))?;
+        if ood.series.iter().any(|s| !s.points.is_empty()) {
+            charts::draw(&ood, &dir.join(format!("ood_mass.{ext}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
+    // Checkpoints on the sweep-wide Pareto front: no other evaluation of the sweep has both
+    // lower KL and higher gold reward.
+    let all: Vec<(usize, EvalPoint)> = finished
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| summary::eval_points(&f.steps).into_iter().map(move |p| (i, p)))
+        .collect();
+    let front = summary::pareto_front(&all.iter().map(|(_, p)| *p).collect::<Vec<_>>());
+    let on_front = |i: usize| all.iter().filter(|(j, p)| *j == i && front.contains(p)).count();
+
+    let param_keys: Vec<String> = {
+        let mut keys: Vec<String> = finished.iter().flat_map(|f| f.run.params.keys().cloned()).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    };
+    let mut header: Vec<String> = vec!["run".into()];
+    header.extend(param_keys.iter().cloned());
+    header.extend(
+        [
+            "loss_type",
+            "sync_ref_model",
+            "ref_model_mixup_alpha",
+            "ref_model_sync_steps",
+            "beta",
+            "seed",
+            "start_gold",
+            "peak_gold",
+            "peak_step",
+            "peak_kl",
+            "final_gold",
+            "final_kl",
+            "rise",
+            "drop",
+            "drop_fraction",
+            "fit_a",
+            "fit_b",
+            "fit_d_star",
+            "fit_r_star",
+            "start_ood_mass",
+            "max_ood_mass",
+            "final_ood_mass",
+            "sweep_pareto_points",
+            "seconds",
+        ]
+        .map(String::from),
+    );
+    let mut lines = vec![header.join(",")];
+    for (i, f) in finished.iter().enumerate() {
+        let c = &f.run.config;
+        let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
+        let s = f.summary.as_ref();
+        let ood: Vec<f64> = f.steps.iter().filter_map(|(_, m)| m.get("eval/ood_mass").copied()).collect();
+        let tail = &ood[ood.len() - ood.len().div_ceil(10)..];
+        let mut row: Vec<String> = vec![f.run.name.clone()];
+        row.extend(param_keys.iter().map(|k| f.run.params.get(k).map_or(String::new(), csv_value)));
+        row.extend([
+            c.loss_type.as_str().to_string(),
+            c.sync_ref_model.to_string(),
+            c.ref_model_mixup_alpha.to_string(),
+            c.ref_model_sync_steps.to_string(),
+            c.beta.to_string(),
+            c.seed.to_string(),
+            num(s.map(|s| s.start_gold)),
+            num(s.map(|s| s.peak_gold)),
+            s.map_or(String::new(), |s| s.peak_step.to_string()),
+            num(s.map(|s| s.peak_kl)),
+            num(s.map(|s| s.final_gold)),
+            num(s.map(|s| s.final_kl)),
+            num(s.map(|s| s.rise)),
+            num(s.map(|s| s.drop)),
+            num(s.and_then(|s| s.drop_fraction)),
+            num(s.and_then(|s| s.fit).map(|f| f.a)),
+            num(s.and_then(|s| s.fit).map(|f| f.b)),
+            num(s.and_then(|s| s.fit).and_then(|f| f.d_star)),
+            num(s.and_then(|s| s.fit).and_then(|f| f.r_star)),
+            num(ood.first().copied()),
+            num(ood.iter().copied().reduce(f64::max)),
+            num((!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64)),
+            on_front(i).to_string(),
+            format!("{:.2}", f.seconds),
+        ]);
+        lines.push(row.join(","));
+    }
+    std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+fn csv_value(v: &serde_json::Value) -> String {
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
