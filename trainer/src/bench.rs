@@ -10,12 +10,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::data::{Collated, Sequence};
+use crate::config::RunConfig;
+use crate::data::{Collated, PairedExample, Sequence};
 use crate::error::Result;
 use crate::logps::sequence_logps;
 use crate::loss::{dpo_loss, Pair};
 use crate::model::{CausalLm, ModelConfig, ParamSet};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::train::{micro_batch_grads, Setup, TrainData};
 use crate::trust_region::soft_update;
 
 pub const PROMPT_LEN: usize = 16;
@@ -74,8 +76,89 @@ fn random_batch(vocab: usize, rng: &mut ChaCha8Rng) -> Collated {
     Collated::from_sequences(&seqs, 0)
 }
 
-/// Runs `warmup + steps` TR-DPO steps and returns the measured ones; `on_warm` is called once
-/// the warm-up is done (to start external counters).
+/// The trainer's own step (`train::micro_batch_grads`, with its worker threads), then AdamW and
+/// the soft update: what `goodhart train` runs. `warmup + steps` steps; `on_warm` is called
+/// once the warm-up is done.
+pub fn run_trainer_step(
+    config_name: &str,
+    cfg: &ModelConfig,
+    num_threads: usize,
+    warmup: usize,
+    steps: usize,
+    mut on_warm: impl FnMut(),
+) -> Result<BenchReport> {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let examples: Vec<PairedExample> = (0..(warmup + steps) * PAIRS)
+        .map(|_| {
+            let mut draw = |n: usize| (0..n).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect::<Vec<u32>>();
+            let prompt = draw(PROMPT_LEN);
+            PairedExample {
+                chosen: Sequence { prompt: prompt.clone(), completion: draw(COMPLETION_LEN) },
+                rejected: Sequence { prompt, completion: draw(COMPLETION_LEN) },
+            }
+        })
+        .collect();
+    let setup = Setup {
+        model: CausalLm::new(cfg.clone(), &dev),
+        initial: ParamSet::random(cfg, 0, 0.02, &dev)?,
+        data: TrainData::Paired(examples),
+        pad_token_id: 0,
+        side_files: Vec::new(),
+    };
+    let run = RunConfig { beta: 0.1, learning_rate: 1e-6, num_threads, ..RunConfig::default() };
+    let policy = setup.initial.deep_clone()?;
+    let reference = setup.initial.deep_clone()?;
+    let mut optimizer = AdamW::new(&policy, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
+    let mut measured = Vec::with_capacity(steps);
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    for i in 0..warmup + steps {
+        if i == warmup {
+            on_warm();
+        }
+        let indices: Vec<usize> = (i * PAIRS..(i + 1) * PAIRS).collect();
+        let t0 = Instant::now();
+        let (metrics, grads) = micro_batch_grads(&run, &setup, &policy, &reference, &indices, 1.0)?;
+        let grads: Vec<Tensor> = grads
+            .into_iter()
+            .zip(policy.vars())
+            .map(|(g, v)| g.map_or_else(|| v.zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
+        let t1 = Instant::now();
+        optimizer.step(policy.vars(), &grads, 1e-6)?;
+        let t2 = Instant::now();
+        soft_update(&policy, &reference, ALPHA)?;
+        let t3 = Instant::now();
+        let loss = metrics.iter().find(|(n, _)| *n == "loss").map_or(f64::NAN, |m| m.1);
+        if i == 0 {
+            first_loss = loss;
+        }
+        last_loss = loss;
+        if i >= warmup {
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+            measured.push(StepTimes {
+                policy_fwd: f64::NAN,
+                ref_fwd: f64::NAN,
+                loss_bwd: ms(t0, t1),
+                optim: ms(t1, t2),
+                soft_update: ms(t2, t3),
+                total: ms(t0, t3),
+            });
+        }
+    }
+    Ok(BenchReport {
+        config: config_name.to_string(),
+        n_params: policy.num_parameters(),
+        threads: num_threads,
+        steps: measured,
+        first_loss,
+        last_loss,
+    })
+}
+
+/// The same step written out sequentially with a timer between phases (policy forward,
+/// reference forward, loss + backward, AdamW, soft update), on one worker: for the per-phase
+/// breakdown. `warmup + steps` steps; `on_warm` is called once the warm-up is done.
 pub fn run_trdpo(
     config_name: &str,
     cfg: &ModelConfig,
@@ -168,6 +251,13 @@ mod tests {
             let params = ParamSet::random(&cfg, 0, 0.02, &Device::Cpu).unwrap();
             assert_eq!(params.num_parameters(), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn the_trainer_step_bench_starts_at_ln_2() {
+        let report = run_trainer_step("tiny", &peer_model_config("tiny").unwrap(), 2, 1, 2, || {}).unwrap();
+        assert!((report.first_loss - std::f64::consts::LN_2).abs() < 1e-6);
+        assert_eq!(report.steps.len(), 2);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 
 use crate::checkpoint::{self, CheckpointContents, TrainerState};
 use crate::config::{LossType, RunConfig};
@@ -249,22 +249,19 @@ pub fn train_with(
         let mut grads: Vec<Option<Tensor>> = vec![None; policy.vars().len()];
         for _ in 0..cfg.gradient_accumulation_steps {
             let indices = sampler.next_batch();
-            let out = micro_batch_loss(cfg, setup, &policy, reference, &indices)?;
-            for (name, value) in &out.metrics {
+            let scale = 1.0 / cfg.gradient_accumulation_steps as f64;
+            let (metrics, micro_grads) = micro_batch_grads(cfg, setup, &policy, reference, &indices, scale)?;
+            for (name, value) in metrics {
                 if !value.is_finite() {
-                    return Err(Error::NonFinite { step, what: (*name).to_string() });
+                    return Err(Error::NonFinite { step, what: name.to_string() });
                 }
-                state.metric_window.add(name, *value);
+                state.metric_window.add(name, value);
             }
-            let scaled = (out.loss / cfg.gradient_accumulation_steps as f64)?;
-            let store = scaled.backward()?;
-            for (acc, var) in grads.iter_mut().zip(policy.vars()) {
-                if let Some(g) = store.get(var.as_tensor()) {
-                    *acc = Some(match acc.take() {
-                        Some(sum) => (sum + g)?,
-                        None => g.clone(),
-                    });
-                }
+            for (acc, g) in grads.iter_mut().zip(micro_grads) {
+                *acc = match (acc.take(), g) {
+                    (Some(a), Some(b)) => Some((a + b)?),
+                    (a, b) => a.or(b),
+                };
             }
         }
         let mut grads: Vec<Tensor> = grads
@@ -311,47 +308,154 @@ pub fn train_with(
     })
 }
 
-/// One micro-batch through the policy (with gradients) and the reference (without), then the
-/// configured loss as a pure function of their log-probs.
-fn micro_batch_loss(
+/// Loss metrics and summed gradients of one micro-batch. The model work is split across
+/// worker threads by examples (data parallelism: no synchronisation inside the small matrix
+/// ops), while the loss is computed once on the whole micro-batch, exactly as without threads:
+///
+/// 1. each shard's sequence log-probs, in parallel (the policy's keep their graphs);
+/// 2. the loss on leaf copies of all of them, and its gradient with respect to each;
+/// 3. each shard pushes its part of that gradient back through its graph, in parallel.
+///
+/// `scale` multiplies the loss (1 / gradient_accumulation_steps).
+pub fn micro_batch_grads(
     cfg: &RunConfig,
     setup: &Setup,
     policy: &ParamSet,
     reference: &ParamSet,
     indices: &[usize],
-) -> Result<LossOutput> {
+    scale: f64,
+) -> Result<(Vec<(&'static str, f64)>, Vec<Option<Tensor>>)> {
+    let threads = worker_threads(cfg.num_threads).min(indices.len()).max(1);
+    let shards: Vec<&[usize]> = indices.chunks(indices.len().div_ceil(threads)).collect();
+    let parts = in_parallel(&shards, |shard| shard_forward(setup, policy, reference, shard))?;
+
+    let leaves: Vec<Var> =
+        parts.iter().map(|p| Var::from_tensor(&p.policy.detach())).collect::<candle_core::Result<_>>()?;
+    let out = batch_loss(cfg, &parts, &leaves)?;
+    let upstream = (out.loss.clone() * scale)?.backward()?;
+
+    let shard_ids: Vec<usize> = (0..parts.len()).collect();
+    let shard_grads = in_parallel(&shard_ids, |&k| {
+        let Some(d) = upstream.get(leaves[k].as_tensor()) else { return Ok(vec![None; policy.vars().len()]) };
+        let store = (&parts[k].policy * d)?.sum_all()?.backward()?;
+        Ok(policy.vars().iter().map(|v| store.get(v.as_tensor()).cloned()).collect::<Vec<_>>())
+    })?;
+    let mut grads: Vec<Option<Tensor>> = vec![None; policy.vars().len()];
+    for shard in shard_grads {
+        for (acc, g) in grads.iter_mut().zip(shard) {
+            *acc = match (acc.take(), g) {
+                (Some(a), Some(b)) => Some((a + b)?),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    Ok((out.metrics, grads))
+}
+
+/// `num_threads = 0` means one worker per available core.
+fn worker_threads(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+}
+
+/// Runs `f` on every item, the first on this thread and the rest on scoped threads.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
+    let Some((first, rest)) = items.split_first() else { return Ok(Vec::new()) };
+    if rest.is_empty() {
+        return Ok(vec![f(first)?]);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = rest.iter().map(|item| scope.spawn(|| f(item))).collect();
+        let mut out = vec![f(first)?];
+        for h in handles {
+            out.push(h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        }
+        Ok(out)
+    })
+}
+
+/// One shard's sequence log-probs. Paired rows are `[chosen…, rejected…]`; unpaired rows are
+/// in order, with their labels and, for KTO's z₀, the mismatched completions' log-ratios.
+struct ShardForward {
+    policy: Tensor,
+    reference: Tensor,
+    token_counts: Vec<f32>,
+    labels: Vec<bool>,
+    kl_log_ratios: Option<Tensor>,
+}
+
+fn shard_forward(setup: &Setup, policy: &ParamSet, reference: &ParamSet, indices: &[usize]) -> Result<ShardForward> {
     let model = &setup.model;
     let pad = setup.pad_token_id;
-    match &setup.data {
+    let (rows, labels, kl_rows) = match &setup.data {
         TrainData::Paired(examples) => {
             let picked: Vec<&PairedExample> = indices.iter().map(|&i| &examples[i]).collect();
             let Batch::Paired(rows) = data::collate_paired(&picked, pad) else { unreachable!("paired collation") };
-            let n = picked.len();
-            let pol = sequence_logps(model, &policy.trainable(), &rows)?;
-            let refl = sequence_logps(model, &reference.frozen(), &rows)?;
-            let split =
-                |v: &Tensor| -> Result<Pair> { Ok(Pair { chosen: v.narrow(0, 0, n)?, rejected: v.narrow(0, n, n)? }) };
-            let (pol, refl) = (split(&pol.sums)?, split(&refl.sums)?);
-            match cfg.loss_type {
-                LossType::Ipo => {
-                    let counts = Tensor::new(rows.completion_token_counts(), model.device())?;
-                    loss::ipo_loss(&pol, &refl, &split(&counts)?, cfg.beta)
-                }
-                _ => loss::dpo_loss(&pol, &refl, cfg.beta, cfg.label_smoothing),
-            }
+            (rows, Vec::new(), None)
         }
         TrainData::Unpaired(examples) => {
             let picked: Vec<&UnpairedExample> = indices.iter().map(|&i| &examples[i]).collect();
             let Batch::Unpaired { rows, labels, kl_rows } = data::collate_unpaired(&picked, pad) else {
                 unreachable!("unpaired collation")
             };
-            let pol = sequence_logps(model, &policy.trainable(), &rows)?;
-            let refl = sequence_logps(model, &reference.frozen(), &rows)?;
-            // z₀ is detached in TRL: the mismatched pairs go through the policy without gradients.
-            let pol_kl = sequence_logps(model, &policy.frozen(), &kl_rows)?;
-            let ref_kl = sequence_logps(model, &reference.frozen(), &kl_rows)?;
-            let z0 = loss::kto_z0(&pol_kl.sums, &ref_kl.sums)?;
-            loss::kto_loss(&pol.sums, &refl.sums, &labels, z0, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
+            (rows, labels, Some(kl_rows))
+        }
+    };
+    // z₀ is detached in TRL: the mismatched pairs go through the policy without gradients.
+    let kl_log_ratios = match kl_rows {
+        Some(kl) => Some(
+            (sequence_logps(model, &policy.frozen(), &kl)?.sums
+                - sequence_logps(model, &reference.frozen(), &kl)?.sums)?,
+        ),
+        None => None,
+    };
+    Ok(ShardForward {
+        policy: sequence_logps(model, &policy.trainable(), &rows)?.sums,
+        reference: sequence_logps(model, &reference.frozen(), &rows)?.sums,
+        token_counts: rows.completion_token_counts(),
+        labels,
+        kl_log_ratios,
+    })
+}
+
+/// The configured loss on the whole micro-batch, reassembled from the shards in order.
+fn batch_loss(cfg: &RunConfig, parts: &[ShardForward], leaves: &[Var]) -> Result<LossOutput> {
+    let dev = leaves[0].device().clone();
+    match cfg.loss_type {
+        LossType::Sigmoid | LossType::Ipo => {
+            // Each shard is [chosen…, rejected…]; the loss wants all chosen, then all rejected.
+            let halves = |t: &Tensor, second: bool| -> Result<Tensor> {
+                let n = t.dim(0)? / 2;
+                Ok(t.narrow(0, if second { n } else { 0 }, n)?)
+            };
+            let pair = |ts: &[Tensor]| -> Result<Pair> {
+                let chosen = ts.iter().map(|t| halves(t, false)).collect::<Result<Vec<_>>>()?;
+                let rejected = ts.iter().map(|t| halves(t, true)).collect::<Result<Vec<_>>>()?;
+                Ok(Pair { chosen: Tensor::cat(&chosen, 0)?, rejected: Tensor::cat(&rejected, 0)? })
+            };
+            let pol = pair(&leaves.iter().map(|l| l.as_tensor().clone()).collect::<Vec<_>>())?;
+            let refl = pair(&parts.iter().map(|p| p.reference.clone()).collect::<Vec<_>>())?;
+            if cfg.loss_type == LossType::Ipo {
+                let counts: Vec<Tensor> = parts
+                    .iter()
+                    .map(|p| Tensor::new(p.token_counts.as_slice(), &dev))
+                    .collect::<candle_core::Result<_>>()?;
+                loss::ipo_loss(&pol, &refl, &pair(&counts)?, cfg.beta)
+            } else {
+                loss::dpo_loss(&pol, &refl, cfg.beta, cfg.label_smoothing)
+            }
+        }
+        LossType::Kto => {
+            let cat = |ts: Vec<Tensor>| -> Result<Tensor> { Ok(Tensor::cat(&ts, 0)?) };
+            let pol = cat(leaves.iter().map(|l| l.as_tensor().clone()).collect())?;
+            let refl = cat(parts.iter().map(|p| p.reference.clone()).collect())?;
+            let kl = cat(parts.iter().filter_map(|p| p.kl_log_ratios.clone()).collect())?;
+            let labels: Vec<bool> = parts.iter().flat_map(|p| p.labels.iter().copied()).collect();
+            let z0 = loss::kto_z0(&kl, &kl.zeros_like()?)?;
+            loss::kto_loss(&pol, &refl, &labels, z0, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
         }
     }
 }

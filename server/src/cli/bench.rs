@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use trainer::bench::{median, peer_model_config, run_trdpo};
+use trainer::bench::{median, peer_model_config, run_trainer_step, run_trdpo};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -40,6 +40,18 @@ pub struct TrainerBenchArgs {
     /// The peer's Python (default: PEER_DIR/.venv/bin/python).
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// Also time each phase (policy forward, reference forward, loss + backward, AdamW, soft
+    /// update) in a sequential version of the step with candle's intra-op threads.
+    #[arg(long)]
+    pub phases: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// The trainer's own step: examples split across worker threads, one candle thread each.
+    Step,
+    /// The step written out phase by phase, one worker, candle's own threads inside each op.
+    Phases,
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +62,10 @@ pub struct OnceArgs {
     pub warmup: usize,
     #[arg(long)]
     pub steps: usize,
+    #[arg(long, value_enum, default_value = "step")]
+    pub mode: Mode,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
 }
 
 /// One process's result, Goodhart's or the peer's, in the same units.
@@ -70,8 +86,10 @@ fn process_cpu_ms() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<f64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    match (fields.get(11), fields.get(12)) {
+    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags, minflt, cminflt,
+    // majflt, cmajflt, utime, stime.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    match (fields.get(11).and_then(|u| u.parse::<f64>().ok()), fields.get(12).and_then(|s| s.parse::<f64>().ok())) {
         (Some(u), Some(s)) => (u + s) * 10.0,
         _ => f64::NAN,
     }
@@ -92,19 +110,23 @@ fn once(args: &OnceArgs) -> anyhow::Result<()> {
     let cfg = peer_model_config(&args.config).with_context(|| format!("unknown config {:?}", args.config))?;
     let setup_rss_mb = proc_status_mb("VmRSS:");
     let mut cpu_before = f64::NAN;
-    let report = run_trdpo(&args.config, &cfg, args.warmup, args.steps, || cpu_before = process_cpu_ms())?;
+    let on_warm = || cpu_before = process_cpu_ms();
+    let report = match args.mode {
+        Mode::Step => run_trainer_step(&args.config, &cfg, args.threads, args.warmup, args.steps, on_warm)?,
+        Mode::Phases => run_trdpo(&args.config, &cfg, args.warmup, args.steps, on_warm)?,
+    };
     let cpu_ms_per_step = (process_cpu_ms() - cpu_before) / args.steps.max(1) as f64;
     let col = |f: fn(&trainer::bench::StepTimes) -> f64| report.steps.iter().map(f).collect::<Vec<f64>>();
     let phases = [
         ("policy_fwd", median(&mut col(|s| s.policy_fwd))),
         ("ref_fwd", median(&mut col(|s| s.ref_fwd))),
-        ("loss_bwd", median(&mut col(|s| s.loss_bwd))),
+        (if args.mode == Mode::Step { "fwd_bwd" } else { "loss_bwd" }, median(&mut col(|s| s.loss_bwd))),
         ("optim", median(&mut col(|s| s.optim))),
         ("soft_update", median(&mut col(|s| s.soft_update))),
     ];
     let m = Measurement {
         step_ms: col(|s| s.total),
-        phase_median_ms: phases.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+        phase_median_ms: phases.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| ((*k).to_string(), *v)).collect(),
         soft_update_ms: col(|s| s.soft_update),
         peak_rss_mb: proc_status_mb("VmHWM:"),
         setup_rss_mb,
@@ -114,12 +136,17 @@ fn once(args: &OnceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_goodhart(args: &TrainerBenchArgs, config: &str) -> anyhow::Result<Measurement> {
+fn run_goodhart(args: &TrainerBenchArgs, config: &str, mode: Mode) -> anyhow::Result<Measurement> {
     let exe = std::env::current_exe()?;
+    // The step splits the batch over `threads` workers of one candle thread each; the phase
+    // breakdown runs one worker with `threads` candle threads inside each op.
+    let intra_op = if mode == Mode::Step { 1 } else { args.threads }.to_string();
     let out = Command::new(exe)
-        .args(["bench", "trainer-once", "--config", config])
+        .args(["bench", "trainer-once", "--config", config, "--threads", &args.threads.to_string()])
         .args(["--warmup", &args.warmup.to_string(), "--steps", &args.steps.to_string()])
-        .env("RAYON_NUM_THREADS", args.threads.to_string())
+        .args(["--mode", if mode == Mode::Step { "step" } else { "phases" }])
+        .env("RAYON_NUM_THREADS", &intra_op)
+        .env("CANDLE_NUM_THREADS", &intra_op)
         .output()?;
     if !out.status.success() {
         bail!("goodhart bench run failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -208,6 +235,7 @@ fn trainer_bench(args: &TrainerBenchArgs) -> anyhow::Result<()> {
     for config in &args.configs {
         peer_model_config(config).with_context(|| format!("unknown config {config:?} (use tiny or small)"))?;
         let mut ours = Vec::new();
+        let mut phased = Vec::new();
         let mut peers = Vec::new();
         for r in 0..args.repeats {
             // Alternate which side goes first, so drift in machine speed cancels.
@@ -215,13 +243,19 @@ fn trainer_bench(args: &TrainerBenchArgs) -> anyhow::Result<()> {
             if let (true, Some(dir)) = (peer_first, &args.peer_dir) {
                 peers.push(run_peer(args, dir, config)?);
             }
-            ours.push(run_goodhart(args, config)?);
+            ours.push(run_goodhart(args, config, Mode::Step)?);
+            if args.phases {
+                phased.push(run_goodhart(args, config, Mode::Phases)?);
+            }
             if let (false, Some(dir)) = (peer_first, &args.peer_dir) {
                 peers.push(run_peer(args, dir, config)?);
             }
         }
         println!("{config}:");
         summarize("goodhart", &ours);
+        if !phased.is_empty() {
+            summarize("phased", &phased);
+        }
         if !peers.is_empty() {
             summarize("pytorch", &peers);
             let mut ratios: Vec<f64> = ours
