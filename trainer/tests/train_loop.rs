@@ -124,6 +124,29 @@ fn gradient_accumulation_of_two_halves_equals_one_full_batch() {
 }
 
 #[test]
+fn splitting_the_batch_over_worker_threads_changes_nothing_but_rounding() {
+    for loss_type in ["sigmoid", "ipo", "kto"] {
+        let runs: Vec<MemorySink> = [1, 3]
+            .iter()
+            .map(|threads| {
+                let cfg = config(json!({"num_threads": threads, "per_device_train_batch_size": 8, "max_steps": 3,
+                                        "loss_type": loss_type, "sync_ref_model": true, "ref_model_sync_steps": 1}));
+                let dir = tempfile::tempdir().unwrap();
+                let mut sink = MemorySink::default();
+                train(&cfg, dir.path(), false, &mut sink).unwrap();
+                sink
+            })
+            .collect();
+        for ((_, a), (_, b)) in runs[0].steps.iter().zip(&runs[1].steps) {
+            for (name, x) in a {
+                let y = b[name];
+                assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{loss_type} {name}: 1 thread {x} vs 3 threads {y}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     let cfg = config(json!({"learning_rate": 1e30, "max_steps": 6, "save_steps": 1, "max_grad_norm": 0.0}));
     let dir = tempfile::tempdir().unwrap();
