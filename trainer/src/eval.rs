@@ -154,4 +154,41 @@ mod tests {
             assert!((s.policy_logp - exact_policy.response_log_probs(s.prompt)[code]).abs() < 1e-4);
         }
     }
+
+    #[test]
+    fn eos_is_counted_in_sampled_and_scored_log_probs() {
+        // TRL counts the EOS token in the completion log-prob; masking it makes DPO's length run
+        // away (SPEC §4). The sampler keeps EOS, and scoring the sample counts it.
+        let cfg = crate::model::ModelConfig::from_hf_json(&serde_json::json!({
+            "model_type": "llama", "vocab_size": 6, "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "eos_token_id": 5,
+        }))
+        .unwrap();
+        let model = CausalLm::new(cfg, &Device::Cpu);
+        let policy = ParamSet::random(&model.config, 4, 0.5, &Device::Cpu).unwrap();
+        let sampling = SamplingConfig {
+            max_new_tokens: 12,
+            temperature: 1.0,
+            top_k: None,
+            eos_token_id: Some(5),
+            pad_token_id: 0,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let samples =
+            sample_and_score(&model, &policy, &[&policy], &[vec![1, 2]], 64, &sampling, &|_| false, &mut rng).unwrap();
+        let ended: Vec<&ScoredSample> = samples.iter().filter(|s| s.sample.finished).collect();
+        assert!(ended.len() > 5, "some samples end at EOS");
+        for s in ended {
+            assert_eq!(s.sample.tokens.last(), Some(&5));
+            // The scored log-prob (training's code path) includes the EOS term ...
+            assert!((s.policy_logp - s.other_logps[0]).abs() < 1e-4, "{} vs {}", s.policy_logp, s.other_logps[0]);
+            // ... which is a real, non-zero term: without it the sum differs by log π(EOS|·).
+            let eos_logp = *s.sample.logprobs.last().unwrap();
+            assert!(eos_logp < -1e-3);
+            let without: f64 = s.sample.logprobs[..s.sample.logprobs.len() - 1].iter().sum();
+            assert!((s.other_logps[0] - without - eos_logp).abs() < 1e-4);
+        }
+        // A truncated sample (no EOS) has no EOS term.
+        assert!(samples.iter().filter(|s| !s.sample.finished).all(|s| s.sample.tokens.len() == 12));
+    }
 }
