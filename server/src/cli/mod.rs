@@ -1,6 +1,7 @@
 //! The `goodhart` subcommands.
 
 mod bench;
+mod bench_server;
 mod serve;
 mod sweep;
 mod train;
@@ -22,6 +23,8 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
     /// The web server: a run queue, background trainers and the JSON API.
     Serve(serve::ServeArgs),
+    /// The server's load benchmark: metric ingestion, metrics GET latency, SSE fan-out cost.
+    BenchServer(bench_server::ServerBenchArgs),
     /// Benchmarks (`goodhart bench trainer`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -33,6 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(args) => sweep::run(&args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::BenchServer(args) => bench_server::run(&args),
     }
 }
 

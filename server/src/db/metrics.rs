@@ -116,7 +116,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pool = crate::db::connect(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap();
         sqlx::query("insert into runs (config, created_at) values ('{}', 0)").execute(&pool).await.unwrap();
-        let values = [0.1 + 0.2, 1.0 / 3.0, -1e-300, 6.02214076e23, f64::MIN_POSITIVE, 1e-7, 123456789.123456789];
+        let values = [0.1 + 0.2, 1.0 / 3.0, -1e-300, 6.02214076e23, f64::MIN_POSITIVE, 1e-7, 123_456_789.123_456_78];
         let mut rows: Vec<MetricRow> = values
             .iter()
             .enumerate()
