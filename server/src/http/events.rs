@@ -30,7 +30,7 @@ pub fn router() -> Router<AppState> {
 
 /// How long a live stream lets events gather before sending them in one write: a subscriber
 /// then costs the server a few wake-ups per second, not one per training step.
-const LIVE_BATCH: Duration = Duration::from_millis(50);
+const LIVE_BATCH: Duration = Duration::from_millis(250);
 
 fn metrics_event(step: i64, data: &str) -> Event {
     Event::default().event("metrics").id(step.to_string()).data(data)
