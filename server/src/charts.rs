@@ -35,10 +35,11 @@ pub struct Chart {
 
 /// Draws `chart` to `path` (`.svg` or `.png`).
 pub fn draw(chart: &Chart, path: &Path) -> anyhow::Result<()> {
+    // Both backends measure text with the registered font to lay out the chart.
+    register_font();
     match path.extension().and_then(|e| e.to_str()) {
         Some("svg") => draw_on(chart, SVGBackend::new(path, SIZE).into_drawing_area()),
         Some("png") => {
-            register_font();
             let area = BitMapBackend::new(path, SIZE).into_drawing_area();
             draw_on(chart, area.clone())?;
             area.present().map_err(|e| anyhow!("{e}"))

@@ -23,6 +23,10 @@ pub struct SweepArgs {
     /// One `<run name>/` per run, plus sweep.csv and the figures.
     #[arg(long, default_value = "runs/sweep")]
     pub output_dir: PathBuf,
+    /// Keep a run whose directory already holds the same config.json and a summary.json
+    /// (a sweep stopped half way continues where it was).
+    #[arg(long)]
+    pub reuse: bool,
     /// Runs trained at once. Each run then gets one CPU thread (RAYON_NUM_THREADS=1, unless set):
     /// for toy-sized models, parallel runs beat parallel threads.
     #[arg(long, default_value_t = 1)]
@@ -60,7 +64,7 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(run) = runs.get(i) else { break };
-                let result = train_one(run, &args.output_dir);
+                let result = train_one(run, &args.output_dir, args.reuse);
                 match &result {
                     Ok(f) => eprintln!("  {} done in {:.1}s", run.name, f.seconds),
                     Err(e) => eprintln!("  {} failed: {e:#}", run.name),
@@ -93,15 +97,23 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn train_one(run: &SweepRun, output_dir: &Path) -> anyhow::Result<Finished> {
+fn train_one(run: &SweepRun, output_dir: &Path, reuse: bool) -> anyhow::Result<Finished> {
     let dir = output_dir.join(&run.name);
+    // `goodhart train --config <run>/config.json` reproduces the run on its own.
+    let config_text = serde_json::to_string_pretty(&run.config).context("serializing the run config")?;
+    if reuse && dir.join("summary.json").is_file() {
+        let same = std::fs::read_to_string(dir.join("config.json")).is_ok_and(|old| old == config_text);
+        if same {
+            let steps = JsonlSink::read(&dir.join("metrics.jsonl"))?;
+            let summary = summary::write_run_summary(&dir)?;
+            return Ok(Finished { run: run.clone(), steps, summary, seconds: 0.0 });
+        }
+    }
     // A sweep re-run starts each run afresh rather than appending to old metrics.
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir)?;
-    // `goodhart train --config <run>/config.json` reproduces the run on its own.
-    let config_text = serde_json::to_string_pretty(&run.config).context("serializing the run config")?;
     std::fs::write(dir.join("config.json"), config_text)?;
     let started = Instant::now();
     let mut sink = JsonlSink::create(&dir.join("metrics.jsonl"))?;
@@ -187,22 +199,23 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     let front = summary::pareto_front(&all.iter().map(|(_, p)| *p).collect::<Vec<_>>());
     let on_front = |i: usize| all.iter().filter(|(j, p)| *j == i && front.contains(p)).count();
 
+    const FIXED: [&str; 6] =
+        ["loss_type", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps", "beta", "seed"];
     let param_keys: Vec<String> = {
-        let mut keys: Vec<String> = finished.iter().flat_map(|f| f.run.params.keys().cloned()).collect();
+        let mut keys: Vec<String> = finished
+            .iter()
+            .flat_map(|f| f.run.params.keys().cloned())
+            .filter(|k| !FIXED.contains(&k.as_str()))
+            .collect();
         keys.sort();
         keys.dedup();
         keys
     };
     let mut header: Vec<String> = vec!["run".into()];
     header.extend(param_keys.iter().cloned());
+    header.extend(FIXED.map(String::from));
     header.extend(
         [
-            "loss_type",
-            "sync_ref_model",
-            "ref_model_mixup_alpha",
-            "ref_model_sync_steps",
-            "beta",
-            "seed",
             "start_gold",
             "peak_gold",
             "peak_step",
