@@ -23,11 +23,11 @@ use crate::optim::{AdamW, AdamWConfig};
 pub const SFT_VERSION: u32 = 1;
 /// Full-batch AdamW learning rate and step limit for SFT.
 const SFT_LEARNING_RATE: f64 = 3e-3;
-const SFT_MAX_STEPS: u64 = 5000;
 
 /// What SFT minimises: a differentiable loss and the divergence that decides when to stop.
 pub trait SftTarget {
-    /// `(loss, KL(behaviour ‖ π))` for the current weights.
+    /// `(loss, stopping criterion)` for the current weights: KL(behaviour ‖ π) where it is exact
+    /// (toy-tree), else the loss itself.
     fn loss(&self, model: &CausalLm, weights: &Weights) -> Result<(Tensor, f64)>;
 }
 
@@ -35,7 +35,8 @@ pub trait SftTarget {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SftReport {
     pub steps: u64,
-    /// KL(behaviour ‖ π_init) at the end.
+    /// The stopping criterion at the end: KL(behaviour ‖ π_init) for toy-tree; the per-token
+    /// cross-entropy on behaviour samples for toy-length, which has no exact KL.
     pub kl_behaviour: f64,
     pub seconds: f64,
 }
@@ -101,27 +102,28 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Full-batch AdamW from a seeded random init until KL(behaviour ‖ π) ≤ `target_kl` (or the step
-/// limit; the report says where it stopped).
+/// Full-batch AdamW from a seeded random init until the criterion is ≤ `target` or after
+/// `max_steps` (the report says where it stopped).
 pub fn train_initial_policy(
     model: &CausalLm,
     objective: &dyn SftTarget,
     seed: u64,
     initializer_range: f64,
-    target_kl: f64,
+    target: f64,
+    max_steps: u64,
 ) -> Result<(ParamSet, SftReport)> {
     let start = std::time::Instant::now();
     let params = ParamSet::random(&model.config, seed, initializer_range, model.device())?;
     let mut adam = AdamW::new(&params, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
     let mut steps = 0;
     let mut kl = f64::INFINITY;
-    while steps < SFT_MAX_STEPS {
+    while steps < max_steps {
         let (loss, now) = objective.loss(model, &params.trainable())?;
         kl = now;
         if !kl.is_finite() {
             return Err(Error::NonFinite { step: steps, what: "SFT loss".into() });
         }
-        if kl <= target_kl {
+        if kl <= target {
             break;
         }
         let store = loss.backward()?;

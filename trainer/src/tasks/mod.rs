@@ -2,6 +2,7 @@
 //! nothing downloaded. A task builds the model, its initial policy π_init (by SFT, cached) and
 //! its preference data, and brings an [`Evaluator`] that measures KL to π_init and gold reward.
 
+pub mod toy_length;
 pub mod toy_tree;
 
 use candle_core::Device;
@@ -29,10 +30,7 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
     cfg.validate().map_err(Error::Config)?;
     match cfg.task {
         Task::ToyTree => toy_tree::build(cfg, device),
-        Task::ToyLength => Err(Error::Config(vec![crate::config::FieldError::new(
-            "task",
-            "\"toy-length\" is not built yet; use \"toy-tree\"",
-        )])),
+        Task::ToyLength => toy_length::build(cfg, device),
         Task::Dataset => Err(Error::model("task \"dataset\" is not a toy task")),
     }
 }

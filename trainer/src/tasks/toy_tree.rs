@@ -375,6 +375,7 @@ impl SftTarget for BehaviourCloning<'_> {
 
 /// KL(behaviour ‖ π_init) at which SFT stops (SPEC §4).
 pub const SFT_TARGET_KL: f64 = 0.002;
+const SFT_MAX_STEPS: u64 = 5000;
 
 /// The task, π_init (cached), the preference data and the exact evaluator, from the config.
 pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
@@ -391,7 +392,7 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
         &sft::cache_dir(cfg),
         &("toy-tree", &tree.params, model_config.to_hf_json(), cfg.initializer_range),
         &model,
-        || sft::train_initial_policy(&model, &objective, cfg.seed, cfg.initializer_range, SFT_TARGET_KL),
+        || sft::train_initial_policy(&model, &objective, cfg.seed, cfg.initializer_range, SFT_TARGET_KL, SFT_MAX_STEPS),
     )?;
     let initial_tree = tree.tree_log_probs(&model, &cached.params.frozen())?;
     let pairs = ToyPairs::sample(&tree, &initial_tree);
