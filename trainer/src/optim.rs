@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Ten
 
 use crate::config::LrSchedulerType;
 use crate::error::{Error, Result};
+use crate::model::fused::{slice, slice_mut};
 use crate::model::ParamSet;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,22 +101,6 @@ impl AdamW {
     }
 }
 
-fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("expected f32") };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&mut v[a..b]),
-        None => candle_core::bail!("expected a contiguous tensor"),
-    }
-}
-
-fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("expected f32") };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("expected a contiguous tensor"),
-    }
-}
-
 /// `m ← decay·m + (1 − decay)·g` (or `g²` for the second moment), in place.
 struct Moment {
     decay: f32,
@@ -128,7 +113,7 @@ impl InplaceOp2 for Moment {
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let (m, g) = (f32_mut(s1, l1)?, f32_ref(s2, l2)?);
+        let (m, g) = (slice_mut(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         let keep = 1.0 - self.decay;
         for (m, &g) in m.iter_mut().zip(g) {
             let x = if self.square { g * g } else { g };
@@ -160,7 +145,7 @@ impl InplaceOp3 for ParamUpdate {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let (p, m, v) = (f32_mut(s1, l1)?, f32_ref(s2, l2)?, f32_ref(s3, l3)?);
+        let (p, m, v) = (slice_mut(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
             let denom = v.sqrt() / self.bias_correction2_sqrt + self.eps;
             *p = *p * self.decay - (m / denom) * self.step_size;

@@ -218,7 +218,7 @@ pub fn train_with(
     };
 
     let mut evaluate = |step: u64, policy: &ParamSet, reference: &ParamSet| -> Result<Option<Metrics>> {
-        let due = step == 0 || step == total || cfg.eval_steps.is_some_and(|e| step % e == 0);
+        let due = step == 0 || step == total || cfg.eval_steps.is_some_and(|e| step.is_multiple_of(e));
         match evaluator.as_deref_mut() {
             Some(ev) if due => Ok(Some(
                 ev.evaluate(step, EvalWeights { model: &setup.model, policy, reference, initial: &setup.initial })?,
@@ -250,7 +250,8 @@ pub fn train_with(
         for _ in 0..cfg.gradient_accumulation_steps {
             let indices = sampler.next_batch();
             let scale = 1.0 / cfg.gradient_accumulation_steps as f64;
-            let (metrics, micro_grads) = micro_batch_grads(cfg, setup, &policy, reference, &indices, scale)?;
+            let MicroBatchGrads { metrics, grads: micro_grads } =
+                micro_batch_grads(cfg, setup, &policy, reference, &indices, scale)?;
             for (name, value) in metrics {
                 if !value.is_finite() {
                     return Err(Error::NonFinite { step, what: name.to_string() });
@@ -324,7 +325,7 @@ pub fn micro_batch_grads(
     reference: &ParamSet,
     indices: &[usize],
     scale: f64,
-) -> Result<(Vec<(&'static str, f64)>, Vec<Option<Tensor>>)> {
+) -> Result<MicroBatchGrads> {
     let threads = worker_threads(cfg.num_threads).min(indices.len()).max(1);
     let shards: Vec<&[usize]> = indices.chunks(indices.len().div_ceil(threads)).collect();
     let parts = in_parallel(&shards, |shard| shard_forward(setup, policy, reference, shard))?;
@@ -349,7 +350,16 @@ pub fn micro_batch_grads(
             };
         }
     }
-    Ok((out.metrics, grads))
+    Ok(MicroBatchGrads { metrics: out.metrics, grads })
+}
+
+/// What one micro-batch contributes to an optimizer step.
+#[derive(Debug)]
+pub struct MicroBatchGrads {
+    /// TRL's metrics for the micro-batch.
+    pub metrics: Vec<(&'static str, f64)>,
+    /// One entry per policy parameter, `None` where no gradient reached it.
+    pub grads: Vec<Option<Tensor>>,
 }
 
 /// `num_threads = 0` means one worker per available core.

@@ -5,6 +5,7 @@
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout};
 
 use crate::error::Result;
+use crate::model::fused::{slice, slice_mut};
 use crate::model::ParamSet;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,7 +18,7 @@ pub struct TrustRegion {
 
 impl TrustRegion {
     pub fn is_due(&self, optimizer_step: u64) -> bool {
-        optimizer_step % self.sync_steps == 0
+        optimizer_step.is_multiple_of(self.sync_steps)
     }
 
     /// Updates `reference` in place when step `optimizer_step` is due; returns whether it did.
@@ -54,12 +55,9 @@ impl InplaceOp2 for Mix {
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let (CpuStorage::F32(r), CpuStorage::F32(p)) = (s1, s2) else { candle_core::bail!("expected f32 weights") };
-        let (Some((r0, r1)), Some((p0, p1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("expected contiguous weights")
-        };
+        let (r, p) = (slice_mut(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         let keep = 1.0 - self.alpha;
-        for (r, &p) in r[r0..r1].iter_mut().zip(&p[p0..p1]) {
+        for (r, &p) in r.iter_mut().zip(p) {
             *r = *r * keep + p * self.alpha;
         }
         Ok(())

@@ -24,8 +24,9 @@ fn config(overrides: Value) -> RunConfig {
         "save_steps": 0,
         "seed": 3,
     });
-    for (k, val) in overrides.as_object().unwrap() {
-        v[k] = val.clone();
+    let Value::Object(overrides) = overrides else { panic!("overrides are a JSON object") };
+    for (k, val) in overrides {
+        v[k] = val;
     }
     RunConfig::from_json_value(v).unwrap()
 }

@@ -206,7 +206,7 @@ impl ModelConfig {
                 return Err(Error::model(format!("model config: {name} must be > 0")));
             }
         }
-        if self.rotary_dim() % 2 != 0 {
+        if !self.rotary_dim().is_multiple_of(2) {
             return Err(Error::model("model config: the rotary dimension must be even"));
         }
         Ok(())

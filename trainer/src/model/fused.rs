@@ -22,10 +22,19 @@ fn fused(t: &Tensor) -> bool {
 }
 
 /// The contiguous f32 slice behind a storage/layout pair.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+/// The same, writable, for in-place ops.
+pub(crate) fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut v[a..b]),
         None => candle_core::bail!("{what}: expected a contiguous tensor"),
     }
 }

@@ -5,7 +5,7 @@
 //! in the weights passed to [`CausalLm::forward`].
 
 mod config;
-mod fused;
+pub(crate) mod fused;
 mod ops;
 mod params;
 pub mod sampling;
@@ -160,7 +160,7 @@ impl CausalLm {
         let q = self.split_heads(&proj("self_attn.q_proj", &h)?, cfg.num_attention_heads)?;
         let k = self.split_heads(&proj("self_attn.k_proj", &h)?, cfg.num_key_value_heads)?;
         let v = self.split_heads(&proj("self_attn.v_proj", &h)?, cfg.num_key_value_heads)?;
-        let attn = self.attention(q, k, v, cos, sin, mask, cache)?;
+        let attn = self.attention(&q, &k, v, cos, sin, mask, cache)?;
         let x = (x + proj("self_attn.o_proj", &attn)?)?;
         let h = rms_norm(&x, w.get(&format!("{p}.post_attention_layernorm.weight"))?, cfg.norm_eps)?;
         let gated = swiglu(&proj("mlp.gate_proj", &h)?, &proj("mlp.up_proj", &h)?)?;
@@ -193,7 +193,7 @@ impl CausalLm {
         let q = qkv.narrow(D::Minus1, 0, d)?;
         let k = qkv.narrow(D::Minus1, d, d)?;
         let v = qkv.narrow(D::Minus1, 2 * d, d)?.contiguous()?;
-        let attn = proj("attention.dense", &self.attention(q, k, v, cos, sin, mask, cache)?)?;
+        let attn = proj("attention.dense", &self.attention(&q, &k, v, cos, sin, mask, cache)?)?;
         let mlp = |input: &Tensor| -> Result<Tensor> {
             proj("mlp.dense_4h_to_h", &proj("mlp.dense_h_to_4h", input)?.gelu_erf()?)
         };
@@ -217,8 +217,8 @@ impl CausalLm {
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
-        q: Tensor,
-        k: Tensor,
+        q: &Tensor,
+        k: &Tensor,
         v: Tensor,
         cos: &Tensor,
         sin: &Tensor,
@@ -227,8 +227,8 @@ impl CausalLm {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         // matmul needs row-major operands; `cat` along the last dim may return a transposed layout.
-        let q = self.rotate(&q, cos, sin)?.contiguous()?;
-        let mut k = self.rotate(&k, cos, sin)?.contiguous()?;
+        let q = self.rotate(q, cos, sin)?.contiguous()?;
+        let mut k = self.rotate(k, cos, sin)?.contiguous()?;
         let mut v = v;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
