@@ -25,6 +25,11 @@ pub async fn connect(database_url: &str) -> Result<SqlitePool, sqlx::Error> {
     Ok(pool)
 }
 
+/// Starts every transaction that writes. A deferred transaction that reads first and then
+/// writes fails with `SQLITE_BUSY` (not waiting out the busy timeout) when another connection
+/// committed in between; `IMMEDIATE` takes the write lock up front and waits for it.
+pub const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
 /// Unix milliseconds, the timestamp format of every table.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -20,7 +20,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{Mutex, Notify};
 
 use super::events::{EventBus, RunEvent};
-use crate::db::{self, runs::RunStatus};
+use crate::db::{self, runs::RunStatus, BEGIN_WRITE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -131,7 +131,7 @@ impl RunQueue for SqliteQueue {
     fn enqueue_sweep(&self, base: Value, grid: Value, configs: Vec<Value>) -> BoxFuture<'_, Result<(i64, Vec<i64>)>> {
         Box::pin(async move {
             let now = db::now_ms();
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let sweep_id: i64 =
                 sqlx::query_scalar("insert into sweeps (base_config, grid, created_at) values (?, ?, ?) returning id")
                     .bind(base.to_string())
@@ -191,7 +191,7 @@ impl RunQueue for SqliteQueue {
     fn finish(&self, run_id: i64, outcome: Outcome) -> BoxFuture<'_, Result<RunStatus>> {
         Box::pin(async move {
             let now = db::now_ms();
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
             let cancel_requested: Option<bool> =
                 sqlx::query_scalar("select cancel_requested from runs where id = ? and status = 'running'")
                     .bind(run_id)

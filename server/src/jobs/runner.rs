@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use trainer::config::RunConfig;
 
-use super::queue::{Claim, Outcome, RunQueue};
+use super::queue::{Claim, Outcome, QueueError, RunQueue};
 use super::sink::{DbSink, MetricWriter, WriteMsg};
 
 pub struct Runner {
@@ -91,8 +91,19 @@ async fn run_one(
         Outcome::Failed(reason) => tracing::warn!(run_id, %reason, "run failed"),
         other => tracing::info!(run_id, outcome = ?other, "run ended"),
     }
-    if let Err(e) = queue.finish(run_id, outcome).await {
-        tracing::error!(run_id, error = %e, "recording the end of a run failed");
+    // A run whose end is not recorded would stay `running` until the next start: retry.
+    for attempt in 1..=5u32 {
+        match queue.finish(run_id, outcome.clone()).await {
+            Ok(_) => break,
+            Err(e @ QueueError::NotFound(_)) => {
+                tracing::error!(run_id, error = %e, "the run was no longer running when it ended");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(run_id, attempt, error = %e, "recording the end of a run failed");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
     }
 }
 

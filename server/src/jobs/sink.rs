@@ -140,7 +140,7 @@ async fn write_loop(
 
 /// One transaction for the whole batch, applied in order.
 async fn commit(pool: &SqlitePool, batch: &[WriteMsg]) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with(crate::db::BEGIN_WRITE).await?;
     let mut rows: Vec<MetricRow> = Vec::new();
     let mut progress: HashMap<i64, (i64, i64)> = HashMap::new();
     for msg in batch {
