@@ -12,6 +12,22 @@ use trainer::config::RunConfig;
 use trainer::metrics::MemorySink;
 use trainer::train::{train_with, EvalWeights};
 
+/// This process's CPU seconds (user + system) from /proc (Linux), so that numbers taken on a
+/// busy machine still say what the work itself cost; `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn cpu_note(start: Option<f64>, count: usize) -> String {
+    match (start, cpu_seconds()) {
+        (Some(a), Some(b)) => format!(", {:.1} ms CPU each", (b - a) * 1e3 / count as f64),
+        _ => String::new(),
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -32,15 +48,17 @@ fn main() -> trainer::Result<()> {
     let weights =
         EvalWeights { model: &setup.model, policy: &setup.initial, reference: &setup.initial, initial: &setup.initial };
     task.evaluator.evaluate(0, weights)?;
+    let cpu = cpu_seconds();
     let evals: Vec<f64> = (0..50)
         .map(|i| {
             let t = Instant::now();
             task.evaluator.evaluate(i, weights).map(|_| t.elapsed().as_secs_f64() * 1e3)
         })
         .collect::<trainer::Result<_>>()?;
-    println!("exact evaluation: median {:.1} ms over 50", median(evals));
+    println!("exact evaluation: median {:.1} ms wall over 50{}", median(evals), cpu_note(cpu, 50));
 
     let mut runs = Vec::new();
+    let cpu = cpu_seconds();
     for _ in 0..repeats {
         let dir = tempfile_dir();
         let t = Instant::now();
@@ -50,7 +68,12 @@ fn main() -> trainer::Result<()> {
         runs.push(t.elapsed().as_secs_f64());
         let _ = std::fs::remove_dir_all(&dir);
     }
-    println!("default toy-tree DPO run (2,000 steps, 81 exact evaluations, SFT cached): median {:.1} s over {repeats} ({runs:.1?})", median(runs.clone()));
+    println!(
+        "default toy-tree DPO run (2,000 steps, 81 exact evaluations, SFT cached): median {:.1} s wall over {repeats} \
+         ({runs:.1?}){}",
+        median(runs.clone()),
+        cpu_note(cpu, repeats).replace(" ms CPU", " ms CPU").replace("ms CPU each", "ms CPU per run")
+    );
     Ok(())
 }
 
