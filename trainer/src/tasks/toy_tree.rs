@@ -9,6 +9,7 @@
 //! it ends at that token (nothing after it is enumerated), is out of domain, and earns the
 //! prompt's lowest gold reward (a malformed answer is as bad as the worst answer).
 //! `eval/invalid_mass` reports how much mass sits there.
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
