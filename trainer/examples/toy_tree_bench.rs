@@ -72,7 +72,7 @@ fn main() -> trainer::Result<()> {
         "default toy-tree DPO run (2,000 steps, 81 exact evaluations, SFT cached): median {:.1} s wall over {repeats} \
          ({runs:.1?}){}",
         median(runs.clone()),
-        cpu_note(cpu, repeats).replace(" ms CPU", " ms CPU").replace("ms CPU each", "ms CPU per run")
+        cpu_note(cpu, repeats).replace("ms CPU each", "ms CPU per run")
     );
     Ok(())
 }
