@@ -371,20 +371,35 @@ fn worker_threads(configured: usize) -> usize {
     }
 }
 
-/// Runs `f` on every item, the first on this thread and the rest on scoped threads.
-fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
-    let Some((first, rest)) = items.split_first() else { return Ok(Vec::new()) };
-    if rest.is_empty() {
-        return Ok(vec![f(first)?]);
+/// Runs `f` on every item, in order, on a persistent pool of `items.len()` workers. The
+/// workers live across steps: a fresh thread per step would start with a cold allocator heap,
+/// and the kernel would zero fresh pages for every buffer it allocates.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync + Send) -> Result<Vec<R>> {
+    use rayon::prelude::*;
+    match items {
+        [] => Ok(Vec::new()),
+        [only] => Ok(vec![f(only)?]),
+        _ => worker_pool(items.len())?.install(|| items.par_iter().map(&f).collect()),
     }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = rest.iter().map(|item| scope.spawn(|| f(item))).collect();
-        let mut out = vec![f(first)?];
-        for h in handles {
-            out.push(h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
-        }
-        Ok(out)
-    })
+}
+
+/// One pool per worker count, created on first use.
+fn worker_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(pool) = pools.get(&threads) {
+        return Ok(Arc::clone(pool));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("goodhart-worker-{i}"))
+        .build()
+        .map_err(|e| Error::model(format!("cannot start {threads} worker threads: {e}")))?;
+    let pool = Arc::new(pool);
+    pools.insert(threads, Arc::clone(&pool));
+    Ok(pool)
 }
 
 /// One shard's sequence log-probs. Paired rows are `[chosen…, rejected…]`; unpaired rows are
