@@ -271,13 +271,27 @@ impl RunConfig {
                 map.entry(key).or_insert(default);
             }
         }
-        let config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+        let as_field_error = |e: serde_path_to_error::Error<serde_json::Error>| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
             let field =
                 if path == "." { unknown_field_name(&inner).unwrap_or_else(|| "(config)".into()) } else { path };
-            vec![FieldError::new(field, strip_position(&inner))]
-        })?;
+            FieldError::new(field, strip_position(&inner))
+        };
+        // serde stops at the first bad key; trying each key on its own reports all of them.
+        if let Value::Object(map) = &value {
+            let errors: Vec<FieldError> = map
+                .iter()
+                .filter_map(|(key, v)| {
+                    let single = Value::Object(serde_json::Map::from_iter([(key.clone(), v.clone())]));
+                    serde_path_to_error::deserialize::<_, Self>(single).err().map(as_field_error)
+                })
+                .collect();
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+        }
+        let config: Self = serde_path_to_error::deserialize(value).map_err(|e| vec![as_field_error(e)])?;
         config.validate()?;
         Ok(config)
     }
@@ -528,6 +542,17 @@ mod tests {
         assert_eq!(fields(&errors), vec!["beta"]);
         let errors = RunConfig::from_json_value(with("loss_type", json!("hinge"))).unwrap_err();
         assert_eq!(fields(&errors), vec!["loss_type"]);
+    }
+
+    #[test]
+    fn every_wrong_type_and_unknown_key_is_reported_at_once() {
+        let mut v = with("beta", json!("high"));
+        v["betaa"] = json!(0.1);
+        v["max_steps"] = json!(-3);
+        let errors = RunConfig::from_json_value(v).unwrap_err();
+        let mut names = fields(&errors);
+        names.sort_unstable();
+        assert_eq!(names, vec!["beta", "betaa", "max_steps"]);
     }
 
     #[test]

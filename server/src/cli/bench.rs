@@ -19,6 +19,8 @@ pub enum BenchCommand {
     /// One measurement in this process, printed as JSON (what `trainer` spawns).
     #[command(hide = true)]
     TrainerOnce(OnceArgs),
+    /// The server's load benchmark: metric ingestion, metrics GET latency, SSE fan-out cost.
+    Server(super::bench_server::ServerBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -277,5 +279,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Trainer(args) => trainer_bench(&args),
         BenchCommand::TrainerOnce(args) => once(&args),
+        BenchCommand::Server(args) => super::bench_server::run(&args),
     }
 }

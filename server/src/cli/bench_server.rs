@@ -1,4 +1,4 @@
-//! `goodhart bench-server`: the server's load benchmark, printed as medians.
+//! `goodhart bench server`: the server's load benchmark, printed as medians.
 //!
 //! 1. Metric ingestion: rows per second through the real path (trainer sink → writer task →
 //!    one upsert transaction per batch) into a SQLite file.
@@ -87,7 +87,7 @@ pub fn run(args: &ServerBenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        println!("goodhart bench-server on {cores} cores (server, trainer and clients in one process)");
+        println!("goodhart bench server on {cores} cores (server, trainer and clients in one process)");
         ingestion(args).await?;
         metrics_latency(args).await?;
         sse_overhead(args).await

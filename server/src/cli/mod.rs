@@ -23,9 +23,7 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
     /// The web server: a run queue, background trainers and the JSON API.
     Serve(serve::ServeArgs),
-    /// The server's load benchmark: metric ingestion, metrics GET latency, SSE fan-out cost.
-    BenchServer(bench_server::ServerBenchArgs),
-    /// Benchmarks (`goodhart bench trainer`).
+    /// Benchmarks: `goodhart bench trainer`, `goodhart bench server`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -36,7 +34,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(args) => sweep::run(&args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(cmd) => bench::run(cmd),
-        Command::BenchServer(args) => bench_server::run(&args),
     }
 }
 
