@@ -27,8 +27,8 @@ pub struct SweepArgs {
     /// (a sweep stopped half way continues where it was).
     #[arg(long)]
     pub reuse: bool,
-    /// Runs trained at once. Each run then gets one CPU thread (RAYON_NUM_THREADS=1, unless set):
-    /// for toy-sized models, parallel runs beat parallel threads.
+    /// Runs trained at once. Each run then gets one CPU thread (`num_threads = 1` and
+    /// RAYON_NUM_THREADS=1, unless set): for toy-sized models, parallel runs beat parallel threads.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
 }
@@ -44,10 +44,16 @@ struct Finished {
 pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let format = args.config.extension().and_then(|e| e.to_str()).unwrap_or("toml");
-    let runs = trainer::sweep::parse(&text, format)
+    let mut runs = trainer::sweep::parse(&text, format)
         .map_err(|e| anyhow!("sweep {}: {}", args.config.display(), FieldError::join(&e)))?;
     if args.jobs == 0 {
         anyhow::bail!("--jobs must be >= 1");
+    }
+    if args.jobs > 1 {
+        // Parallel runs already fill the cores: one worker thread each, unless the config says.
+        for run in runs.iter_mut().filter(|r| r.config.num_threads == 0) {
+            run.config.num_threads = 1;
+        }
     }
     if args.jobs > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // Read by candle when its thread pool starts, which has not happened yet.
