@@ -38,10 +38,10 @@ pub fn draw(chart: &Chart, path: &Path) -> anyhow::Result<()> {
     // Both backends measure text with the registered font to lay out the chart.
     register_font();
     match path.extension().and_then(|e| e.to_str()) {
-        Some("svg") => draw_on(chart, SVGBackend::new(path, SIZE).into_drawing_area()),
+        Some("svg") => draw_on(chart, &SVGBackend::new(path, SIZE).into_drawing_area()),
         Some("png") => {
             let area = BitMapBackend::new(path, SIZE).into_drawing_area();
-            draw_on(chart, area.clone())?;
+            draw_on(chart, &area)?;
             area.present().map_err(|e| anyhow!("{e}"))
         }
         _ => Err(anyhow!("{}: charts are .svg or .png", path.display())),
@@ -57,7 +57,7 @@ fn register_font() {
     });
 }
 
-fn draw_on<DB: DrawingBackend>(chart: &Chart, root: DrawingArea<DB, Shift>) -> anyhow::Result<()>
+fn draw_on<DB: DrawingBackend>(chart: &Chart, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
