@@ -52,6 +52,40 @@ pub struct StepTimes {
     pub total: f64,
 }
 
+/// Collects the measured steps (those after the warm-up) and the first and last loss.
+#[derive(Debug)]
+struct Recorder {
+    warmup: usize,
+    steps: Vec<StepTimes>,
+    first_loss: f64,
+    last_loss: f64,
+}
+
+impl Recorder {
+    fn new(warmup: usize, steps: usize) -> Self {
+        Self { warmup, steps: Vec::with_capacity(steps), first_loss: f64::NAN, last_loss: f64::NAN }
+    }
+
+    fn record(&mut self, step: usize, loss: f64, times: StepTimes) {
+        if step == 0 {
+            self.first_loss = loss;
+        }
+        self.last_loss = loss;
+        if step >= self.warmup {
+            self.steps.push(times);
+        }
+    }
+
+    fn report(self, config: &str, n_params: usize, threads: usize) -> BenchReport {
+        let Self { steps, first_loss, last_loss, .. } = self;
+        BenchReport { config: config.to_string(), n_params, threads, steps, first_loss, last_loss }
+    }
+}
+
+fn ms(a: Instant, b: Instant) -> f64 {
+    (b - a).as_secs_f64() * 1e3
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     pub config: String,
@@ -110,8 +144,7 @@ pub fn run_trainer_step(
     let policy = setup.initial.deep_clone()?;
     let reference = setup.initial.deep_clone()?;
     let mut optimizer = AdamW::new(&policy, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
-    let mut measured = Vec::with_capacity(steps);
-    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let mut recorder = Recorder::new(warmup, steps);
     for i in 0..warmup + steps {
         if i == warmup {
             on_warm();
@@ -130,30 +163,20 @@ pub fn run_trainer_step(
         soft_update(&policy, &reference, ALPHA)?;
         let t3 = Instant::now();
         let loss = metrics.iter().find(|(n, _)| *n == "loss").map_or(f64::NAN, |m| m.1);
-        if i == 0 {
-            first_loss = loss;
-        }
-        last_loss = loss;
-        if i >= warmup {
-            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-            measured.push(StepTimes {
+        recorder.record(
+            i,
+            loss,
+            StepTimes {
                 policy_fwd: f64::NAN,
                 ref_fwd: f64::NAN,
                 loss_bwd: ms(t0, t1),
                 optim: ms(t1, t2),
                 soft_update: ms(t2, t3),
                 total: ms(t0, t3),
-            });
-        }
+            },
+        );
     }
-    Ok(BenchReport {
-        config: config_name.to_string(),
-        n_params: policy.num_parameters(),
-        threads: num_threads,
-        steps: measured,
-        first_loss,
-        last_loss,
-    })
+    Ok(recorder.report(config_name, policy.num_parameters(), num_threads))
 }
 
 /// The same step written out sequentially with a timer between phases (policy forward,
@@ -173,8 +196,7 @@ pub fn run_trdpo(
     let mut optimizer = AdamW::new(&policy, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let batches: Vec<Collated> = (0..warmup + steps).map(|_| random_batch(cfg.vocab_size, &mut rng)).collect();
-    let mut measured = Vec::with_capacity(steps);
-    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let mut recorder = Recorder::new(warmup, steps);
     for (i, batch) in batches.iter().enumerate() {
         if i == warmup {
             on_warm();
@@ -199,31 +221,20 @@ pub fn run_trdpo(
         let t4 = Instant::now();
         soft_update(&policy, &reference, ALPHA)?;
         let t5 = Instant::now();
-        let loss = out.metrics[0].1;
-        if i == 0 {
-            first_loss = loss;
-        }
-        last_loss = loss;
-        if i >= warmup {
-            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-            measured.push(StepTimes {
+        recorder.record(
+            i,
+            out.metrics[0].1,
+            StepTimes {
                 policy_fwd: ms(t0, t1),
                 ref_fwd: ms(t1, t2),
                 loss_bwd: ms(t2, t3),
                 optim: ms(t3, t4),
                 soft_update: ms(t4, t5),
                 total: ms(t0, t5),
-            });
-        }
+            },
+        );
     }
-    Ok(BenchReport {
-        config: config_name.to_string(),
-        n_params: policy.num_parameters(),
-        threads: candle_core::utils::get_num_threads(),
-        steps: measured,
-        first_loss,
-        last_loss,
-    })
+    Ok(recorder.report(config_name, policy.num_parameters(), candle_core::utils::get_num_threads()))
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
