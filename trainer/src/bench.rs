@@ -152,11 +152,7 @@ pub fn run_trainer_step(
         let indices: Vec<usize> = (i * PAIRS..(i + 1) * PAIRS).collect();
         let t0 = Instant::now();
         let MicroBatchGrads { metrics, grads } = micro_batch_grads(&run, &setup, &policy, &reference, &indices, 1.0)?;
-        let grads: Vec<Tensor> = grads
-            .into_iter()
-            .zip(policy.vars())
-            .map(|(g, v)| g.map_or_else(|| v.zeros_like(), Ok))
-            .collect::<candle_core::Result<_>>()?;
+        let grads = policy.dense_grads(grads)?;
         let t1 = Instant::now();
         optimizer.step(policy.vars(), &grads, 1e-6)?;
         let t2 = Instant::now();
@@ -210,12 +206,7 @@ pub fn run_trdpo(
             Ok(Pair { chosen: v.narrow(0, 0, PAIRS)?, rejected: v.narrow(0, PAIRS, PAIRS)? })
         };
         let out = dpo_loss(&split(&pol)?, &split(&refl)?, 0.1, 0.0)?;
-        let grads = out.loss.backward()?;
-        let grads: Vec<Tensor> = policy
-            .vars()
-            .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
-            .collect::<candle_core::Result<_>>()?;
+        let grads = policy.dense_grads(policy.grads_from(&out.loss.backward()?))?;
         let t3 = Instant::now();
         optimizer.step(policy.vars(), &grads, 1e-6)?;
         let t4 = Instant::now();

@@ -16,13 +16,9 @@ pub struct SequenceLogps {
 /// Per-token log-probs `(rows, width - 1)` of each next token, zero outside the completion.
 pub fn token_logps(model: &CausalLm, weights: &Weights, batch: &Collated) -> Result<Tensor> {
     let dev = model.device();
-    let (rows, width) = (batch.rows(), batch.width());
-    let ids = Tensor::from_vec(batch.input_ids.concat(), (rows, width), dev)?;
-    let logits = model.forward(
-        weights,
-        ForwardInput { input_ids: &ids, attention_mask: Some(&batch.attention_mask), position_ids: None },
-        None,
-    )?;
+    let width = batch.width();
+    let ids = input_ids(batch, dev)?;
+    let logits = model.forward(weights, forward_input(&ids, batch), None)?;
     let logits = logits.narrow(1, 0, width - 1)?;
     let targets = ids.narrow(1, 1, width - 1)?.contiguous()?;
     let logp = target_log_probs(&logits, &targets)?;
@@ -35,9 +31,8 @@ pub fn token_logps(model: &CausalLm, weights: &Weights, batch: &Collated) -> Res
 pub fn sequence_logps(model: &CausalLm, weights: &Weights, batch: &Collated) -> Result<SequenceLogps> {
     let dev = model.device();
     let (rows, width) = (batch.rows(), batch.width());
-    let ids = Tensor::from_vec(batch.input_ids.concat(), (rows, width), dev)?;
-    let input = ForwardInput { input_ids: &ids, attention_mask: Some(&batch.attention_mask), position_ids: None };
-    let hidden = model.hidden_states(weights, input, None)?;
+    let ids = input_ids(batch, dev)?;
+    let hidden = model.hidden_states(weights, forward_input(&ids, batch), None)?;
     // Position p of row r is scored when token p + 1 is a completion token.
     let mut positions = Vec::new();
     let mut targets = Vec::new();
@@ -64,6 +59,15 @@ pub fn sequence_logps(model: &CausalLm, weights: &Weights, batch: &Collated) -> 
     }
     let sums = Tensor::from_vec(select, (rows, n), dev)?.matmul(&logp.unsqueeze(1)?)?.squeeze(1)?;
     Ok(SequenceLogps { sums })
+}
+
+fn input_ids(batch: &Collated, dev: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(batch.input_ids.concat(), (batch.rows(), batch.width()), dev)?)
+}
+
+/// Right-padded rows attend by their mask; positions count from 0 in every row.
+fn forward_input<'a>(ids: &'a Tensor, batch: &'a Collated) -> ForwardInput<'a> {
+    ForwardInput { input_ids: ids, attention_mask: Some(&batch.attention_mask), position_ids: None }
 }
 
 /// `completion_mask[:, 1:]` as f32: which next-token targets are completion tokens.

@@ -126,12 +126,7 @@ pub fn train_initial_policy(
         if kl <= target {
             break;
         }
-        let store = loss.backward()?;
-        let grads: Vec<Tensor> = params
-            .vars()
-            .iter()
-            .map(|v| store.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
-            .collect::<candle_core::Result<_>>()?;
+        let grads = params.dense_grads(params.grads_from(&loss.backward()?))?;
         adam.step(params.vars(), &grads, SFT_LEARNING_RATE)?;
         steps += 1;
     }

@@ -258,18 +258,9 @@ pub fn train_with(
                 }
                 state.metric_window.add(name, value);
             }
-            for (acc, g) in grads.iter_mut().zip(micro_grads) {
-                *acc = match (acc.take(), g) {
-                    (Some(a), Some(b)) => Some((a + b)?),
-                    (a, b) => a.or(b),
-                };
-            }
+            add_grads(&mut grads, micro_grads)?;
         }
-        let mut grads: Vec<Tensor> = grads
-            .into_iter()
-            .zip(policy.vars())
-            .map(|(g, var)| g.map_or_else(|| var.zeros_like(), Ok))
-            .collect::<candle_core::Result<_>>()?;
+        let mut grads = policy.dense_grads(grads)?;
         let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite { step, what: "grad_norm".into() });
@@ -338,19 +329,24 @@ pub fn micro_batch_grads(
     let shard_ids: Vec<usize> = (0..parts.len()).collect();
     let shard_grads = in_parallel(&shard_ids, |&k| {
         let Some(d) = upstream.get(leaves[k].as_tensor()) else { return Ok(vec![None; policy.vars().len()]) };
-        let store = (&parts[k].policy * d)?.sum_all()?.backward()?;
-        Ok(policy.vars().iter().map(|v| store.get(v.as_tensor()).cloned()).collect::<Vec<_>>())
+        Ok(policy.grads_from(&(&parts[k].policy * d)?.sum_all()?.backward()?))
     })?;
     let mut grads: Vec<Option<Tensor>> = vec![None; policy.vars().len()];
     for shard in shard_grads {
-        for (acc, g) in grads.iter_mut().zip(shard) {
-            *acc = match (acc.take(), g) {
-                (Some(a), Some(b)) => Some((a + b)?),
-                (a, b) => a.or(b),
-            };
-        }
+        add_grads(&mut grads, shard)?;
     }
     Ok(MicroBatchGrads { metrics: out.metrics, grads })
+}
+
+/// Adds `more` into `acc`, parameter by parameter (`None`: no gradient reached it).
+fn add_grads(acc: &mut [Option<Tensor>], more: Vec<Option<Tensor>>) -> Result<()> {
+    for (sum, g) in acc.iter_mut().zip(more) {
+        *sum = match (sum.take(), g) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(())
 }
 
 /// What one micro-batch contributes to an optimizer step.
@@ -479,7 +475,7 @@ fn batch_loss(cfg: &RunConfig, parts: &[ShardForward], leaves: &[Var]) -> Result
             let refl = cat(parts.iter().map(|p| p.reference.clone()).collect())?;
             let kl = cat(parts.iter().filter_map(|p| p.kl_log_ratios.clone()).collect())?;
             let labels: Vec<bool> = parts.iter().flat_map(|p| p.labels.iter().copied()).collect();
-            let z0 = loss::kto_z0(&kl, &kl.zeros_like()?)?;
+            let z0 = loss::kto_z0(&kl)?;
             loss::kto_loss(&pol, &refl, &labels, z0, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
         }
     }

@@ -218,6 +218,20 @@ impl ParamSet {
         Weights { tensors: self.names.iter().cloned().zip(self.vars.iter().map(f)).collect() }
     }
 
+    /// Each parameter's gradient in `store`, in parameter order; `None` where none reached it.
+    pub fn grads_from(&self, store: &candle_core::backprop::GradStore) -> Vec<Option<Tensor>> {
+        self.vars.iter().map(|v| store.get(v.as_tensor()).cloned()).collect()
+    }
+
+    /// Gradients for the optimizer: zeros where no gradient reached a parameter.
+    pub fn dense_grads(&self, grads: Vec<Option<Tensor>>) -> Result<Vec<Tensor>> {
+        Ok(grads
+            .into_iter()
+            .zip(&self.vars)
+            .map(|(g, v)| g.map_or_else(|| v.zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?)
+    }
+
     /// Overwrites every weight in place with `other`'s values.
     pub fn copy_from(&self, other: &ParamSet) -> Result<()> {
         for (dst, src) in self.vars.iter().zip(&other.vars) {
