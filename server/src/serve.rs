@@ -99,6 +99,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     let (writer, writer_task) = MetricWriter::spawn(pool.clone(), events.clone());
     let runner = Runner {
         queue: queue.clone(),
+        train: trainer::train::train,
         writer,
         data_dir: config.data_dir.clone(),
         max_concurrent: config.max_concurrent_runs,

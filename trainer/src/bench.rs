@@ -25,8 +25,18 @@ pub const COMPLETION_LEN: usize = 48;
 pub const PAIRS: usize = 8;
 pub const ALPHA: f64 = 0.6;
 
-/// The peer's `tiny` and `small` LlamaConfigs (untied, MHA, rope 1e4, rms eps 1e-6).
+/// The peer's `tiny` and `small` LlamaConfigs (untied, MHA, rope 1e4, rms eps 1e-6), and
+/// `pythia-160m`: EleutherAI's Pythia-160M shape (GPT-NeoX), for timing real sizes on a GPU.
 pub fn peer_model_config(name: &str) -> Option<ModelConfig> {
+    if name == "pythia-160m" {
+        return ModelConfig::from_hf_json(&json!({
+            "model_type": "gpt_neox", "vocab_size": 50304, "hidden_size": 768, "intermediate_size": 3072,
+            "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 2048,
+            "rotary_pct": 0.25, "rotary_emb_base": 10000, "layer_norm_eps": 1e-5, "use_parallel_residual": true,
+            "tie_word_embeddings": false, "hidden_act": "gelu",
+        }))
+        .ok();
+    }
     let (vocab, hidden, inter, layers, heads, pos) = match name {
         "tiny" => (256, 128, 344, 2, 4, 128),
         "small" => (512, 256, 688, 4, 8, 256),
@@ -116,30 +126,13 @@ fn random_batch(vocab: usize, rng: &mut ChaCha8Rng) -> Collated {
 pub fn run_trainer_step(
     config_name: &str,
     cfg: &ModelConfig,
+    dev: &Device,
     num_threads: usize,
     warmup: usize,
     steps: usize,
     mut on_warm: impl FnMut(),
 ) -> Result<BenchReport> {
-    let dev = Device::Cpu;
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let examples: Vec<PairedExample> = (0..(warmup + steps) * PAIRS)
-        .map(|_| {
-            let mut draw = |n: usize| (0..n).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect::<Vec<u32>>();
-            let prompt = draw(PROMPT_LEN);
-            PairedExample {
-                chosen: Sequence { prompt: prompt.clone(), completion: draw(COMPLETION_LEN) },
-                rejected: Sequence { prompt, completion: draw(COMPLETION_LEN) },
-            }
-        })
-        .collect();
-    let setup = Setup {
-        model: CausalLm::new(cfg.clone(), &dev),
-        initial: ParamSet::random(cfg, 0, 0.02, &dev)?,
-        data: TrainData::Paired(examples),
-        pad_token_id: 0,
-        side_files: Vec::new(),
-    };
+    let setup = random_pairs_setup(cfg, dev, warmup + steps)?;
     let run = RunConfig { beta: 0.1, learning_rate: 1e-6, num_threads, ..RunConfig::default() };
     let policy = setup.initial.deep_clone()?;
     let reference = setup.initial.deep_clone()?;
@@ -157,6 +150,8 @@ pub fn run_trainer_step(
         optimizer.step(policy.vars(), &grads, 1e-6)?;
         let t2 = Instant::now();
         soft_update(&policy, &reference, ALPHA)?;
+        // Kernels run asynchronously on a GPU: the step ends when its last one does.
+        dev.synchronize()?;
         let t3 = Instant::now();
         let loss = metrics.iter().find(|(n, _)| *n == "loss").map_or(f64::NAN, |m| m.1);
         recorder.record(
@@ -173,6 +168,118 @@ pub fn run_trainer_step(
         );
     }
     Ok(recorder.report(config_name, policy.num_parameters(), num_threads))
+}
+
+/// Random-init weights of `cfg` and `batches` batches of random pairs, the same for every device.
+fn random_pairs_setup(cfg: &ModelConfig, dev: &Device, batches: usize) -> Result<Setup> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let examples: Vec<PairedExample> = (0..batches * PAIRS)
+        .map(|_| {
+            let mut draw = |n: usize| (0..n).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect::<Vec<u32>>();
+            let prompt = draw(PROMPT_LEN);
+            PairedExample {
+                chosen: Sequence { prompt: prompt.clone(), completion: draw(COMPLETION_LEN) },
+                rejected: Sequence { prompt, completion: draw(COMPLETION_LEN) },
+            }
+        })
+        .collect();
+    Ok(Setup {
+        model: CausalLm::new(cfg.clone(), dev),
+        initial: ParamSet::random(cfg, 0, 0.02, dev)?,
+        data: TrainData::Paired(examples),
+        pad_token_id: 0,
+        side_files: Vec::new(),
+    })
+}
+
+/// One TR-DPO step (gradients, clipping, AdamW, soft update) on the CPU and on `device` from
+/// the same weights and batch: how far apart the two results are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceComparison {
+    pub device: String,
+    pub loss: [f64; 2],
+    pub grad_norm: [f64; 2],
+    /// Largest over parameters of ‖g_cpu − g_device‖ / ‖g_cpu‖.
+    pub max_grad_rel_diff: f64,
+    /// Largest over parameters of ‖Δθ_cpu − Δθ_device‖ / ‖Δθ_cpu‖, Δθ the AdamW update.
+    pub max_update_rel_diff: f64,
+    /// Largest absolute difference of any reference weight after the soft update.
+    pub max_reference_abs_diff: f64,
+}
+
+impl DeviceComparison {
+    /// Agreement within bfloat16's resolution (8 bits of mantissa, ≈ 0.4%), with some room.
+    pub const TOLERANCE: f64 = 1e-2;
+
+    pub fn within_tolerance(&self) -> bool {
+        let rel = |[a, b]: [f64; 2]| (a - b).abs() / a.abs().max(1e-12);
+        rel(self.loss) <= Self::TOLERANCE
+            && rel(self.grad_norm) <= Self::TOLERANCE
+            && self.max_grad_rel_diff <= Self::TOLERANCE
+            && self.max_update_rel_diff <= Self::TOLERANCE
+            && self.max_reference_abs_diff <= Self::TOLERANCE
+    }
+}
+
+pub fn compare_step_across_devices(cfg: &ModelConfig, device: &Device) -> Result<DeviceComparison> {
+    struct Outcome {
+        loss: f64,
+        grad_norm: f64,
+        grads: Vec<Tensor>,
+        updates: Vec<Tensor>,
+        reference: ParamSet,
+    }
+    let run_on = |dev: &Device| -> Result<Outcome> {
+        let setup = random_pairs_setup(cfg, dev, 1)?;
+        let run = RunConfig { beta: 0.1, num_threads: 1, ..RunConfig::default() };
+        let policy = setup.initial.deep_clone()?;
+        let reference = setup.initial.deep_clone()?;
+        let indices: Vec<usize> = (0..PAIRS).collect();
+        let MicroBatchGrads { metrics, grads } = micro_batch_grads(&run, &setup, &policy, &reference, &indices, 1.0)?;
+        let mut grads = policy.dense_grads(grads)?;
+        let grad_norm = crate::optim::clip_grad_norm(&mut grads, 1.0)?;
+        let before: Vec<Tensor> =
+            policy.vars().iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+        let mut optimizer =
+            AdamW::new(&policy, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
+        optimizer.step(policy.vars(), &grads, 1e-3)?;
+        let updates = policy
+            .vars()
+            .iter()
+            .zip(&before)
+            .map(|(v, b)| v.as_tensor() - b)
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        soft_update(&policy, &reference, ALPHA)?;
+        let loss = metrics.iter().find(|(n, _)| *n == "loss").map_or(f64::NAN, |m| m.1);
+        let to_cpu =
+            |ts: Vec<Tensor>| ts.iter().map(|t| t.to_device(&Device::Cpu)).collect::<candle_core::Result<Vec<_>>>();
+        Ok(Outcome { loss, grad_norm, grads: to_cpu(grads)?, updates: to_cpu(updates)?, reference })
+    };
+    let cpu = run_on(&Device::Cpu)?;
+    let dev = run_on(device)?;
+    let max_rel = |a: &[Tensor], b: &[Tensor]| -> Result<f64> {
+        let mut worst = 0f64;
+        for (x, y) in a.iter().zip(b) {
+            let norm = f64::from(x.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
+            let diff = f64::from((x - y)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
+            worst = worst.max(diff / norm.max(1e-30));
+        }
+        Ok(worst)
+    };
+    let mut max_reference_abs_diff = 0f64;
+    for (x, y) in cpu.reference.vars().iter().zip(dev.reference.vars()) {
+        let y = y.as_tensor().to_device(&Device::Cpu)?;
+        let d = (x.as_tensor() - y)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        max_reference_abs_diff = max_reference_abs_diff.max(f64::from(d));
+    }
+    Ok(DeviceComparison {
+        device: format!("{:?}", device.location()),
+        loss: [cpu.loss, dev.loss],
+        grad_norm: [cpu.grad_norm, dev.grad_norm],
+        max_grad_rel_diff: max_rel(&cpu.grads, &dev.grads)?,
+        max_update_rel_diff: max_rel(&cpu.updates, &dev.updates)?,
+        max_reference_abs_diff,
+    })
 }
 
 /// The same step written out sequentially with a timer between phases (policy forward,
@@ -257,9 +364,28 @@ mod tests {
 
     #[test]
     fn the_trainer_step_bench_starts_at_ln_2() {
-        let report = run_trainer_step("tiny", &peer_model_config("tiny").unwrap(), 2, 1, 2, || {}).unwrap();
+        let report =
+            run_trainer_step("tiny", &peer_model_config("tiny").unwrap(), &Device::Cpu, 2, 1, 2, || {}).unwrap();
         assert!((report.first_loss - std::f64::consts::LN_2).abs() < 1e-6);
         assert_eq!(report.steps.len(), 2);
+    }
+
+    #[test]
+    fn the_pythia_preset_has_pythia_160m_parameter_count() {
+        // EleutherAI/pythia-160m: 162,322,944 parameters (untied embed_in and embed_out).
+        let cfg = peer_model_config("pythia-160m").unwrap();
+        let params = ParamSet::random(&cfg, 0, 0.02, &Device::Cpu).unwrap();
+        assert_eq!(params.num_parameters(), 162_322_944);
+    }
+
+    #[test]
+    fn the_cpu_agrees_with_itself_across_devices_and_a_perturbed_step_does_not() {
+        let cfg = peer_model_config("tiny").unwrap();
+        let same = compare_step_across_devices(&cfg, &Device::Cpu).unwrap();
+        assert!(same.within_tolerance(), "{same:?}");
+        assert_eq!(same.max_grad_rel_diff, 0.0);
+        let off = DeviceComparison { loss: [same.loss[0], same.loss[0] * 1.05], ..same };
+        assert!(!off.within_tolerance());
     }
 
     #[test]

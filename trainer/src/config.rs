@@ -184,6 +184,8 @@ pub struct RunConfig {
     /// Worker threads that split each micro-batch (data parallelism); 0 = one per core. candle's
     /// own threads inside each op are set with `RAYON_NUM_THREADS`/`CANDLE_NUM_THREADS`.
     pub num_threads: usize,
+    /// Where the model trains: `cpu` (default), `cuda` or `cuda:N` (a build with `--features cuda`).
+    pub device: String,
 
     // --- bookkeeping
     pub logging_steps: u64,
@@ -243,6 +245,7 @@ impl Default for RunConfig {
             adam_epsilon: 1e-8,
             seed: 42,
             num_threads: 0,
+            device: "cpu".into(),
             logging_steps: 1,
             save_steps: 500,
             eval_steps: None,
@@ -374,6 +377,9 @@ impl RunConfig {
             "max_prompt_length",
             "must be < max_length",
         );
+        if let Err(message) = DeviceSpec::parse(&self.device).and_then(DeviceSpec::available) {
+            errors.push(FieldError::new("device", message));
+        }
         if self.task.is_toy() {
             self.validate_toy(&mut errors);
         } else {
@@ -462,6 +468,46 @@ impl RunConfig {
     /// The reference moves during training.
     pub fn moves_reference(&self) -> bool {
         self.sync_ref_model
+    }
+
+    /// The candle device `device` names (checked by [`Self::validate`]).
+    pub fn candle_device(&self) -> Result<candle_core::Device> {
+        let spec = DeviceSpec::parse(&self.device).map_err(|m| Error::Config(vec![FieldError::new("device", m)]))?;
+        Ok(match spec {
+            DeviceSpec::Cpu => candle_core::Device::Cpu,
+            DeviceSpec::Cuda(ordinal) => candle_core::Device::new_cuda(ordinal)?,
+        })
+    }
+}
+
+/// The `device` key, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => name
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("{name:?} is not a device: use \"cpu\", \"cuda\" or \"cuda:N\"")),
+        }
+    }
+
+    /// Whether this build can use the device at all (not whether the GPU is there).
+    fn available(self) -> Result<Self, String> {
+        match self {
+            Self::Cuda(_) if !cfg!(feature = "cuda") => {
+                Err("this goodhart was built without CUDA: rebuild with `cargo build --release --features cuda`".into())
+            }
+            spec => Ok(spec),
+        }
     }
 }
 
@@ -612,5 +658,19 @@ mod tests {
     fn malformed_text_is_an_error_not_a_panic() {
         assert!(RunConfig::parse("beta = = 1", "toml").is_err());
         assert!(RunConfig::parse("{\"beta\": ", "json").is_err());
+    }
+
+    #[test]
+    fn the_device_is_cpu_by_default_and_a_bad_name_is_refused_by_field() {
+        assert_eq!(RunConfig::default().candle_device().unwrap().location(), candle_core::DeviceLocation::Cpu);
+        let errors = RunConfig::from_json_value(json!({"task": "toy-tree", "device": "tpu"})).unwrap_err();
+        assert_eq!(fields(&errors), vec!["device"]);
+        assert!(errors[0].message.contains("\"cuda:N\""), "{}", errors[0].message);
+        let cuda = RunConfig::from_json_value(json!({"task": "toy-tree", "device": "cuda:1"}));
+        if cfg!(feature = "cuda") {
+            assert_eq!(cuda.unwrap().device, "cuda:1");
+        } else {
+            assert!(cuda.unwrap_err()[0].message.contains("--features cuda"));
+        }
     }
 }

@@ -174,9 +174,82 @@ pub fn pareto_front(points: &[EvalPoint]) -> Vec<EvalPoint> {
     front
 }
 
+/// A mean over independent runs (typically seeds) with the half-width of its 95% confidence
+/// interval, from Student's t with n − 1 degrees of freedom.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MeanCi {
+    pub mean: f64,
+    /// NaN for a single value: one run says nothing about the spread.
+    pub half_width: f64,
+    pub n: usize,
+}
+
+impl MeanCi {
+    /// `None` without any finite value; non-finite values are left out.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        let n = v.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let half_width = if n < 2 {
+            f64::NAN
+        } else {
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            t_975(n - 1) * (var / n as f64).sqrt()
+        };
+        Some(Self { mean, half_width, n })
+    }
+}
+
+impl std::fmt::Display for MeanCi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = f.precision().unwrap_or(3);
+        if self.half_width.is_finite() {
+            write!(f, "{:.p$} ± {:.p$}", self.mean, self.half_width)
+        } else {
+            write!(f, "{:.p$}", self.mean)
+        }
+    }
+}
+
+/// The 97.5% quantile of Student's t with `df` degrees of freedom (two-sided 95%).
+fn t_975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=30 => TABLE[df - 1],
+        // Cornish–Fisher expansion around the normal quantile; within 1e-3 beyond 30.
+        _ => {
+            let (z, d) = (1.959_964_f64, df as f64);
+            z + (z.powi(3) + z) / (4.0 * d) + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * d * d)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mean_ci_uses_students_t_and_needs_two_values_for_a_width() {
+        // 1, 2, 3, 4, 5: mean 3, sd sqrt(2.5), t(4) = 2.776.
+        let ci = MeanCi::of(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+        assert_eq!((ci.mean, ci.n), (3.0, 5));
+        assert!((ci.half_width - 2.776 * (2.5f64 / 5.0).sqrt()).abs() < 1e-12);
+        assert_eq!(format!("{ci:.2}"), "3.00 ± 1.96");
+        let one = MeanCi::of(&[2.0, f64::NAN]).unwrap();
+        assert!(one.half_width.is_nan());
+        assert_eq!(one.to_string(), "2.000");
+        assert!(MeanCi::of(&[]).is_none());
+        // The large-df expansion meets the table's last entry and tends to the normal quantile.
+        assert!((t_975(30) - 2.042).abs() < 2e-3 && (t_975(31) - 2.040).abs() < 2e-3);
+        assert!((t_975(100_000) - 1.95996).abs() < 1e-4);
+    }
 
     fn point(step: u64, kl: f64, gold: f64) -> EvalPoint {
         EvalPoint { step, kl, gold }

@@ -133,11 +133,12 @@ pub fn total_steps(cfg: &RunConfig, examples: usize) -> u64 {
 /// checkpoint in `output_dir` (or starts fresh if there is none).
 /// A toy `task` brings its own evaluator (exact or Monte Carlo KL to π_init, gold reward).
 pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn MetricSink) -> Result<TrainOutcome> {
+    let device = cfg.candle_device()?;
     if cfg.task.is_toy() {
-        let mut task = crate::tasks::build(cfg, &Device::Cpu)?;
+        let mut task = crate::tasks::build(cfg, &device)?;
         return train_with(cfg, &task.setup, output_dir, resume, sink, Some(task.evaluator.as_mut()));
     }
-    let setup = Setup::from_config(cfg, &Device::Cpu)?;
+    let setup = Setup::from_config(cfg, &device)?;
     train_with(cfg, &setup, output_dir, resume, sink, None)
 }
 
@@ -317,7 +318,9 @@ pub fn micro_batch_grads(
     indices: &[usize],
     scale: f64,
 ) -> Result<MicroBatchGrads> {
-    let threads = worker_threads(cfg.num_threads).min(indices.len()).max(1);
+    // A GPU parallelises inside each op; splitting the batch would only shrink its kernels.
+    let threads = if setup.model.device().is_cpu() { worker_threads(cfg.num_threads) } else { 1 };
+    let threads = threads.min(indices.len()).max(1);
     let shards: Vec<&[usize]> = indices.chunks(indices.len().div_ceil(threads)).collect();
     let parts = in_parallel(&shards, |shard| shard_forward(setup, policy, reference, shard))?;
 

@@ -8,8 +8,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
-use trainer::bench::{median, peer_model_config, run_trainer_step, run_trdpo};
+use trainer::bench::{
+    compare_step_across_devices, median, peer_model_config, run_trainer_step, run_trdpo, DeviceComparison,
+};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -19,6 +22,9 @@ pub enum BenchCommand {
     /// One measurement in this process, printed as JSON (what `trainer` spawns).
     #[command(hide = true)]
     TrainerOnce(OnceArgs),
+    /// One TR-DPO step on the CPU and on `--device` from the same weights and batch, compared
+    /// (fails outside bf16 tolerance); then median ms per TR-DPO step on the device.
+    Device(DeviceBenchArgs),
     /// The server's load benchmark: metric ingestion, metrics GET latency, SSE fan-out cost.
     Server(super::bench_server::ServerBenchArgs),
 }
@@ -46,6 +52,23 @@ pub struct TrainerBenchArgs {
     /// update) in a sequential version of the step with candle's intra-op threads.
     #[arg(long)]
     pub phases: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeviceBenchArgs {
+    /// `cuda` or `cuda:N` (a build with `--features cuda`); `cpu` checks the harness itself.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// The model the CPU/device comparison runs on.
+    #[arg(long, default_value = "tiny")]
+    pub check_config: String,
+    /// Models to time on the device.
+    #[arg(long, value_delimiter = ',', default_value = "tiny,small,pythia-160m")]
+    pub configs: Vec<String>,
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -114,7 +137,9 @@ fn once(args: &OnceArgs) -> anyhow::Result<()> {
     let mut cpu_before = f64::NAN;
     let on_warm = || cpu_before = process_cpu_ms();
     let report = match args.mode {
-        Mode::Step => run_trainer_step(&args.config, &cfg, args.threads, args.warmup, args.steps, on_warm)?,
+        Mode::Step => {
+            run_trainer_step(&args.config, &cfg, &Device::Cpu, args.threads, args.warmup, args.steps, on_warm)?
+        }
         Mode::Phases => run_trdpo(&args.config, &cfg, args.warmup, args.steps, on_warm)?,
     };
     let cpu_ms_per_step = (process_cpu_ms() - cpu_before) / args.steps.max(1) as f64;
@@ -275,9 +300,60 @@ fn trainer_bench(args: &TrainerBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn device_bench(args: &DeviceBenchArgs) -> anyhow::Result<()> {
+    let run = trainer::config::RunConfig { device: args.device.clone(), ..Default::default() };
+    run.validate().map_err(|e| anyhow::anyhow!("--device: {}", trainer::config::FieldError::join(&e)))?;
+    let device = run.candle_device()?;
+    let check_cfg = peer_model_config(&args.check_config)
+        .with_context(|| format!("--check-config: unknown config {:?}", args.check_config))?;
+    let cmp = compare_step_across_devices(&check_cfg, &device)?;
+    println!("{}", serde_json::to_string(&cmp)?);
+    let ok = cmp.within_tolerance();
+    println!(
+        "{}: one TR-DPO step ({}) on cpu and {}: loss {:.6} vs {:.6}, grad_norm {:.6} vs {:.6}, \
+         max relative difference of gradients {:.2e}, of AdamW updates {:.2e}; reference weights within {:.2e} \
+         (tolerance {:.0e})",
+        if ok { "PASS" } else { "FAIL" },
+        args.check_config,
+        args.device,
+        cmp.loss[0],
+        cmp.loss[1],
+        cmp.grad_norm[0],
+        cmp.grad_norm[1],
+        cmp.max_grad_rel_diff,
+        cmp.max_update_rel_diff,
+        cmp.max_reference_abs_diff,
+        DeviceComparison::TOLERANCE,
+    );
+    for config in &args.configs {
+        let cfg = peer_model_config(config).with_context(|| format!("--configs: unknown config {config:?}"))?;
+        let report = run_trainer_step(config, &cfg, &device, 1, args.warmup, args.steps, || {})?;
+        let mut totals: Vec<f64> = report.steps.iter().map(|s| s.total).collect();
+        let (lo, hi) = totals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        println!(
+            "{config} ({} parameters) on {}: TR-DPO step median {:.2} ms (min {lo:.2}, max {hi:.2}) over {} steps \
+             after {} warm-up; {} pairs x {} tokens, fp32; loss {:.5} -> {:.5}",
+            report.n_params,
+            args.device,
+            median(&mut totals),
+            args.steps,
+            args.warmup,
+            trainer::bench::PAIRS,
+            trainer::bench::PROMPT_LEN + trainer::bench::COMPLETION_LEN,
+            report.first_loss,
+            report.last_loss,
+        );
+    }
+    if !ok {
+        bail!("{} disagrees with the CPU beyond tolerance", args.device);
+    }
+    Ok(())
+}
+
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Trainer(args) => trainer_bench(&args),
+        BenchCommand::Device(args) => device_bench(&args),
         BenchCommand::TrainerOnce(args) => once(&args),
         BenchCommand::Server(args) => super::bench_server::run(&args),
     }

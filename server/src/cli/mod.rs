@@ -4,6 +4,7 @@ mod bench;
 mod bench_server;
 mod serve;
 mod sweep;
+mod sweep_report;
 mod train;
 
 use clap::{Parser, Subcommand};

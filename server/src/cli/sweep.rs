@@ -34,11 +34,11 @@ pub struct SweepArgs {
 }
 
 /// A finished run: its metrics and summary.
-struct Finished {
-    run: SweepRun,
-    steps: Vec<(u64, Metrics)>,
-    summary: Option<RunSummary>,
-    seconds: f64,
+pub(super) struct Finished {
+    pub run: SweepRun,
+    pub steps: Vec<(u64, Metrics)>,
+    pub summary: Option<RunSummary>,
+    pub seconds: f64,
 }
 
 pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
@@ -90,6 +90,7 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     }
     write_csv(&args.output_dir.join("sweep.csv"), &finished)?;
     write_figures(&args.output_dir, &finished)?;
+    super::sweep_report::write(&args.output_dir, &finished)?;
     eprintln!(
         "sweep: {} of {} runs in {:.1}s; sweep.csv and figures in {}",
         finished.len(),
@@ -108,8 +109,11 @@ fn train_one(run: &SweepRun, output_dir: &Path, reuse: bool) -> anyhow::Result<F
     // `goodhart train --config <run>/config.json` reproduces the run on its own.
     let config_text = serde_json::to_string_pretty(&run.config).context("serializing the run config")?;
     if reuse && dir.join("summary.json").is_file() {
-        let same = std::fs::read_to_string(dir.join("config.json")).is_ok_and(|old| old == config_text);
-        if same {
+        // Compared as configs, not text: keys added to RunConfig since then take their defaults.
+        let old = std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|text| trainer::config::RunConfig::parse(&text, "json").ok());
+        if old.as_ref() == Some(&run.config) {
             let steps = JsonlSink::read(&dir.join("metrics.jsonl"))?;
             let summary = summary::write_run_summary(&dir)?;
             return Ok(Finished { run: run.clone(), steps, summary, seconds: 0.0 });
@@ -130,7 +134,7 @@ fn train_one(run: &SweepRun, output_dir: &Path, reuse: bool) -> anyhow::Result<F
     Ok(Finished { run: run.clone(), steps, summary, seconds })
 }
 
-fn series_style(run: &SweepRun) -> (Option<f64>, Option<u64>) {
+pub(super) fn series_style(run: &SweepRun) -> (Option<f64>, Option<u64>) {
     let c = &run.config;
     if c.sync_ref_model {
         (Some(c.ref_model_mixup_alpha), Some(c.ref_model_sync_steps))
@@ -139,22 +143,39 @@ fn series_style(run: &SweepRun) -> (Option<f64>, Option<u64>) {
     }
 }
 
-fn series_label(run: &SweepRun, with_seed: bool) -> String {
+/// `DPO`, or `TR-DPO α=0.1 τ=1`: the method without the seed.
+pub(super) fn method_label(run: &SweepRun) -> String {
     let c = &run.config;
     let method = match c.loss_type.as_str() {
         "sigmoid" => "DPO",
         "ipo" => "IPO",
         _ => "KTO",
     };
-    let mut label = if c.sync_ref_model {
+    if c.sync_ref_model {
         format!("TR-{method} α={} τ={}", c.ref_model_mixup_alpha, c.ref_model_sync_steps)
     } else {
         method.to_string()
-    };
+    }
+}
+
+fn series_label(run: &SweepRun, with_seed: bool) -> String {
+    let mut label = method_label(run);
     if with_seed {
-        label.push_str(&format!(" seed {}", c.seed));
+        label.push_str(&format!(" seed {}", run.config.seed));
     }
     label
+}
+
+/// `eval/ood_mass` at the first evaluation, its maximum, and its mean over the last 10% of
+/// evaluations ("final", as for the gold reward).
+pub(super) fn ood_stats(steps: &[(u64, Metrics)]) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let ood: Vec<f64> = steps.iter().filter_map(|(_, m)| m.get("eval/ood_mass").copied()).collect();
+    let tail = &ood[ood.len() - ood.len().div_ceil(10)..];
+    (
+        ood.first().copied(),
+        ood.iter().copied().reduce(f64::max),
+        (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64),
+    )
 }
 
 fn write_figures(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
@@ -248,8 +269,7 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
         let c = &f.run.config;
         let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
         let s = f.summary.as_ref();
-        let ood: Vec<f64> = f.steps.iter().filter_map(|(_, m)| m.get("eval/ood_mass").copied()).collect();
-        let tail = &ood[ood.len() - ood.len().div_ceil(10)..];
+        let (start_ood, max_ood, final_ood) = ood_stats(&f.steps);
         let mut row: Vec<String> = vec![f.run.name.clone()];
         row.extend(param_keys.iter().map(|k| f.run.params.get(k).map_or(String::new(), csv_value)));
         row.extend([
@@ -272,9 +292,9 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
             num(s.and_then(|s| s.fit).map(|f| f.b)),
             num(s.and_then(|s| s.fit).and_then(|f| f.d_star)),
             num(s.and_then(|s| s.fit).and_then(|f| f.r_star)),
-            num(ood.first().copied()),
-            num(ood.iter().copied().reduce(f64::max)),
-            num((!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64)),
+            num(start_ood),
+            num(max_ood),
+            num(final_ood),
             on_front(i).to_string(),
             format!("{:.2}", f.seconds),
         ]);

@@ -15,7 +15,8 @@ use super::Settings;
 pub fn parse_body(body: Result<Bytes, BytesRejection>, max_bytes: usize) -> Result<Value, Error> {
     let body = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            Error::TooLarge(max_bytes)
+            // An invalid config like any other (422), naming the limit that refused it.
+            Error::field("(body)", format!("is larger than the server's limit of {max_bytes} bytes (--max-body-bytes)"))
         } else {
             Error::BadRequest(e.body_text())
         }

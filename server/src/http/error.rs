@@ -20,8 +20,6 @@ pub enum Error {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("the request body is larger than {0} bytes")]
-    TooLarge(usize),
     #[error("this route needs `Authorization: Bearer <token>`")]
     Unauthorized,
     #[error("internal error: {0}")]
@@ -57,7 +55,6 @@ impl IntoResponse for Error {
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -4,7 +4,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +13,18 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use trainer::config::RunConfig;
+use trainer::metrics::MetricSink;
+use trainer::train::TrainOutcome;
 
 use super::queue::{Claim, Outcome, QueueError, RunQueue};
 use super::sink::{DbSink, MetricWriter, WriteMsg};
 
+/// What a claimed run executes: `trainer::train::train`, except in tests of the failure paths.
+pub type TrainFn = fn(&RunConfig, &Path, bool, &mut dyn MetricSink) -> trainer::Result<TrainOutcome>;
+
 pub struct Runner {
     pub queue: Arc<dyn RunQueue>,
+    pub train: TrainFn,
     pub writer: MetricWriter,
     pub data_dir: PathBuf,
     pub max_concurrent: usize,
@@ -54,10 +60,10 @@ impl Runner {
                     () = self.shutdown.cancelled() => break 'claiming,
                 }
             };
-            let (queue, writer, data_dir, stop_all) =
-                (self.queue.clone(), self.writer.clone(), self.data_dir.clone(), stop_all.clone());
+            let (queue, writer, data_dir, stop_all, train) =
+                (self.queue.clone(), self.writer.clone(), self.data_dir.clone(), stop_all.clone(), self.train);
             trainers.spawn(async move {
-                run_one(claim, queue.as_ref(), writer, &data_dir, stop_all).await;
+                run_one(claim, queue.as_ref(), train, writer, &data_dir, stop_all).await;
                 drop(permit);
             });
             // Reap finished trainers so the set does not grow forever.
@@ -76,6 +82,7 @@ impl Runner {
 async fn run_one(
     claim: Claim,
     queue: &dyn RunQueue,
+    train: TrainFn,
     writer: MetricWriter,
     data_dir: &std::path::Path,
     stop_all: Arc<AtomicBool>,
@@ -83,7 +90,7 @@ async fn run_one(
     let run_id = claim.run_id;
     let output_dir = super::run_dir(data_dir, run_id);
     tracing::info!(run_id, attempt = claim.attempt, dir = %output_dir.display(), "run started");
-    let outcome = match train_blocking(&claim, writer, output_dir, stop_all).await {
+    let outcome = match train_blocking(&claim, train, writer, output_dir, stop_all).await {
         Ok(outcome) => outcome,
         Err(reason) => Outcome::Failed(reason),
     };
@@ -109,6 +116,7 @@ async fn run_one(
 
 async fn train_blocking(
     claim: &Claim,
+    train: TrainFn,
     writer: MetricWriter,
     output_dir: PathBuf,
     stop_all: Arc<AtomicBool>,
@@ -122,8 +130,7 @@ async fn train_blocking(
     }
     let mut sink = DbSink::new(run_id, writer, claim.cancel.clone(), stop_all, cfg.save_steps);
     let joined = tokio::task::spawn_blocking(move || {
-        let result =
-            std::panic::catch_unwind(AssertUnwindSafe(|| trainer::train::train(&cfg, &output_dir, true, &mut sink)));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| train(&cfg, &output_dir, true, &mut sink)));
         // Whatever happened, what was logged is committed before the status changes.
         let flushed = sink.flush();
         (result, flushed)
@@ -149,5 +156,66 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         "(no message)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::db;
+    use crate::db::runs::RunStatus;
+    use crate::jobs::events::event_bus;
+    use crate::jobs::queue::SqliteQueue;
+
+    /// Panics on seed 13, trains nothing (but logs a step) otherwise.
+    fn panics_on_seed_13(
+        cfg: &RunConfig,
+        _: &Path,
+        _: bool,
+        sink: &mut dyn MetricSink,
+    ) -> trainer::Result<TrainOutcome> {
+        assert_ne!(cfg.seed, 13, "a deliberate panic in the trainer");
+        sink.log(1, &[("loss".to_string(), 0.5)].into_iter().collect())?;
+        Ok(TrainOutcome { global_step: 1, total_steps: 1, stopped_early: false, last_checkpoint: None })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_trainer_fails_its_run_with_the_reason_and_the_other_runs_carry_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
+        let events = event_bus();
+        let queue = Arc::new(SqliteQueue::new(pool.clone(), events.clone()));
+        let config = |seed: u64| json!({"task": "toy-tree", "seed": seed, "max_steps": 1});
+        let bad = queue.enqueue(config(13), None).await.unwrap();
+        let good = queue.enqueue(config(14), None).await.unwrap();
+        let (writer, writer_task) = MetricWriter::spawn(pool.clone(), events);
+        let shutdown = CancellationToken::new();
+        let runner = Runner {
+            queue: queue.clone(),
+            train: panics_on_seed_13,
+            writer,
+            data_dir: dir.path().to_path_buf(),
+            max_concurrent: 1,
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(runner.run());
+        let status = |id: i64| {
+            let pool = pool.clone();
+            async move { db::runs::get(&pool, id).await.unwrap().unwrap() }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while status(good).await.status != RunStatus::Finished.as_str() {
+            assert!(std::time::Instant::now() < deadline, "the good run never finished");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let failed = status(bad).await;
+        assert_eq!(failed.status, RunStatus::Failed.as_str());
+        let error = failed.error.unwrap();
+        assert!(error.contains("trainer panicked") && error.contains("a deliberate panic"), "{error}");
+        shutdown.cancel();
+        task.await.unwrap();
+        writer_task.await.unwrap();
     }
 }

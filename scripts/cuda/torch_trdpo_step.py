@@ -1,0 +1,110 @@
+"""The PyTorch side of `scripts/check-cuda.sh`: the workload `goodhart bench device` times,
+written with transformers, on the same GPU, so the two are measured side by side.
+
+One TR-DPO step: a random-init fp32 model, 8 pairs of 16 prompt + 48 completion tokens, the
+policy's and the reference's completion log-probs, the DPO loss, backward, AdamW (lr 1e-6,
+no clipping), then the soft reference update with alpha 0.6. Prints one JSON line per config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+PAIRS, PROMPT_LEN, COMPLETION_LEN, ALPHA, BETA, LR = 8, 16, 48, 0.6, 0.1, 1e-6
+
+LLAMA = dict(num_key_value_heads=None, tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=10000.0)
+CONFIGS = {
+    "tiny": ("llama", dict(vocab_size=256, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=128, **LLAMA)),
+    "small": ("llama", dict(vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                            num_attention_heads=8, max_position_embeddings=256, **LLAMA)),
+    # EleutherAI/pythia-160m's shape.
+    "pythia-160m": ("gpt_neox", dict(vocab_size=50304, hidden_size=768, intermediate_size=3072,
+                                     num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=2048,
+                                     rotary_pct=0.25, rotary_emb_base=10000, layer_norm_eps=1e-5,
+                                     use_parallel_residual=True, tie_word_embeddings=False, hidden_act="gelu")),
+}
+
+
+def make_model(name: str):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    kind, kwargs = CONFIGS[name]
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if kind == "llama":
+        kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
+        cfg, cls = LlamaConfig(**kwargs), LlamaForCausalLM
+    else:
+        cfg, cls = GPTNeoXConfig(**kwargs), GPTNeoXForCausalLM
+    cfg.use_cache = False
+    torch.manual_seed(0)
+    return cls(cfg).to(torch.float32)
+
+
+def completion_logps(model, input_ids):
+    logits = model(input_ids=input_ids, use_cache=False).logits[:, PROMPT_LEN - 1 : -1, :]
+    labels = input_ids[:, PROMPT_LEN:]
+    return torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+def bench(name: str, warmup: int, steps: int, device: str) -> dict:
+    policy = make_model(name).to(device).train()
+    reference = copy.deepcopy(policy).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0)
+    vocab = policy.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    rp, pp = list(reference.parameters()), list(policy.parameters())
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times, losses = [], []
+    for i in range(warmup + steps):
+        prompt = torch.randint(0, vocab, (PAIRS, PROMPT_LEN), generator=g)
+        chosen = torch.randint(0, vocab, (PAIRS, COMPLETION_LEN), generator=g)
+        rejected = torch.randint(0, vocab, (PAIRS, COMPLETION_LEN), generator=g)
+        ids = torch.cat([torch.cat([prompt, chosen], 1), torch.cat([prompt, rejected], 1)], 0).to(device)
+        sync()
+        t0 = time.perf_counter()
+        pol = completion_logps(policy, ids)
+        with torch.no_grad():
+            ref = completion_logps(reference, ids)
+        pc, pr = pol.chunk(2)
+        rc, rr = ref.chunk(2)
+        loss = -F.logsigmoid(BETA * ((pc - rc) - (pr - rr))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_mul_(rp, 1.0 - ALPHA)
+            torch._foreach_add_(rp, pp, alpha=ALPHA)
+        sync()
+        t1 = time.perf_counter()
+        losses.append(loss.item())
+        if i >= warmup:
+            times.append((t1 - t0) * 1e3)
+    n_params = sum(p.numel() for p in policy.parameters())
+    return dict(config=name, n_params=n_params, device=torch.cuda.get_device_name() if device.startswith("cuda") else device, torch=torch.__version__,
+                median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times), steps=steps,
+                first_loss=losses[0], last_loss=losses[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", default="tiny,small,pythia-160m")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    for name in args.configs.split(","):
+        print(json.dumps(bench(name, args.warmup, args.steps, args.device)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

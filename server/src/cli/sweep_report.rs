@@ -1,0 +1,216 @@
+//! What a sweep over several seeds says: each variant's mean ± 95% CI over seeds, the paired
+//! difference of each trust-region variant from vanilla on the same seed (same task, π_init and
+//! data, so the task's own variance cancels), and figures of the seed-mean curves per loss.
+//! Written as `seeds.md` (tables to paste), `seeds.csv` and `mean_*-<loss>.{svg,png}`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::Value;
+use trainer::summary::{self, MeanCi};
+
+use super::sweep::{method_label, ood_stats, series_style, Finished};
+use crate::charts::{self, Chart, Series};
+
+/// Keys that define a variant's method; everything else that varies (bar the seed) joins its label.
+const METHOD_KEYS: [&str; 4] = ["loss_type", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps"];
+
+/// One run's scalar outcomes, in the order of [`STAT_NAMES`].
+fn run_stats(f: &Finished) -> Option<[f64; 10]> {
+    let s = f.summary.as_ref()?;
+    let (start_ood, max_ood, final_ood) = ood_stats(&f.steps);
+    Some([
+        s.start_gold,
+        s.peak_gold,
+        s.peak_step as f64,
+        s.peak_kl,
+        s.final_gold,
+        s.drop,
+        s.final_kl,
+        start_ood.unwrap_or(f64::NAN),
+        max_ood.unwrap_or(f64::NAN),
+        final_ood.unwrap_or(f64::NAN),
+    ])
+}
+
+const STAT_NAMES: [&str; 10] = [
+    "start gold",
+    "peak gold",
+    "peak step",
+    "KL at peak",
+    "final gold",
+    "drop",
+    "final KL",
+    "start OOD",
+    "max OOD",
+    "final OOD",
+];
+/// The columns of the paired table: indices into [`STAT_NAMES`].
+const PAIRED: [usize; 6] = [1, 4, 5, 8, 9, 6];
+
+/// A variant: the runs that differ only in their seed.
+struct Group<'a> {
+    label: String,
+    loss: String,
+    /// The variant's parameters without the method keys and the seed: its vanilla twin has the same.
+    rest: BTreeMap<String, Value>,
+    vanilla: bool,
+    runs: Vec<&'a Finished>,
+}
+
+fn groups(finished: &[Finished]) -> Vec<Group<'_>> {
+    let mut out: Vec<Group<'_>> = Vec::new();
+    for f in finished {
+        let rest: BTreeMap<String, Value> = f
+            .run
+            .params
+            .iter()
+            .filter(|(k, _)| *k != "seed" && !METHOD_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut label = method_label(&f.run);
+        for (k, v) in &rest {
+            label.push_str(&format!(" {k}={v}"));
+        }
+        match out.iter_mut().find(|g| g.label == label) {
+            Some(g) => g.runs.push(f),
+            None => out.push(Group {
+                label,
+                loss: f.run.config.loss_type.as_str().to_string(),
+                rest,
+                vanilla: !f.run.config.sync_ref_model,
+                runs: vec![f],
+            }),
+        }
+    }
+    out
+}
+
+/// Writes the report when some variant ran with more than one seed; otherwise does nothing.
+pub fn write(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
+    let groups = groups(finished);
+    if groups.iter().all(|g| g.runs.len() < 2) {
+        return Ok(());
+    }
+    let mut md = String::from(
+        "Mean ± 95% CI over seeds (Student's t). \"final\" is the mean of the last 10% of evaluations.\n\n",
+    );
+    md.push_str(&format!("| variant | seeds | {} |\n", STAT_NAMES.join(" | ")));
+    md.push_str(&format!("|---|---|{}\n", "---|".repeat(STAT_NAMES.len())));
+    let mut csv = vec![format!(
+        "variant,seeds,{}",
+        STAT_NAMES.iter().map(|n| format!("{n} mean,{n} ci95")).collect::<Vec<_>>().join(",")
+    )];
+    for g in &groups {
+        let stats: Vec<[f64; 10]> = g.runs.iter().filter_map(|f| run_stats(f)).collect();
+        let cols: Vec<Option<MeanCi>> =
+            (0..STAT_NAMES.len()).map(|i| MeanCi::of(&stats.iter().map(|s| s[i]).collect::<Vec<_>>())).collect();
+        let cell = |c: &Option<MeanCi>| c.map_or("–".to_string(), |c| format!("{c:.3}"));
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            g.label,
+            stats.len(),
+            cols.iter().map(cell).collect::<Vec<_>>().join(" | ")
+        ));
+        let num = |c: &Option<MeanCi>| c.map_or(",".to_string(), |c| format!("{},{}", c.mean, c.half_width));
+        csv.push(format!("{},{},{}", g.label, stats.len(), cols.iter().map(num).collect::<Vec<_>>().join(",")));
+    }
+
+    md.push_str(
+        "\nTrust region minus vanilla, same loss and seed (same task, π_init and data), mean ± 95% CI over seeds; ",
+    );
+    md.push_str("\"better\" counts the seeds on which the TR run's drop from its peak was smaller.\n\n");
+    md.push_str(&format!(
+        "| variant | seeds | {} | better |\n|---|---|{}---|\n",
+        PAIRED.map(|i| format!("Δ {}", STAT_NAMES[i])).join(" | "),
+        "---|".repeat(PAIRED.len())
+    ));
+    for g in groups.iter().filter(|g| !g.vanilla) {
+        let Some(base) = groups.iter().find(|b| b.vanilla && b.loss == g.loss && b.rest == g.rest) else { continue };
+        let by_seed = |grp: &Group<'_>| -> BTreeMap<u64, [f64; 10]> {
+            grp.runs.iter().filter_map(|f| Some((f.run.config.seed, run_stats(f)?))).collect()
+        };
+        let (tr, van) = (by_seed(g), by_seed(base));
+        let diffs: Vec<[f64; 10]> =
+            tr.iter().filter_map(|(seed, t)| van.get(seed).map(|v| std::array::from_fn(|i| t[i] - v[i]))).collect();
+        if diffs.is_empty() {
+            continue;
+        }
+        let cells: Vec<String> = PAIRED
+            .iter()
+            .map(|&i| {
+                MeanCi::of(&diffs.iter().map(|d| d[i]).collect::<Vec<_>>()).map_or("–".into(), |c| format!("{c:+.3}"))
+            })
+            .collect();
+        let better = diffs.iter().filter(|d| d[5] < 0.0).count();
+        md.push_str(&format!(
+            "| {} | {} | {} | {better} of {} |\n",
+            g.label,
+            diffs.len(),
+            cells.join(" | "),
+            diffs.len()
+        ));
+    }
+    std::fs::write(dir.join("seeds.md"), md).with_context(|| format!("writing {}", dir.join("seeds.md").display()))?;
+    std::fs::write(dir.join("seeds.csv"), csv.join("\n") + "\n")?;
+    write_mean_figures(dir, &groups)
+}
+
+/// Per loss: each variant's seed-mean path of gold reward against sqrt(KL to π_init), and its
+/// seed-mean OOD mass against step, over the evaluation steps all its seeds logged.
+fn write_mean_figures(dir: &Path, groups: &[Group<'_>]) -> anyhow::Result<()> {
+    let losses: BTreeSet<&str> = groups.iter().map(|g| g.loss.as_str()).collect();
+    for loss in losses {
+        let mut gold = Vec::new();
+        let mut ood = Vec::new();
+        for g in groups.iter().filter(|g| g.loss == loss) {
+            let (alpha, tau) = series_style(&g.runs[0].run);
+            let n = g.runs.len();
+            let label = format!("{} (mean of {n})", g.label);
+            // step -> (sum of sqrt KL, sum of gold, count), and the same for OOD mass.
+            let mut path: BTreeMap<u64, (f64, f64, usize)> = BTreeMap::new();
+            let mut mass: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
+            for f in &g.runs {
+                for p in summary::eval_points(&f.steps) {
+                    let e = path.entry(p.step).or_default();
+                    (e.0, e.1, e.2) = (e.0 + p.kl.max(0.0).sqrt(), e.1 + p.gold, e.2 + 1);
+                }
+                for (step, m) in &f.steps {
+                    if let Some(v) = m.get("eval/ood_mass") {
+                        let e = mass.entry(*step).or_default();
+                        (e.0, e.1) = (e.0 + v, e.1 + 1);
+                    }
+                }
+            }
+            let points = path.values().filter(|e| e.2 == n).map(|e| (e.0 / n as f64, e.1 / n as f64)).collect();
+            gold.push(Series { label: label.clone(), alpha, tau, points });
+            let points = mass.iter().filter(|(_, e)| e.1 == n).map(|(s, e)| (*s as f64, e.0 / n as f64)).collect();
+            ood.push(Series { label, alpha, tau, points });
+        }
+        let method = match loss {
+            "sigmoid" => "DPO",
+            "ipo" => "IPO",
+            _ => "KTO",
+        };
+        let gold = Chart {
+            title: format!("{method}: gold reward against distance from π_init, mean over seeds"),
+            x_label: "mean sqrt(KL(π_θ ‖ π_init))".into(),
+            y_label: "mean gold reward".into(),
+            series: gold,
+        };
+        let ood = Chart {
+            title: format!("{method}: out-of-domain probability mass, mean over seeds"),
+            x_label: "step".into(),
+            y_label: "mean eval/ood_mass".into(),
+            series: ood,
+        };
+        for ext in ["svg", "png"] {
+            charts::draw(&gold, &dir.join(format!("mean_gold_vs_kl-{loss}.{ext}")))?;
+            if ood.series.iter().any(|s| !s.points.is_empty()) {
+                charts::draw(&ood, &dir.join(format!("mean_ood_mass-{loss}.{ext}")))?;
+            }
+        }
+    }
+    Ok(())
+}
