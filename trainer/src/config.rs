@@ -472,7 +472,9 @@ impl RunConfig {
 
     /// The candle device `device` names (checked by [`Self::validate`]).
     pub fn candle_device(&self) -> Result<candle_core::Device> {
-        let spec = DeviceSpec::parse(&self.device).map_err(|m| Error::Config(vec![FieldError::new("device", m)]))?;
+        let spec = DeviceSpec::parse(&self.device)
+            .and_then(DeviceSpec::available)
+            .map_err(|m| Error::Config(vec![FieldError::new("device", m)]))?;
         Ok(match spec {
             DeviceSpec::Cpu => candle_core::Device::Cpu,
             DeviceSpec::Cuda(ordinal) => candle_core::Device::new_cuda(ordinal)?,
