@@ -118,8 +118,7 @@ pub fn kl_estimate(samples: &[ScoredSample], which: usize) -> Estimate {
 #[derive(Debug)]
 pub struct PolicySampleEvaluator {
     prompts: Vec<Vec<u32>>,
-    /// Each prompt as text, for the reward model (which has its own tokenizer).
-    prompt_texts: Vec<String>,
+    /// Turns prompt + answer back into text for the reward model, which has its own tokenizer.
     tokenizer: tokenizers::Tokenizer,
     reward_model: Option<RewardModel>,
     sampling: SamplingConfig,
@@ -163,12 +162,19 @@ impl PolicySampleEvaluator {
         let path = model_dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        // Special tokens stay: a chat template's markers are part of what the reward model reads.
-        let prompt_texts = prompts
-            .iter()
-            .map(|p| tokenizer.decode(p, false).map_err(|e| Error::Tokenizer(e.to_string())))
-            .collect::<Result<_>>()?;
-        Ok(Self { prompts, prompt_texts, tokenizer, reward_model, sampling, batch_size: batch_size.max(1), seed })
+        Ok(Self { prompts, tokenizer, reward_model, sampling, batch_size: batch_size.max(1), seed })
+    }
+
+    /// What the reward model reads: prompt and answer decoded together (so no word boundary is
+    /// lost between them), special tokens of the prompt kept (BOS, a chat template's markers),
+    /// the answer's EOS dropped as TRL drops special tokens from completions.
+    fn reward_text(&self, sample: &ScoredSample) -> Result<String> {
+        let mut answer = sample.sample.tokens.as_slice();
+        if sample.sample.finished && answer.last().copied() == self.sampling.eos_token_id {
+            answer = &answer[..answer.len() - 1];
+        }
+        let ids = [self.prompts[sample.prompt].as_slice(), answer].concat();
+        self.tokenizer.decode(&ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 }
 
@@ -219,16 +225,7 @@ impl Evaluator for PolicySampleEvaluator {
         if let Some(rm) = &self.reward_model {
             let mut gold = Vec::with_capacity(samples.len());
             for chunk in samples.chunks(self.batch_size) {
-                let texts = chunk
-                    .iter()
-                    .map(|s| {
-                        let answer = self
-                            .tokenizer
-                            .decode(&s.sample.tokens, true)
-                            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-                        Ok(format!("{}{answer}", self.prompt_texts[s.prompt]))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let texts = chunk.iter().map(|s| self.reward_text(s)).collect::<Result<Vec<_>>>()?;
                 gold.extend(rm.score_texts(&texts)?.into_iter().map(f64::from));
             }
             let gold = Estimate::of(&gold);
