@@ -91,8 +91,8 @@ impl MemoryPlan {
             Some(free) if self.total() > free => Err(Error::OutOfMemory(format!(
                 "the run needs about {} ({self}) but only {} is available; use a smaller model, \
                  per_device_train_batch_size or max_length",
-                gib(self.total()),
-                gib(free)
+                human_bytes(self.total()),
+                human_bytes(free)
             ))),
             _ => Ok(()),
         }
@@ -101,28 +101,33 @@ impl MemoryPlan {
 
 impl fmt::Display for MemoryPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "policy {} + initial {}", gib(self.policy), gib(self.initial))?;
+        write!(f, "policy {} + initial {}", human_bytes(self.policy), human_bytes(self.initial))?;
         if self.reference > 0 {
-            write!(f, " + reference {}", gib(self.reference))?;
+            write!(f, " + reference {}", human_bytes(self.reference))?;
         } else {
             write!(f, " (also the reference)")?;
         }
         write!(
             f,
             " + Adam moments {} + gradients {} + activations {}",
-            gib(self.adam_moments),
-            gib(self.gradients),
-            gib(self.activations)
+            human_bytes(self.adam_moments),
+            human_bytes(self.gradients),
+            human_bytes(self.activations)
         )?;
         if self.reward_model > 0 {
-            write!(f, " + reward model {}", gib(self.reward_model))?;
+            write!(f, " + reward model {}", human_bytes(self.reward_model))?;
         }
         Ok(())
     }
 }
 
-fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+/// Bytes in the largest binary unit that keeps the number at least 1.
+pub fn human_bytes(bytes: u64) -> String {
+    let units = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    match units.iter().find(|(_, size)| bytes >= *size) {
+        Some((unit, size)) => format!("{:.2} {unit}", bytes as f64 / *size as f64),
+        None => format!("{bytes} B"),
+    }
 }
 
 /// A reward model's float32 weights, from its config (nothing is loaded).
