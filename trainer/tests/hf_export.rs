@@ -89,7 +89,7 @@ fn check_export(python: &str, arch: &str, export_dtype: &str) {
     assert_eq!(theirs["tokenized"], json!([39, 57, 54]), "{what}: the tokenizer came along");
 
     let (model, params) = CausalLm::from_hf_dir(&ckpt, &Device::Cpu).unwrap();
-    let t = Tensor::new(ids.clone(), &Device::Cpu).unwrap();
+    let t = Tensor::new(ids, &Device::Cpu).unwrap();
     let ours: Vec<Vec<Vec<f32>>> =
         model.forward(&params.frozen(), ForwardInput::ids(&t), None).unwrap().to_vec3().unwrap();
     let original = CausalLm::from_hf_dir(&fixtures().join(arch), &Device::Cpu).unwrap().1;

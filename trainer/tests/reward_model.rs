@@ -104,7 +104,7 @@ fn reward_model_scores_match_transformers_for_every_family() {
     }
 }
 
-fn dataset_run(overrides: Value) -> MemorySink {
+fn dataset_run(overrides: &Value) -> MemorySink {
     let rm = tempfile::tempdir().unwrap();
     write_tiny_reward_model(rm.path(), "llama", 5);
     let mut v = json!({
@@ -126,7 +126,7 @@ fn dataset_run(overrides: Value) -> MemorySink {
 
 #[test]
 fn a_dataset_run_logs_kl_gold_reward_and_length_of_policy_samples_at_every_evaluation() {
-    let sink = dataset_run(json!({"sync_ref_model": true, "ref_model_sync_steps": 1, "ref_model_mixup_alpha": 0.5}));
+    let sink = dataset_run(&json!({"sync_ref_model": true, "ref_model_sync_steps": 1, "ref_model_mixup_alpha": 0.5}));
     for name in [
         "eval/gold_reward",
         "eval/gold_reward_se",
@@ -151,13 +151,13 @@ fn a_dataset_run_logs_kl_gold_reward_and_length_of_policy_samples_at_every_evalu
     assert_ne!(gold[0].1, gold[1].1, "the gold reward follows the policy");
     assert!(sink.series("eval/length").iter().all(|(_, l)| (0.0..=6.0).contains(l)));
     // The same run again draws the same samples.
-    let again = dataset_run(json!({"sync_ref_model": true, "ref_model_sync_steps": 1, "ref_model_mixup_alpha": 0.5}));
+    let again = dataset_run(&json!({"sync_ref_model": true, "ref_model_sync_steps": 1, "ref_model_mixup_alpha": 0.5}));
     assert_eq!(again.series("eval/gold_reward"), gold);
 }
 
 #[test]
 fn without_a_reward_model_the_evaluation_still_measures_kl_and_length() {
-    let sink = dataset_run(json!({"reward_model_path": null}));
+    let sink = dataset_run(&json!({"reward_model_path": null}));
     assert_eq!(sink.series("eval/kl_init").len(), 3);
     assert_eq!(sink.series("eval/kl_ref"), sink.series("eval/kl_init"), "vanilla: the reference is π_init");
     assert!(sink.series("eval/gold_reward").is_empty());
