@@ -467,7 +467,14 @@ impl RunConfig {
                 );
             }
             Some(p) => {
-                if let Err(e) = crate::model::registry::inspect(p).require(ModelKind::CausalLm) {
+                let info = crate::model::registry::inspect(p);
+                // A random init needs only the config.
+                let usable = if self.random_init {
+                    info.require_config(ModelKind::CausalLm)
+                } else {
+                    info.require(ModelKind::CausalLm)
+                };
+                if let Err(e) = usable {
                     check(false, "model_name_or_path", &e);
                 }
             }
@@ -724,6 +731,19 @@ mod tests {
         let errors = RunConfig::from_json_value(with("reward_model_path", json!(dir.path()))).unwrap_err();
         assert_eq!(fields(&errors), vec!["reward_model_path"]);
         assert!(errors[0].message.contains("\"mistral\""), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn a_config_without_weights_is_enough_only_for_a_random_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = base()["model_name_or_path"].as_str().unwrap().to_string();
+        std::fs::copy(format!("{fixture}/config.json"), dir.path().join("config.json")).unwrap();
+        let errors = RunConfig::from_json_value(with("model_name_or_path", json!(dir.path()))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["model_name_or_path"]);
+        assert!(errors[0].message.contains("model.safetensors"), "{}", errors[0].message);
+        let mut v = with("model_name_or_path", json!(dir.path()));
+        v["random_init"] = json!(true);
+        assert!(RunConfig::from_json_value(v).is_ok());
     }
 
     #[test]

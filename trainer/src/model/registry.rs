@@ -41,6 +41,9 @@ pub struct ModelInfo {
     pub dtype: Option<String>,
     /// Why Goodhart cannot use this checkpoint; `None` when it can.
     pub error: Option<String>,
+    /// Whether `error` is only about the weights (missing or unreadable), with a usable config.
+    #[serde(skip)]
+    pub only_weights_missing: bool,
 }
 
 impl ModelInfo {
@@ -48,10 +51,17 @@ impl ModelInfo {
         self.error.is_none()
     }
 
-    /// An error unless this is a supported checkpoint of `kind`; `field` names the config key.
+    /// An error unless this is a supported checkpoint of `kind`.
     pub fn require(&self, kind: ModelKind) -> std::result::Result<(), String> {
-        if let Some(e) = &self.error {
-            return Err(e.clone());
+        self.require_config(kind)?;
+        self.error.clone().map_or(Ok(()), Err)
+    }
+
+    /// [`ModelInfo::require`] without the weights: for a seeded random init of the config.
+    pub fn require_config(&self, kind: ModelKind) -> std::result::Result<(), String> {
+        match &self.error {
+            Some(e) if !self.only_weights_missing => return Err(e.clone()),
+            _ => {}
         }
         match (self.kind, kind) {
             (Some(k), want) if k == want => Ok(()),
@@ -111,6 +121,7 @@ pub fn inspect(dir: &Path) -> ModelInfo {
         num_parameters: None,
         dtype: None,
         error: None,
+        only_weights_missing: false,
     };
     let config_path = dir.join("config.json");
     let config: Value = match std::fs::read_to_string(&config_path) {
@@ -163,6 +174,7 @@ pub fn inspect(dir: &Path) -> ModelInfo {
         }
         (Ok(_), Some(_), Ok(Some(_))) => None,
     };
+    info.only_weights_missing = parsed.is_ok() && info.kind.is_some() && info.error.is_some();
     info
 }
 
@@ -339,6 +351,9 @@ mod tests {
         let info = inspect(&root.path().join("m"));
         assert_eq!(info.num_parameters, Some(n));
         assert!(info.error.as_deref().unwrap().contains("neither model.safetensors"));
+        assert!(info.require(ModelKind::CausalLm).is_err());
+        assert!(info.require_config(ModelKind::CausalLm).is_ok(), "enough for random_init");
+        assert!(info.require_config(ModelKind::SequenceClassification).is_err());
     }
 
     #[test]
