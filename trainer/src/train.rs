@@ -205,8 +205,13 @@ pub fn train_with(
     let (policy, mut moving_reference, mut optimizer, mut state) = match resume_from {
         Some(dir) => {
             let r = checkpoint::load(&dir, &setup.model.config, adam, &device)?;
-            let expects_reference = trust_region.is_some_and(|tr| r.state.global_step >= tr.sync_steps);
-            if expects_reference != r.reference.is_some() {
+            let consistent = match (trust_region, r.reference.is_some()) {
+                (None, has_copy) => !has_copy,
+                (Some(tr), false) => r.state.global_step < tr.sync_steps,
+                // Before the first update the copy equals the initial policy (older versions wrote it).
+                (Some(_), true) => true,
+            };
+            if !consistent {
                 return Err(Error::Checkpoint {
                     path: dir,
                     message: "sync_ref_model or ref_model_sync_steps differs from the run that wrote this checkpoint"
