@@ -126,3 +126,54 @@ fn a_bad_config_exits_non_zero_naming_every_bad_field() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/run.toml"));
 }
+
+#[test]
+fn export_dtype_on_the_command_line_writes_bfloat16_checkpoints_and_the_memory_estimate_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "run.toml", "");
+    let out = dir.path().join("out");
+    let res = goodhart(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--export-dtype",
+        "bfloat16",
+    ]);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    assert!(stderr.contains("memory estimate:") && stderr.contains("Adam moments"), "{stderr}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint-4/config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    let bad = goodhart(&["train", "--config", cfg.to_str().unwrap(), "--export-dtype", "fp8"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bfloat16"), "the allowed values are named");
+}
+
+#[test]
+fn a_run_too_large_for_this_machine_is_refused_before_loading_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("huge");
+    std::fs::create_dir_all(&model).unwrap();
+    // A config for ~400 billion parameters; the weights file is a stand-in that is never read.
+    let config = serde_json::json!({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 64, "hidden_size": 16384,
+        "intermediate_size": 65536, "num_hidden_layers": 100, "num_attention_heads": 128, "eos_token_id": 2,
+    });
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("tiny-llama").join(file), model.join(file)).unwrap();
+    }
+    let cfg = dir.path().join("run.toml");
+    let text =
+        format!("model_name_or_path = {model:?}\ndataset_path = {:?}\nmax_steps = 1\n", fixtures().join("pairs.jsonl"));
+    std::fs::write(&cfg, text).unwrap();
+    let res =
+        goodhart(&["train", "--config", cfg.to_str().unwrap(), "--output-dir", dir.path().join("o").to_str().unwrap()]);
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("not enough memory") && err.contains("Adam moments") && err.contains("available"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

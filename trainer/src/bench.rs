@@ -17,7 +17,7 @@ use crate::logps::sequence_logps;
 use crate::loss::{dpo_loss, Pair};
 use crate::model::{CausalLm, ModelConfig, ParamSet};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::train::{micro_batch_grads, MicroBatchGrads, Setup, TrainData};
+use crate::train::{micro_batch_grads, MicroBatchGrads, ReferenceSource, Setup, TrainData};
 use crate::trust_region::soft_update;
 
 pub const PROMPT_LEN: usize = 16;
@@ -144,7 +144,8 @@ pub fn run_trainer_step(
         }
         let indices: Vec<usize> = (i * PAIRS..(i + 1) * PAIRS).collect();
         let t0 = Instant::now();
-        let MicroBatchGrads { metrics, grads } = micro_batch_grads(&run, &setup, &policy, &reference, &indices, 1.0)?;
+        let MicroBatchGrads { metrics, grads } =
+            micro_batch_grads(&run, &setup, &policy, ReferenceSource::Weights(&reference), &indices, 1.0)?;
         let grads = policy.dense_grads(grads)?;
         let t1 = Instant::now();
         optimizer.step(policy.vars(), &grads, 1e-6)?;
@@ -235,7 +236,8 @@ pub fn compare_step_across_devices(cfg: &ModelConfig, device: &Device) -> Result
         let policy = setup.initial.deep_clone()?;
         let reference = setup.initial.deep_clone()?;
         let indices: Vec<usize> = (0..PAIRS).collect();
-        let MicroBatchGrads { metrics, grads } = micro_batch_grads(&run, &setup, &policy, &reference, &indices, 1.0)?;
+        let MicroBatchGrads { metrics, grads } =
+            micro_batch_grads(&run, &setup, &policy, ReferenceSource::Weights(&reference), &indices, 1.0)?;
         let mut grads = policy.dense_grads(grads)?;
         let grad_norm = crate::optim::clip_grad_norm(&mut grads, 1.0)?;
         let before: Vec<Tensor> =

@@ -1,6 +1,8 @@
-//! `checkpoint-<step>/`: an HF model directory (`config.json`, `model.safetensors`, the
-//! tokenizer files) that `transformers` loads as is, plus the trainer state needed to resume
-//! exactly: optimizer moments, reference weights, step, data cursor and the open metric window.
+//! `checkpoint-<step>/`: an HF model directory (`config.json`, `model.safetensors` in the
+//! run's `export_dtype`, the tokenizer files, `generation_config.json`) that `transformers` and
+//! vLLM load as is, plus the trainer state needed to resume exactly: optimizer moments,
+//! reference weights, float32 weights when the export is narrower, step, data cursor and the
+//! open metric window.
 //!
 //! A checkpoint is written under a temporary name and renamed into place, so a crash never
 //! leaves a half-written `checkpoint-<step>`.
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ExportDtype;
 use crate::data::DataCursor;
 use crate::error::{Error, Result};
 use crate::metrics::MetricWindow;
@@ -20,12 +23,21 @@ pub const MODEL_FILE: &str = "model.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const REFERENCE_FILE: &str = "reference.safetensors";
+/// The policy's float32 weights, kept only when `model.safetensors` is exported narrower, so a
+/// resumed run continues from exactly the trained values.
+const POLICY_F32_FILE: &str = "policy.float32.safetensors";
 
-/// Tokenizer and generation files copied from the source model directory when present.
+/// Tokenizer and generation files copied from the source model directory when present
+/// (`tokenizer.json` is what transformers needs; the rest serve slow tokenizers and vLLM).
 pub const SIDE_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
     "generation_config.json",
     "chat_template.jinja",
 ];
@@ -51,6 +63,8 @@ pub struct CheckpointContents<'a> {
     pub state: &'a TrainerState,
     /// Files to copy in beside the weights (tokenizer and friends).
     pub side_files: &'a [PathBuf],
+    /// The dtype of `model.safetensors` (and `torch_dtype` in config.json).
+    pub export_dtype: ExportDtype,
 }
 
 pub fn checkpoint_dir(output_dir: &Path, step: u64) -> PathBuf {
@@ -66,9 +80,17 @@ pub fn save(output_dir: &Path, c: &CheckpointContents<'_>) -> Result<PathBuf> {
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    let config_json = serde_json::to_string_pretty(&c.model_config.to_hf_json()).expect("config serializes");
+    let mut config = c.model_config.to_hf_json();
+    // transformers 4 reads `torch_dtype`, 5 reads `dtype`.
+    for key in ["torch_dtype", "dtype"] {
+        config[key] = serde_json::json!(c.export_dtype.as_str());
+    }
+    let config_json = serde_json::to_string_pretty(&config).expect("config serializes");
     write(&tmp.join("config.json"), config_json.as_bytes())?;
-    c.policy.save_safetensors(&tmp.join(MODEL_FILE))?;
+    c.policy.save_safetensors_as(&tmp.join(MODEL_FILE), c.export_dtype.dtype())?;
+    if c.export_dtype != ExportDtype::Float32 {
+        c.policy.save_safetensors(&tmp.join(POLICY_F32_FILE))?;
+    }
     for src in c.side_files {
         if let Some(name) = src.file_name() {
             std::fs::copy(src, tmp.join(name)).map_err(|e| io(src, e))?;
@@ -138,7 +160,9 @@ pub fn load(dir: &Path, cfg: &ModelConfig, adam: AdamWConfig, device: &Device) -
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: TrainerState =
         serde_json::from_str(&text).map_err(|source| Error::Json { path: state_path.clone(), source })?;
-    let policy = ParamSet::load_safetensors(&dir.join(MODEL_FILE), cfg, device)?;
+    let f32_policy = dir.join(POLICY_F32_FILE);
+    let policy_file = if f32_policy.is_file() { f32_policy } else { dir.join(MODEL_FILE) };
+    let policy = ParamSet::load_safetensors(&policy_file, cfg, device)?;
     let reference = if state.has_reference {
         Some(ParamSet::load_safetensors(&dir.join(REFERENCE_FILE), cfg, device)?)
     } else {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::model::registry::ModelKind;
 
 /// One invalid field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +61,49 @@ pub enum LrSchedulerType {
     #[default]
     Linear,
     Cosine,
+}
+
+/// The floating-point type of the weights a checkpoint exports (`model.safetensors` and
+/// `config.json`'s `torch_dtype`). Training itself runs in float32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportDtype {
+    #[default]
+    Float32,
+    Bfloat16,
+    Float16,
+}
+
+impl ExportDtype {
+    /// The name transformers uses (`torch_dtype` in config.json).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Float32 => "float32",
+            Self::Bfloat16 => "bfloat16",
+            Self::Float16 => "float16",
+        }
+    }
+
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::Float32 => candle_core::DType::F32,
+            Self::Bfloat16 => candle_core::DType::BF16,
+            Self::Float16 => candle_core::DType::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for ExportDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "float32" => Ok(Self::Float32),
+            "bfloat16" => Ok(Self::Bfloat16),
+            "float16" => Ok(Self::Float16),
+            other => Err(format!("unknown dtype {other:?}: use float32, bfloat16 or float16")),
+        }
+    }
 }
 
 /// Where a run's model, initial policy and data come from.
@@ -148,6 +192,11 @@ pub struct RunConfig {
     pub max_length: Option<usize>,
     /// Longest prompt, in tokens; longer prompts keep their end.
     pub max_prompt_length: Option<usize>,
+    /// Gold reward model: an HF sequence-classification directory (`*ForSequenceClassification`)
+    /// that scores the policy's samples at every evaluation (`eval/gold_reward`).
+    pub reward_model_path: Option<PathBuf>,
+    /// Tokens the policy generates per evaluation prompt (sampled at temperature 1).
+    pub max_new_tokens: usize,
 
     // --- method
     pub loss_type: LossType,
@@ -164,6 +213,9 @@ pub struct RunConfig {
     pub ref_model_mixup_alpha: f64,
     /// τ: update the reference after every τ-th optimizer step.
     pub ref_model_sync_steps: u64,
+    /// Compute the reference log-probs of the whole dataset once before training (TRL's option):
+    /// no reference forward pass per step. Only for a reference that never moves.
+    pub precompute_ref_log_probs: bool,
 
     // --- optimization
     pub learning_rate: f64,
@@ -192,6 +244,8 @@ pub struct RunConfig {
     /// Write `checkpoint-<step>/` every this many optimizer steps (and at the end); 0 = only at the end.
     pub save_steps: u64,
     pub eval_steps: Option<u64>,
+    /// Weights in checkpoints' `model.safetensors`: `float32`, `bfloat16` or `float16`.
+    pub export_dtype: ExportDtype,
 
     // --- toy tasks (SPEC §4); ignored by `task = "dataset"`
     /// Number of prompts P.
@@ -223,6 +277,8 @@ impl Default for RunConfig {
             dataset_path: None,
             max_length: Some(1024),
             max_prompt_length: None,
+            reward_model_path: None,
+            max_new_tokens: 64,
             loss_type: LossType::Sigmoid,
             beta: 0.1,
             label_smoothing: 0.0,
@@ -231,6 +287,7 @@ impl Default for RunConfig {
             sync_ref_model: false,
             ref_model_mixup_alpha: 0.6,
             ref_model_sync_steps: 512,
+            precompute_ref_log_probs: false,
             learning_rate: 1e-6,
             max_steps: None,
             num_train_epochs: 3.0,
@@ -249,6 +306,7 @@ impl Default for RunConfig {
             logging_steps: 1,
             save_steps: 500,
             eval_steps: None,
+            export_dtype: ExportDtype::Float32,
             task: Task::Dataset,
             toy_num_prompts: 8,
             toy_alphabet_size: 6,
@@ -368,6 +426,13 @@ impl RunConfig {
         check(self.logging_steps >= 1, "logging_steps", "must be >= 1");
         check(self.eval_steps != Some(0), "eval_steps", "must be >= 1 (or unset)");
         check(self.max_length.is_none_or(|m| m >= 2), "max_length", "must be >= 2");
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1");
+        check(
+            !(self.precompute_ref_log_probs && self.sync_ref_model),
+            "precompute_ref_log_probs",
+            "cannot be used with sync_ref_model: the trust-region reference moves during training, so its \
+             log-probs cannot be computed in advance",
+        );
         check(self.max_prompt_length.is_none_or(|m| m >= 1), "max_prompt_length", "must be >= 1");
         check(
             match (self.max_prompt_length, self.max_length) {
@@ -400,11 +465,40 @@ impl RunConfig {
         };
         match &self.model_name_or_path {
             None => check(false, "model_name_or_path", "is required"),
-            Some(p) => check(
-                p.join("config.json").is_file(),
-                "model_name_or_path",
-                &format!("{} is not a model directory with a config.json", p.display()),
-            ),
+            Some(p) if !p.join("config.json").is_file() => {
+                check(
+                    false,
+                    "model_name_or_path",
+                    &format!("{} is not a model directory with a config.json", p.display()),
+                );
+            }
+            Some(p) => {
+                let info = crate::model::registry::inspect(p);
+                // A random init needs only the config.
+                let usable = if self.random_init {
+                    info.require_config(ModelKind::CausalLm)
+                } else {
+                    info.require(ModelKind::CausalLm)
+                };
+                if let Err(e) = usable {
+                    check(false, "model_name_or_path", &e);
+                }
+            }
+        }
+        match &self.reward_model_path {
+            None => {}
+            Some(p) if !p.join("config.json").is_file() => {
+                check(
+                    false,
+                    "reward_model_path",
+                    &format!("{} is not a model directory with a config.json", p.display()),
+                );
+            }
+            Some(p) => {
+                if let Err(e) = crate::model::registry::inspect(p).require(ModelKind::SequenceClassification) {
+                    check(false, "reward_model_path", &e);
+                }
+            }
         }
         match &self.dataset_path {
             None => check(false, "dataset_path", "is required"),
@@ -425,6 +519,11 @@ impl RunConfig {
             format!("must be unset: task {task:?} builds its own model"),
         );
         check(self.dataset_path.is_none(), "dataset_path", format!("must be unset: task {task:?} generates its data"));
+        check(
+            self.reward_model_path.is_none(),
+            "reward_model_path",
+            format!("must be unset: task {task:?} has its own gold reward"),
+        );
         check((1..=64).contains(&self.toy_num_prompts), "toy_num_prompts", "must be in [1, 64]".into());
         check((2..=32).contains(&self.toy_alphabet_size), "toy_alphabet_size", "must be in [2, 32]".into());
         check((1..=64).contains(&self.toy_response_length), "toy_response_length", "must be in [1, 64]".into());
@@ -654,6 +753,64 @@ mod tests {
         assert_eq!(fields(&errors), vec!["toy_response_length"]);
         let errors = RunConfig::from_json_value(json!({"task": "toy-forest"})).unwrap_err();
         assert_eq!(fields(&errors), vec!["task"]);
+    }
+
+    #[test]
+    fn precomputed_reference_log_probs_are_refused_when_the_reference_moves() {
+        let mut v = with("precompute_ref_log_probs", json!(true));
+        assert!(RunConfig::from_json_value(v.clone()).is_ok());
+        v["sync_ref_model"] = json!(true);
+        let errors = RunConfig::from_json_value(v).unwrap_err();
+        assert_eq!(fields(&errors), vec!["precompute_ref_log_probs"]);
+        assert!(errors[0].message.contains("sync_ref_model"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn a_model_of_an_unsupported_architecture_is_refused_naming_its_model_type() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            json!({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}).to_string(),
+        )
+        .unwrap();
+        let errors = RunConfig::from_json_value(with("model_name_or_path", json!(dir.path()))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["model_name_or_path"]);
+        assert!(errors[0].message.contains("unsupported model_type \"mistral\""), "{}", errors[0].message);
+        let errors = RunConfig::from_json_value(with("reward_model_path", json!(dir.path()))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["reward_model_path"]);
+        assert!(errors[0].message.contains("\"mistral\""), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn a_config_without_weights_is_enough_only_for_a_random_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = base()["model_name_or_path"].as_str().unwrap().to_string();
+        std::fs::copy(format!("{fixture}/config.json"), dir.path().join("config.json")).unwrap();
+        let errors = RunConfig::from_json_value(with("model_name_or_path", json!(dir.path()))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["model_name_or_path"]);
+        assert!(errors[0].message.contains("model.safetensors"), "{}", errors[0].message);
+        let mut v = with("model_name_or_path", json!(dir.path()));
+        v["random_init"] = json!(true);
+        assert!(RunConfig::from_json_value(v).is_ok());
+    }
+
+    #[test]
+    fn a_policy_checkpoint_is_not_a_reward_model() {
+        let policy = base()["model_name_or_path"].clone();
+        let errors = RunConfig::from_json_value(with("reward_model_path", policy)).unwrap_err();
+        assert_eq!(fields(&errors), vec!["reward_model_path"]);
+        assert!(errors[0].message.contains("not a reward model"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn the_export_dtype_takes_transformers_names() {
+        assert_eq!(RunConfig::from_json_value(base()).unwrap().export_dtype, ExportDtype::Float32);
+        let c = RunConfig::from_json_value(with("export_dtype", json!("bfloat16"))).unwrap();
+        assert_eq!((c.export_dtype, c.export_dtype.as_str()), (ExportDtype::Bfloat16, "bfloat16"));
+        let errors = RunConfig::from_json_value(with("export_dtype", json!("fp8"))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["export_dtype"]);
+        assert_eq!("float16".parse::<ExportDtype>(), Ok(ExportDtype::Float16));
+        assert!("half".parse::<ExportDtype>().unwrap_err().contains("bfloat16"));
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum Error {
     #[error("non-finite {what} at step {step}: training stopped; the last good checkpoint is intact")]
     NonFinite { step: u64, what: String },
 
+    /// The run's estimated memory exceeds what the machine has available.
+    #[error("not enough memory: {0}")]
+    OutOfMemory(String),
+
     /// A checkpoint or trainer state that cannot be resumed from.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },

@@ -3,13 +3,20 @@
 //! per-sample log-ratios `Σ_t [log π_θ(y_t|·) − log q(y_t|·)]`, with its standard error
 //! (SPEC §4: per-sample values are often negative at small KL; the k3 estimator is heavy-tailed).
 
-use rand::Rng;
+use std::path::Path;
 
-use crate::data::{Collated, Sequence};
-use crate::error::Result;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::RunConfig;
+use crate::data::{Collated, Sequence, TextTokenizer};
+use crate::error::{Error, Result};
 use crate::logps::sequence_logps;
+use crate::metrics::Metrics;
+use crate::model::reward::RewardModel;
 use crate::model::sampling::{generate, Sample, SamplingConfig};
 use crate::model::{CausalLm, ParamSet};
+use crate::train::{EvalWeights, Evaluator};
 
 /// A sample mean and its standard error.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -102,6 +109,131 @@ pub fn sample_and_score(
 pub fn kl_estimate(samples: &[ScoredSample], which: usize) -> Estimate {
     let ratios: Vec<f64> = samples.iter().map(|s| s.policy_logp - s.other_logps[which]).collect();
     Estimate::of(&ratios)
+}
+
+/// `eval/*` for runs on a model directory and a dataset: at each evaluation the policy answers
+/// every evaluation prompt once at temperature 1 (`max_new_tokens`), and the answers give Monte
+/// Carlo KL to the initial policy and to the reference, the gold reward model's score when
+/// `reward_model_path` is set, and the answers' length — each with its standard error.
+#[derive(Debug)]
+pub struct PolicySampleEvaluator {
+    prompts: Vec<Vec<u32>>,
+    /// Turns prompt + answer back into text for the reward model, which has its own tokenizer.
+    tokenizer: tokenizers::Tokenizer,
+    reward_model: Option<RewardModel>,
+    sampling: SamplingConfig,
+    /// Prompts sampled at once.
+    batch_size: usize,
+    seed: u64,
+}
+
+impl PolicySampleEvaluator {
+    /// The evaluator of a `task = "dataset"` run on `prompts` (token ids), when it has something
+    /// to measure: `eval_steps` or a reward model is set.
+    pub fn for_run(cfg: &RunConfig, model: &CausalLm, prompts: Vec<Vec<u32>>) -> Result<Option<Self>> {
+        if cfg.eval_steps.is_none() && cfg.reward_model_path.is_none() {
+            return Ok(None);
+        }
+        let dir = cfg.model_name_or_path.as_deref().ok_or_else(|| Error::model("model_name_or_path is not set"))?;
+        let reward_model =
+            cfg.reward_model_path.as_deref().map(|p| RewardModel::from_hf_dir(p, model.device())).transpose()?;
+        let ids = TextTokenizer::from_dir(dir, model.config.eos_token_id, model.config.pad_token_id)?;
+        let sampling = SamplingConfig {
+            max_new_tokens: cfg.max_new_tokens,
+            temperature: 1.0,
+            top_k: None,
+            eos_token_id: Some(ids.eos_token_id),
+            pad_token_id: ids.pad_token_id,
+        };
+        Self::new(dir, prompts, reward_model, sampling, cfg.per_device_train_batch_size * 2, cfg.seed).map(Some)
+    }
+
+    pub fn new(
+        model_dir: &Path,
+        prompts: Vec<Vec<u32>>,
+        reward_model: Option<RewardModel>,
+        sampling: SamplingConfig,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if prompts.is_empty() {
+            return Err(Error::model("evaluation needs at least one prompt"));
+        }
+        let path = model_dir.join("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        Ok(Self { prompts, tokenizer, reward_model, sampling, batch_size: batch_size.max(1), seed })
+    }
+
+    /// What the reward model reads: prompt and answer decoded together (so no word boundary is
+    /// lost between them), special tokens of the prompt kept (BOS, a chat template's markers),
+    /// the answer's EOS dropped as TRL drops special tokens from completions.
+    fn reward_text(&self, sample: &ScoredSample) -> Result<String> {
+        let mut answer = sample.sample.tokens.as_slice();
+        if sample.sample.finished && answer.last().copied() == self.sampling.eos_token_id {
+            answer = &answer[..answer.len() - 1];
+        }
+        let ids = [self.prompts[sample.prompt].as_slice(), answer].concat();
+        self.tokenizer.decode(&ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+/// The prompts a dataset run evaluates on: the dataset's distinct prompts in order, at most
+/// [`EVAL_PROMPTS`] of them.
+pub fn eval_prompts(prompts: impl IntoIterator<Item = Vec<u32>>) -> Vec<Vec<u32>> {
+    let mut seen = std::collections::HashSet::new();
+    prompts.into_iter().filter(|p| !p.is_empty() && seen.insert(p.clone())).take(EVAL_PROMPTS).collect()
+}
+
+/// How many prompts an evaluation samples at most: one answer each.
+pub const EVAL_PROMPTS: usize = 64;
+
+impl Evaluator for PolicySampleEvaluator {
+    fn evaluate(&mut self, step: u64, w: EvalWeights<'_>) -> Result<Metrics> {
+        // Seeded by (seed, step): runs of a sweep see the same draws at the same step.
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(1_000 + step);
+        // While the reference is the initial policy itself, one scoring pass serves both.
+        let shared = std::ptr::eq(w.reference, w.initial);
+        let others: Vec<&ParamSet> = if shared { vec![w.initial] } else { vec![w.initial, w.reference] };
+        let mut samples = Vec::with_capacity(self.prompts.len());
+        for (chunk_index, chunk) in self.prompts.chunks(self.batch_size).enumerate() {
+            let scored = sample_and_score(w.model, w.policy, &others, chunk, 1, &self.sampling, &|_| false, &mut rng)?;
+            samples.extend(scored.into_iter().map(|mut s| {
+                s.prompt += chunk_index * self.batch_size;
+                s
+            }));
+        }
+        let eos = self.sampling.eos_token_id;
+        let length: Vec<f64> =
+            samples.iter().map(|s| s.sample.tokens.iter().filter(|&&t| Some(t) != eos).count() as f64).collect();
+        let entropy: Vec<f64> = samples.iter().map(|s| -s.policy_logp).collect();
+        let finished = samples.iter().filter(|s| s.sample.finished).count() as f64 / samples.len() as f64;
+        let kl_init = kl_estimate(&samples, 0);
+        let kl_ref = kl_estimate(&samples, if shared { 0 } else { 1 });
+        let (length, entropy) = (Estimate::of(&length), Estimate::of(&entropy));
+        let mut metrics = Metrics::from([
+            ("eval/kl_init".to_string(), kl_init.mean),
+            ("eval/kl_init_se".to_string(), kl_init.se),
+            ("eval/kl_ref".to_string(), kl_ref.mean),
+            ("eval/kl_ref_se".to_string(), kl_ref.se),
+            ("eval/entropy".to_string(), entropy.mean),
+            ("eval/length".to_string(), length.mean),
+            ("eval/length_se".to_string(), length.se),
+            ("eval/eos_rate".to_string(), finished),
+        ]);
+        if let Some(rm) = &self.reward_model {
+            let mut gold = Vec::with_capacity(samples.len());
+            for chunk in samples.chunks(self.batch_size) {
+                let texts = chunk.iter().map(|s| self.reward_text(s)).collect::<Result<Vec<_>>>()?;
+                gold.extend(rm.score_texts(&texts)?.into_iter().map(f64::from));
+            }
+            let gold = Estimate::of(&gold);
+            metrics.insert("eval/gold_reward".into(), gold.mean);
+            metrics.insert("eval/gold_reward_se".into(), gold.se);
+        }
+        Ok(metrics)
+    }
 }
 
 #[cfg(test)]

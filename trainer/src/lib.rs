@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod logps;
 pub mod loss;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -32,6 +32,9 @@ pub trait MetricSink {
     /// After every optimizer step.
     fn progress(&mut self, _step: u64, _total: u64) {}
 
+    /// Before the first step of a model run: the memory it was estimated to need.
+    fn memory_plan(&mut self, _plan: &crate::memory::MemoryPlan) {}
+
     /// Polled before every step: `true` makes the trainer checkpoint and return.
     fn should_stop(&mut self) -> bool {
         false

@@ -39,6 +39,11 @@ impl AdamW {
         self.step
     }
 
+    /// Bytes the two moments occupy.
+    pub fn num_bytes(&self) -> usize {
+        self.exp_avg.iter().chain(&self.exp_avg_sq).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+    }
+
     /// One update of every variable with its gradient at learning rate `lr`.
     pub fn step(&mut self, vars: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
         self.step += 1;

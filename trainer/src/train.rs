@@ -8,8 +8,10 @@ use crate::checkpoint::{self, CheckpointContents, TrainerState};
 use crate::config::{LossType, RunConfig};
 use crate::data::{self, Batch, BatchSampler, DataCursor, Dataset, PairedExample, TextTokenizer, UnpairedExample};
 use crate::error::{Error, Result};
+use crate::eval::{eval_prompts, PolicySampleEvaluator};
 use crate::logps::sequence_logps;
 use crate::loss::{self, LossOutput, Pair};
+use crate::memory::MemoryPlan;
 use crate::metrics::{MetricSink, MetricWindow, Metrics};
 use crate::model::{CausalLm, ModelConfig, ParamSet};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
@@ -32,6 +34,25 @@ impl TrainData {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every example's prompt, in dataset order.
+    pub fn prompts(&self) -> Vec<Vec<u32>> {
+        match self {
+            Self::Paired(v) => v.iter().map(|e| e.chosen.prompt.clone()).collect(),
+            Self::Unpaired(v) => v.iter().map(|e| e.sequence.prompt.clone()).collect(),
+        }
+    }
+
+    /// The longest prompt + completion and the longest completion, in tokens.
+    pub fn longest_sequences(&self) -> (usize, usize) {
+        let seqs: Vec<&crate::data::Sequence> = match self {
+            Self::Paired(v) => v.iter().flat_map(|e| [&e.chosen, &e.rejected]).collect(),
+            Self::Unpaired(v) => v.iter().map(|e| &e.sequence).collect(),
+        };
+        let total = seqs.iter().map(|s| s.prompt.len() + s.completion.len()).max().unwrap_or(0);
+        let completion = seqs.iter().map(|s| s.completion.len()).max().unwrap_or(0);
+        (total, completion)
     }
 
     /// KTO trains on unpaired examples (pairs are split); DPO and IPO need pairs.
@@ -75,19 +96,23 @@ impl Setup {
         cfg.validate().map_err(Error::Config)?;
         let dir = cfg.model_name_or_path.as_deref().expect("validated: model_name_or_path is set");
         let model_config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer = TextTokenizer::from_dir(dir, model_config.eos_token_id, model_config.pad_token_id)?;
+        let dataset_path = cfg.dataset_path.as_deref().expect("validated: dataset_path is set");
+        let dataset = data::load_jsonl(dataset_path, &tokenizer, cfg.max_length, cfg.max_prompt_length)?;
+        let data = TrainData::for_loss(dataset, cfg)?;
+        // Refuse before loading any weights: a run that cannot fit fails now, not at step 1.
+        let memory = MemoryPlan::for_run(cfg, &model_config, &data)?;
+        memory.check(crate::memory::available_bytes())?;
         let initial = if cfg.random_init {
             ParamSet::random(&model_config, cfg.seed, cfg.initializer_range, device)?
         } else {
             ParamSet::load_hf_dir(dir, &model_config, device)?
         };
-        let tokenizer = TextTokenizer::from_dir(dir, model_config.eos_token_id, model_config.pad_token_id)?;
-        let dataset_path = cfg.dataset_path.as_deref().expect("validated: dataset_path is set");
-        let dataset = data::load_jsonl(dataset_path, &tokenizer, cfg.max_length, cfg.max_prompt_length)?;
         let side_files = checkpoint::SIDE_FILES.iter().map(|f| dir.join(f)).filter(|p| p.is_file()).collect();
         Ok(Self {
             model: CausalLm::new(model_config, device),
             initial,
-            data: TrainData::for_loss(dataset, cfg)?,
+            data,
             pad_token_id: tokenizer.pad_token_id,
             side_files,
         })
@@ -139,7 +164,11 @@ pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn Me
         return train_with(cfg, &task.setup, output_dir, resume, sink, Some(task.evaluator.as_mut()));
     }
     let setup = Setup::from_config(cfg, &device)?;
-    train_with(cfg, &setup, output_dir, resume, sink, None)
+    sink.memory_plan(&MemoryPlan::for_run(cfg, &setup.model.config, &setup.data)?);
+    // The prompts the policy answers at each evaluation.
+    let prompts = eval_prompts(setup.data.prompts());
+    let mut evaluator = PolicySampleEvaluator::for_run(cfg, &setup.model, prompts)?;
+    train_with(cfg, &setup, output_dir, resume, sink, evaluator.as_mut().map(|e| e as &mut dyn Evaluator))
 }
 
 /// The loop itself, on an already loaded [`Setup`].
@@ -170,16 +199,24 @@ pub fn train_with(
         .then_some(TrustRegion { mixup_alpha: cfg.ref_model_mixup_alpha, sync_steps: cfg.ref_model_sync_steps });
     std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
 
-    // Fresh start, or everything a checkpoint holds. Without trust-region updates the reference
-    // never moves, so the initial policy serves as the reference and no copy is kept.
+    // Fresh start, or everything a checkpoint holds. The reference is the initial policy itself
+    // for as long as the two are equal: always without trust-region updates, and until the first
+    // update with them. Only then does it get its own copy.
     let resume_from = if resume { checkpoint::latest(output_dir)? } else { None };
-    let (policy, moving_reference, mut optimizer, mut state) = match resume_from {
+    let (policy, mut moving_reference, mut optimizer, mut state) = match resume_from {
         Some(dir) => {
             let r = checkpoint::load(&dir, &setup.model.config, adam, &device)?;
-            if trust_region.is_some() != r.reference.is_some() {
+            let consistent = match (trust_region, r.reference.is_some()) {
+                (None, has_copy) => !has_copy,
+                (Some(tr), false) => r.state.global_step < tr.sync_steps,
+                // Before the first update the copy equals the initial policy (older versions wrote it).
+                (Some(_), true) => true,
+            };
+            if !consistent {
                 return Err(Error::Checkpoint {
                     path: dir,
-                    message: "sync_ref_model differs from the run that wrote this checkpoint".into(),
+                    message: "sync_ref_model or ref_model_sync_steps differs from the run that wrote this checkpoint"
+                        .into(),
                 });
             }
             sink.resumed_at(r.state.global_step)?;
@@ -187,31 +224,48 @@ pub fn train_with(
         }
         None => {
             let policy = setup.initial.deep_clone()?;
-            let reference = trust_region.map(|_| setup.initial.deep_clone()).transpose()?;
             let optimizer = AdamW::new(&policy, adam)?;
             let state = TrainerState {
                 global_step: 0,
                 data_cursor: DataCursor::default(),
                 seed: cfg.seed,
                 metric_window: MetricWindow::default(),
-                has_reference: reference.is_some(),
+                has_reference: false,
             };
-            (policy, reference, optimizer, state)
+            (policy, None, optimizer, state)
         }
     };
-    let reference = moving_reference.as_ref().unwrap_or(&setup.initial);
+    // Vanilla runs may score the reference once, before the first step (TRL's option).
+    let precomputed = if cfg.precompute_ref_log_probs {
+        if trust_region.is_some() {
+            return Err(Error::Config(vec![crate::config::FieldError::new(
+                "precompute_ref_log_probs",
+                "cannot be used with sync_ref_model: the reference moves during training",
+            )]));
+        }
+        Some(ReferenceLogps::compute(cfg, setup, &setup.initial)?)
+    } else {
+        None
+    };
     let mut sampler = BatchSampler::new(setup.data.len(), cfg.per_device_train_batch_size, cfg.seed, state.data_cursor);
     let mut last_checkpoint = None;
-    let save = |state: &TrainerState, optimizer: &AdamW, sink: &mut dyn MetricSink| -> Result<PathBuf> {
+    let save = |state: &mut TrainerState,
+                policy: &ParamSet,
+                reference: Option<&ParamSet>,
+                optimizer: &AdamW,
+                sink: &mut dyn MetricSink|
+     -> Result<PathBuf> {
+        state.has_reference = reference.is_some();
         let dir = checkpoint::save(
             output_dir,
             &CheckpointContents {
                 model_config: &setup.model.config,
-                policy: &policy,
-                reference: moving_reference.as_ref(),
+                policy,
+                reference,
                 optimizer,
                 state,
                 side_files: &setup.side_files,
+                export_dtype: cfg.export_dtype,
             },
         )?;
         sink.checkpoint_saved(state.global_step, &dir)?;
@@ -228,7 +282,7 @@ pub fn train_with(
         }
     };
     if state.global_step == 0 {
-        if let Some(metrics) = evaluate(0, &policy, reference)? {
+        if let Some(metrics) = evaluate(0, &policy, &setup.initial)? {
             sink.log(0, &metrics)?;
         }
     }
@@ -236,7 +290,7 @@ pub fn train_with(
     while state.global_step < total {
         if sink.should_stop() {
             state.data_cursor = sampler.cursor();
-            let dir = save(&state, &optimizer, sink)?;
+            let dir = save(&mut state, &policy, moving_reference.as_ref(), &optimizer, sink)?;
             return Ok(TrainOutcome {
                 global_step: state.global_step,
                 total_steps: total,
@@ -245,6 +299,11 @@ pub fn train_with(
             });
         }
         let step = state.global_step + 1;
+        let reference = moving_reference.as_ref().unwrap_or(&setup.initial);
+        let reference_logps = match &precomputed {
+            Some(table) => ReferenceSource::Precomputed(table),
+            None => ReferenceSource::Weights(reference),
+        };
 
         // Forward and backward over the micro-batches, gradients summed.
         let mut grads: Vec<Option<Tensor>> = vec![None; policy.vars().len()];
@@ -252,7 +311,7 @@ pub fn train_with(
             let indices = sampler.next_batch();
             let scale = 1.0 / cfg.gradient_accumulation_steps as f64;
             let MicroBatchGrads { metrics, grads: micro_grads } =
-                micro_batch_grads(cfg, setup, &policy, reference, &indices, scale)?;
+                micro_batch_grads(cfg, setup, &policy, reference_logps, &indices, scale)?;
             for (name, value) in metrics {
                 if !value.is_finite() {
                     return Err(Error::NonFinite { step, what: name.to_string() });
@@ -271,11 +330,15 @@ pub fn train_with(
         optimizer.step(policy.vars(), &grads, schedule.lr_at(state.global_step))?;
         state.global_step = step;
         state.data_cursor = sampler.cursor();
-        if let (Some(tr), Some(reference)) = (trust_region, moving_reference.as_ref()) {
-            tr.maybe_update(step, &policy, reference)?;
+        if let Some(tr) = trust_region.filter(|tr| tr.is_due(step)) {
+            if moving_reference.is_none() {
+                moving_reference = Some(setup.initial.deep_clone()?);
+            }
+            tr.maybe_update(step, &policy, moving_reference.as_ref().expect("just set"))?;
         }
         sink.progress(step, total);
 
+        let reference = moving_reference.as_ref().unwrap_or(&setup.initial);
         let eval_metrics = evaluate(step, &policy, reference)?;
         if step % cfg.logging_steps == 0 || step == total {
             let mut metrics: Metrics = state.metric_window.drain();
@@ -290,7 +353,7 @@ pub fn train_with(
             sink.log(step, &metrics)?;
         }
         if (cfg.save_steps > 0 && step % cfg.save_steps == 0) || step == total {
-            last_checkpoint = Some(save(&state, &optimizer, sink)?);
+            last_checkpoint = Some(save(&mut state, &policy, moving_reference.as_ref(), &optimizer, sink)?);
         }
     }
     Ok(TrainOutcome {
@@ -314,7 +377,7 @@ pub fn micro_batch_grads(
     cfg: &RunConfig,
     setup: &Setup,
     policy: &ParamSet,
-    reference: &ParamSet,
+    reference: ReferenceSource<'_>,
     indices: &[usize],
     scale: f64,
 ) -> Result<MicroBatchGrads> {
@@ -362,7 +425,7 @@ pub struct MicroBatchGrads {
 }
 
 /// `num_threads = 0` means one worker per available core.
-fn worker_threads(configured: usize) -> usize {
+pub(crate) fn worker_threads(configured: usize) -> usize {
     if configured > 0 {
         configured
     } else {
@@ -411,10 +474,49 @@ struct ShardForward {
     kl_log_ratios: Option<Tensor>,
 }
 
-fn shard_forward(setup: &Setup, policy: &ParamSet, reference: &ParamSet, indices: &[usize]) -> Result<ShardForward> {
+fn shard_forward(
+    setup: &Setup,
+    policy: &ParamSet,
+    reference: ReferenceSource<'_>,
+    indices: &[usize],
+) -> Result<ShardForward> {
     let model = &setup.model;
+    let (rows, labels, kl_rows) = collate(setup, indices);
+    // z₀ is detached in TRL: the mismatched pairs go through the policy without gradients.
+    let kl_log_ratios = match &kl_rows {
+        Some(kl) => {
+            let reference_kl = match reference {
+                ReferenceSource::Weights(w) => sequence_logps(model, &w.frozen(), kl)?.sums,
+                ReferenceSource::Precomputed(table) => table.gather(indices, 1, model.device())?,
+            };
+            Some((sequence_logps(model, &policy.frozen(), kl)?.sums - reference_kl)?)
+        }
+        None => None,
+    };
+    let reference = match reference {
+        ReferenceSource::Weights(w) => sequence_logps(model, &w.frozen(), &rows)?.sums,
+        ReferenceSource::Precomputed(table) => match &setup.data {
+            // Rows are [chosen…, rejected…].
+            TrainData::Paired(_) => {
+                Tensor::cat(&[table.gather(indices, 0, model.device())?, table.gather(indices, 1, model.device())?], 0)?
+            }
+            TrainData::Unpaired(_) => table.gather(indices, 0, model.device())?,
+        },
+    };
+    Ok(ShardForward {
+        policy: sequence_logps(model, &policy.trainable(), &rows)?.sums,
+        reference,
+        token_counts: rows.completion_token_counts(),
+        labels,
+        kl_log_ratios,
+    })
+}
+
+/// The rows of some examples as the loss needs them: paired `[chosen…, rejected…]`, or
+/// unpaired rows with their labels and KTO's mismatched rows.
+fn collate(setup: &Setup, indices: &[usize]) -> (crate::data::Collated, Vec<bool>, Option<crate::data::Collated>) {
     let pad = setup.pad_token_id;
-    let (rows, labels, kl_rows) = match &setup.data {
+    match &setup.data {
         TrainData::Paired(examples) => {
             let picked: Vec<&PairedExample> = indices.iter().map(|&i| &examples[i]).collect();
             let Batch::Paired(rows) = data::collate_paired(&picked, pad) else { unreachable!("paired collation") };
@@ -427,22 +529,48 @@ fn shard_forward(setup: &Setup, policy: &ParamSet, reference: &ParamSet, indices
             };
             (rows, labels, Some(kl_rows))
         }
-    };
-    // z₀ is detached in TRL: the mismatched pairs go through the policy without gradients.
-    let kl_log_ratios = match kl_rows {
-        Some(kl) => Some(
-            (sequence_logps(model, &policy.frozen(), &kl)?.sums
-                - sequence_logps(model, &reference.frozen(), &kl)?.sums)?,
-        ),
-        None => None,
-    };
-    Ok(ShardForward {
-        policy: sequence_logps(model, &policy.trainable(), &rows)?.sums,
-        reference: sequence_logps(model, &reference.frozen(), &rows)?.sums,
-        token_counts: rows.completion_token_counts(),
-        labels,
-        kl_log_ratios,
-    })
+    }
+}
+
+/// Where a step's reference log-probs come from.
+#[derive(Debug, Clone, Copy)]
+pub enum ReferenceSource<'a> {
+    /// A forward pass of these weights on every micro-batch.
+    Weights(&'a ParamSet),
+    /// Looked up in a table computed before the first step.
+    Precomputed(&'a ReferenceLogps),
+}
+
+/// Every example's reference log-probs, computed once (TRL's `precompute_ref_log_probs`): for
+/// paired data `[chosen, rejected]`, for unpaired `[completion, mismatched completion]` (KTO's z₀).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceLogps {
+    per_example: Vec<[f32; 2]>,
+}
+
+impl ReferenceLogps {
+    /// In dataset order, `per_device_train_batch_size` examples at a time.
+    pub fn compute(cfg: &RunConfig, setup: &Setup, reference: &ParamSet) -> Result<Self> {
+        let all: Vec<usize> = (0..setup.data.len()).collect();
+        let frozen = reference.frozen();
+        let mut per_example = Vec::with_capacity(all.len());
+        for batch in all.chunks(cfg.per_device_train_batch_size) {
+            let (rows, _, kl_rows) = collate(setup, batch);
+            let sums: Vec<f32> = sequence_logps(&setup.model, &frozen, &rows)?.sums.to_vec1()?;
+            let second: Vec<f32> = match &kl_rows {
+                Some(kl) => sequence_logps(&setup.model, &frozen, kl)?.sums.to_vec1()?,
+                None => sums[batch.len()..].to_vec(),
+            };
+            per_example.extend(sums.iter().zip(&second).take(batch.len()).map(|(&a, &b)| [a, b]));
+        }
+        Ok(Self { per_example })
+    }
+
+    /// Column `which` of the given examples, as a `(indices.len(),)` tensor.
+    fn gather(&self, indices: &[usize], which: usize, device: &Device) -> Result<Tensor> {
+        let values: Vec<f32> = indices.iter().map(|&i| self.per_example[i][which]).collect();
+        Ok(Tensor::new(values, device)?)
+    }
 }
 
 /// The configured loss on the whole micro-batch, reassembled from the shards in order.

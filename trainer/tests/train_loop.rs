@@ -192,3 +192,74 @@ fn dpo_refuses_unpaired_data_naming_loss_type() {
     let msg = dataset_error("{\"prompt\": \"t3\", \"completion\": \" t4\", \"label\": true}\n", "sigmoid");
     assert!(msg.contains("`loss_type`") && msg.contains("paired"), "{msg}");
 }
+
+#[test]
+fn precomputed_reference_log_probs_give_exactly_the_losses_of_a_reference_forward_per_step() {
+    for loss_type in ["sigmoid", "ipo", "kto"] {
+        let run = |precompute: bool| {
+            let cfg = config(json!({"loss_type": loss_type, "precompute_ref_log_probs": precompute,
+                                    "per_device_train_batch_size": 4, "max_steps": 5}));
+            let dir = tempfile::tempdir().unwrap();
+            let mut sink = MemorySink::default();
+            train(&cfg, dir.path(), false, &mut sink).unwrap();
+            let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+            (sink, weights(&dir.path().join("checkpoint-5"), "model.safetensors", &setup))
+        };
+        let ((every_step, a), (precomputed, b)) = (run(false), run(true));
+        assert_eq!(every_step.series("loss").len(), 5);
+        assert_eq!(precomputed.steps, every_step.steps, "{loss_type}: every logged metric of every step");
+        assert_eq!(a.max_abs_diff(&b).unwrap(), 0.0, "{loss_type}: the trained weights");
+    }
+}
+
+#[test]
+fn a_trust_region_reference_shares_the_initial_weights_until_its_first_update() {
+    let cfg = config(json!({"sync_ref_model": true, "ref_model_sync_steps": 3, "ref_model_mixup_alpha": 0.5,
+                            "max_steps": 5, "save_steps": 1}));
+    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let whole = tempfile::tempdir().unwrap();
+    let mut uninterrupted = MemorySink::default();
+    train_with(&cfg, &setup, whole.path(), false, &mut uninterrupted, None).unwrap();
+    for step in 1..=5 {
+        let has_copy = whole.path().join(format!("checkpoint-{step}/reference.safetensors")).is_file();
+        assert_eq!(has_copy, step >= 3, "step {step}: a reference copy exists only once it has moved");
+    }
+    // Resuming before the first update (no copy in the checkpoint) continues exactly.
+    let split = tempfile::tempdir().unwrap();
+    let mut first = StopAfter { inner: MemorySink::default(), stop_at: 2, done: 0 };
+    train_with(&cfg, &setup, split.path(), false, &mut first, None).unwrap();
+    let mut second = first.inner.clone();
+    train_with(&cfg, &setup, split.path(), true, &mut second, None).unwrap();
+    assert_eq!(second.steps, uninterrupted.steps);
+    let (a, b) = (whole.path().join("checkpoint-5"), split.path().join("checkpoint-5"));
+    for file in ["model.safetensors", "reference.safetensors"] {
+        assert_eq!(weights(&a, file, &setup).max_abs_diff(&weights(&b, file, &setup)).unwrap(), 0.0, "{file}");
+    }
+    // A vanilla run cannot resume a checkpoint whose reference has moved.
+    let vanilla = config(json!({"max_steps": 5, "save_steps": 1}));
+    let err = train_with(&vanilla, &setup, whole.path(), true, &mut MemorySink::default(), None).unwrap_err();
+    assert!(err.to_string().contains("sync_ref_model"), "{err}");
+}
+
+#[test]
+fn a_narrower_export_keeps_float32_weights_for_an_exact_resume() {
+    let cfg = config(json!({"export_dtype": "bfloat16", "max_steps": 4, "save_steps": 2}));
+    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let whole = tempfile::tempdir().unwrap();
+    let mut uninterrupted = MemorySink::default();
+    train_with(&cfg, &setup, whole.path(), false, &mut uninterrupted, None).unwrap();
+    let ckpt = whole.path().join("checkpoint-2");
+    let exported = candle_core::safetensors::load(ckpt.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(exported.values().all(|t| t.dtype() == candle_core::DType::BF16));
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["torch_dtype"].as_str(), config["dtype"].as_str()), (Some("bfloat16"), Some("bfloat16")));
+    for file in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        assert!(ckpt.join(file).is_file(), "{file}");
+    }
+    let split = tempfile::tempdir().unwrap();
+    let mut first = StopAfter { inner: MemorySink::default(), stop_at: 2, done: 0 };
+    train_with(&cfg, &setup, split.path(), false, &mut first, None).unwrap();
+    let mut second = first.inner.clone();
+    train_with(&cfg, &setup, split.path(), true, &mut second, None).unwrap();
+    assert_eq!(second.steps, uninterrupted.steps, "resumed from the float32 weights, not the bfloat16 export");
+}

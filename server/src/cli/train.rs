@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use trainer::config::RunConfig;
+use trainer::config::{ExportDtype, RunConfig};
 use trainer::metrics::{JsonlSink, MetricSink, Metrics};
 
 #[derive(Debug, clap::Args)]
@@ -18,6 +18,10 @@ pub struct TrainArgs {
     /// Continue from the latest checkpoint in the output directory.
     #[arg(long)]
     pub resume: bool,
+    /// Weights in the checkpoints' model.safetensors: float32, bfloat16 or float16 (overrides
+    /// the config's `export_dtype`).
+    #[arg(long)]
+    pub export_dtype: Option<ExportDtype>,
 }
 
 /// metrics.jsonl plus a progress bar with ETA.
@@ -48,10 +52,19 @@ impl MetricSink for CliSink {
         self.bar.set_length(total);
         self.bar.set_position(step);
     }
+
+    fn memory_plan(&mut self, plan: &trainer::memory::MemoryPlan) {
+        let total = trainer::memory::human_bytes(plan.total());
+        // Shown even when stderr is not a terminal (where the bar and its println are hidden).
+        self.bar.suspend(|| eprintln!("memory estimate: {total} = {plan}"));
+    }
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
-    let cfg = RunConfig::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
+    let mut cfg = RunConfig::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
+    if let Some(dtype) = args.export_dtype {
+        cfg.export_dtype = dtype;
+    }
     std::fs::create_dir_all(&args.output_dir).with_context(|| format!("creating {}", args.output_dir.display()))?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {elapsed} < {eta}  {msg}")

@@ -25,13 +25,18 @@ pub fn parse_body(body: Result<Bytes, BytesRejection>, max_bytes: usize) -> Resu
 }
 
 /// Validates a config and answers the JSON to store: every key with its value (defaults filled
-/// in) and the model and dataset paths canonical and inside the server's directories.
+/// in) and the model, reward model and dataset paths canonical and inside the server's directories.
 pub fn prepare(mut value: Value, settings: &Settings) -> Result<(RunConfig, Value), Vec<FieldError>> {
     let Some(object) = value.as_object_mut() else {
         return Err(vec![FieldError::new("(config)", "must be a JSON object")]);
     };
     let mut errors = Vec::new();
-    for (field, root) in [("model_name_or_path", &settings.models_dir), ("dataset_path", &settings.datasets_dir)] {
+    let contained = [
+        ("model_name_or_path", &settings.models_dir),
+        ("reward_model_path", &settings.models_dir),
+        ("dataset_path", &settings.datasets_dir),
+    ];
+    for (field, root) in contained {
         match object.get(field) {
             None | Some(Value::Null) => {}
             Some(Value::String(raw)) => match contain(raw, root) {
@@ -43,11 +48,9 @@ pub fn prepare(mut value: Value, settings: &Settings) -> Result<(RunConfig, Valu
             Some(_) => errors.push(FieldError::new(field, "must be a string (a path)")),
         }
     }
-    if !errors.is_empty() {
-        // The trainer would only repeat these fields with a less useful message.
-        for field in ["model_name_or_path", "dataset_path"] {
-            object.remove(field);
-        }
+    // The trainer would only repeat these fields with a less useful message.
+    for error in &errors {
+        object.remove(&error.field);
     }
     match RunConfig::from_json_value(value) {
         Ok(config) if errors.is_empty() => {
@@ -56,8 +59,8 @@ pub fn prepare(mut value: Value, settings: &Settings) -> Result<(RunConfig, Valu
         }
         Ok(_) => Err(errors),
         Err(more) => {
-            let contained: Vec<String> = errors.iter().map(|e| e.field.clone()).collect();
-            errors.extend(more.into_iter().filter(|e| !contained.contains(&e.field)));
+            let reported: Vec<String> = errors.iter().map(|e| e.field.clone()).collect();
+            errors.extend(more.into_iter().filter(|e| !reported.contains(&e.field)));
             Err(errors)
         }
     }

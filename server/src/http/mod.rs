@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod models;
 pub mod runs;
 pub mod sweeps;
 
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(events::router())
         .merge(checkpoints::router())
+        .merge(models::router())
         .route("/api/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))

@@ -256,6 +256,10 @@ impl MetricSink for DbSink {
         let _ = self.send(WriteMsg::Progress { run_id: self.run_id, step: step_i64(step), total: step_i64(total) });
     }
 
+    fn memory_plan(&mut self, plan: &trainer::memory::MemoryPlan) {
+        tracing::info!(run_id = self.run_id, total_bytes = plan.total(), "memory estimate: {plan}");
+    }
+
     fn should_stop(&mut self) -> bool {
         let stop = self.cancel.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst);
         if stop {

@@ -8,6 +8,8 @@ mod config;
 pub(crate) mod fused;
 mod ops;
 mod params;
+pub mod registry;
+pub mod reward;
 pub mod sampling;
 
 use std::path::Path;

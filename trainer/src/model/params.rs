@@ -130,6 +130,11 @@ impl ParamSet {
     /// Loads `model.safetensors` or a sharded `model.safetensors.index.json` from an HF
     /// directory, as float32. Every expected weight must be present with the expected shape.
     pub fn load_hf_dir(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        Self::load_hf_dir_with(dir, param_specs(cfg), device)
+    }
+
+    /// [`ParamSet::load_hf_dir`] for any list of names and shapes (a reward model's backbone and head).
+    pub fn load_hf_dir_with(dir: &Path, specs: Vec<(String, Vec<usize>)>, device: &Device) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<std::path::PathBuf> = if single.exists() {
@@ -155,18 +160,22 @@ impl ParamSet {
         for file in &files {
             loaded.extend(candle_core::safetensors::load(file, device)?);
         }
-        Self::from_tensors(cfg, loaded, &format!("{}", dir.display()))
+        Self::from_tensors(specs, loaded, &format!("{}", dir.display()))
     }
 
     pub fn load_safetensors(path: &Path, cfg: &ModelConfig, device: &Device) -> Result<Self> {
         let loaded = candle_core::safetensors::load(path, device)?;
-        Self::from_tensors(cfg, loaded, &format!("{}", path.display()))
+        Self::from_tensors(param_specs(cfg), loaded, &format!("{}", path.display()))
     }
 
-    fn from_tensors(cfg: &ModelConfig, mut loaded: HashMap<String, Tensor>, source: &str) -> Result<Self> {
+    fn from_tensors(
+        specs: Vec<(String, Vec<usize>)>,
+        mut loaded: HashMap<String, Tensor>,
+        source: &str,
+    ) -> Result<Self> {
         let mut names = Vec::new();
         let mut vars = Vec::new();
-        for (name, shape) in param_specs(cfg) {
+        for (name, shape) in specs {
             let t =
                 loaded.remove(&name).ok_or_else(|| Error::model(format!("{source}: weight `{name}` is missing")))?;
             if t.dims() != shape.as_slice() {
@@ -241,10 +250,25 @@ impl ParamSet {
     }
 
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        let map: HashMap<&str, Tensor> =
-            self.names.iter().map(String::as_str).zip(self.vars.iter().map(|v| v.as_tensor().detach())).collect();
+        self.save_safetensors_as(path, DType::F32)
+    }
+
+    /// Saves every weight converted to `dtype` (the trained values stay float32).
+    pub fn save_safetensors_as(&self, path: &Path, dtype: DType) -> Result<()> {
+        let map: HashMap<&str, Tensor> = self
+            .names
+            .iter()
+            .map(String::as_str)
+            .zip(self.vars.iter().map(|v| v.as_tensor().detach().to_dtype(dtype)))
+            .map(|(n, t)| t.map(|t| (n, t)))
+            .collect::<candle_core::Result<_>>()?;
         candle_core::safetensors::save(&map, path)?;
         Ok(())
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn num_bytes(&self) -> usize {
+        self.vars.iter().map(|v| v.elem_count() * v.dtype().size_in_bytes()).sum()
     }
 
     /// Max absolute elementwise difference to another set over the same names.

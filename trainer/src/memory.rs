@@ -1,0 +1,270 @@
+//! How much memory a run needs, estimated before any weights are loaded, and the refusal of
+//! runs that cannot fit.
+//!
+//! Weight copies, optimizer moments and gradients are exact byte counts of the tensors the
+//! trainer allocates (float32 everywhere). Activations are an estimate from the shapes of the
+//! tensors one forward pass keeps for its backward pass. A 10% margin covers the allocator and
+//! transient copies: with it the total came within 2% above the peak resident memory measured
+//! for a 20M-parameter Llama on 256-token pairs (batch 4: 1.65 GiB estimated, 1.65 GiB measured;
+//! batch 8: 2.71 GiB estimated, 2.66 GiB measured). Without it the estimate was 7-9% low.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::model::registry::{self, ModelKind};
+use crate::model::{param_specs, ModelConfig};
+use crate::train::TrainData;
+
+const F32: u64 = 4;
+
+/// Bytes per part of a run, all float32.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemoryPlan {
+    pub num_parameters: u64,
+    /// The trained weights.
+    pub policy: u64,
+    /// The frozen initial policy (also the reference while the two are equal).
+    pub initial: u64,
+    /// The trust-region reference's own copy, once it has moved (0 for vanilla runs).
+    pub reference: u64,
+    /// AdamW's first and second moments.
+    pub adam_moments: u64,
+    /// The summed gradient, plus one per worker thread while their shards are added up.
+    pub gradients: u64,
+    /// What a training micro-batch or an evaluation batch keeps alive at its peak.
+    pub activations: u64,
+    /// The gold reward model's weights.
+    pub reward_model: u64,
+    /// 10% of everything else: allocator slack and transient copies.
+    pub margin: u64,
+}
+
+impl MemoryPlan {
+    /// The plan for `cfg` on a model with `model` as its config and `data` as its examples.
+    pub fn for_run(cfg: &RunConfig, model: &ModelConfig, data: &TrainData) -> Result<Self> {
+        let n: u64 = param_specs(model).iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum();
+        let weights = n * F32;
+        let rows = match data {
+            TrainData::Paired(_) => 2 * cfg.per_device_train_batch_size,
+            TrainData::Unpaired(_) => cfg.per_device_train_batch_size,
+        };
+        let (longest, longest_completion) = data.longest_sequences();
+        let workers = crate::train::worker_threads(cfg.num_threads).min(cfg.per_device_train_batch_size).max(1);
+        let reward_model = match &cfg.reward_model_path {
+            Some(dir) => reward_model_bytes(dir)?,
+            None => 0,
+        };
+        let training = training_activations(model, rows as u64, longest as u64, longest_completion as u64);
+        let evaluation = if cfg.eval_steps.is_some() || cfg.reward_model_path.is_some() {
+            sampling_activations(
+                model,
+                (2 * cfg.per_device_train_batch_size) as u64,
+                cfg.max_new_tokens as u64,
+                longest,
+            )
+        } else {
+            0
+        };
+        let mut plan = Self {
+            num_parameters: n,
+            policy: weights,
+            initial: weights,
+            reference: if cfg.sync_ref_model { weights } else { 0 },
+            adam_moments: 2 * weights,
+            gradients: (workers as u64 + 1) * weights,
+            activations: training.max(evaluation),
+            reward_model,
+            margin: 0,
+        };
+        plan.margin = plan.total() / 10;
+        Ok(plan)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.policy
+            + self.initial
+            + self.reference
+            + self.adam_moments
+            + self.gradients
+            + self.activations
+            + self.reward_model
+            + self.margin
+    }
+
+    /// Refuses a run whose estimate exceeds `available` bytes (`None`: unknown, so allowed).
+    pub fn check(&self, available: Option<u64>) -> Result<()> {
+        match available {
+            Some(free) if self.total() > free => Err(Error::OutOfMemory(format!(
+                "the run needs about {} ({self}) but only {} is available; use a smaller model, \
+                 per_device_train_batch_size or max_length",
+                human_bytes(self.total()),
+                human_bytes(free)
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "policy {} + initial {}", human_bytes(self.policy), human_bytes(self.initial))?;
+        if self.reference > 0 {
+            write!(f, " + reference {}", human_bytes(self.reference))?;
+        } else {
+            write!(f, " (also the reference)")?;
+        }
+        write!(
+            f,
+            " + Adam moments {} + gradients {} + activations {}",
+            human_bytes(self.adam_moments),
+            human_bytes(self.gradients),
+            human_bytes(self.activations)
+        )?;
+        if self.reward_model > 0 {
+            write!(f, " + reward model {}", human_bytes(self.reward_model))?;
+        }
+        write!(f, " + margin {}", human_bytes(self.margin))
+    }
+}
+
+/// Bytes in the largest binary unit that keeps the number at least 1.
+pub fn human_bytes(bytes: u64) -> String {
+    let units = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    match units.iter().find(|(_, size)| bytes >= *size) {
+        Some((unit, size)) => format!("{:.2} {unit}", bytes as f64 / *size as f64),
+        None => format!("{bytes} B"),
+    }
+}
+
+/// A reward model's float32 weights, from its config (nothing is loaded).
+fn reward_model_bytes(dir: &std::path::Path) -> Result<u64> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
+    let cfg = ModelConfig::from_hf_json(&json)?;
+    Ok(registry::num_parameters(&cfg, Some(ModelKind::SequenceClassification), registry::num_labels(&json)) * F32)
+}
+
+/// Floats one token keeps per layer for the backward pass: the block's inputs, norms,
+/// projections (before and after the head split and the rotary embedding), attention scores
+/// and probabilities over `keys`, and the MLP's three intermediate-width tensors.
+fn per_token_per_layer(cfg: &ModelConfig, keys: u64) -> u64 {
+    let h = cfg.hidden_size as u64;
+    let q = (cfg.num_attention_heads * cfg.head_dim) as u64;
+    let kv = (cfg.num_key_value_heads * cfg.head_dim) as u64;
+    let i = cfg.intermediate_size as u64;
+    let heads = cfg.num_attention_heads as u64;
+    6 * h + 7 * q + 5 * kv + 3 * i + 2 * heads * keys
+}
+
+/// The policy's forward graph over `rows` sequences of `len` tokens, plus the output
+/// projection's logits for the completion tokens (three vocabulary-wide tensors each).
+fn training_activations(cfg: &ModelConfig, rows: u64, len: u64, completion: u64) -> u64 {
+    let layers = cfg.num_hidden_layers as u64;
+    let body = rows * len * layers * per_token_per_layer(cfg, len);
+    let head = rows * completion * 3 * cfg.vocab_size as u64;
+    // The backward pass holds about one layer's worth of activation gradients on top.
+    (body + body / layers.max(1) + head) * F32
+}
+
+/// Sampling `rows` answers of `new_tokens` after prompts of up to `prompt` tokens: the KV cache
+/// and one step's logits.
+fn sampling_activations(cfg: &ModelConfig, rows: u64, new_tokens: u64, prompt: usize) -> u64 {
+    let keys = prompt as u64 + new_tokens;
+    let kv = (cfg.num_key_value_heads * cfg.head_dim) as u64;
+    let cache = 2 * cfg.num_hidden_layers as u64 * rows * keys * kv;
+    let prefill = rows * prompt as u64 * per_token_per_layer(cfg, prompt as u64);
+    (cache + prefill + rows * cfg.vocab_size as u64) * F32
+}
+
+/// Memory this process can still allocate: the kernel's `MemAvailable`, lowered to what the
+/// cgroup (container) limit leaves. `None` where neither can be read.
+pub fn available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .map(|max| max.saturating_sub(read("/sys/fs/cgroup/memory.current").unwrap_or(0)));
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::data::{PairedExample, Sequence};
+    use crate::model::ParamSet;
+    use crate::optim::{AdamW, AdamWConfig};
+
+    fn llama() -> ModelConfig {
+        ModelConfig::from_hf_json(&serde_json::json!({
+            "model_type": "llama", "vocab_size": 50, "hidden_size": 24, "intermediate_size": 40,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": false,
+        }))
+        .unwrap()
+    }
+
+    fn data() -> TrainData {
+        let seq = |p: usize, c: usize| Sequence { prompt: vec![1; p], completion: vec![2; c] };
+        TrainData::Paired(vec![
+            PairedExample { chosen: seq(3, 5), rejected: seq(3, 9) },
+            PairedExample { chosen: seq(7, 2), rejected: seq(7, 4) },
+        ])
+    }
+
+    #[test]
+    fn weight_moment_and_gradient_bytes_are_those_the_trainer_allocates() {
+        let cfg = llama();
+        let run = RunConfig { num_threads: 2, per_device_train_batch_size: 4, ..RunConfig::default() };
+        let plan = MemoryPlan::for_run(&run, &cfg, &data()).unwrap();
+        let policy = ParamSet::random(&cfg, 0, 0.02, &Device::Cpu).unwrap();
+        let actual = policy.num_bytes() as u64;
+        assert_eq!(plan.num_parameters, policy.num_parameters() as u64);
+        assert_eq!((plan.policy, plan.initial, plan.reference), (actual, actual, 0));
+        let adam = AdamW::new(&policy, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }).unwrap();
+        assert_eq!(plan.adam_moments, adam.num_bytes() as u64);
+        assert_eq!(plan.gradients, 3 * actual, "two workers' gradients and their sum");
+        let parts = plan.policy + plan.initial + plan.reference + plan.adam_moments + plan.gradients + plan.activations;
+        assert_eq!(plan.margin, parts / 10);
+        assert_eq!(plan.total(), parts + plan.margin);
+        let tr = RunConfig { sync_ref_model: true, ..run };
+        assert_eq!(MemoryPlan::for_run(&tr, &cfg, &data()).unwrap().reference, actual);
+    }
+
+    #[test]
+    fn activations_grow_with_the_batch_and_the_sequence_length() {
+        let cfg = llama();
+        let small = MemoryPlan::for_run(&RunConfig::default(), &cfg, &data()).unwrap().activations;
+        let wide = RunConfig { per_device_train_batch_size: 16, ..RunConfig::default() };
+        assert!(MemoryPlan::for_run(&wide, &cfg, &data()).unwrap().activations > small);
+        let seq = |p: usize, c: usize| Sequence { prompt: vec![1; p], completion: vec![2; c] };
+        let long = TrainData::Paired(vec![PairedExample { chosen: seq(3, 50), rejected: seq(3, 5) }]);
+        assert!(MemoryPlan::for_run(&RunConfig::default(), &cfg, &long).unwrap().activations > small);
+    }
+
+    #[test]
+    fn a_run_that_cannot_fit_is_refused_with_its_breakdown() {
+        let plan = MemoryPlan::for_run(&RunConfig::default(), &llama(), &data()).unwrap();
+        assert!(plan.check(Some(plan.total())).is_ok());
+        assert!(plan.check(None).is_ok());
+        let err = plan.check(Some(plan.total() - 1)).unwrap_err().to_string();
+        assert!(err.contains("needs about") && err.contains("Adam moments") && err.contains("available"), "{err}");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn this_machine_reports_its_available_memory() {
+        let free = available_bytes().expect("Linux exposes /proc/meminfo");
+        assert!(free > 1 << 20);
+    }
+}
