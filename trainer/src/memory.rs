@@ -52,7 +52,9 @@ impl MemoryPlan {
             TrainData::Unpaired(_) => cfg.per_device_train_batch_size,
         };
         let (longest, longest_completion) = data.longest_sequences();
-        let workers = crate::train::worker_threads(cfg.num_threads).min(cfg.per_device_train_batch_size).max(1);
+        // A GPU run takes the whole micro-batch on one worker (see `train::micro_batch_grads`).
+        let workers = if cfg.device == "cpu" { crate::train::worker_threads(cfg.num_threads) } else { 1 };
+        let workers = workers.min(cfg.per_device_train_batch_size).max(1);
         let reward_model = match &cfg.reward_model_path {
             Some(dir) => reward_model_bytes(dir)?,
             None => 0,

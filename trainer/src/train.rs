@@ -102,7 +102,11 @@ impl Setup {
         let data = TrainData::for_loss(dataset, cfg)?;
         // Refuse before loading any weights: a run that cannot fit fails now, not at step 1.
         let memory = MemoryPlan::for_run(cfg, &model_config, &data)?;
-        memory.check(crate::memory::available_bytes())?;
+        // The plan counts host memory; on a GPU the weights live in device memory, which candle
+        // does not report, so there the plan is only printed.
+        if device.is_cpu() {
+            memory.check(crate::memory::available_bytes())?;
+        }
         let initial = if cfg.random_init {
             ParamSet::random(&model_config, cfg.seed, cfg.initializer_range, device)?
         } else {
