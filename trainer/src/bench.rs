@@ -137,6 +137,7 @@ pub fn run_trainer_step(
         model: CausalLm::new(cfg.clone(), &dev),
         initial: ParamSet::random(cfg, 0, 0.02, &dev)?,
         data: TrainData::Paired(examples),
+        eval: None,
         pad_token_id: 0,
         side_files: Vec::new(),
     };

@@ -6,7 +6,9 @@ use candle_core::{Device, Tensor, Var};
 
 use crate::checkpoint::{self, CheckpointContents, TrainerState};
 use crate::config::{LossType, RunConfig};
-use crate::data::{self, Batch, BatchSampler, DataCursor, Dataset, PairedExample, TextTokenizer, UnpairedExample};
+use crate::data::{
+    self, Batch, BatchSampler, DataCursor, Dataset, EvalSet, LoadOptions, PairedExample, TextTokenizer, UnpairedExample,
+};
 use crate::error::{Error, Result};
 use crate::logps::sequence_logps;
 use crate::loss::{self, LossOutput, Pair};
@@ -60,6 +62,8 @@ pub struct Setup {
     pub model: CausalLm,
     pub initial: ParamSet,
     pub data: TrainData,
+    /// Held-out prompts and their rows (`eval_split_ratio` or `eval_dataset_path`), never trained on.
+    pub eval: Option<EvalSet>,
     pub pad_token_id: u32,
     /// Copied into every checkpoint (tokenizer files).
     pub side_files: Vec<PathBuf>,
@@ -75,19 +79,28 @@ impl Setup {
         cfg.validate().map_err(Error::Config)?;
         let dir = cfg.model_name_or_path.as_deref().expect("validated: model_name_or_path is set");
         let model_config = ModelConfig::from_file(&dir.join("config.json"))?;
+        // The data first: a bad row fails the run before the weights are read.
+        let tokenizer = TextTokenizer::from_dir(dir, model_config.eos_token_id, model_config.pad_token_id)?;
+        let dataset_path = cfg.dataset_path.as_deref().expect("validated: dataset_path is set");
+        let options = LoadOptions {
+            max_length: cfg.max_length,
+            max_prompt_length: cfg.max_prompt_length,
+            unpaired: cfg.loss_type == LossType::Kto,
+            eval_split_ratio: cfg.eval_split_ratio,
+            seed: cfg.seed,
+        };
+        let loaded = data::load(dataset_path, cfg.eval_dataset_path.as_deref(), &tokenizer, &options)?;
         let initial = if cfg.random_init {
             ParamSet::random(&model_config, cfg.seed, cfg.initializer_range, device)?
         } else {
             ParamSet::load_hf_dir(dir, &model_config, device)?
         };
-        let tokenizer = TextTokenizer::from_dir(dir, model_config.eos_token_id, model_config.pad_token_id)?;
-        let dataset_path = cfg.dataset_path.as_deref().expect("validated: dataset_path is set");
-        let dataset = data::load_jsonl(dataset_path, &tokenizer, cfg.max_length, cfg.max_prompt_length)?;
         let side_files = checkpoint::SIDE_FILES.iter().map(|f| dir.join(f)).filter(|p| p.is_file()).collect();
         Ok(Self {
             model: CausalLm::new(model_config, device),
             initial,
-            data: TrainData::for_loss(dataset, cfg)?,
+            data: TrainData::for_loss(loaded.train, cfg)?,
+            eval: loaded.eval,
             pad_token_id: tokenizer.pad_token_id,
             side_files,
         })
