@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -79,9 +80,13 @@ impl fmt::Display for RowProblem {
     }
 }
 
-/// Calls `each` with every row of the file, in order: the row's JSON, or why it is not JSON.
-/// Blank JSONL lines are skipped. A file that cannot be read at all is one file-level problem.
-pub fn for_each_row(path: &Path, mut each: impl FnMut(Location, Result<Value, String>)) -> Result<(), RowProblem> {
+/// Calls `each` with every row of the file, in order: the row's JSON, or why it is not JSON,
+/// until it answers `Break`. Blank JSONL lines are skipped. A file that cannot be read at all is
+/// one file-level problem.
+pub fn for_each_row(
+    path: &Path,
+    mut each: impl FnMut(Location, Result<Value, String>) -> ControlFlow<()>,
+) -> Result<(), RowProblem> {
     let format = FileFormat::of(path).ok_or_else(|| {
         RowProblem::file(format!(
             "unsupported file extension: use one of .{} (JSON Lines or Parquet)",
@@ -102,7 +107,9 @@ pub fn for_each_row(path: &Path, mut each: impl FnMut(Location, Result<Value, St
                     return Ok(());
                 }
                 let Ok(text) = std::str::from_utf8(&bytes) else {
-                    each(Location::Line(number), Err("not valid UTF-8".into()));
+                    if each(Location::Line(number), Err("not valid UTF-8".into())).is_break() {
+                        return Ok(());
+                    }
                     continue;
                 };
                 let text = text.trim();
@@ -115,7 +122,10 @@ pub fn for_each_row(path: &Path, mut each: impl FnMut(Location, Result<Value, St
                 if text.is_empty() {
                     continue;
                 }
-                each(Location::Line(number), serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}")));
+                let row = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"));
+                if each(Location::Line(number), row).is_break() {
+                    return Ok(());
+                }
             }
         }
         FileFormat::Parquet => {
@@ -125,7 +135,11 @@ pub fn for_each_row(path: &Path, mut each: impl FnMut(Location, Result<Value, St
                 reader.get_row_iter(None).map_err(|e| RowProblem::file(format!("unreadable Parquet rows: {e}")))?;
             for (i, row) in rows.enumerate() {
                 match row {
-                    Ok(row) => each(Location::Row(i), Ok(row.to_json_value())),
+                    Ok(row) => {
+                        if each(Location::Row(i), Ok(row.to_json_value())).is_break() {
+                            return Ok(());
+                        }
+                    }
                     Err(e) => return Err(RowProblem::new(Location::Row(i), format!("unreadable Parquet data: {e}"))),
                 }
             }

@@ -12,6 +12,7 @@ mod chat_template;
 mod files;
 mod prepare;
 mod rows;
+pub mod synthetic;
 mod tokenizer;
 
 use rand::seq::SliceRandom;
@@ -20,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 pub use chat_template::ChatTemplate;
 pub use files::{count_rows, FileFormat, Location, RowProblem};
-pub use prepare::{inspect, load, DatasetReport, EvalPrompt, EvalSet, LoadOptions, LoadedData};
+pub use prepare::{first_row_kind, inspect, load, DatasetReport, EvalPrompt, EvalSet, LoadOptions, LoadedData};
 pub use rows::{extract_prompt, parse_row, Content, DatasetKind, Row, RowType};
 pub use tokenizer::TextTokenizer;
 

@@ -16,6 +16,7 @@
 //! evaluation split, when asked for, is made by prompt before tokenizing.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
@@ -108,6 +109,7 @@ fn read_rows(path: &Path) -> ReadRows {
                 }
             },
         }
+        ControlFlow::Continue(())
     });
     if let Err(problem) = result {
         out.problems.push(problem);
@@ -116,6 +118,16 @@ fn read_rows(path: &Path) -> ReadRows {
         out.problems.push(RowProblem::file("the dataset has no rows"));
     }
     out
+}
+
+/// The type of a dataset from its first row alone (for listings), or what is wrong with that row.
+pub fn first_row_kind(path: &Path) -> std::result::Result<DatasetKind, RowProblem> {
+    let mut first = None;
+    for_each_row(path, |location, value| {
+        first = Some(value.and_then(|v| parse_row(&v)).map(|(kind, _)| kind).map_err(|m| RowProblem::new(location, m)));
+        ControlFlow::Break(())
+    })?;
+    first.unwrap_or_else(|| Err(RowProblem::file("the dataset has no rows")))
 }
 
 /// Checks every row of a dataset file. With a model directory, conversational rows are also
