@@ -21,6 +21,9 @@ pub enum BenchCommand {
     TrainerOnce(OnceArgs),
     /// The server's load benchmark: metric ingestion, metrics GET latency, SSE fan-out cost.
     Server(super::bench_server::ServerBenchArgs),
+    /// CPU steps per second of the training loop on generated HH-style data (~10M-parameter
+    /// Llama, 512-token sequences).
+    Data(super::bench_data::DataBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -280,5 +283,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Trainer(args) => trainer_bench(&args),
         BenchCommand::TrainerOnce(args) => once(&args),
         BenchCommand::Server(args) => super::bench_server::run(&args),
+        BenchCommand::Data(args) => super::bench_data::run(&args),
     }
 }

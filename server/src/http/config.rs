@@ -30,7 +30,12 @@ pub fn prepare(mut value: Value, settings: &Settings) -> Result<(RunConfig, Valu
         return Err(vec![FieldError::new("(config)", "must be a JSON object")]);
     };
     let mut errors = Vec::new();
-    for (field, root) in [("model_name_or_path", &settings.models_dir), ("dataset_path", &settings.datasets_dir)] {
+    let fields = [
+        ("model_name_or_path", &settings.models_dir),
+        ("dataset_path", &settings.datasets_dir),
+        ("eval_dataset_path", &settings.datasets_dir),
+    ];
+    for (field, root) in fields {
         match object.get(field) {
             None | Some(Value::Null) => {}
             Some(Value::String(raw)) => match contain(raw, root) {
@@ -44,7 +49,7 @@ pub fn prepare(mut value: Value, settings: &Settings) -> Result<(RunConfig, Valu
     }
     if !errors.is_empty() {
         // The trainer would only repeat these fields with a less useful message.
-        for field in ["model_name_or_path", "dataset_path"] {
+        for field in ["model_name_or_path", "dataset_path", "eval_dataset_path"] {
             object.remove(field);
         }
     }
@@ -63,7 +68,7 @@ pub fn prepare(mut value: Value, settings: &Settings) -> Result<(RunConfig, Valu
 }
 
 /// `raw` resolved against `root` (when relative) and canonicalised; it must stay inside `root`.
-fn contain(raw: &str, root: &Path) -> Result<PathBuf, String> {
+pub fn contain(raw: &str, root: &Path) -> Result<PathBuf, String> {
     let root = root
         .canonicalize()
         .map_err(|_| format!("the server's directory for this field ({}) does not exist", root.display()))?;
