@@ -632,6 +632,25 @@ mod tests {
     }
 
     #[test]
+    fn the_eval_split_is_a_fraction_and_excludes_an_eval_file() {
+        for ratio in [json!(-0.1), json!(1.0)] {
+            let errors = RunConfig::from_json_value(with("eval_split_ratio", ratio)).unwrap_err();
+            assert_eq!(fields(&errors), vec!["eval_split_ratio"]);
+        }
+        let mut both = with("eval_split_ratio", json!(0.1));
+        both["eval_dataset_path"] = base()["dataset_path"].clone();
+        let errors = RunConfig::from_json_value(both).unwrap_err();
+        assert_eq!(fields(&errors), vec!["eval_split_ratio"]);
+        assert!(errors[0].message.contains("eval_dataset_path"), "{}", errors[0].message);
+        let errors =
+            RunConfig::from_json_value(with("eval_dataset_path", json!("/nonexistent/eval.jsonl"))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["eval_dataset_path"]);
+        let errors = RunConfig::from_json_value(json!({"task": "toy-tree", "eval_split_ratio": 0.2})).unwrap_err();
+        assert_eq!(fields(&errors), vec!["eval_split_ratio"]);
+        assert_eq!(RunConfig::from_json_value(with("eval_split_ratio", json!(0.05))).unwrap().eval_split_ratio, 0.05);
+    }
+
+    #[test]
     fn malformed_text_is_an_error_not_a_panic() {
         assert!(RunConfig::parse("beta = = 1", "toml").is_err());
         assert!(RunConfig::parse("{\"beta\": ", "json").is_err());
