@@ -207,6 +207,11 @@ async fn runs_and_sweeps_on_a_dataset_with_bad_rows_are_refused_with_each_row_an
     let (status, body) = t.post("/api/runs", &cfg).await;
     assert_eq!((status, messages(&body, "eval_dataset_path").len()), (422, 2), "{body}");
 
+    // Unpaired (KTO) rows need loss_type "kto".
+    std::fs::write(dir.join("kto.jsonl"), "{\"prompt\": \"p\", \"completion\": \" c\", \"label\": true}\n").unwrap();
+    let (status, body) = t.post("/api/runs", &run_config("chatml", "kto.jsonl")).await;
+    assert_eq!((status, messages(&body, "loss_type").len()), (422, 1), "{body}");
+
     let sweep = json!({"base": run_config("chatml", "bad.jsonl"), "grid": {"beta": [0.1, 0.2]}});
     let (status, body) = t.post("/api/sweeps", &sweep).await;
     assert_eq!((status, messages(&body, "dataset_path").len()), (422, 2), "{body}");

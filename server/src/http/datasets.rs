@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
-use trainer::config::{FieldError, RunConfig};
-use trainer::data::{self, DatasetReport, FileFormat, RowProblem};
+use trainer::config::{FieldError, LossType, RunConfig};
+use trainer::data::{self, DatasetReport, FileFormat, RowProblem, RowType};
 
 use super::error::{Error, Result};
 use super::AppState;
@@ -51,6 +51,16 @@ pub async fn check_datasets(configs: &[RunConfig]) -> Result<()> {
                 .await
                 .map_err(|e| Error::Internal(format!("dataset check: {e}")))?;
             errors.extend(field_errors(field, &report.problems));
+            let unpaired = report.kind.is_some_and(|k| k.row_type == RowType::UnpairedPreference);
+            if unpaired && cfg.loss_type != LossType::Kto {
+                errors.push(FieldError::new(
+                    "loss_type",
+                    format!(
+                        "{:?} needs paired data; {field} holds unpaired {{prompt, completion, label}} rows (use \"kto\")",
+                        cfg.loss_type.as_str()
+                    ),
+                ));
+            }
         }
     }
     if errors.is_empty() {
@@ -174,6 +184,7 @@ async fn upload(State(state): State<AppState>, mut multipart: Multipart) -> Resu
             Error::BadRequest(format!("multipart body: {}", e.body_text()))
         }
     };
+    let _ = std::fs::create_dir_all(&settings.datasets_dir);
     let root = settings
         .datasets_dir
         .canonicalize()
