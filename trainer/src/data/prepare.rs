@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 
 use super::chat_template::ChatTemplate;
-use super::files::{count_rows, for_each_row, FileFormat, Location, RowProblem};
+use super::files::{for_each_row, FileFormat, Location, RowProblem};
 use super::rows::{parse_row, Content, DatasetKind, ParsedRow, Row};
 use super::tokenizer::TextTokenizer;
 use super::{Dataset, PairedExample, Sequence, UnpairedExample};
@@ -92,32 +92,48 @@ struct ReadRows {
 
 fn read_rows(path: &Path) -> ReadRows {
     let mut out = ReadRows { kind: None, rows: Vec::new(), problems: Vec::new() };
-    let mut first: Option<Location> = None;
+    let mut check = RowCheck::default();
     let result = for_each_row(path, |location, value| {
-        let parsed = value.and_then(|v| parse_row(&v));
-        match parsed {
-            Err(message) => out.problems.push(RowProblem::new(location, message)),
-            Ok((kind, row)) => match (out.kind, first) {
-                (Some(expected), Some(at)) if expected != kind => out.problems.push(RowProblem::new(
-                    location,
-                    format!("this row is {kind}, but the dataset ({at}) is {expected}: use one format in a file"),
-                )),
-                _ => {
-                    out.kind = Some(kind);
-                    first.get_or_insert(location);
-                    out.rows.push((location, row));
-                }
-            },
+        match check.row(location, value) {
+            Ok(row) => out.rows.push((location, row)),
+            Err(problem) => out.problems.push(problem),
         }
         ControlFlow::Continue(())
     });
-    if let Err(problem) = result {
-        out.problems.push(problem);
-    }
+    out.problems.extend(result.err());
+    out.kind = check.kind;
     if out.rows.is_empty() && out.problems.is_empty() {
         out.problems.push(RowProblem::file("the dataset has no rows"));
     }
     out
+}
+
+/// Checks rows one after the other: each must parse, and be of the first good row's type.
+#[derive(Default)]
+struct RowCheck {
+    kind: Option<DatasetKind>,
+    first: Option<Location>,
+}
+
+impl RowCheck {
+    fn row(
+        &mut self,
+        location: Location,
+        value: std::result::Result<Value, String>,
+    ) -> std::result::Result<ParsedRow, RowProblem> {
+        let (kind, row) = value.and_then(|v| parse_row(&v)).map_err(|m| RowProblem::new(location, m))?;
+        match (self.kind, self.first) {
+            (Some(expected), Some(at)) if expected != kind => Err(RowProblem::new(
+                location,
+                format!("this row is {kind}, but the dataset ({at}) is {expected}: use one format in a file"),
+            )),
+            _ => {
+                self.kind = Some(kind);
+                self.first.get_or_insert(location);
+                Ok(row)
+            }
+        }
+    }
 }
 
 /// The type of a dataset from its first row alone (for listings), or what is wrong with that row.
@@ -134,30 +150,33 @@ pub fn first_row_kind(path: &Path) -> std::result::Result<DatasetKind, RowProble
 /// rendered with its chat template, so a template that refuses a row (`raise_exception`) is
 /// reported here too. Nothing is tokenized.
 pub fn inspect(path: &Path, model_dir: Option<&Path>) -> DatasetReport {
-    let read = read_rows(path);
-    let mut report = DatasetReport { format: FileFormat::of(path), kind: read.kind, rows: 0, problems: read.problems };
-    report.rows = match count_rows(path) {
-        Ok(n) => n,
-        Err(_) => read.rows.len() + report.problems.len(),
-    };
-    let (Some(dir), Some(kind)) = (model_dir, read.kind) else { return report };
-    if !kind.conversational {
-        return report;
-    }
-    match ChatTemplate::of_model(dir) {
-        Err(message) => {
-            report.problems.push(RowProblem::file(format!("conversational data needs a chat template: {message}")));
+    // Streamed: a multi-gigabyte upload is checked without holding its rows.
+    let template = model_dir.map(ChatTemplate::of_model);
+    let mut template_missing = None;
+    let mut check = RowCheck::default();
+    let mut problems = Vec::new();
+    let mut rows = 0;
+    let result = for_each_row(path, |location, value| {
+        rows += 1;
+        match check.row(location, value) {
+            Err(problem) => problems.push(problem),
+            Ok(parsed) if parsed.row.prompt().is_conversational() => match &template {
+                Some(Ok(t)) => problems.extend(render_row(t, &parsed).err().map(|m| RowProblem::new(location, m))),
+                Some(Err(message)) => template_missing = Some(message.clone()),
+                None => {}
+            },
+            Ok(_) => {}
         }
-        Ok(template) => {
-            for (location, parsed) in &read.rows {
-                if let Err(message) = render_row(&template, parsed) {
-                    report.problems.push(RowProblem::new(*location, message));
-                }
-            }
-        }
+        ControlFlow::Continue(())
+    });
+    problems.extend(result.err());
+    if let Some(message) = template_missing {
+        problems.push(RowProblem::file(format!("conversational data needs a chat template: {message}")));
     }
-    report.problems.sort_by_key(|p| p.location);
-    report
+    if rows == 0 && problems.is_empty() {
+        problems.push(RowProblem::file("the dataset has no rows"));
+    }
+    DatasetReport { format: FileFormat::of(path), kind: check.kind, rows, problems }
 }
 
 /// Renders a conversational row as training will, for its errors only.
