@@ -437,3 +437,42 @@ fn eval_prompts(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::data::synthetic::{self, LlamaShape};
+
+    #[test]
+    fn kto_unpairs_paired_rows_as_trl_does_per_thousand_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<Value> =
+            (0..1003).map(|i| json!({"prompt": format!("q{i}"), "chosen": " good", "rejected": " bad"})).collect();
+        synthetic::write_model_dir(
+            &dir.path().join("m"),
+            &synthetic::texts_of(&rows[..20]),
+            300,
+            LlamaShape::TINY,
+            None,
+        )
+        .unwrap();
+        let path = dir.path().join("pairs.jsonl");
+        synthetic::write_jsonl(&path, &rows).unwrap();
+        let tokenizer = TextTokenizer::from_dir(&dir.path().join("m"), None, None).unwrap();
+        let options =
+            LoadOptions { max_length: None, max_prompt_length: None, unpaired: true, eval_split_ratio: 0.0, seed: 0 };
+        let Dataset::Unpaired(examples) = load(&path, None, &tokenizer, &options).unwrap().train else {
+            panic!("KTO data is unpaired")
+        };
+        let labels: Vec<bool> = examples.iter().map(|e| e.label).collect();
+        let expected: Vec<bool> = [vec![true; 1000], vec![false; 1000], vec![true; 3], vec![false; 3]].concat();
+        assert_eq!(labels, expected);
+        let prompt = |i: usize| tokenizer.decode(&examples[i].sequence.prompt).unwrap();
+        assert_eq!(
+            (prompt(0), prompt(1000), prompt(2000), prompt(2003)),
+            ("q0".into(), "q0".into(), "q1000".into(), "q1000".into())
+        );
+    }
+}
