@@ -25,6 +25,7 @@ pub struct ServeConfig {
     pub max_concurrent_runs: usize,
     pub max_sweep_runs: usize,
     pub max_body_bytes: usize,
+    pub max_upload_bytes: usize,
     pub request_timeout: Duration,
     pub auth_token: Option<String>,
     /// Allow a non-loopback bind without a token.
@@ -43,6 +44,7 @@ impl ServeConfig {
             max_concurrent_runs: 1,
             max_sweep_runs: 512,
             max_body_bytes: 1 << 20,
+            max_upload_bytes: 1 << 30,
             request_timeout: Duration::from_secs(30),
             auth_token: None,
             insecure: false,
@@ -116,6 +118,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
             auth_token: token,
             max_sweep_runs: config.max_sweep_runs,
             max_body_bytes: config.max_body_bytes,
+            max_upload_bytes: config.max_upload_bytes,
             request_timeout: config.request_timeout,
         }),
         shutdown: shutdown.clone(),

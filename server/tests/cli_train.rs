@@ -177,3 +177,26 @@ fn a_run_too_large_for_this_machine_is_refused_before_loading_weights() {
     assert!(err.contains("not enough memory") && err.contains("Adam moments") && err.contains("available"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_dataset_with_bad_rows_exits_non_zero_listing_every_one_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.jsonl");
+    let good = r#"{"prompt": "t3", "chosen": " t4", "rejected": " t5"}"#;
+    std::fs::write(&data, format!("{good}\n{{\"prompt\": \"t3\"}}\n{good}\nnot json\n")).unwrap();
+    let cfg = dir.path().join("run.toml");
+    let text = format!(
+        "model_name_or_path = {:?}\ndataset_path = {data:?}\nmax_steps = 2\nsave_steps = 1\n",
+        fixtures().join("tiny-llama")
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = dir.path().join("o");
+    let res = goodhart(&["train", "--config", cfg.to_str().unwrap(), "--output-dir", out.to_str().unwrap()]);
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("bad.jsonl: 2 bad row(s)"), "{err}");
+    assert!(err.contains("line 2: expected {prompt, chosen, rejected}"), "{err}");
+    assert!(err.contains("line 4: malformed JSON"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.join("checkpoint-1").exists(), "nothing was trained");
+}

@@ -196,6 +196,7 @@ async fn the_openapi_document_lists_every_route() {
         "/api/runs/{id}/checkpoints/{step}/archive",
         "/api/runs/{id}/checkpoints/{step}/files/{name}",
         "/api/models",
+        "/api/datasets",
     ] {
         assert!(paths.get(route).is_some(), "{route} missing from the OpenAPI document");
     }

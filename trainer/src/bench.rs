@@ -188,6 +188,7 @@ fn random_pairs_setup(cfg: &ModelConfig, dev: &Device, batches: usize) -> Result
         model: CausalLm::new(cfg.clone(), dev),
         initial: ParamSet::random(cfg, 0, 0.02, dev)?,
         data: TrainData::Paired(examples),
+        eval: None,
         pad_token_id: 0,
         side_files: Vec::new(),
     })

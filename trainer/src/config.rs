@@ -186,8 +186,15 @@ pub struct RunConfig {
     pub random_init: bool,
     /// Standard deviation of the random init (transformers' `initializer_range`).
     pub initializer_range: f64,
-    /// JSONL in TRL's format: `{prompt, chosen, rejected}`, or `{prompt, completion, label}` for KTO.
+    /// A dataset file (JSON Lines or Parquet) of TRL's types: `{prompt, chosen, rejected}`,
+    /// `{chosen, rejected}` with an implicit prompt (Anthropic-HH), or `{prompt, completion,
+    /// label}` for KTO; each standard (text) or conversational (lists of `{role, content}`).
     pub dataset_path: Option<PathBuf>,
+    /// A separate evaluation dataset, in the same format: its prompts are the held-out prompts.
+    pub eval_dataset_path: Option<PathBuf>,
+    /// Fraction of `dataset_path`'s distinct prompts held out for evaluation (never trained on),
+    /// chosen by `seed`; 0 holds out nothing.
+    pub eval_split_ratio: f64,
     /// Longest prompt + completion, in tokens; longer sequences keep their start.
     pub max_length: Option<usize>,
     /// Longest prompt, in tokens; longer prompts keep their end.
@@ -275,6 +282,8 @@ impl Default for RunConfig {
             random_init: false,
             initializer_range: 0.02,
             dataset_path: None,
+            eval_dataset_path: None,
+            eval_split_ratio: 0.0,
             max_length: Some(1024),
             max_prompt_length: None,
             reward_model_path: None,
@@ -442,6 +451,12 @@ impl RunConfig {
             "max_prompt_length",
             "must be < max_length",
         );
+        check((0.0..1.0).contains(&self.eval_split_ratio), "eval_split_ratio", "must be in [0, 1)");
+        check(
+            self.eval_split_ratio == 0.0 || self.eval_dataset_path.is_none(),
+            "eval_split_ratio",
+            "must be 0 when eval_dataset_path names the evaluation set",
+        );
         if let Err(message) = DeviceSpec::parse(&self.device).and_then(DeviceSpec::available) {
             errors.push(FieldError::new("device", message));
         }
@@ -504,6 +519,9 @@ impl RunConfig {
             None => check(false, "dataset_path", "is required"),
             Some(p) => check(p.is_file(), "dataset_path", &format!("{} does not exist", p.display())),
         }
+        if let Some(p) = &self.eval_dataset_path {
+            check(p.is_file(), "eval_dataset_path", &format!("{} does not exist", p.display()));
+        }
     }
 
     fn validate_toy(&self, errors: &mut Vec<FieldError>) {
@@ -523,6 +541,11 @@ impl RunConfig {
             self.reward_model_path.is_none(),
             "reward_model_path",
             format!("must be unset: task {task:?} has its own gold reward"),
+        );
+        check(
+            self.eval_dataset_path.is_none() && self.eval_split_ratio == 0.0,
+            "eval_split_ratio",
+            format!("must be unset: task {task:?} evaluates on its own prompts"),
         );
         check((1..=64).contains(&self.toy_num_prompts), "toy_num_prompts", "must be in [1, 64]".into());
         check((2..=32).contains(&self.toy_alphabet_size), "toy_alphabet_size", "must be in [2, 32]".into());
@@ -811,6 +834,25 @@ mod tests {
         assert_eq!(fields(&errors), vec!["export_dtype"]);
         assert_eq!("float16".parse::<ExportDtype>(), Ok(ExportDtype::Float16));
         assert!("half".parse::<ExportDtype>().unwrap_err().contains("bfloat16"));
+    }
+
+    #[test]
+    fn the_eval_split_is_a_fraction_and_excludes_an_eval_file() {
+        for ratio in [json!(-0.1), json!(1.0)] {
+            let errors = RunConfig::from_json_value(with("eval_split_ratio", ratio)).unwrap_err();
+            assert_eq!(fields(&errors), vec!["eval_split_ratio"]);
+        }
+        let mut both = with("eval_split_ratio", json!(0.1));
+        both["eval_dataset_path"] = base()["dataset_path"].clone();
+        let errors = RunConfig::from_json_value(both).unwrap_err();
+        assert_eq!(fields(&errors), vec!["eval_split_ratio"]);
+        assert!(errors[0].message.contains("eval_dataset_path"), "{}", errors[0].message);
+        let errors =
+            RunConfig::from_json_value(with("eval_dataset_path", json!("/nonexistent/eval.jsonl"))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["eval_dataset_path"]);
+        let errors = RunConfig::from_json_value(json!({"task": "toy-tree", "eval_split_ratio": 0.2})).unwrap_err();
+        assert_eq!(fields(&errors), vec!["eval_split_ratio"]);
+        assert_eq!(RunConfig::from_json_value(with("eval_split_ratio", json!(0.05))).unwrap().eval_split_ratio, 0.05);
     }
 
     #[test]

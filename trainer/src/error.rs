@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::config::FieldError;
+use crate::data::RowProblem;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -12,9 +13,9 @@ pub enum Error {
     #[error("invalid config: {}", FieldError::join(.0))]
     Config(Vec<FieldError>),
 
-    /// A dataset line could not be used.
-    #[error("{path}:{line}: {message}")]
-    Data { path: PathBuf, line: usize, message: String },
+    /// A dataset with bad rows: every one of them, in file order.
+    #[error("{}", describe_dataset_problems(.path, .problems))]
+    Dataset { path: PathBuf, problems: Vec<RowProblem> },
 
     /// A model directory or config.json that we cannot build a model from.
     #[error("model: {0}")]
@@ -44,6 +45,21 @@ pub enum Error {
     #[error("{path}: {source}")]
     Json { path: PathBuf, source: serde_json::Error },
 }
+
+/// Problems listed one per line; past [`LISTED_PROBLEMS`] only their number.
+fn describe_dataset_problems(path: &std::path::Path, problems: &[RowProblem]) -> String {
+    let mut text = format!("dataset {}: {} bad row(s)", path.display(), problems.len());
+    for p in problems.iter().take(LISTED_PROBLEMS) {
+        text.push_str(&format!("\n  {p}"));
+    }
+    if problems.len() > LISTED_PROBLEMS {
+        text.push_str(&format!("\n  ... and {} more", problems.len() - LISTED_PROBLEMS));
+    }
+    text
+}
+
+/// How many dataset problems an error message lists.
+pub const LISTED_PROBLEMS: usize = 50;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -6,7 +6,9 @@ use candle_core::{Device, Tensor, Var};
 
 use crate::checkpoint::{self, CheckpointContents, TrainerState};
 use crate::config::{LossType, RunConfig};
-use crate::data::{self, Batch, BatchSampler, DataCursor, Dataset, PairedExample, TextTokenizer, UnpairedExample};
+use crate::data::{
+    self, Batch, BatchSampler, DataCursor, Dataset, EvalSet, LoadOptions, PairedExample, TextTokenizer, UnpairedExample,
+};
 use crate::error::{Error, Result};
 use crate::eval::{eval_prompts, PolicySampleEvaluator};
 use crate::logps::sequence_logps;
@@ -81,6 +83,8 @@ pub struct Setup {
     pub model: CausalLm,
     pub initial: ParamSet,
     pub data: TrainData,
+    /// Held-out prompts and their rows (`eval_split_ratio` or `eval_dataset_path`), never trained on.
+    pub eval: Option<EvalSet>,
     pub pad_token_id: u32,
     /// Copied into every checkpoint (tokenizer files).
     pub side_files: Vec<PathBuf>,
@@ -96,10 +100,18 @@ impl Setup {
         cfg.validate().map_err(Error::Config)?;
         let dir = cfg.model_name_or_path.as_deref().expect("validated: model_name_or_path is set");
         let model_config = ModelConfig::from_file(&dir.join("config.json"))?;
+        // The data first: a bad row fails the run before the weights are read.
         let tokenizer = TextTokenizer::from_dir(dir, model_config.eos_token_id, model_config.pad_token_id)?;
         let dataset_path = cfg.dataset_path.as_deref().expect("validated: dataset_path is set");
-        let dataset = data::load_jsonl(dataset_path, &tokenizer, cfg.max_length, cfg.max_prompt_length)?;
-        let data = TrainData::for_loss(dataset, cfg)?;
+        let options = LoadOptions {
+            max_length: cfg.max_length,
+            max_prompt_length: cfg.max_prompt_length,
+            unpaired: cfg.loss_type == LossType::Kto,
+            eval_split_ratio: cfg.eval_split_ratio,
+            seed: cfg.seed,
+        };
+        let loaded = data::load(dataset_path, cfg.eval_dataset_path.as_deref(), &tokenizer, &options)?;
+        let data = TrainData::for_loss(loaded.train, cfg)?;
         // Refuse before loading any weights: a run that cannot fit fails now, not at step 1.
         let memory = MemoryPlan::for_run(cfg, &model_config, &data)?;
         // The plan counts host memory; on a GPU the weights live in device memory, which candle
@@ -117,6 +129,7 @@ impl Setup {
             model: CausalLm::new(model_config, device),
             initial,
             data,
+            eval: loaded.eval,
             pad_token_id: tokenizer.pad_token_id,
             side_files,
         })
@@ -169,8 +182,12 @@ pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn Me
     }
     let setup = Setup::from_config(cfg, &device)?;
     sink.memory_plan(&MemoryPlan::for_run(cfg, &setup.model.config, &setup.data)?);
-    // The prompts the policy answers at each evaluation.
-    let prompts = eval_prompts(setup.data.prompts());
+    // The prompts the policy answers at each evaluation: the held-out ones when the config
+    // holds some out (`eval_split_ratio`, `eval_dataset_path`), else the training prompts.
+    let prompts = match &setup.eval {
+        Some(held_out) => eval_prompts(held_out.prompts.iter().map(|p| p.ids.clone())),
+        None => eval_prompts(setup.data.prompts()),
+    };
     let mut evaluator = PolicySampleEvaluator::for_run(cfg, &setup.model, prompts)?;
     train_with(cfg, &setup, output_dir, resume, sink, evaluator.as_mut().map(|e| e as &mut dyn Evaluator))
 }

@@ -176,15 +176,15 @@ fn dataset_error(contents: &str, loss_type: &str) -> String {
 fn a_malformed_jsonl_line_is_reported_with_its_line_number() {
     let good = r#"{"prompt": "t3", "chosen": " t4", "rejected": " t5"}"#;
     let msg = dataset_error(&format!("{good}\n{good}\n{{\"prompt\": \"t3\", \"chosen\": \n"), "sigmoid");
-    assert!(msg.contains("data.jsonl:3") && msg.contains("malformed JSON"), "{msg}");
+    assert!(msg.contains("data.jsonl") && msg.contains("line 3: malformed JSON"), "{msg}");
     let msg = dataset_error(&format!("{good}\n{{\"prompt\": \"t3\", \"chosen\": \" t4\"}}\n"), "sigmoid");
-    assert!(msg.contains("data.jsonl:2") && msg.contains("missing `rejected`"), "{msg}");
+    assert!(msg.contains("data.jsonl") && msg.contains("line 2: missing `rejected`"), "{msg}");
 }
 
 #[test]
 fn kto_data_without_labels_is_rejected_with_its_line_number() {
     let msg = dataset_error("{\"prompt\": \"t3\", \"completion\": \" t4\", \"label\": true}\n{\"prompt\": \"t3\", \"completion\": \" t5\"}\n", "kto");
-    assert!(msg.contains("data.jsonl:2") && msg.contains("label"), "{msg}");
+    assert!(msg.contains("data.jsonl") && msg.contains("line 2: missing `label`"), "{msg}");
 }
 
 #[test]

@@ -99,8 +99,15 @@ fn the_collated_batch_is_identical_to_trls_for_every_case() {
     for case in CASES {
         let cfg = run_config(case);
         let expected = read_json(&fixtures().join(case).join("expected.json"))["collated_batch"].clone();
-        let dataset = data::load_jsonl(cfg.dataset_path.as_deref().unwrap(), &tokenizer, None, None).unwrap();
-        let train_data = trainer::train::TrainData::for_loss(dataset, &cfg).unwrap();
+        let options = data::LoadOptions {
+            max_length: None,
+            max_prompt_length: None,
+            unpaired: cfg.loss_type == trainer::config::LossType::Kto,
+            eval_split_ratio: 0.0,
+            seed: cfg.seed,
+        };
+        let loaded = data::load(cfg.dataset_path.as_deref().unwrap(), None, &tokenizer, &options).unwrap();
+        let train_data = trainer::train::TrainData::for_loss(loaded.train, &cfg).unwrap();
         let batch = match &train_data {
             trainer::train::TrainData::Paired(p) => {
                 data::collate_paired(&p.iter().collect::<Vec<_>>(), tokenizer.pad_token_id)

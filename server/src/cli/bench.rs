@@ -27,6 +27,9 @@ pub enum BenchCommand {
     Device(DeviceBenchArgs),
     /// The server's load benchmark: metric ingestion, metrics GET latency, SSE fan-out cost.
     Server(super::bench_server::ServerBenchArgs),
+    /// CPU steps per second of the training loop on generated HH-style data (~10M-parameter
+    /// Llama, 512-token sequences).
+    Data(super::bench_data::DataBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -355,5 +358,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Device(args) => device_bench(&args),
         BenchCommand::TrainerOnce(args) => once(&args),
         BenchCommand::Server(args) => super::bench_server::run(&args),
+        BenchCommand::Data(args) => super::bench_data::run(&args),
     }
 }

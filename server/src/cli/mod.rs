@@ -1,6 +1,7 @@
 //! The `goodhart` subcommands.
 
 mod bench;
+mod bench_data;
 mod bench_server;
 mod serve;
 mod sweep;

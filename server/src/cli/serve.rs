@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// The largest request body, in bytes.
     #[arg(long, env = "GOODHART_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// The largest dataset upload (`POST /api/datasets`), in bytes.
+    #[arg(long, env = "GOODHART_MAX_UPLOAD_BYTES", default_value_t = 4 << 30)]
+    pub max_upload_bytes: usize,
     /// Seconds a request may take until its response starts (streams may then run longer).
     #[arg(long, env = "GOODHART_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
@@ -54,6 +57,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_concurrent_runs: args.max_concurrent_runs.unwrap_or((cores / 2).max(1)).max(1),
         max_sweep_runs: args.max_sweep_runs,
         max_body_bytes: args.max_body_bytes,
+        max_upload_bytes: args.max_upload_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         auth_token: args.auth_token,
         insecure: args.insecure,

@@ -35,6 +35,7 @@ pub fn prepare(mut value: Value, settings: &Settings) -> Result<(RunConfig, Valu
         ("model_name_or_path", &settings.models_dir),
         ("reward_model_path", &settings.models_dir),
         ("dataset_path", &settings.datasets_dir),
+        ("eval_dataset_path", &settings.datasets_dir),
     ];
     for (field, root) in contained {
         match object.get(field) {
@@ -67,7 +68,7 @@ pub fn prepare(mut value: Value, settings: &Settings) -> Result<(RunConfig, Valu
 }
 
 /// `raw` resolved against `root` (when relative) and canonicalised; it must stay inside `root`.
-fn contain(raw: &str, root: &Path) -> Result<PathBuf, String> {
+pub fn contain(raw: &str, root: &Path) -> Result<PathBuf, String> {
     let root = root
         .canonicalize()
         .map_err(|_| format!("the server's directory for this field ({}) does not exist", root.display()))?;

@@ -20,6 +20,9 @@ pub enum Error {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// An upload over `--max-upload-bytes` (an oversized config is `Invalid`, like any bad config).
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
     #[error("this route needs `Authorization: Bearer <token>`")]
     Unauthorized,
     #[error("internal error: {0}")]
@@ -55,6 +58,7 @@ impl IntoResponse for Error {
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

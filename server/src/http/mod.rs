@@ -3,6 +3,7 @@
 
 pub mod checkpoints;
 pub mod config;
+pub mod datasets;
 pub mod error;
 pub mod events;
 pub mod metrics;
@@ -37,6 +38,8 @@ pub struct Settings {
     pub auth_token: Option<String>,
     pub max_sweep_runs: usize,
     pub max_body_bytes: usize,
+    /// The largest dataset `POST /api/datasets` accepts, in bytes.
+    pub max_upload_bytes: usize,
     pub request_timeout: Duration,
 }
 
@@ -59,11 +62,14 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(checkpoints::router())
         .merge(models::router())
+        .merge(datasets::router())
         .route("/api/openapi.json", get(openapi))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         // Bounds the time to the response head; streamed bodies (SSE, downloads) may run longer.
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, settings.request_timeout))
+        // Uploads may take longer than any response-head limit.
+        .merge(datasets::upload_router(settings.max_upload_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

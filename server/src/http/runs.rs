@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::config::{parse_body, prepare};
+use super::datasets::check_datasets;
 use super::error::{Error, Result};
 use super::AppState;
 use crate::db::runs::{self, Run, RunStatus, Sort};
@@ -61,7 +62,8 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let value = parse_body(body, state.settings.max_body_bytes)?;
-    let (_, stored) = prepare(value, &state.settings).map_err(Error::Invalid)?;
+    let (config, stored) = prepare(value, &state.settings).map_err(Error::Invalid)?;
+    check_datasets(std::slice::from_ref(&config)).await?;
     let id = state.queue.enqueue(stored, None).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
 }
@@ -135,8 +137,9 @@ async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<
     let id = parse_id(&id, "run")?;
     let config = state.queue.retry(id).await?;
     let value: Value = serde_json::from_str(&config).map_err(|e| Error::Internal(format!("stored config: {e}")))?;
-    // Revalidated: a model or dataset may have moved since.
-    let (_, stored) = prepare(value, &state.settings).map_err(Error::Invalid)?;
+    // Revalidated: a model or dataset may have moved or changed since.
+    let (config, stored) = prepare(value, &state.settings).map_err(Error::Invalid)?;
+    check_datasets(std::slice::from_ref(&config)).await?;
     let new_id = state.queue.enqueue(stored, Some(id)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "retry_of": id }))))
 }
@@ -161,7 +164,8 @@ async fn clone_with_edits(
         return Err(Error::Internal(format!("run {} has a config that is not an object", run.id)));
     };
     object.extend(edits);
-    let (_, stored) = prepare(config, &state.settings).map_err(Error::Invalid)?;
+    let (config, stored) = prepare(config, &state.settings).map_err(Error::Invalid)?;
+    check_datasets(std::slice::from_ref(&config)).await?;
     let new_id = state.queue.enqueue(stored, Some(run.id)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "cloned_from": run.id }))))
 }

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use trainer::config::FieldError;
 
 use super::config::{parse_body, prepare};
+use super::datasets::check_datasets;
 use super::error::{Error, Result};
 use super::runs::{parse_id, view};
 use super::AppState;
@@ -38,12 +39,16 @@ async fn create(
     };
     let points = expand(&grid, state.settings.max_sweep_runs).map_err(Error::Invalid)?;
     let mut configs = Vec::with_capacity(points.len());
+    let mut run_configs = Vec::with_capacity(points.len());
     let mut errors: Vec<FieldError> = Vec::new();
     for point in points {
         let mut config = base_map.clone();
         config.extend(point.iter().map(|(k, v)| (k.clone(), v.clone())));
         match prepare(Value::Object(config), &state.settings) {
-            Ok((_, stored)) => configs.push(stored),
+            Ok((config, stored)) => {
+                run_configs.push(config);
+                configs.push(stored);
+            }
             Err(errs) => {
                 for e in errs {
                     // Name the grid point when the value came from the grid.
@@ -62,6 +67,7 @@ async fn create(
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
     }
+    check_datasets(&run_configs).await?;
     let (id, run_ids) = state.queue.enqueue_sweep(base, grid, configs).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id, "run_ids": run_ids }))))
 }

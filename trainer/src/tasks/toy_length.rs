@@ -186,6 +186,7 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
         model,
         initial: cached.params,
         data: TrainData::for_loss(Dataset::Paired(pairs), cfg)?,
+        eval: None,
         pad_token_id: task.eos(),
         side_files: Vec::new(),
     };

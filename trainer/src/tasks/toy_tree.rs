@@ -402,6 +402,7 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
         model,
         initial: cached.params,
         data: TrainData::for_loss(pairs.dataset(&tree), cfg)?,
+        eval: None,
         pad_token_id: 0,
         side_files: Vec::new(),
     };

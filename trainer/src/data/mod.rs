@@ -1,85 +1,29 @@
 //! Datasets in TRL's formats, tokenized and collated exactly as TRL does.
 //!
+//! - Files: JSON Lines or Parquet ([`files`]), rows of TRL's dataset types, standard or
+//!   conversational ([`rows`]), rendered with the model's chat template ([`chat_template`]) and
+//!   tokenized as TRL 1.16 does ([`prepare`]). Every bad row is reported at once.
 //! - Paired `{prompt, chosen, rejected}` for DPO/IPO; unpaired `{prompt, completion, label}` for
 //!   KTO. Paired data can feed KTO: each pair becomes one desirable and one undesirable example.
-//! - Prompt and prompt+completion are tokenized; the completion starts where the two token
-//!   sequences stop agreeing, and EOS is appended when missing.
+//! - An optional held-out split by prompt, for evaluation ([`EvalSet`]).
 //! - Batches are right-padded; chosen rows come first, then rejected rows.
 
-use std::path::{Path, PathBuf};
+mod chat_template;
+mod files;
+mod prepare;
+mod rows;
+pub mod synthetic;
+mod tokenizer;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde_json::Value;
 
-use crate::error::{Error, Result};
-
-/// A tokenizer from a model directory's `tokenizer.json`, with the ids the collator needs.
-#[derive(Debug)]
-pub struct TextTokenizer {
-    inner: tokenizers::Tokenizer,
-    pub eos_token_id: u32,
-    pub pad_token_id: u32,
-}
-
-impl TextTokenizer {
-    /// `eos`/`pad` fall back to the model config's ids when `tokenizer_config.json` names none.
-    pub fn from_dir(dir: &Path, config_eos: Option<u32>, config_pad: Option<u32>) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        let special = read_special_tokens(dir);
-        let id_of = |name: &str| special.get(name).and_then(|t| inner.token_to_id(t));
-        let eos_token_id = id_of("eos_token").or(config_eos).ok_or_else(|| {
-            Error::Tokenizer(format!("{}: no EOS token in tokenizer_config.json or config.json", dir.display()))
-        })?;
-        let pad_token_id = id_of("pad_token").or(config_pad).unwrap_or(eos_token_id);
-        Ok(Self { inner, eos_token_id, pad_token_id })
-    }
-
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
-    }
-
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
-    }
-
-    /// Tokenizes `prompt` and `prompt + completion`; the completion is whatever follows their
-    /// common prefix, with EOS appended when it does not already end with it.
-    pub fn tokenize_pair(&self, prompt: &str, completion: &str) -> Result<(Vec<u32>, Vec<u32>)> {
-        let prompt_ids = self.encode(prompt)?;
-        let full = self.encode(&format!("{prompt}{completion}"))?;
-        let common = prompt_ids.iter().zip(&full).take_while(|(a, b)| a == b).count();
-        let mut completion_ids = full[common..].to_vec();
-        if completion_ids.last() != Some(&self.eos_token_id) {
-            completion_ids.push(self.eos_token_id);
-        }
-        Ok((full[..common].to_vec(), completion_ids))
-    }
-}
-
-/// `eos_token`/`pad_token` from `tokenizer_config.json`, as plain strings or `{content}` objects.
-fn read_special_tokens(dir: &Path) -> std::collections::HashMap<String, String> {
-    let Ok(text) = std::fs::read_to_string(dir.join("tokenizer_config.json")) else {
-        return Default::default();
-    };
-    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&text) else {
-        return Default::default();
-    };
-    map.into_iter()
-        .filter_map(|(k, v)| {
-            let s = match v {
-                Value::String(s) => s,
-                Value::Object(o) => o.get("content")?.as_str()?.to_string(),
-                _ => return None,
-            };
-            Some((k, s))
-        })
-        .collect()
-}
+pub use chat_template::ChatTemplate;
+pub use files::{count_rows, FileFormat, Location, RowProblem};
+pub use prepare::{first_row_kind, inspect, load, DatasetReport, EvalPrompt, EvalSet, LoadOptions, LoadedData};
+pub use rows::{extract_prompt, parse_row, Content, DatasetKind, Row, RowType};
+pub use tokenizer::TextTokenizer;
 
 /// One tokenized example: prompt ids and completion ids (EOS included).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,66 +102,6 @@ impl Dataset {
                 .collect(),
         }
     }
-}
-
-/// Reads a JSONL file in TRL's standard (paired) or unpaired format. Every line must be the
-/// same format; a bad line is reported with its number.
-pub fn load_jsonl(
-    path: &Path,
-    tokenizer: &TextTokenizer,
-    max_length: Option<usize>,
-    max_prompt_length: Option<usize>,
-) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let bad = |line: usize, message: String| Error::Data { path: PathBuf::from(path), line, message };
-    let mut paired = Vec::new();
-    let mut unpaired = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(raw).map_err(|e| bad(line, format!("malformed JSON: {e}")))?;
-        let obj = value.as_object().ok_or_else(|| bad(line, "expected a JSON object".into()))?;
-        let text_field = |name: &str| -> Result<&str> {
-            match obj.get(name) {
-                Some(Value::String(s)) => Ok(s),
-                Some(_) => Err(bad(line, format!("`{name}` must be a string"))),
-                None => Err(bad(line, format!("missing `{name}`"))),
-            }
-        };
-        let prompt = text_field("prompt")?;
-        let seq = |completion: &str| -> Result<Sequence> {
-            let (prompt, completion) = tokenizer.tokenize_pair(prompt, completion)?;
-            Ok(Sequence { prompt, completion }.truncated(max_length, max_prompt_length))
-        };
-        if obj.contains_key("chosen") || obj.contains_key("rejected") {
-            if !unpaired.is_empty() {
-                return Err(bad(line, "a paired row in an unpaired (KTO) dataset".into()));
-            }
-            paired.push(PairedExample { chosen: seq(text_field("chosen")?)?, rejected: seq(text_field("rejected")?)? });
-        } else if obj.contains_key("completion") {
-            if !paired.is_empty() {
-                return Err(bad(line, "an unpaired row in a paired dataset".into()));
-            }
-            let label = match obj.get("label") {
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(bad(line, "`label` must be true or false".into())),
-                None => return Err(bad(line, "KTO data needs a boolean `label` on every row".into())),
-            };
-            unpaired.push(UnpairedExample {
-                sequence: seq(text_field("completion")?)?,
-                label,
-                kl_completion: Vec::new(),
-            });
-        } else {
-            return Err(bad(line, "expected {prompt, chosen, rejected} or {prompt, completion, label}".into()));
-        }
-    }
-    if paired.is_empty() && unpaired.is_empty() {
-        return Err(bad(0, "the dataset has no examples".into()));
-    }
-    Ok(if paired.is_empty() { Dataset::Unpaired(unpaired) } else { Dataset::Paired(paired) })
 }
 
 /// Right-padded rows with their masks, as TRL's collator lays them out.
