@@ -29,6 +29,16 @@ pub struct ServeConfig {
     pub auth_token: Option<String>,
     /// Allow a non-loopback bind without a token.
     pub insecure: bool,
+    pub static_dir: PathBuf,
+    /// What "Launch demo sweep" queues (see [`crate::http::pages::demo::sweep`]).
+    pub demo_sweep: serde_json::Value,
+    /// Queue the demo sweep at start when the database has no runs (`serve --demo`).
+    pub demo_if_empty: bool,
+}
+
+/// `static/` in the source tree, where `cargo run` finds it.
+pub fn default_static_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../static"))
 }
 
 impl ServeConfig {
@@ -46,6 +56,9 @@ impl ServeConfig {
             request_timeout: Duration::from_secs(30),
             auth_token: None,
             insecure: false,
+            static_dir: default_static_dir(),
+            demo_sweep: crate::http::pages::demo::sweep(),
+            demo_if_empty: false,
         }
     }
 }
@@ -116,9 +129,17 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
             max_sweep_runs: config.max_sweep_runs,
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
+            static_dir: config.static_dir.clone(),
+            demo_sweep: config.demo_sweep.clone(),
         }),
         shutdown: shutdown.clone(),
     };
+    if config.demo_if_empty && !crate::db::runs::any(&pool).await? {
+        let sweep = crate::http::pages::demo::queue(&state)
+            .await
+            .map_err(|e| anyhow::anyhow!("queueing the demo sweep: {e}"))?;
+        tracing::info!(sweep, "the database had no runs: queued the demo sweep");
+    }
     let listener =
         tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;

@@ -2,6 +2,7 @@
 //! `trainer::sweep`), trains the runs with at most N at once, then writes `sweep.csv` and the
 //! figures (gold reward against sqrt(KL to π_init); OOD mass against step) as SVG and PNG.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -13,7 +14,8 @@ use trainer::metrics::{JsonlSink, Metrics};
 use trainer::summary::{self, EvalPoint, RunSummary};
 use trainer::sweep::SweepRun;
 
-use crate::charts::{self, Chart, Series};
+use crate::report::compare::{self, CompareRun, Options};
+use crate::report::{self, RunMeta};
 
 #[derive(Debug, clap::Args)]
 pub struct SweepArgs {
@@ -130,65 +132,31 @@ fn train_one(run: &SweepRun, output_dir: &Path, reuse: bool) -> anyhow::Result<F
     Ok(Finished { run: run.clone(), steps, summary, seconds })
 }
 
-fn series_style(run: &SweepRun) -> (Option<f64>, Option<u64>) {
-    let c = &run.config;
-    if c.sync_ref_model {
-        (Some(c.ref_model_mixup_alpha), Some(c.ref_model_sync_steps))
-    } else {
-        (None, None)
-    }
-}
-
-fn series_label(run: &SweepRun, with_seed: bool) -> String {
-    let c = &run.config;
-    let method = match c.loss_type.as_str() {
-        "sigmoid" => "DPO",
-        "ipo" => "IPO",
-        _ => "KTO",
-    };
-    let mut label = if c.sync_ref_model {
-        format!("TR-{method} α={} τ={}", c.ref_model_mixup_alpha, c.ref_model_sync_steps)
-    } else {
-        method.to_string()
-    };
-    if with_seed {
-        label.push_str(&format!(" seed {}", c.seed));
-    }
-    label
-}
-
+/// The gold-reward-vs-sqrt(KL) and OOD-mass figures, drawn as the web pages draw them.
 fn write_figures(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
-    let seeds: std::collections::HashSet<u64> = finished.iter().map(|f| f.run.config.seed).collect();
-    let with_seed = seeds.len() > 1;
-    let make = |f: &Finished, points: Vec<(f64, f64)>| {
-        let (alpha, tau) = series_style(&f.run);
-        Series { label: series_label(&f.run, with_seed), alpha, tau, points }
-    };
-    let gold = Chart {
-        title: "Gold reward against distance from π_init".into(),
-        x_label: "sqrt(KL(π_θ ‖ π_init))".into(),
-        y_label: "gold reward".into(),
-        series: finished
-            .iter()
-            .map(|f| make(f, summary::eval_points(&f.steps).iter().map(|p| (p.kl.max(0.0).sqrt(), p.gold)).collect()))
-            .collect(),
-    };
-    let ood = Chart {
-        title: "Out-of-domain probability mass".into(),
-        x_label: "step".into(),
-        y_label: "eval/ood_mass".into(),
-        series: finished
-            .iter()
-            .map(|f| {
-                let pts = f.steps.iter().filter_map(|(s, m)| Some((*s as f64, *m.get("eval/ood_mass")?))).collect();
-                make(f, pts)
-            })
-            .collect(),
-    };
+    let runs: Vec<CompareRun> = finished
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let stored = serde_json::to_value(&f.run.config).unwrap_or_default();
+            let mut series: BTreeMap<String, report::Series> = BTreeMap::new();
+            for (step, metrics) in &f.steps {
+                for (name, value) in metrics {
+                    let step = i64::try_from(*step).unwrap_or(i64::MAX);
+                    series.entry(name.clone()).or_default().push((step, value.is_finite().then_some(*value)));
+                }
+            }
+            CompareRun::new(RunMeta::new(i as i64, &stored), report::evals(&series), Vec::new())
+        })
+        .collect();
+    let options = Options::default();
+    let gold = compare::overoptimization(&runs, &options);
+    let ood = compare::ood_mass(&runs, &options);
+    let has_ood = runs.iter().any(|r| r.evals.iter().any(|e| e.ood.is_some()));
     for ext in ["svg", "png"] {
-        charts::draw(&gold, &dir.join(format!("gold_vs_kl.{ext}")))?;
-        if ood.series.iter().any(|s| !s.points.is_empty()) {
-            charts::draw(&ood, &dir.join(format!("ood_mass.{ext}")))?;
+        gold.save(&dir.join(format!("gold_vs_kl.{ext}")))?;
+        if has_ood {
+            ood.save(&dir.join(format!("ood_mass.{ext}")))?;
         }
     }
     Ok(())

@@ -1,11 +1,12 @@
-//! The JSON API: one router per resource, one [`error::Error`], bearer auth on mutating routes
-//! and downloads.
+//! The JSON API (one router per resource) and the web pages ([`pages`]), one [`error::Error`],
+//! bearer auth on mutating routes and downloads.
 
 pub mod checkpoints;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod pages;
 pub mod runs;
 pub mod sweeps;
 
@@ -37,6 +38,10 @@ pub struct Settings {
     pub max_sweep_runs: usize,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// CSS and JavaScript for the pages (`static/`).
+    pub static_dir: PathBuf,
+    /// `{"base", "grid"}` of the sweep the "Launch demo sweep" button queues.
+    pub demo_sweep: serde_json::Value,
 }
 
 #[derive(Clone)]
@@ -57,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(events::router())
         .merge(checkpoints::router())
+        .merge(pages::router(&state))
         .route("/api/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
