@@ -52,8 +52,20 @@
     const refresh = throttled(refreshAll, 1000);
     const source = new EventSource("/api/runs/" + id + "/events");
     let totalSteps = total;
+    let asking = false;
+    // A run that had not started when the page was drawn learns its total with its first steps.
+    function learnTotal() {
+      if (totalSteps || asking) return;
+      asking = true;
+      fetch("/api/runs/" + id, { cache: "no-store" })
+        .then((r) => r.json())
+        .then((run) => { totalSteps = run.total_steps || 0; })
+        .catch(() => {})
+        .finally(() => { asking = false; });
+    }
     source.addEventListener("metrics", (event) => {
       const step = Number(event.lastEventId);
+      learnTotal();
       if (totalSteps > 0 && progress) {
         progress.value = Math.round((100 * step) / totalSteps);
       }
@@ -70,16 +82,13 @@
       if (["finished", "failed", "cancelled"].includes(data.status)) {
         source.close();
         refresh();
+        if (data.status === "finished" && progress) progress.value = 100;
         if (note) note.textContent = "The run is " + data.status + ". Reload for its checkpoints and summary.";
       }
     });
     source.addEventListener("checkpoint", (event) => {
       if (note) note.textContent = "Checkpoint at step " + JSON.parse(event.data).step + " saved; reload to download it.";
     });
-    // Runs that had not started yet report their total with the first progress; ask for it.
-    if (!totalSteps) {
-      fetch("/api/runs/" + id).then((r) => r.json()).then((run) => { totalSteps = run.total_steps || 0; }).catch(() => {});
-    }
   }
 
   // --- Sweep and compare pages: re-draw while runs train.
