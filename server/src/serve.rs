@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -10,8 +9,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{AppState, Settings};
-use crate::jobs::events::event_bus;
-use crate::jobs::queue::{RunQueue, SqliteQueue};
 use crate::jobs::runner::Runner;
 use crate::jobs::sink::MetricWriter;
 
@@ -34,6 +31,23 @@ pub struct ServeConfig {
     pub demo_sweep: serde_json::Value,
     /// Queue the demo sweep at start when the database has no runs (`serve --demo`).
     pub demo_if_empty: bool,
+}
+
+impl ServeConfig {
+    /// What handlers see of this configuration.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            data_dir: self.data_dir.clone(),
+            models_dir: self.models_dir.clone(),
+            datasets_dir: self.datasets_dir.clone(),
+            auth_token: self.auth_token.clone().filter(|t| !t.is_empty()),
+            max_sweep_runs: self.max_sweep_runs,
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: self.request_timeout,
+            static_dir: self.static_dir.clone(),
+            demo_sweep: self.demo_sweep.clone(),
+        }
+    }
 }
 
 /// `static/` in the source tree, where `cargo run` finds it.
@@ -102,36 +116,18 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     let pool = crate::db::connect(&config.database_url)
         .await
         .with_context(|| format!("opening database {}", config.database_url))?;
-    let events = event_bus();
-    let queue: Arc<dyn RunQueue> = Arc::new(SqliteQueue::new(pool.clone(), events.clone()));
-    let orphans = queue.requeue_orphans().await?;
+    let state = AppState::new(pool.clone(), config.settings());
+    let orphans = state.queue.requeue_orphans().await?;
     if !orphans.is_empty() {
         tracing::info!(?orphans, "runs interrupted by a crash are queued again and will resume from their checkpoints");
     }
-    let shutdown = CancellationToken::new();
-    let (writer, writer_task) = MetricWriter::spawn(pool.clone(), events.clone());
+    let shutdown = state.shutdown.clone();
+    let (writer, writer_task) = MetricWriter::spawn(pool.clone(), state.events.clone());
     let runner = Runner {
-        queue: queue.clone(),
+        queue: state.queue.clone(),
         writer,
         data_dir: config.data_dir.clone(),
         max_concurrent: config.max_concurrent_runs,
-        shutdown: shutdown.clone(),
-    };
-    let state = AppState {
-        pool: pool.clone(),
-        queue,
-        events,
-        settings: Arc::new(Settings {
-            data_dir: config.data_dir.clone(),
-            models_dir: config.models_dir.clone(),
-            datasets_dir: config.datasets_dir.clone(),
-            auth_token: token,
-            max_sweep_runs: config.max_sweep_runs,
-            max_body_bytes: config.max_body_bytes,
-            request_timeout: config.request_timeout,
-            static_dir: config.static_dir.clone(),
-            demo_sweep: config.demo_sweep.clone(),
-        }),
         shutdown: shutdown.clone(),
     };
     if config.demo_if_empty && !crate::db::runs::any(&pool).await? {

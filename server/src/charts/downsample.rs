@@ -10,7 +10,9 @@ pub fn keep_indices(len: usize, max: usize, value: impl Fn(usize) -> Option<f64>
     }
     let value = |i: usize| value(i).filter(|v| !v.is_nan());
     let extremes = |range: std::ops::Range<usize>| -> (Option<usize>, Option<usize>) {
-        let (mut lo, mut hi): (Option<(usize, f64)>, Option<(usize, f64)>) = (None, None);
+        // (index, value) of the lowest and highest value so far.
+        let mut lo: Option<(usize, f64)> = None;
+        let mut hi: Option<(usize, f64)> = None;
         for i in range {
             let Some(v) = value(i) else { continue };
             if lo.is_none_or(|(_, l)| v < l) {

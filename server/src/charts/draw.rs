@@ -292,7 +292,8 @@ fn colour_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>) -> Result<(), D
         let (t0, t1) = (i as f64 / steps as f64, (i + 1) as f64 / steps as f64);
         let alpha = 10f64.powf(ALPHA_MIN.log10() + (ALPHA_MAX.log10() - ALPHA_MIN.log10()) * (t0 + t1) / 2.0);
         let (ya, yb) = (bottom - (t0 * f64::from(bottom - top)) as i32, bottom - (t1 * f64::from(bottom - top)) as i32);
-        area.draw(&Rectangle::new([(x0, yb), (x1, ya)], colour::alpha_colour(Some(alpha)).filled()))?;
+        // One pixel of overlap: rounding would otherwise leave white seams between the steps.
+        area.draw(&Rectangle::new([(x0, yb), (x1, ya + 1)], colour::alpha_colour(Some(alpha)).filled()))?;
     }
     area.draw(&Rectangle::new([(x0, top), (x1, bottom)], BLACK.stroke_width(1)))?;
     let label = ("sans-serif", 12).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center));

@@ -21,6 +21,8 @@ pub enum BenchCommand {
     TrainerOnce(OnceArgs),
     /// The server's load benchmark: metric ingestion, metrics GET latency, SSE fan-out cost.
     Server(super::bench_server::ServerBenchArgs),
+    /// Render time of a sweep's compare page (48 runs × 2,000 evaluations) and its SVG size.
+    Ui(super::bench_ui::UiBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -280,5 +282,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Trainer(args) => trainer_bench(&args),
         BenchCommand::TrainerOnce(args) => once(&args),
         BenchCommand::Server(args) => super::bench_server::run(&args),
+        BenchCommand::Ui(args) => super::bench_ui::run(&args),
     }
 }

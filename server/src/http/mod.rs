@@ -54,6 +54,16 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
+impl AppState {
+    /// State over `pool` with the SQLite queue and a fresh event bus; nothing runs the queue
+    /// until a [`crate::jobs::runner::Runner`] is started on it.
+    pub fn new(pool: SqlitePool, settings: Settings) -> Self {
+        let events = crate::jobs::events::event_bus();
+        let queue: Arc<dyn RunQueue> = Arc::new(crate::jobs::queue::SqliteQueue::new(pool.clone(), events.clone()));
+        Self { pool, queue, events, settings: Arc::new(settings), shutdown: CancellationToken::new() }
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
     Router::new()

@@ -100,8 +100,11 @@ pub fn count(grid: &Value) -> Result<usize, Vec<FieldError>> {
     }
 }
 
-/// A grid object, or a list of them (a union); each with the name its errors use.
-fn grids(grid: &Value) -> Result<Vec<(String, &Map<String, Value>)>, Vec<FieldError>> {
+/// One grid (key -> [values]) and the name its errors use (`grid`, `grid[1]`).
+type NamedGrid<'a> = (String, &'a Map<String, Value>);
+
+/// A grid object, or a list of them (a union).
+fn grids(grid: &Value) -> Result<Vec<NamedGrid<'_>>, Vec<FieldError>> {
     let shape = || vec![FieldError::new("grid", "must be an object of key -> [values], or a list of them")];
     match grid {
         Value::Object(g) => Ok(vec![("grid".to_string(), g)]),

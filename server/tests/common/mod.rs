@@ -147,34 +147,13 @@ pub async fn lab() -> Lab {
 }
 
 pub async fn lab_with(edit: impl FnOnce(&mut server::http::Settings)) -> Lab {
-    use std::sync::Arc;
     let dir = tempfile::tempdir().expect("temp dir");
     let pool =
         server::db::connect(&format!("sqlite://{}", dir.path().join("goodhart.db").display())).await.expect("db");
-    let events = server::jobs::events::event_bus();
-    let queue: Arc<dyn server::jobs::queue::RunQueue> =
-        Arc::new(server::jobs::queue::SqliteQueue::new(pool.clone(), events.clone()));
-    let config = serve_config(dir.path());
-    let mut settings = server::http::Settings {
-        data_dir: config.data_dir,
-        models_dir: config.models_dir,
-        datasets_dir: config.datasets_dir,
-        auth_token: None,
-        max_sweep_runs: config.max_sweep_runs,
-        max_body_bytes: config.max_body_bytes,
-        request_timeout: config.request_timeout,
-        static_dir: config.static_dir,
-        demo_sweep: config.demo_sweep,
-    };
+    let mut settings = serve_config(dir.path()).settings();
     edit(&mut settings);
-    let (writer, _task) = server::jobs::sink::MetricWriter::spawn(pool.clone(), events.clone());
-    let state = server::http::AppState {
-        pool,
-        queue,
-        events,
-        settings: Arc::new(settings),
-        shutdown: tokio_util::sync::CancellationToken::new(),
-    };
+    let state = server::http::AppState::new(pool.clone(), settings);
+    let (writer, _task) = server::jobs::sink::MetricWriter::spawn(pool, state.events.clone());
     Lab { state, writer, dir }
 }
 
