@@ -1,9 +1,9 @@
 //! The pages in a real browser: Debian's headless Chromium driven over WebDriver
-//! (`chromium-driver`) with fantoccini. Opens `/`, launches the demo sweep from its button,
-//! watches a run page's chart update live without a reload, selects runs and opens Compare,
-//! checks one path per run and a colour bar, submits an invalid form and reads the inline
-//! errors, downloads a checkpoint archive, and checks that nothing overflows a phone-width
-//! screen. `.ci/run` installs `chromium` and `chromium-driver`; without them this test fails.
+//! (`chromium-driver`) with fantoccini. Opens `/`, launches the demo sweep from its button (by
+//! keyboard), watches a run page's chart update live without a reload, selects runs and opens
+//! Compare, checks one path per run and a colour bar, submits an invalid form and reads the
+//! inline errors, downloads a checkpoint archive, and checks that nothing overflows a
+//! phone-width screen. `.ci/run` installs `chromium` and `chromium-driver`; without them this test fails.
 
 mod common;
 
@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
@@ -99,6 +101,13 @@ where
     }
 }
 
+async fn press(client: &Client, key: Key) {
+    let key: char = key.into();
+    let actions =
+        KeyActions::new("keyboard".into()).then(KeyAction::Down { value: key }).then(KeyAction::Up { value: key });
+    client.perform_actions(actions).await.expect("key press");
+}
+
 async fn js(client: &Client, script: &str) -> Value {
     client.execute(script, Vec::new()).await.unwrap_or_else(|e| panic!("{script}: {e}"))
 }
@@ -134,7 +143,16 @@ async fn a_user_launches_the_demo_watches_it_live_compares_fixes_a_form_and_down
     // The runs table, empty; the demo button launches the sweep and lands on its page.
     client.goto(&t.url("/")).await.unwrap();
     assert!(client.source().await.unwrap().contains("No runs yet"));
-    client.find(Locator::Css("#launch-demo")).await.unwrap().click().await.unwrap();
+    // By keyboard: the first Tab lands on the skip link, and Tabs reach the demo button.
+    press(&client, Key::Tab).await;
+    assert_eq!(js(&client, "return document.activeElement.className;").await, json!("skip"));
+    let mut tabs = 1;
+    while js(&client, "return document.activeElement.id;").await != json!("launch-demo") {
+        press(&client, Key::Tab).await;
+        tabs += 1;
+        assert!(tabs < 15, "the demo button is not reachable with Tab");
+    }
+    press(&client, Key::Enter).await;
     eventually("the sweep page", 30, || async { client.current_url().await.ok().filter(|u| u.path() == "/sweeps/1") })
         .await;
     let heading = client.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();

@@ -141,6 +141,25 @@ pub fn run(args: &UiBenchArgs) -> anyhow::Result<()> {
             chart_ms.push(ms);
             svg = body;
         }
+        // Where the page's time goes, phase by phase.
+        let selection = crate::http::pages::compare::Selection::Sweep(sweep);
+        let options = crate::report::compare::Options::default();
+        let (mut load_ms, mut build_ms, mut svg_ms) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.repeats {
+            let t = Instant::now();
+            let runs = crate::http::pages::compare::load(&state, &selection).await?;
+            load_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            let figures = [
+                crate::report::compare::overoptimization(&runs, &options),
+                crate::report::compare::ood_mass(&runs, &options),
+            ];
+            build_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            let bytes: usize = figures.iter().map(|f| f.to_svg().len()).sum();
+            svg_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            anyhow::ensure!(bytes > 0);
+        }
         let paths = svg.matches("class=\"run-line\"").count();
         println!("GET {page} (the whole compare page): {}; {page_bytes} bytes of HTML", summary(page_ms));
         println!(
@@ -148,6 +167,9 @@ pub fn run(args: &UiBenchArgs) -> anyhow::Result<()> {
             summary(chart_ms),
             svg.len()
         );
+        println!("  reading the runs, their evaluations and checkpoints: {}", summary(load_ms));
+        println!("  summaries, smoothing, downsampling into both figures: {}", summary(build_ms));
+        println!("  drawing both figures as SVG: {}", summary(svg_ms));
         Ok(())
     })
 }

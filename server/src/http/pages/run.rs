@@ -144,10 +144,14 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
                 .collect()
         })
         .unwrap_or_default();
-    let mut progress_text = format!("step {}", run.step);
-    if let Some(total) = run.total_steps {
-        progress_text.push_str(&format!(" of {total}"));
-    }
+    let mut progress_text = match (status, run.total_steps) {
+        (RunStatus::Queued, None) => "waiting for a free trainer".to_string(),
+        (RunStatus::Running, None) if meta.config.task.is_toy() => {
+            "starting: the toy task trains (or loads) its π_init first".to_string()
+        }
+        (_, None) => format!("step {}", run.step),
+        (_, Some(total)) => format!("step {} of {total}", run.step),
+    };
     if let Some(eta) = row.eta {
         progress_text.push_str(&format!(" · ETA {}", duration(eta)));
     }
