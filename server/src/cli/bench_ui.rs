@@ -1,6 +1,7 @@
 //! `goodhart bench ui`: how long the server takes to render a sweep's compare page (database
-//! reads, summaries, both figures as SVG, the HTML) for 48 runs × 2,000 evaluation points, and
-//! how large the overoptimization chart's SVG is. The runs' metrics are synthetic curves of the
+//! reads, summaries, both figures as SVG, the HTML) for 48 runs × 2,000 evaluation points, cold
+//! (a server that has not shown these runs yet) and warm (ended runs' series in memory), and how
+//! large the overoptimization chart's SVG is. The runs' metrics are synthetic curves of the
 //! overoptimization shape (Gao et al.'s RL form plus noise), written through the server's own
 //! metric writer: rendering cost depends on the number of points, not on where they came from.
 
@@ -131,9 +132,13 @@ pub fn run(args: &UiBenchArgs) -> anyhow::Result<()> {
         for _ in 0..args.warmup {
             get(&state, &page).await?;
         }
-        let (mut page_ms, mut chart_ms) = (Vec::new(), Vec::new());
+        // Cold: a server that has not shown these runs yet reads every series from SQLite.
+        // Warm: ended runs' series come from the server's memory (pages::cache).
+        let (mut cold_ms, mut page_ms, mut chart_ms) = (Vec::new(), Vec::new(), Vec::new());
         let (mut page_bytes, mut svg) = (0, String::new());
         for _ in 0..args.repeats {
+            let fresh = AppState::new(state.pool.clone(), config.settings());
+            cold_ms.push(get(&fresh, &page).await?.0);
             let (ms, body) = get(&state, &page).await?;
             page_ms.push(ms);
             page_bytes = body.len();
@@ -161,13 +166,14 @@ pub fn run(args: &UiBenchArgs) -> anyhow::Result<()> {
             anyhow::ensure!(bytes > 0);
         }
         let paths = svg.matches("class=\"run-line\"").count();
-        println!("GET {page} (the whole compare page): {}; {page_bytes} bytes of HTML", summary(page_ms));
+        println!("GET {page} (the whole compare page), cold: {}; {page_bytes} bytes of HTML", summary(cold_ms));
+        println!("GET {page}, warm: {}", summary(page_ms));
         println!(
-            "GET /compare/charts/overoptimization.svg (the chart alone): {}; {} bytes of SVG, {paths} run paths (target < 1 MB)",
+            "GET /compare/charts/overoptimization.svg (the chart alone), warm: {}; {} bytes of SVG, {paths} run paths",
             summary(chart_ms),
             svg.len()
         );
-        println!("  reading the runs, their evaluations and checkpoints: {}", summary(load_ms));
+        println!("  warm, reading the runs, their evaluations and checkpoints: {}", summary(load_ms));
         println!("  summaries, smoothing, downsampling into both figures: {}", summary(build_ms));
         println!("  drawing both figures as SVG: {}", summary(svg_ms));
         Ok(())

@@ -57,31 +57,48 @@ pub async fn series_of_runs(
     run_ids: &[i64],
     names: &[String],
 ) -> sqlx::Result<HashMap<i64, BTreeMap<String, Series>>> {
+    // SQLite prints every value as text here, which is most of the cost: readers run side by
+    // side on their own connections (WAL), so a few queries over parts of the runs share it
+    // between the cores. Each part also stays under the bound-variable limit.
+    let parts = run_ids.len().div_ceil(READ_PARALLELISM).clamp(1, 500);
+    let reads = run_ids.chunks(parts).map(|ids| series_of_some_runs(pool, ids, names));
     let mut out: HashMap<i64, BTreeMap<String, Series>> = HashMap::new();
-    // Bound variables per statement are limited; runs come in chunks.
-    for ids in run_ids.chunks(500) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "select run_id, name, group_concat(step || ' ' || iif(value is null, '', printf('%!.17g', value)), ',' \
-             order by step) from metrics where run_id in (",
-        );
+    for part in futures_util::future::try_join_all(reads).await? {
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+/// How many queries [`series_of_runs`] splits its runs into.
+const READ_PARALLELISM: usize = 4;
+
+async fn series_of_some_runs(
+    pool: &SqlitePool,
+    ids: &[i64],
+    names: &[String],
+) -> sqlx::Result<HashMap<i64, BTreeMap<String, Series>>> {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "select run_id, name, group_concat(step || ' ' || iif(value is null, '', printf('%!.17g', value)), ',' \
+         order by step) from metrics where run_id in (",
+    );
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_bind(id);
+    }
+    q.push(")");
+    if !names.is_empty() {
+        q.push(" and name in (");
         let mut sep = q.separated(", ");
-        for id in ids {
-            sep.push_bind(id);
+        for n in names {
+            sep.push_bind(n);
         }
         q.push(")");
-        if !names.is_empty() {
-            q.push(" and name in (");
-            let mut sep = q.separated(", ");
-            for n in names {
-                sep.push_bind(n);
-            }
-            q.push(")");
-        }
-        q.push(" group by run_id, name order by run_id, name");
-        let packed: Vec<(i64, String, String)> = q.build_query_as().fetch_all(pool).await?;
-        for (run_id, name, text) in packed {
-            out.entry(run_id).or_default().insert(name, unpack(&text)?);
-        }
+    }
+    q.push(" group by run_id, name order by run_id, name");
+    let packed: Vec<(i64, String, String)> = q.build_query_as().fetch_all(pool).await?;
+    let mut out: HashMap<i64, BTreeMap<String, Series>> = HashMap::new();
+    for (run_id, name, text) in packed {
+        out.entry(run_id).or_default().insert(name, unpack(&text)?);
     }
     Ok(out)
 }

@@ -52,6 +52,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Cancelled at shutdown; live streams end with it.
     pub shutdown: CancellationToken,
+    /// The metrics of ended runs, for the pages.
+    pub series_cache: Arc<pages::cache::SeriesCache>,
 }
 
 impl AppState {
@@ -60,7 +62,14 @@ impl AppState {
     pub fn new(pool: SqlitePool, settings: Settings) -> Self {
         let events = crate::jobs::events::event_bus();
         let queue: Arc<dyn RunQueue> = Arc::new(crate::jobs::queue::SqliteQueue::new(pool.clone(), events.clone()));
-        Self { pool, queue, events, settings: Arc::new(settings), shutdown: CancellationToken::new() }
+        Self {
+            pool,
+            queue,
+            events,
+            settings: Arc::new(settings),
+            shutdown: CancellationToken::new(),
+            series_cache: Arc::default(),
+        }
     }
 }
 

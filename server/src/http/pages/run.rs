@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::{bytes, figure_file, num, page, see_other, when, PageResult};
-use crate::db::{self, runs::RunStatus};
+use crate::db::{self, runs::Run, runs::RunStatus};
 use crate::http::error::Error;
 use crate::http::runs::{find, parse_id};
 use crate::http::AppState;
@@ -70,16 +70,17 @@ struct RunPage {
 }
 
 /// Every metric the charts read, by name.
-async fn chart_series(state: &AppState, id: i64) -> Result<BTreeMap<String, Series>, Error> {
+async fn chart_series(state: &AppState, run: &Run) -> Result<BTreeMap<String, Series>, Error> {
     let mut names: Vec<String> = RunChart::ALL.iter().flat_map(|c| c.metrics()).map(|s| (*s).to_string()).collect();
     names.sort();
     names.dedup();
-    Ok(db::metrics::series_of_runs(&state.pool, &[id], &names).await?.remove(&id).unwrap_or_default())
+    let mut read = state.series_cache.series(&state.pool, std::slice::from_ref(run), &names).await?;
+    Ok(read.remove(&run.id).map(|s| (*s).clone()).unwrap_or_default())
 }
 
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
     let run = find(&state, &id).await?;
-    let series = chart_series(&state, run.id).await?;
+    let series = chart_series(&state, &run).await?;
     let evals = report::evals(&series);
     let checkpoints = db::checkpoints::list(&state.pool, run.id).await?;
     let steps: Vec<i64> = checkpoints.iter().map(|c| c.step).collect();
@@ -189,7 +190,7 @@ async fn chart(State(state): State<AppState>, Path((id, file)): Path<(String, St
     let run = find(&state, &id).await?;
     let (name, ext) = file.rsplit_once('.').ok_or_else(|| Error::NotFound(format!("chart {file:?}")))?;
     let chart = RunChart::parse(name).ok_or_else(|| Error::NotFound(format!("chart {name:?}")))?;
-    let series = chart_series(&state, run.id).await?;
+    let series = chart_series(&state, &run).await?;
     let meta = report::RunMeta::new(run.id, &run.config_json());
     figure_file(&figure(&meta, &series, chart), &format!("run-{}-{name}", run.id), ext)
 }

@@ -109,12 +109,12 @@ async fn show(State(state): State<AppState>, RawQuery(query): RawQuery) -> PageR
     let runs = db::runs::list(&state.pool, None, None, db::runs::Sort::Newest).await?;
     let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
     let names: Vec<String> = report::EVAL_METRICS.iter().map(|s| (*s).to_string()).collect();
-    let series = db::metrics::series_of_runs(&state.pool, &ids, &names).await?;
+    let series = state.series_cache.series(&state.pool, &runs, &names).await?;
     let checkpoints = db::checkpoints::steps_of_runs(&state.pool, &ids).await?;
     let all: Vec<RunRow> = runs
         .iter()
         .map(|run| {
-            let evals = series.get(&run.id).map(report::evals).unwrap_or_default();
+            let evals = series.get(&run.id).map(|s| report::evals(s)).unwrap_or_default();
             RunRow::new(run, &evals, checkpoints.get(&run.id).map_or(&[][..], Vec::as_slice))
         })
         .collect();
