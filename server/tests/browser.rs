@@ -112,26 +112,12 @@ async fn js(client: &Client, script: &str) -> Value {
     client.execute(script, Vec::new()).await.unwrap_or_else(|e| panic!("{script}: {e}"))
 }
 
-/// A demo sweep small enough to train in seconds in a test build: the demo's grid on a
-/// smaller toy tree.
-fn fast_demo(cache: &Path) -> Value {
-    let mut demo = server::http::pages::demo::sweep();
-    demo["base"] = json!({
-        "task": "toy-tree", "loss_type": "sigmoid",
-        "max_steps": 300, "eval_steps": 10, "logging_steps": 10, "save_steps": 150,
-        "toy_num_prompts": 4, "toy_alphabet_size": 4, "toy_response_length": 3, "toy_pairs_per_prompt": 16,
-        "toy_hidden_size": 16, "toy_num_layers": 1, "toy_num_heads": 2, "num_threads": 1,
-        "toy_cache_dir": cache,
-    });
-    demo
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_launches_the_demo_watches_it_live_compares_fixes_a_form_and_downloads_a_checkpoint() {
     let scratch = tempfile::tempdir().unwrap();
     let cache = scratch.path().join("cache");
     let t = common::spawn_with(|c| {
-        c.demo_sweep = fast_demo(&cache);
+        c.demo_sweep = common::fast_demo(&cache);
         c.max_concurrent_runs = 1;
     })
     .await;

@@ -240,3 +240,16 @@ impl Lab {
         (status, body)
     }
 }
+
+/// The demo sweep's grid on a toy tree small enough to train in seconds in a test build.
+pub fn fast_demo(cache: &std::path::Path) -> Value {
+    let mut demo = server::http::pages::demo::sweep();
+    demo["base"] = json!({
+        "task": "toy-tree", "loss_type": "sigmoid",
+        "max_steps": 300, "eval_steps": 10, "logging_steps": 10, "save_steps": 150,
+        "toy_num_prompts": 4, "toy_alphabet_size": 4, "toy_response_length": 3, "toy_pairs_per_prompt": 16,
+        "toy_hidden_size": 16, "toy_num_layers": 1, "toy_num_heads": 2, "num_threads": 1,
+        "toy_cache_dir": cache,
+    });
+    demo
+}
