@@ -53,6 +53,13 @@
     const source = new EventSource("/api/runs/" + id + "/events");
     let totalSteps = total;
     let asking = false;
+    let first = null;
+    function duration(seconds) {
+      const s = Math.round(seconds);
+      if (s < 60) return s + "s";
+      if (s < 3600) return Math.floor(s / 60) + "m " + String(s % 60).padStart(2, "0") + "s";
+      return Math.floor(s / 3600) + "h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
+    }
     // A run that had not started when the page was drawn learns its total with its first steps.
     function learnTotal() {
       if (totalSteps || asking) return;
@@ -69,7 +76,15 @@
       if (totalSteps > 0 && progress) {
         progress.value = Math.round((100 * step) / totalSteps);
       }
-      if (text) text.textContent = "step " + step + (totalSteps ? " of " + totalSteps : "");
+      // ETA from the pace seen on this page.
+      const now = Date.now();
+      if (!first) first = { step, now };
+      let eta = "";
+      if (totalSteps && step > first.step) {
+        const left = ((now - first.now) / (step - first.step)) * (totalSteps - step) / 1000;
+        eta = " · ETA " + duration(left);
+      }
+      if (text) text.textContent = "step " + step + (totalSteps ? " of " + totalSteps : "") + eta;
       refresh();
     });
     source.addEventListener("status", (event) => {
