@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
 use serde_json::{json, Value};
 
 /// A chromedriver process, killed on drop.
@@ -125,7 +126,17 @@ async fn a_user_launches_the_demo_watches_it_live_compares_fixes_a_form_and_down
     let downloads = scratch.path().join("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
     let client = browser(&driver, &downloads, &scratch.path().join("profile")).await;
+    // Whatever happens, end the browser session: chromedriver's own exit leaves Chromium running.
+    let outcome = std::panic::AssertUnwindSafe(user_journey(&t, &client, &downloads)).catch_unwind().await;
+    let _ = client.close().await;
+    t.server.stop().await.unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
 
+async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path) {
+    let client = client.clone();
     // The runs table, empty; the demo button launches the sweep and lands on its page.
     client.goto(&t.url("/")).await.unwrap();
     assert!(client.source().await.unwrap().contains("No runs yet"));
@@ -239,7 +250,7 @@ async fn a_user_launches_the_demo_watches_it_live_compares_fixes_a_form_and_down
     client.goto(&t.url(&format!("/runs/{last}"))).await.unwrap();
     client.find(Locator::Css("a[data-archive='300']")).await.unwrap().click().await.unwrap();
     let archive = eventually("the archive to download", 60, || async {
-        let done: Vec<PathBuf> = std::fs::read_dir(&downloads)
+        let done: Vec<PathBuf> = std::fs::read_dir(downloads)
             .ok()?
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -260,7 +271,4 @@ async fn a_user_launches_the_demo_watches_it_live_compares_fixes_a_form_and_down
         .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
         .collect();
     assert!(names.contains(&"checkpoint-300/model.safetensors".to_string()), "{names:?}");
-
-    client.close().await.unwrap();
-    t.server.stop().await.unwrap();
 }
