@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -10,8 +9,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{AppState, Settings};
-use crate::jobs::events::event_bus;
-use crate::jobs::queue::{RunQueue, SqliteQueue};
 use crate::jobs::runner::Runner;
 use crate::jobs::sink::MetricWriter;
 
@@ -30,6 +27,34 @@ pub struct ServeConfig {
     pub auth_token: Option<String>,
     /// Allow a non-loopback bind without a token.
     pub insecure: bool,
+    pub static_dir: PathBuf,
+    /// What "Launch demo sweep" queues (see [`crate::http::pages::demo::sweep`]).
+    pub demo_sweep: serde_json::Value,
+    /// Queue the demo sweep at start when the database has no runs (`serve --demo`).
+    pub demo_if_empty: bool,
+}
+
+impl ServeConfig {
+    /// What handlers see of this configuration.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            data_dir: self.data_dir.clone(),
+            models_dir: self.models_dir.clone(),
+            datasets_dir: self.datasets_dir.clone(),
+            auth_token: self.auth_token.clone().filter(|t| !t.is_empty()),
+            max_sweep_runs: self.max_sweep_runs,
+            max_body_bytes: self.max_body_bytes,
+            max_upload_bytes: self.max_upload_bytes,
+            request_timeout: self.request_timeout,
+            static_dir: self.static_dir.clone(),
+            demo_sweep: self.demo_sweep.clone(),
+        }
+    }
+}
+
+/// `static/` in the source tree, where `cargo run` finds it.
+pub fn default_static_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../static"))
 }
 
 impl ServeConfig {
@@ -48,6 +73,9 @@ impl ServeConfig {
             request_timeout: Duration::from_secs(30),
             auth_token: None,
             insecure: false,
+            static_dir: default_static_dir(),
+            demo_sweep: crate::http::pages::demo::sweep(),
+            demo_if_empty: false,
         }
     }
 }
@@ -91,38 +119,27 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     let pool = crate::db::connect(&config.database_url)
         .await
         .with_context(|| format!("opening database {}", config.database_url))?;
-    let events = event_bus();
-    let queue: Arc<dyn RunQueue> = Arc::new(SqliteQueue::new(pool.clone(), events.clone()));
-    let orphans = queue.requeue_orphans().await?;
+    let state = AppState::new(pool.clone(), config.settings());
+    let orphans = state.queue.requeue_orphans().await?;
     if !orphans.is_empty() {
         tracing::info!(?orphans, "runs interrupted by a crash are queued again and will resume from their checkpoints");
     }
-    let shutdown = CancellationToken::new();
-    let (writer, writer_task) = MetricWriter::spawn(pool.clone(), events.clone());
+    let shutdown = state.shutdown.clone();
+    let (writer, writer_task) = MetricWriter::spawn(pool.clone(), state.events.clone());
     let runner = Runner {
-        queue: queue.clone(),
+        queue: state.queue.clone(),
         train: trainer::train::train,
         writer,
         data_dir: config.data_dir.clone(),
         max_concurrent: config.max_concurrent_runs,
         shutdown: shutdown.clone(),
     };
-    let state = AppState {
-        pool: pool.clone(),
-        queue,
-        events,
-        settings: Arc::new(Settings {
-            data_dir: config.data_dir.clone(),
-            models_dir: config.models_dir.clone(),
-            datasets_dir: config.datasets_dir.clone(),
-            auth_token: token,
-            max_sweep_runs: config.max_sweep_runs,
-            max_body_bytes: config.max_body_bytes,
-            max_upload_bytes: config.max_upload_bytes,
-            request_timeout: config.request_timeout,
-        }),
-        shutdown: shutdown.clone(),
-    };
+    if config.demo_if_empty && !crate::db::runs::any(&pool).await? {
+        let sweep = crate::http::pages::demo::queue(&state)
+            .await
+            .map_err(|e| anyhow::anyhow!("queueing the demo sweep: {e}"))?;
+        tracing::info!(sweep, "the database had no runs: queued the demo sweep");
+    }
     let listener =
         tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;

@@ -30,6 +30,8 @@ pub enum BenchCommand {
     /// CPU steps per second of the training loop on generated HH-style data (~10M-parameter
     /// Llama, 512-token sequences).
     Data(super::bench_data::DataBenchArgs),
+    /// Render time of a sweep's compare page (48 runs × 2,000 evaluations) and its SVG size.
+    Ui(super::bench_ui::UiBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -359,5 +361,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::TrainerOnce(args) => once(&args),
         BenchCommand::Server(args) => super::bench_server::run(&args),
         BenchCommand::Data(args) => super::bench_data::run(&args),
+        BenchCommand::Ui(args) => super::bench_ui::run(&args),
     }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_data;
 mod bench_server;
+mod bench_ui;
 mod serve;
 mod sweep;
 mod sweep_report;
@@ -25,7 +26,7 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
     /// The web server: a run queue, background trainers and the JSON API.
     Serve(serve::ServeArgs),
-    /// Benchmarks: `goodhart bench trainer`, `goodhart bench server`.
+    /// Benchmarks: `goodhart bench trainer`, `goodhart bench server`, `goodhart bench ui`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }

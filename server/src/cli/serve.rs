@@ -44,6 +44,12 @@ pub struct ServeArgs {
     /// Listen on a non-loopback address without a token.
     #[arg(long, env = "GOODHART_INSECURE")]
     pub insecure: bool,
+    /// The pages' CSS and JavaScript [default: static/ in the source tree].
+    #[arg(long, env = "GOODHART_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
+    /// Queue the demo sweep (DPO vs TR-DPO on toy-tree, no download) if the database has no runs.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -61,6 +67,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         auth_token: args.auth_token,
         insecure: args.insecure,
+        static_dir: args.static_dir.unwrap_or_else(crate::serve::default_static_dir),
+        demo_sweep: crate::http::pages::demo::sweep(),
+        demo_if_empty: args.demo,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

@@ -2,6 +2,7 @@
 //! `trainer::sweep`), trains the runs with at most N at once, then writes `sweep.csv` and the
 //! figures (gold reward against sqrt(KL to π_init); OOD mass against step) as SVG and PNG.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -13,7 +14,8 @@ use trainer::metrics::{JsonlSink, Metrics};
 use trainer::summary::{self, EvalPoint, RunSummary};
 use trainer::sweep::SweepRun;
 
-use crate::charts::{self, Chart, Series};
+use crate::report::compare::{self, CompareRun, Options};
+use crate::report::{self, RunMeta};
 
 #[derive(Debug, clap::Args)]
 pub struct SweepArgs {
@@ -134,15 +136,6 @@ fn train_one(run: &SweepRun, output_dir: &Path, reuse: bool) -> anyhow::Result<F
     Ok(Finished { run: run.clone(), steps, summary, seconds })
 }
 
-pub(super) fn series_style(run: &SweepRun) -> (Option<f64>, Option<u64>) {
-    let c = &run.config;
-    if c.sync_ref_model {
-        (Some(c.ref_model_mixup_alpha), Some(c.ref_model_sync_steps))
-    } else {
-        (None, None)
-    }
-}
-
 /// `DPO`, or `TR-DPO α=0.1 τ=1`: the method without the seed.
 pub(super) fn method_label(run: &SweepRun) -> String {
     let c = &run.config;
@@ -158,14 +151,6 @@ pub(super) fn method_label(run: &SweepRun) -> String {
     }
 }
 
-fn series_label(run: &SweepRun, with_seed: bool) -> String {
-    let mut label = method_label(run);
-    if with_seed {
-        label.push_str(&format!(" seed {}", run.config.seed));
-    }
-    label
-}
-
 /// `eval/ood_mass` at the first evaluation, its maximum, and its mean over the last 10% of
 /// evaluations ("final", as for the gold reward).
 pub(super) fn ood_stats(steps: &[(u64, Metrics)]) -> (Option<f64>, Option<f64>, Option<f64>) {
@@ -178,38 +163,36 @@ pub(super) fn ood_stats(steps: &[(u64, Metrics)]) -> (Option<f64>, Option<f64>, 
     )
 }
 
+/// The gold-reward-vs-sqrt(KL) and OOD-mass figures, drawn as the web pages draw them.
 fn write_figures(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
+    let runs: Vec<CompareRun> = finished
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let stored = serde_json::to_value(&f.run.config).unwrap_or_default();
+            let mut series: BTreeMap<String, report::Series> = BTreeMap::new();
+            for (step, metrics) in &f.steps {
+                for (name, value) in metrics {
+                    let step = i64::try_from(*step).unwrap_or(i64::MAX);
+                    series.entry(name.clone()).or_default().push((step, value.is_finite().then_some(*value)));
+                }
+            }
+            CompareRun::new(RunMeta::new(i as i64, &stored), report::evals(&series), Vec::new())
+        })
+        .collect();
+    let has_ood = runs.iter().any(|r| r.evals.iter().any(|e| e.ood.is_some()));
+    // With several seeds of a configuration, also its mean and 95% band over the seeds.
     let seeds: std::collections::HashSet<u64> = finished.iter().map(|f| f.run.config.seed).collect();
-    let with_seed = seeds.len() > 1;
-    let make = |f: &Finished, points: Vec<(f64, f64)>| {
-        let (alpha, tau) = series_style(&f.run);
-        Series { label: series_label(&f.run, with_seed), alpha, tau, points }
-    };
-    let gold = Chart {
-        title: "Gold reward against distance from π_init".into(),
-        x_label: "sqrt(KL(π_θ ‖ π_init))".into(),
-        y_label: "gold reward".into(),
-        series: finished
-            .iter()
-            .map(|f| make(f, summary::eval_points(&f.steps).iter().map(|p| (p.kl.max(0.0).sqrt(), p.gold)).collect()))
-            .collect(),
-    };
-    let ood = Chart {
-        title: "Out-of-domain probability mass".into(),
-        x_label: "step".into(),
-        y_label: "eval/ood_mass".into(),
-        series: finished
-            .iter()
-            .map(|f| {
-                let pts = f.steps.iter().filter_map(|(s, m)| Some((*s as f64, *m.get("eval/ood_mass")?))).collect();
-                make(f, pts)
-            })
-            .collect(),
-    };
-    for ext in ["svg", "png"] {
-        charts::draw(&gold, &dir.join(format!("gold_vs_kl.{ext}")))?;
-        if ood.series.iter().any(|s| !s.points.is_empty()) {
-            charts::draw(&ood, &dir.join(format!("ood_mass.{ext}")))?;
+    let variants: &[(&str, bool)] = if seeds.len() > 1 { &[("", false), ("mean_", true)] } else { &[("", false)] };
+    for &(prefix, aggregate_seeds) in variants {
+        let options = Options { aggregate_seeds, ..Options::default() };
+        let gold = compare::overoptimization(&runs, &options);
+        let ood = compare::ood_mass(&runs, &options);
+        for ext in ["svg", "png"] {
+            gold.save(&dir.join(format!("{prefix}gold_vs_kl.{ext}")))?;
+            if has_ood {
+                ood.save(&dir.join(format!("{prefix}ood_mass.{ext}")))?;
+            }
         }
     }
     Ok(())

@@ -1,17 +1,16 @@
 //! What a sweep over several seeds says: each variant's mean ± 95% CI over seeds, the paired
 //! difference of each trust-region variant from vanilla on the same seed (same task, π_init and
-//! data, so the task's own variance cancels), and figures of the seed-mean curves per loss.
-//! Written as `seeds.md` (tables to paste), `seeds.csv` and `mean_*-<loss>.{svg,png}`.
+//! data, so the task's own variance cancels). Written as `seeds.md` (tables to paste) and
+//! `seeds.csv`; the seed-mean figures are drawn with the others (`mean_*.svg`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
 use serde_json::Value;
-use trainer::summary::{self, MeanCi};
+use trainer::summary::MeanCi;
 
-use super::sweep::{method_label, ood_stats, series_style, Finished};
-use crate::charts::{self, Chart, Series};
+use super::sweep::{method_label, ood_stats, Finished};
 
 /// Keys that define a variant's method; everything else that varies (bar the seed) joins its label.
 const METHOD_KEYS: [&str; 4] = ["loss_type", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps"];
@@ -154,63 +153,5 @@ pub fn write(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     }
     std::fs::write(dir.join("seeds.md"), md).with_context(|| format!("writing {}", dir.join("seeds.md").display()))?;
     std::fs::write(dir.join("seeds.csv"), csv.join("\n") + "\n")?;
-    write_mean_figures(dir, &groups)
-}
-
-/// Per loss: each variant's seed-mean path of gold reward against sqrt(KL to π_init), and its
-/// seed-mean OOD mass against step, over the evaluation steps all its seeds logged.
-fn write_mean_figures(dir: &Path, groups: &[Group<'_>]) -> anyhow::Result<()> {
-    let losses: BTreeSet<&str> = groups.iter().map(|g| g.loss.as_str()).collect();
-    for loss in losses {
-        let mut gold = Vec::new();
-        let mut ood = Vec::new();
-        for g in groups.iter().filter(|g| g.loss == loss) {
-            let (alpha, tau) = series_style(&g.runs[0].run);
-            let n = g.runs.len();
-            let label = format!("{} (mean of {n})", g.label);
-            // step -> (sum of sqrt KL, sum of gold, count), and the same for OOD mass.
-            let mut path: BTreeMap<u64, (f64, f64, usize)> = BTreeMap::new();
-            let mut mass: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
-            for f in &g.runs {
-                for p in summary::eval_points(&f.steps) {
-                    let e = path.entry(p.step).or_default();
-                    (e.0, e.1, e.2) = (e.0 + p.kl.max(0.0).sqrt(), e.1 + p.gold, e.2 + 1);
-                }
-                for (step, m) in &f.steps {
-                    if let Some(v) = m.get("eval/ood_mass") {
-                        let e = mass.entry(*step).or_default();
-                        (e.0, e.1) = (e.0 + v, e.1 + 1);
-                    }
-                }
-            }
-            let points = path.values().filter(|e| e.2 == n).map(|e| (e.0 / n as f64, e.1 / n as f64)).collect();
-            gold.push(Series { label: label.clone(), alpha, tau, points });
-            let points = mass.iter().filter(|(_, e)| e.1 == n).map(|(s, e)| (*s as f64, e.0 / n as f64)).collect();
-            ood.push(Series { label, alpha, tau, points });
-        }
-        let method = match loss {
-            "sigmoid" => "DPO",
-            "ipo" => "IPO",
-            _ => "KTO",
-        };
-        let gold = Chart {
-            title: format!("{method}: gold reward against distance from π_init, mean over seeds"),
-            x_label: "mean sqrt(KL(π_θ ‖ π_init))".into(),
-            y_label: "mean gold reward".into(),
-            series: gold,
-        };
-        let ood = Chart {
-            title: format!("{method}: out-of-domain probability mass, mean over seeds"),
-            x_label: "step".into(),
-            y_label: "mean eval/ood_mass".into(),
-            series: ood,
-        };
-        for ext in ["svg", "png"] {
-            charts::draw(&gold, &dir.join(format!("mean_gold_vs_kl-{loss}.{ext}")))?;
-            if ood.series.iter().any(|s| !s.points.is_empty()) {
-                charts::draw(&ood, &dir.join(format!("mean_ood_mass-{loss}.{ext}")))?;
-            }
-        }
-    }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Checkpoint directories and their files, as recorded when the trainer finished writing them.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use std::collections::HashMap;
+
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct Checkpoint {
@@ -84,4 +86,22 @@ pub async fn files(pool: &SqlitePool, run_id: i64, step: i64) -> sqlx::Result<Ve
         .bind(step)
         .fetch_all(pool)
         .await
+}
+
+/// The checkpoint steps of several runs: run id -> steps, ascending.
+pub async fn steps_of_runs(pool: &SqlitePool, run_ids: &[i64]) -> sqlx::Result<HashMap<i64, Vec<i64>>> {
+    let mut out: HashMap<i64, Vec<i64>> = HashMap::new();
+    for ids in run_ids.chunks(500) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("select run_id, step from checkpoints where run_id in (");
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id);
+        }
+        q.push(") order by run_id, step");
+        let rows: Vec<(i64, i64)> = q.build_query_as().fetch_all(pool).await?;
+        for (run_id, step) in rows {
+            out.entry(run_id).or_default().push(step);
+        }
+    }
+    Ok(out)
 }

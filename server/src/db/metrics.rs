@@ -1,5 +1,7 @@
 //! Per-step metric values: batched upserts, series reads, and run summaries.
 
+use std::collections::{BTreeMap, HashMap};
+
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 /// One value of one metric at one step.
@@ -34,22 +36,56 @@ pub async fn delete_after(conn: &mut SqliteConnection, run_id: i64, step: i64) -
     Ok(())
 }
 
+/// One metric's points, in step order; `None` for a non-finite value.
+pub type Series = Vec<(i64, Option<f64>)>;
+
 /// Every point of the named metrics (all metrics when `names` is empty): (name, [(step, value)])
 /// in name then step order.
+pub async fn series(pool: &SqlitePool, run_id: i64, names: &[String]) -> sqlx::Result<Vec<(String, Series)>> {
+    let mut by_run = series_of_runs(pool, &[run_id], names).await?;
+    Ok(by_run.remove(&run_id).map(|m| m.into_iter().collect()).unwrap_or_default())
+}
+
+/// [`series`] for several runs in one query: run id -> name -> points. Runs without any of the
+/// metrics are absent.
 ///
 /// SQLite packs each series into one string (`step value,step value,...`, values printed with
 /// 17 significant digits, which round-trips an f64 exactly): decoding one row per point through
 /// the driver costs ~20x more than parsing the packed text.
-pub async fn series(
+pub async fn series_of_runs(
     pool: &SqlitePool,
-    run_id: i64,
+    run_ids: &[i64],
     names: &[String],
-) -> sqlx::Result<Vec<(String, Vec<(i64, Option<f64>)>)>> {
+) -> sqlx::Result<HashMap<i64, BTreeMap<String, Series>>> {
+    // SQLite prints every value as text here, which is most of the cost: readers run side by
+    // side on their own connections (WAL), so a few queries over parts of the runs share it
+    // between the cores. Each part also stays under the bound-variable limit.
+    let parts = run_ids.len().div_ceil(READ_PARALLELISM).clamp(1, 500);
+    let reads = run_ids.chunks(parts).map(|ids| series_of_some_runs(pool, ids, names));
+    let mut out: HashMap<i64, BTreeMap<String, Series>> = HashMap::new();
+    for part in futures_util::future::try_join_all(reads).await? {
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+/// How many queries [`series_of_runs`] splits its runs into.
+const READ_PARALLELISM: usize = 4;
+
+async fn series_of_some_runs(
+    pool: &SqlitePool,
+    ids: &[i64],
+    names: &[String],
+) -> sqlx::Result<HashMap<i64, BTreeMap<String, Series>>> {
     let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "select name, group_concat(step || ' ' || iif(value is null, '', printf('%!.17g', value)), ',' order by step) \
-         from metrics where run_id = ",
+        "select run_id, name, group_concat(step || ' ' || iif(value is null, '', printf('%!.17g', value)), ',' \
+         order by step) from metrics where run_id in (",
     );
-    q.push_bind(run_id);
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_bind(id);
+    }
+    q.push(")");
     if !names.is_empty() {
         q.push(" and name in (");
         let mut sep = q.separated(", ");
@@ -58,25 +94,26 @@ pub async fn series(
         }
         q.push(")");
     }
-    q.push(" group by name order by name");
-    let packed: Vec<(String, String)> = q.build_query_as().fetch_all(pool).await?;
-    packed
-        .into_iter()
-        .map(|(name, text)| {
-            let points = text
-                .split(',')
-                .map(|point| {
-                    let (step, value) = point.split_once(' ').unwrap_or((point, ""));
-                    let step = step.parse().map_err(|e| sqlx::Error::Decode(format!("step {step:?}: {e}").into()))?;
-                    let value = if value.is_empty() {
-                        None
-                    } else {
-                        Some(value.parse().map_err(|e| sqlx::Error::Decode(format!("value {value:?}: {e}").into()))?)
-                    };
-                    Ok((step, value))
-                })
-                .collect::<sqlx::Result<Vec<_>>>()?;
-            Ok((name, points))
+    q.push(" group by run_id, name order by run_id, name");
+    let packed: Vec<(i64, String, String)> = q.build_query_as().fetch_all(pool).await?;
+    let mut out: HashMap<i64, BTreeMap<String, Series>> = HashMap::new();
+    for (run_id, name, text) in packed {
+        out.entry(run_id).or_default().insert(name, unpack(&text)?);
+    }
+    Ok(out)
+}
+
+fn unpack(text: &str) -> sqlx::Result<Series> {
+    text.split(',')
+        .map(|point| {
+            let (step, value) = point.split_once(' ').unwrap_or((point, ""));
+            let step = step.parse().map_err(|e| sqlx::Error::Decode(format!("step {step:?}: {e}").into()))?;
+            let value = if value.is_empty() {
+                None
+            } else {
+                Some(value.parse().map_err(|e| sqlx::Error::Decode(format!("value {value:?}: {e}").into()))?)
+            };
+            Ok((step, value))
         })
         .collect()
 }
@@ -137,5 +174,6 @@ mod tests {
             assert_eq!(g.to_bits(), v.to_bits(), "{v:e} came back as {g:e}");
         }
         assert_eq!(series(&pool, 1, &["a".to_string()]).await.unwrap().len(), 1);
+        assert!(series(&pool, 2, &[]).await.unwrap().is_empty(), "a run without metrics has no series");
     }
 }

@@ -112,6 +112,33 @@ pub async fn list(
     sqlx::query_as(&sql).bind(status.map(RunStatus::as_str)).bind(sweep_id).fetch_all(pool).await
 }
 
+/// The runs with these ids that exist, in the order of `ids`.
+pub async fn by_ids(pool: &SqlitePool, ids: &[i64]) -> sqlx::Result<Vec<Run>> {
+    let mut found: Vec<Run> = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let mut q: sqlx::QueryBuilder<sqlx::Sqlite> =
+            sqlx::QueryBuilder::new(format!("select {COLUMNS} from runs where id in ("));
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id);
+        }
+        q.push(")");
+        found.extend(q.build_query_as::<Run>().fetch_all(pool).await?);
+    }
+    let mut ordered = Vec::with_capacity(found.len());
+    for id in ids {
+        if let Some(i) = found.iter().position(|r| r.id == *id) {
+            ordered.push(found.swap_remove(i));
+        }
+    }
+    Ok(ordered)
+}
+
+/// Whether any run exists (`serve --demo` queues the demo sweep into an empty database).
+pub async fn any(pool: &SqlitePool) -> sqlx::Result<bool> {
+    sqlx::query_scalar("select exists (select 1 from runs)").fetch_one(pool).await
+}
+
 /// Removes the run and (by cascade) its metrics, summaries and checkpoint rows.
 pub async fn delete(pool: &SqlitePool, id: i64) -> sqlx::Result<bool> {
     Ok(sqlx::query("delete from runs where id = ?").bind(id).execute(pool).await?.rows_affected() > 0)

@@ -1,5 +1,5 @@
-//! The JSON API: one router per resource, one [`error::Error`], bearer auth on mutating routes
-//! and downloads.
+//! The JSON API (one router per resource) and the web pages ([`pages`]), one [`error::Error`],
+//! bearer auth on mutating routes and downloads.
 
 pub mod checkpoints;
 pub mod config;
@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod models;
+pub mod pages;
 pub mod runs;
 pub mod sweeps;
 
@@ -41,6 +42,10 @@ pub struct Settings {
     /// The largest dataset `POST /api/datasets` accepts, in bytes.
     pub max_upload_bytes: usize,
     pub request_timeout: Duration,
+    /// CSS and JavaScript for the pages (`static/`).
+    pub static_dir: PathBuf,
+    /// `{"base", "grid"}` of the sweep the "Launch demo sweep" button queues.
+    pub demo_sweep: serde_json::Value,
 }
 
 #[derive(Clone)]
@@ -51,6 +56,25 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Cancelled at shutdown; live streams end with it.
     pub shutdown: CancellationToken,
+    /// The metrics of ended runs, for the pages.
+    pub series_cache: Arc<pages::cache::SeriesCache>,
+}
+
+impl AppState {
+    /// State over `pool` with the SQLite queue and a fresh event bus; nothing runs the queue
+    /// until a [`crate::jobs::runner::Runner`] is started on it.
+    pub fn new(pool: SqlitePool, settings: Settings) -> Self {
+        let events = crate::jobs::events::event_bus();
+        let queue: Arc<dyn RunQueue> = Arc::new(crate::jobs::queue::SqliteQueue::new(pool.clone(), events.clone()));
+        Self {
+            pool,
+            queue,
+            events,
+            settings: Arc::new(settings),
+            shutdown: CancellationToken::new(),
+            series_cache: Arc::default(),
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -63,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .merge(checkpoints::router())
         .merge(models::router())
         .merge(datasets::router())
+        .merge(pages::router(&state))
         .route("/api/openapi.json", get(openapi))
         // Bounds the time to the response head; streamed bodies (SSE, downloads) may run longer.
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, settings.request_timeout))

@@ -62,10 +62,15 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let value = parse_body(body, state.settings.max_body_bytes)?;
-    let (config, stored) = prepare(value, &state.settings).map_err(Error::Invalid)?;
-    check_datasets(std::slice::from_ref(&config)).await?;
-    let id = state.queue.enqueue(stored, None).await?;
+    let id = launch(&state, value, None).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+}
+
+/// Validates a config and queues it as a new run (`parent`: the run it retries or clones).
+pub async fn launch(state: &AppState, config: Value, parent: Option<i64>) -> Result<i64> {
+    let (config, stored) = prepare(config, &state.settings).map_err(Error::Invalid)?;
+    check_datasets(std::slice::from_ref(&config)).await?;
+    Ok(state.queue.enqueue(stored, parent).await?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,16 +137,18 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result
     Ok(Json(json!({ "id": id, "result": answer })))
 }
 
-/// A failed or cancelled run, again, as a new run with the same config.
 async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>)> {
     let id = parse_id(&id, "run")?;
+    let new_id = retry_run(&state, id).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "retry_of": id }))))
+}
+
+/// A failed or cancelled run, again, as a new run with the same config; answers its id.
+pub async fn retry_run(state: &AppState, id: i64) -> Result<i64> {
     let config = state.queue.retry(id).await?;
     let value: Value = serde_json::from_str(&config).map_err(|e| Error::Internal(format!("stored config: {e}")))?;
-    // Revalidated: a model or dataset may have moved or changed since.
-    let (config, stored) = prepare(value, &state.settings).map_err(Error::Invalid)?;
-    check_datasets(std::slice::from_ref(&config)).await?;
-    let new_id = state.queue.enqueue(stored, Some(id)).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "retry_of": id }))))
+    // Revalidated: a model or dataset may have moved since.
+    launch(state, value, Some(id)).await
 }
 
 /// A new run: this run's config with the posted keys replaced.
@@ -164,9 +171,7 @@ async fn clone_with_edits(
         return Err(Error::Internal(format!("run {} has a config that is not an object", run.id)));
     };
     object.extend(edits);
-    let (config, stored) = prepare(config, &state.settings).map_err(Error::Invalid)?;
-    check_datasets(std::slice::from_ref(&config)).await?;
-    let new_id = state.queue.enqueue(stored, Some(run.id)).await?;
+    let new_id = launch(&state, config, Some(run.id)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "cloned_from": run.id }))))
 }
 

@@ -133,3 +133,123 @@ pub async fn full_series(client: &reqwest::Client, base: &str, id: i64, name: &s
         })
         .collect()
 }
+
+/// Application state on a fresh database with no runner: tests drive the queue and the metric
+/// writer themselves, so runs can be put in any state at once.
+pub struct Lab {
+    pub state: server::http::AppState,
+    pub writer: server::jobs::sink::MetricWriter,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn lab() -> Lab {
+    lab_with(|_| {}).await
+}
+
+pub async fn lab_with(edit: impl FnOnce(&mut server::http::Settings)) -> Lab {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pool =
+        server::db::connect(&format!("sqlite://{}", dir.path().join("goodhart.db").display())).await.expect("db");
+    let mut settings = serve_config(dir.path()).settings();
+    edit(&mut settings);
+    let state = server::http::AppState::new(pool.clone(), settings);
+    let (writer, _task) = server::jobs::sink::MetricWriter::spawn(pool, state.events.clone());
+    Lab { state, writer, dir }
+}
+
+/// A stored toy-tree config (as the API would store it) with `edits`.
+pub fn toy_config(edits: Value) -> Value {
+    let mut v = json!({"task": "toy-tree", "max_steps": 1000, "eval_steps": 25, "save_steps": 500});
+    if let (Some(obj), Value::Object(e)) = (v.as_object_mut(), edits) {
+        obj.extend(e);
+    }
+    let config = trainer::config::RunConfig::from_json_value(v).expect("valid toy config");
+    serde_json::to_value(config).expect("serializes")
+}
+
+/// What a run logged: a gold reward that rises and falls along sqrt(KL), as overoptimizing
+/// runs do; `k` scales its KL growth.
+pub fn toy_metrics(step: i64, k: f64) -> Vec<(String, Option<f64>)> {
+    let kl = step as f64 / 200.0 * k;
+    let d = kl.sqrt();
+    let gold = 1.5 + d * (0.5 - 0.45 * (d + 1e-12).ln());
+    vec![
+        ("loss".to_string(), Some(0.69 - step as f64 * 1e-4)),
+        ("rewards/margins".to_string(), Some(step as f64 * 1e-3)),
+        ("rewards/accuracies".to_string(), Some(0.5 + step as f64 * 1e-4)),
+        ("eval/kl_init".to_string(), Some(kl)),
+        ("eval/kl_ref".to_string(), Some(kl / 2.0)),
+        ("eval/gold_reward".to_string(), Some(gold)),
+        ("eval/ood_mass".to_string(), Some(0.2 + kl * 0.01)),
+    ]
+}
+
+impl Lab {
+    /// Claims the oldest queued run and logs evaluations every 25 steps up to `to_step` (with
+    /// checkpoints at `checkpoints`), then leaves it `running`.
+    pub async fn train_next(&self, to_step: i64, total: i64, k: f64, checkpoints: &[i64]) -> i64 {
+        use server::jobs::sink::WriteMsg;
+        let claim = self.state.queue.claim("test").await.expect("claim").expect("a queued run");
+        let run_id = claim.run_id;
+        for step in (0..=to_step).step_by(25) {
+            self.writer.send(WriteMsg::Metrics { run_id, step, values: toy_metrics(step, k) }).await.unwrap();
+            self.writer.send(WriteMsg::Progress { run_id, step, total }).await.unwrap();
+            if checkpoints.contains(&step) {
+                let dir = self.state.settings.data_dir.join(format!("runs/{run_id}/checkpoint-{step}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("config.json"), b"{}").unwrap();
+                std::fs::write(dir.join("model.safetensors"), vec![7u8; 1000]).unwrap();
+                let (sha256, files) = server::jobs::sink::hash_dir(&dir).unwrap();
+                self.writer
+                    .send(WriteMsg::Checkpoint {
+                        run_id,
+                        step,
+                        path: dir.to_string_lossy().into_owned(),
+                        sha256,
+                        files,
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        self.writer.flush().await.unwrap();
+        run_id
+    }
+
+    pub async fn finish(&self, run_id: i64, outcome: server::jobs::queue::Outcome) {
+        self.state.queue.finish(run_id, outcome).await.expect("finish");
+    }
+
+    /// Answers (status, headers, body) of a request to the whole router.
+    pub async fn request(&self, method: &str, uri: &str, body: Option<&str>) -> (u16, axum::http::HeaderMap, String) {
+        use tower::ServiceExt;
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            request = request.header("content-type", "application/x-www-form-urlencoded");
+        }
+        let request = request.body(axum::body::Body::from(body.unwrap_or("").to_string())).unwrap();
+        let response = server::app(self.state.clone()).oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    pub async fn get(&self, uri: &str) -> (u16, String) {
+        let (status, _, body) = self.request("GET", uri, None).await;
+        (status, body)
+    }
+}
+
+/// The demo sweep's grid on a toy tree small enough to train in seconds in a test build.
+pub fn fast_demo(cache: &std::path::Path) -> Value {
+    let mut demo = server::http::pages::demo::sweep();
+    demo["base"] = json!({
+        "task": "toy-tree", "loss_type": "sigmoid",
+        "max_steps": 300, "eval_steps": 10, "logging_steps": 10, "save_steps": 150,
+        "toy_num_prompts": 4, "toy_alphabet_size": 4, "toy_response_length": 3, "toy_pairs_per_prompt": 16,
+        "toy_hidden_size": 16, "toy_num_layers": 1, "toy_num_heads": 2, "num_threads": 1,
+        "toy_cache_dir": cache,
+    });
+    demo
+}

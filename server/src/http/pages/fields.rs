@@ -1,0 +1,275 @@
+//! Every run config field as a form shows it: its group, input, default and help text; and a
+//! posted form back to a config object. Blank inputs are left out, so the defaults (TRL's, or a
+//! toy task's own) apply exactly as they would to a config file without the key.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Number, Value};
+use trainer::config::{FieldError, RunConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Float,
+    /// A whole number >= 0.
+    Int,
+    Bool,
+    Choice(&'static [(&'static str, &'static str)]),
+    /// A model directory under `--models-dir`.
+    Model,
+    /// A JSONL file under `--datasets-dir`.
+    Dataset,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub group: Group,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Task,
+    Toy,
+    Method,
+    TrustRegion,
+    Optimization,
+    Logging,
+}
+
+impl Group {
+    pub const ALL: [Group; 6] =
+        [Self::Task, Self::Toy, Self::Method, Self::TrustRegion, Self::Optimization, Self::Logging];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Task => "Task, model and data",
+            Self::Toy => "Toy task (task = toy-tree or toy-length)",
+            Self::Method => "Method",
+            Self::TrustRegion => "Trust region",
+            Self::Optimization => "Optimization",
+            Self::Logging => "Evaluation, checkpoints and threads",
+        }
+    }
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Task => "task",
+            Self::Toy => "toy",
+            Self::Method => "method",
+            Self::TrustRegion => "trust-region",
+            Self::Optimization => "optimization",
+            Self::Logging => "logging",
+        }
+    }
+}
+
+const TASKS: &[(&str, &str)] = &[
+    ("dataset", "dataset: an HF model and a JSONL dataset"),
+    ("toy-tree", "toy-tree: exact metrics, no download"),
+    ("toy-length", "toy-length: sampled metrics, no download"),
+];
+const LOSSES: &[(&str, &str)] =
+    &[("sigmoid", "sigmoid (DPO)"), ("ipo", "ipo (IPO)"), ("kto", "kto (KTO, unpaired data)")];
+const SCHEDULES: &[(&str, &str)] = &[("linear", "linear"), ("constant", "constant"), ("cosine", "cosine")];
+
+use Group::{Logging, Method, Optimization, Task, Toy, TrustRegion};
+use Kind::{Bool, Choice, Dataset, Float, Int, Model, Text};
+
+/// Every [`RunConfig`] field (a test checks none is missing).
+pub const FIELDS: &[Field] = &[
+    Field { name: "task", group: Task, kind: Choice(TASKS), help: "Built-in toy tasks need no model or dataset and have a known gold reward (SPEC §4)." },
+    Field { name: "model_name_or_path", group: Task, kind: Model, help: "An HF model directory (config.json, model.safetensors, tokenizer.json) under the server's --models-dir." },
+    Field { name: "random_init", group: Task, kind: Bool, help: "Start from a seeded random init of the model's config.json instead of its weights." },
+    Field { name: "initializer_range", group: Task, kind: Float, help: "Standard deviation of the random init (transformers' initializer_range)." },
+    Field { name: "dataset_path", group: Task, kind: Dataset, help: "JSONL in TRL's format, under --datasets-dir: {prompt, chosen, rejected}, or {prompt, completion, label} for KTO." },
+    Field { name: "max_length", group: Task, kind: Int, help: "Longest prompt + completion in tokens; longer sequences keep their start." },
+    Field { name: "max_prompt_length", group: Task, kind: Int, help: "Longest prompt in tokens; longer prompts keep their end. Blank: no limit." },
+    Field { name: "toy_num_prompts", group: Toy, kind: Int, help: "Number of prompts P." },
+    Field { name: "toy_alphabet_size", group: Toy, kind: Int, help: "Response alphabet size A (toy-tree) or content vocabulary (toy-length)." },
+    Field { name: "toy_response_length", group: Toy, kind: Int, help: "Response length L (toy-tree) or most tokens generated (toy-length). toy-tree enumerates P·A^L responses." },
+    Field { name: "toy_pairs_per_prompt", group: Toy, kind: Int, help: "Preference pairs sampled from π_init per prompt. Fewer pairs: more overoptimization." },
+    Field { name: "toy_label_temperature", group: Toy, kind: Float, help: "Bradley–Terry label temperature T: P(y₁ ≻ y₂) = σ((r*(y₁) − r*(y₂)) / T). At T = 1 about 30% of labels disagree with r*." },
+    Field { name: "toy_behaviour_temperature", group: Toy, kind: Float, help: "Temperature of the behaviour distribution π_init learns (toy-tree); sets the starting OOD mass." },
+    Field { name: "toy_hidden_size", group: Toy, kind: Int, help: "Width of the toy policy." },
+    Field { name: "toy_num_layers", group: Toy, kind: Int, help: "Depth of the toy policy." },
+    Field { name: "toy_num_heads", group: Toy, kind: Int, help: "Attention heads; must divide toy_hidden_size into even head sizes." },
+    Field { name: "toy_cache_dir", group: Toy, kind: Text, help: "Where π_init is cached. Blank: $GOODHART_CACHE_DIR, else a temporary directory." },
+    Field { name: "loss_type", group: Method, kind: Choice(LOSSES), help: "TRL's loss_type: sigmoid is DPO, ipo is IPO (length-averaged), kto is KTO." },
+    Field { name: "beta", group: Method, kind: Float, help: "β, the strength of the KL penalty to the reference. TRL's default 0.1." },
+    Field { name: "label_smoothing", group: Method, kind: Float, help: "DPO's conservative label smoothing ε in [0, 0.5); sigmoid only." },
+    Field { name: "desirable_weight", group: Method, kind: Float, help: "KTO: weight of desirable examples." },
+    Field { name: "undesirable_weight", group: Method, kind: Float, help: "KTO: weight of undesirable examples." },
+    Field { name: "sync_ref_model", group: TrustRegion, kind: Bool, help: "Move the reference during training: TR-DPO, TR-IPO, TR-KTO. Off: the reference is the initial policy." },
+    Field { name: "ref_model_mixup_alpha", group: TrustRegion, kind: Float, help: "α in θ_ref ← α θ + (1 − α) θ_ref. TRL's default 0.6, the paper's choice for soft updates on large models; α = 1 replaces the reference (hard update). Sweep it over orders of magnitude (0.01 … 1)." },
+    Field { name: "ref_model_sync_steps", group: TrustRegion, kind: Int, help: "τ: update the reference after every τ-th optimizer step. TRL's default 512, the paper's choice for hard updates on large models; soft updates use τ = 1." },
+    Field { name: "learning_rate", group: Optimization, kind: Float, help: "AdamW learning rate. TRL's default 1e-6 suits pretrained models; the toy tasks bring their own." },
+    Field { name: "max_steps", group: Optimization, kind: Int, help: "Optimizer steps to run. Blank: num_train_epochs passes over the data (toy tasks default to a fixed number)." },
+    Field { name: "num_train_epochs", group: Optimization, kind: Float, help: "Passes over the data when max_steps is blank." },
+    Field { name: "per_device_train_batch_size", group: Optimization, kind: Int, help: "Examples (pairs) per micro-batch." },
+    Field { name: "gradient_accumulation_steps", group: Optimization, kind: Int, help: "Micro-batches per optimizer step." },
+    Field { name: "max_grad_norm", group: Optimization, kind: Float, help: "Clip gradients to this global norm; 0 disables clipping." },
+    Field { name: "warmup_steps", group: Optimization, kind: Int, help: "Linear warmup steps, for every schedule." },
+    Field { name: "lr_scheduler_type", group: Optimization, kind: Choice(SCHEDULES), help: "Learning-rate schedule after warmup." },
+    Field { name: "weight_decay", group: Optimization, kind: Float, help: "AdamW's decoupled weight decay." },
+    Field { name: "adam_beta1", group: Optimization, kind: Float, help: "AdamW β₁." },
+    Field { name: "adam_beta2", group: Optimization, kind: Float, help: "AdamW β₂." },
+    Field { name: "adam_epsilon", group: Optimization, kind: Float, help: "AdamW ε." },
+    Field { name: "seed", group: Optimization, kind: Int, help: "Seeds the data order, the init and (toy tasks) the task itself." },
+    Field { name: "logging_steps", group: Logging, kind: Int, help: "Log training metrics every this many steps (averaged over the window)." },
+    Field { name: "eval_steps", group: Logging, kind: Int, help: "Evaluate KL, gold reward and OOD mass every this many steps (toy tasks). Blank: never (dataset runs)." },
+    Field { name: "save_steps", group: Logging, kind: Int, help: "Write a checkpoint every this many steps and at the end; 0: only at the end." },
+    Field { name: "num_threads", group: Logging, kind: Int, help: "Worker threads per micro-batch; 0: one per core." },
+];
+
+pub fn field(name: &str) -> Option<&'static Field> {
+    FIELDS.iter().find(|f| f.name == name)
+}
+
+/// Posted form values (the last value of each key) to a config object. Blank inputs are left
+/// out; numbers that do not parse are reported by field, keeping the user's text for the form.
+pub fn config_from_form(form: &[(String, String)]) -> (Value, Vec<FieldError>) {
+    let values: BTreeMap<&str, &str> = form.iter().map(|(k, v)| (k.as_str(), v.trim())).collect();
+    let mut config = Map::new();
+    let mut errors = Vec::new();
+    for f in FIELDS {
+        let Some(&raw) = values.get(f.name) else { continue };
+        if raw.is_empty() {
+            continue;
+        }
+        let value = match f.kind {
+            Float => match raw.parse::<f64>() {
+                Ok(v) if v.is_finite() => Number::from_f64(v).map(Value::Number),
+                _ => {
+                    errors.push(FieldError::new(f.name, "must be a number"));
+                    None
+                }
+            },
+            Int => match raw.parse::<u64>() {
+                Ok(v) => Some(Value::from(v)),
+                Err(_) => {
+                    errors.push(FieldError::new(f.name, "must be a whole number ≥ 0"));
+                    None
+                }
+            },
+            Bool => Some(Value::Bool(matches!(raw, "true" | "on" | "1"))),
+            Choice(_) | Model | Dataset | Text => Some(Value::String(raw.to_string())),
+        };
+        if let Some(v) = value {
+            config.insert(f.name.to_string(), v);
+        }
+    }
+    (Value::Object(config), errors)
+}
+
+/// A stored config's values as form text (clone-with-edits), paths relative to their roots.
+pub fn form_from_config(
+    config: &Value,
+    models_dir: &std::path::Path,
+    datasets_dir: &std::path::Path,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(map) = config.as_object() else { return out };
+    for (key, v) in map {
+        let text = match v {
+            Value::Null => continue,
+            Value::String(s) => {
+                let root = match key.as_str() {
+                    "model_name_or_path" => Some(models_dir),
+                    "dataset_path" => Some(datasets_dir),
+                    _ => None,
+                };
+                let relative = root.and_then(|r| r.canonicalize().ok()).and_then(|r| {
+                    std::path::Path::new(s).strip_prefix(r).ok().map(|p| p.to_string_lossy().into_owned())
+                });
+                relative.unwrap_or_else(|| s.clone())
+            }
+            Value::Bool(b) => b.to_string(),
+            other => other.to_string(),
+        };
+        out.insert(key.clone(), text);
+    }
+    out
+}
+
+/// What a blank input means: TRL's default, and a toy task's own where it differs.
+pub fn default_text(name: &str) -> String {
+    fn text(v: Option<&Value>) -> String {
+        match v {
+            None | Some(Value::Null) => "unset".into(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        }
+    }
+    let defaults = serde_json::to_value(RunConfig::default()).unwrap_or_default();
+    let mut out = format!("default {}", text(defaults.get(name)));
+    for task in ["toy-tree", "toy-length"] {
+        let toy = RunConfig::from_json_value(serde_json::json!({ "task": task }))
+            .ok()
+            .and_then(|c| serde_json::to_value(c).ok())
+            .unwrap_or_default();
+        if toy.get(name) != defaults.get(name) && name != "task" {
+            out.push_str(&format!("; {task}: {}", text(toy.get(name))));
+        }
+    }
+    out
+}
+
+/// Directories under `root` that hold a `config.json`, and `*.jsonl` files under `root`
+/// (one level down), as names relative to it.
+pub fn choices(root: &std::path::Path, kind: Kind) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut out: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| match kind {
+            Model => e.path().join("config.json").is_file(),
+            Dataset => e.path().is_file() && e.path().extension().is_some_and(|x| x == "jsonl"),
+            _ => false,
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_config_field_is_on_the_form() {
+        let all = serde_json::to_value(RunConfig::default()).unwrap();
+        for key in all.as_object().unwrap().keys() {
+            assert!(field(key).is_some(), "{key} is missing from the form");
+        }
+        assert_eq!(FIELDS.len(), all.as_object().unwrap().len());
+    }
+
+    #[test]
+    fn blank_inputs_are_left_out_and_bad_numbers_are_named() {
+        let form: Vec<(String, String)> = [
+            ("task", "toy-tree"),
+            ("beta", " 0.2 "),
+            ("learning_rate", ""),
+            ("max_steps", "ten"),
+            ("sync_ref_model", "true"),
+            ("action", "launch"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (config, errors) = config_from_form(&form);
+        assert_eq!(config, json!({"task": "toy-tree", "beta": 0.2, "sync_ref_model": true}));
+        assert_eq!(errors, vec![FieldError::new("max_steps", "must be a whole number ≥ 0")]);
+    }
+
+    #[test]
+    fn defaults_name_the_toy_tasks_own() {
+        assert_eq!(default_text("beta"), "default 0.1");
+        assert!(default_text("learning_rate").contains("toy-tree: 0.00003"), "{}", default_text("learning_rate"));
+    }
+}

@@ -1,0 +1,266 @@
+//! `/sweeps/new`: a grid builder. Lists of values for loss, α, τ, β and seed over a base
+//! config; runs with a fixed reference and trust-region runs are separate grids (α and τ mean
+//! nothing without a moving reference). It shows "N runs" before launch and refuses grids over
+//! the server's limit.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use trainer::config::FieldError;
+
+use super::new_run::{groups, summary, GroupView};
+use super::{fields, flag, page, pairs, see_other, value, values, PageError, PageResult};
+use crate::http::error::Error;
+use crate::http::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/sweeps/new", get(show).post(submit)).route("/sweeps/new/count", post(count))
+}
+
+/// Base config fields the form shows; anything else goes in the TOML box.
+const BASE_FIELDS: [&str; 6] =
+    ["task", "model_name_or_path", "dataset_path", "max_steps", "learning_rate", "eval_steps"];
+
+/// One list of grid values.
+pub struct ListView {
+    pub name: &'static str,
+    pub label: &'static str,
+    pub value: String,
+    pub help: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "sweep_new.html")]
+struct NewSweepPage {
+    base: Vec<GroupView>,
+    base_toml: String,
+    losses: Vec<(&'static str, &'static str, bool)>,
+    fixed: bool,
+    trust_region: bool,
+    lists: Vec<ListView>,
+    grid_errors: Vec<String>,
+    summary: Vec<(String, String)>,
+    /// "N runs", once counted.
+    runs: Option<usize>,
+    limit: usize,
+}
+
+/// The sweep a form describes: a base config and a union of grids.
+struct Built {
+    base: Value,
+    grid: Value,
+}
+
+const LOSSES: [(&str, &str); 3] = [("sigmoid", "DPO"), ("ipo", "IPO"), ("kto", "KTO")];
+const LISTS: [(&str, &str, &str, &str); 4] = [
+    (
+        "alphas",
+        "α values (ref_model_mixup_alpha)",
+        "0.01, 0.1, 0.6",
+        "Trust-region runs only. Span orders of magnitude; 1 is a hard update.",
+    ),
+    ("taus", "τ values (ref_model_sync_steps)", "1", "Trust-region runs only: update the reference every τ steps."),
+    ("betas", "β values", "0.1", "Every run."),
+    ("seeds", "Seeds", "1", "Every run; aggregate them on the compare page."),
+];
+
+fn numbers(raw: &str, field: &str, whole: bool, errors: &mut Vec<FieldError>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for item in raw.split([',', ' ', ';']).map(str::trim).filter(|s| !s.is_empty()) {
+        let parsed = if whole {
+            item.parse::<u64>().ok().map(Value::from)
+        } else {
+            item.parse::<f64>().ok().filter(|v| v.is_finite()).and_then(serde_json::Number::from_f64).map(Value::Number)
+        };
+        match parsed {
+            Some(v) => out.push(v),
+            None => errors.push(FieldError::new(
+                field,
+                format!("{item:?} is not a {}", if whole { "whole number" } else { "number" }),
+            )),
+        }
+    }
+    out
+}
+
+fn build(form: &[(String, String)]) -> (Built, Vec<FieldError>) {
+    let mut errors = Vec::new();
+    let base_form: Vec<(String, String)> =
+        form.iter().filter(|(k, _)| BASE_FIELDS.contains(&k.as_str())).cloned().collect();
+    let (base, mut base_errors) = fields::config_from_form(&base_form);
+    errors.append(&mut base_errors);
+    let mut base = match base {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let extra = value(form, "base_toml").unwrap_or("").trim();
+    if !extra.is_empty() {
+        match toml::from_str::<toml::Table>(extra) {
+            Ok(table) => {
+                for (k, v) in table {
+                    if let Ok(v) = serde_json::to_value(v) {
+                        base.entry(k).or_insert(v);
+                    }
+                }
+            }
+            Err(e) => errors.push(FieldError::new("base_toml", format!("malformed TOML: {}", e.message()))),
+        }
+    }
+    let losses: Vec<Value> = values(form, "loss").into_iter().map(Value::String).collect();
+    let list = |name: &str, whole: bool, errors: &mut Vec<FieldError>| {
+        numbers(value(form, name).unwrap_or(""), name, whole, errors)
+    };
+    let (alphas, taus) = (list("alphas", false, &mut errors), list("taus", true, &mut errors));
+    let (betas, seeds) = (list("betas", false, &mut errors), list("seeds", true, &mut errors));
+    let mut common = Map::new();
+    for (key, vals) in [("loss_type", losses), ("beta", betas), ("seed", seeds)] {
+        if !vals.is_empty() {
+            common.insert(key.into(), Value::Array(vals));
+        }
+    }
+    let mut grids = Vec::new();
+    if flag(form, "fixed") {
+        let mut g = common.clone();
+        g.insert("sync_ref_model".into(), json!([false]));
+        grids.push(Value::Object(g));
+    }
+    if flag(form, "trust_region") {
+        let mut g = common;
+        g.insert("sync_ref_model".into(), json!([true]));
+        for (key, vals) in [("ref_model_mixup_alpha", alphas), ("ref_model_sync_steps", taus)] {
+            if !vals.is_empty() {
+                g.insert(key.into(), Value::Array(vals));
+            }
+        }
+        grids.push(Value::Object(g));
+    }
+    if grids.is_empty() {
+        errors.push(FieldError::new("grid", "choose runs with a fixed reference, trust-region runs, or both"));
+    }
+    (Built { base: Value::Object(base), grid: Value::Array(grids) }, errors)
+}
+
+fn render(
+    state: &AppState,
+    form: &[(String, String)],
+    errors: &[FieldError],
+    runs: Option<usize>,
+    status: StatusCode,
+) -> PageResult {
+    let fresh = form.is_empty();
+    let chosen = values(form, "loss");
+    let mut filled: BTreeMap<String, String> = form.iter().cloned().collect();
+    if fresh {
+        filled.insert("task".into(), "toy-tree".into());
+    }
+    let lists = LISTS
+        .iter()
+        .map(|&(name, label, default, help)| ListView {
+            name,
+            label,
+            value: if fresh { default.to_string() } else { value(form, name).unwrap_or("").to_string() },
+            help,
+        })
+        .collect();
+    let page_data = NewSweepPage {
+        base: groups(state, &filled, errors, Some(&BASE_FIELDS)),
+        base_toml: value(form, "base_toml").unwrap_or("").to_string(),
+        losses: LOSSES
+            .iter()
+            .map(|&(v, l)| (v, l, if fresh { v == "sigmoid" } else { chosen.iter().any(|c| c == v) }))
+            .collect(),
+        fixed: fresh || flag(form, "fixed"),
+        trust_region: fresh || flag(form, "trust_region"),
+        lists,
+        grid_errors: errors
+            .iter()
+            .filter(|e| e.field.starts_with("grid") || LISTS.iter().any(|l| l.0 == e.field) || e.field == "base_toml")
+            .map(ToString::to_string)
+            .collect(),
+        summary: summary(errors),
+        runs,
+        limit: state.settings.max_sweep_runs,
+    };
+    page(status, &page_data)
+}
+
+async fn show(State(state): State<AppState>) -> PageResult {
+    render(&state, &[], &[], None, StatusCode::OK)
+}
+
+async fn submit(State(state): State<AppState>, body: String) -> PageResult {
+    let form = pairs(&body);
+    let (built, errors) = build(&form);
+    if !errors.is_empty() {
+        return render(&state, &form, &errors, None, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let runs = crate::http::sweeps::count(&built.grid).ok();
+    if value(&form, "action") == Some("count") {
+        return match crate::http::sweeps::validate(&state, &built.base, &built.grid) {
+            Ok(configs) => render(&state, &form, &[], Some(configs.len()), StatusCode::OK),
+            Err(errors) => render(&state, &form, &errors, runs, StatusCode::UNPROCESSABLE_ENTITY),
+        };
+    }
+    match crate::http::sweeps::launch(&state, built.base, built.grid).await {
+        Ok((id, _)) => Ok(see_other(&format!("/sweeps/{id}"))),
+        Err(Error::Invalid(errors)) => render(&state, &form, &errors, runs, StatusCode::UNPROCESSABLE_ENTITY),
+        Err(e) => Err(PageError(e)),
+    }
+}
+
+/// The live "N runs" of the form as the user types: `{"runs", "limit", "errors"}`.
+async fn count(State(state): State<AppState>, body: String) -> Response {
+    let form = pairs(&body);
+    let (built, mut errors) = build(&form);
+    let runs = crate::http::sweeps::count(&built.grid).unwrap_or_else(|e| {
+        errors.extend(e);
+        0
+    });
+    if runs > state.settings.max_sweep_runs {
+        errors.push(FieldError::new(
+            "grid",
+            format!("{runs} runs is more than this server's limit ({})", state.settings.max_sweep_runs),
+        ));
+    }
+    Json(json!({ "runs": runs, "limit": state.settings.max_sweep_runs, "errors": errors })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn fixed_reference_and_trust_region_runs_are_separate_grids() {
+        let (built, errors) = build(&form(&[
+            ("task", "toy-tree"),
+            ("loss", "sigmoid"),
+            ("loss", "ipo"),
+            ("fixed", "on"),
+            ("trust_region", "on"),
+            ("alphas", "0.01, 0.1 0.6"),
+            ("taus", "1,10"),
+            ("seeds", "1 2"),
+        ]));
+        assert!(errors.is_empty(), "{errors:?}");
+        // 2 losses × 2 seeds × (1 + 3 α × 2 τ)
+        assert_eq!(crate::http::sweeps::count(&built.grid).unwrap(), 2 * 2 * (1 + 6));
+        assert_eq!(built.base, json!({"task": "toy-tree"}));
+    }
+
+    #[test]
+    fn bad_list_values_and_an_empty_choice_are_named() {
+        let (_, errors) = build(&form(&[("alphas", "0.1, lots"), ("taus", "1.5")]));
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["alphas", "taus", "grid"]);
+    }
+}

@@ -1,0 +1,203 @@
+//! What the pages, the sweep command and the benchmark show about runs: labels, colours,
+//! overoptimization summaries, figures and tables. Computed from plain data (a run's config and
+//! its metric series), never from the database or HTTP, so every caller shows the same thing.
+
+pub mod compare;
+pub mod run;
+pub mod runs;
+
+use std::collections::BTreeMap;
+
+use plotters::style::RGBColor;
+use serde_json::{Map, Value};
+use trainer::config::{LossType, RunConfig};
+use trainer::summary::{self, EvalPoint, RunSummary};
+
+use crate::charts::{colour, Dash};
+
+/// One metric's points in step order; `None` for a non-finite value.
+pub type Series = Vec<(i64, Option<f64>)>;
+
+/// A run as a chart or a table names it.
+#[derive(Debug, Clone)]
+pub struct RunMeta {
+    pub id: i64,
+    pub config: RunConfig,
+    /// Every config key as stored: the parameters the summary table compares.
+    pub params: Map<String, Value>,
+}
+
+impl RunMeta {
+    /// From a stored config; a config this version cannot read shows as the defaults.
+    pub fn new(id: i64, stored: &Value) -> Self {
+        let config = serde_json::from_value(stored.clone()).unwrap_or_default();
+        let params = stored.as_object().cloned().unwrap_or_default();
+        Self { id, config, params }
+    }
+
+    /// α when the reference moves.
+    pub fn alpha(&self) -> Option<f64> {
+        self.config.sync_ref_model.then_some(self.config.ref_model_mixup_alpha)
+    }
+
+    /// τ when the reference moves.
+    pub fn tau(&self) -> Option<u64> {
+        self.config.sync_ref_model.then_some(self.config.ref_model_sync_steps)
+    }
+
+    pub fn loss_name(&self) -> &'static str {
+        loss_name(self.config.loss_type)
+    }
+
+    /// "DPO", "TR-DPO soft" (α < 1) or "TR-DPO hard" (α = 1: the reference is replaced).
+    pub fn method(&self) -> String {
+        match self.alpha() {
+            None => self.loss_name().to_string(),
+            Some(a) if a >= 1.0 => format!("TR-{} hard", self.loss_name()),
+            Some(_) => format!("TR-{} soft", self.loss_name()),
+        }
+    }
+
+    /// "TR-DPO α=0.1 τ=1" or "DPO".
+    pub fn short_label(&self) -> String {
+        match (self.alpha(), self.tau()) {
+            (Some(a), Some(t)) => format!("TR-{} α={} τ={t}", self.loss_name(), crate::charts::number(a)),
+            _ => self.loss_name().to_string(),
+        }
+    }
+
+    /// "run 12 · TR-DPO α=0.1 τ=1 · seed 3"
+    pub fn label(&self) -> String {
+        format!("run {} · {} · seed {}", self.id, self.short_label(), self.config.seed)
+    }
+
+    pub fn colour(&self) -> RGBColor {
+        colour::alpha_colour(self.alpha())
+    }
+
+    pub fn colour_hex(&self) -> String {
+        colour::hex(self.colour())
+    }
+
+    pub fn dash(&self) -> Dash {
+        Dash::for_tau(self.tau())
+    }
+
+    /// The key of this run's lines in figures (`data-key`).
+    pub fn key(&self) -> String {
+        format!("run-{}", self.id)
+    }
+}
+
+pub fn loss_name(loss: LossType) -> &'static str {
+    match loss {
+        LossType::Sigmoid => "DPO",
+        LossType::Ipo => "IPO",
+        LossType::Kto => "KTO",
+    }
+}
+
+/// One evaluation of a run (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Eval {
+    pub step: i64,
+    pub kl: Option<f64>,
+    pub kl_ref: Option<f64>,
+    pub gold: Option<f64>,
+    pub ood: Option<f64>,
+}
+
+/// The metrics evaluations log, as [`evals`] reads them.
+pub const EVAL_METRICS: [&str; 4] = [summary::KL_INIT, "eval/kl_ref", summary::GOLD, "eval/ood_mass"];
+
+/// The steps at which any evaluation metric was logged, with what was logged there.
+pub fn evals(series: &BTreeMap<String, Series>) -> Vec<Eval> {
+    let mut by_step: BTreeMap<i64, Eval> = BTreeMap::new();
+    for (i, name) in EVAL_METRICS.iter().enumerate() {
+        for &(step, value) in series.get(*name).map_or(&[][..], Vec::as_slice) {
+            let e = by_step.entry(step).or_insert(Eval { step, kl: None, kl_ref: None, gold: None, ood: None });
+            let slot = match i {
+                0 => &mut e.kl,
+                1 => &mut e.kl_ref,
+                2 => &mut e.gold,
+                _ => &mut e.ood,
+            };
+            *slot = value;
+        }
+    }
+    by_step.into_values().collect()
+}
+
+/// The overoptimization summary (start/peak/final gold reward, drop, Gao fit, Pareto front) of
+/// the evaluations with both KL and gold reward; `None` before the first.
+pub fn summarize(evals: &[Eval], checkpoint_steps: &[i64]) -> Option<RunSummary> {
+    let points = eval_points(evals);
+    let steps: Vec<u64> = checkpoint_steps.iter().filter_map(|s| u64::try_from(*s).ok()).collect();
+    summary::summarize(&points, &steps)
+}
+
+pub fn eval_points(evals: &[Eval]) -> Vec<EvalPoint> {
+    evals
+        .iter()
+        .filter_map(|e| Some(EvalPoint { step: u64::try_from(e.step).ok()?, kl: e.kl?, gold: e.gold? }))
+        .filter(|p| p.kl.is_finite() && p.gold.is_finite())
+        .collect()
+}
+
+/// A duration as "1h 02m", "3m 05s" or "12s".
+pub fn duration(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return String::new();
+    }
+    let s = seconds.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_run_is_named_by_its_method_and_trust_region() {
+        let vanilla = RunMeta::new(1, &json!({"task": "toy-tree", "loss_type": "ipo"}));
+        assert_eq!((vanilla.method(), vanilla.alpha(), vanilla.tau()), ("IPO".to_string(), None, None));
+        let soft =
+            RunMeta::new(2, &json!({"sync_ref_model": true, "ref_model_mixup_alpha": 0.1, "ref_model_sync_steps": 1}));
+        assert_eq!(soft.method(), "TR-DPO soft");
+        assert_eq!(soft.label(), "run 2 · TR-DPO α=0.1 τ=1 · seed 42");
+        let hard = RunMeta::new(
+            3,
+            &json!({"sync_ref_model": true, "ref_model_mixup_alpha": 1.0, "ref_model_sync_steps": 100}),
+        );
+        assert_eq!(hard.method(), "TR-DPO hard");
+        assert_eq!(hard.dash(), Dash::Dashed);
+    }
+
+    #[test]
+    fn evaluations_join_their_metrics_by_step() {
+        let series: BTreeMap<String, Series> = [
+            ("eval/kl_init".to_string(), vec![(0, Some(0.0)), (25, Some(0.5))]),
+            ("eval/gold_reward".to_string(), vec![(0, Some(1.0)), (25, Some(1.2))]),
+            ("loss".to_string(), vec![(1, Some(0.7))]),
+        ]
+        .into();
+        let e = evals(&series);
+        assert_eq!(e.len(), 2);
+        assert_eq!((e[1].step, e[1].kl, e[1].gold, e[1].ood), (25, Some(0.5), Some(1.2), None));
+        let s = summarize(&e, &[25]).unwrap();
+        assert_eq!((s.peak_step, s.peak_gold), (25, 1.2));
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(12.4), "12s");
+        assert_eq!(duration(185.0), "3m 05s");
+        assert_eq!(duration(3720.0), "1h 02m");
+    }
+}

@@ -1,0 +1,282 @@
+//! The runs table: one row per run with its derived overoptimization columns, filtered and
+//! sorted on any column.
+
+use std::cmp::Ordering;
+
+use trainer::summary::RunSummary;
+
+use super::{Eval, RunMeta};
+use crate::db::runs::{Run, RunStatus};
+
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub meta: RunMeta,
+    pub status: RunStatus,
+    pub sweep_id: Option<i64>,
+    pub step: i64,
+    pub total_steps: Option<i64>,
+    /// 0 … 1.
+    pub progress: Option<f64>,
+    /// Seconds left, from the pace so far (running runs).
+    pub eta: Option<f64>,
+    pub summary: Option<RunSummary>,
+    pub error: Option<String>,
+}
+
+impl RunRow {
+    pub fn new(run: &Run, evals: &[Eval], checkpoint_steps: &[i64]) -> Self {
+        let status = run.status();
+        let progress = match run.total_steps.filter(|t| *t > 0) {
+            Some(total) => Some((run.step as f64 / total as f64).clamp(0.0, 1.0)),
+            None if status == RunStatus::Finished => Some(1.0),
+            None => None,
+        };
+        let eta = match (status, run.started_at, run.heartbeat_at, run.total_steps) {
+            (RunStatus::Running, Some(started), Some(beat), Some(total)) if run.step > 0 && beat > started => {
+                let per_step = (beat - started) as f64 / 1000.0 / run.step as f64;
+                Some(per_step * (total - run.step).max(0) as f64)
+            }
+            _ => None,
+        };
+        Self {
+            meta: RunMeta::new(run.id, &run.config_json()),
+            status,
+            sweep_id: run.sweep_id,
+            step: run.step,
+            total_steps: run.total_steps,
+            progress,
+            eta,
+            summary: super::summarize(evals, checkpoint_steps),
+            error: run.error.clone(),
+        }
+    }
+
+    pub fn id(&self) -> i64 {
+        self.meta.id
+    }
+
+    /// The text a cell shows, or what a column sorts by.
+    fn key(&self, column: Column) -> Key {
+        let s = self.summary.as_ref();
+        let num = |v: Option<f64>| v.map_or(Key::Missing, Key::Number);
+        match column {
+            Column::Id => Key::Number(self.meta.id as f64),
+            Column::Status => Key::Text(self.status.as_str().to_string()),
+            Column::Method => Key::Text(self.meta.method()),
+            Column::Alpha => num(self.meta.alpha()),
+            Column::Tau => num(self.meta.tau().map(|t| t as f64)),
+            Column::Beta => Key::Number(self.meta.config.beta),
+            Column::Seed => Key::Number(self.meta.config.seed as f64),
+            Column::Progress => num(self.progress),
+            Column::StartGold => num(s.map(|s| s.start_gold)),
+            Column::PeakGold => num(s.map(|s| s.peak_gold)),
+            Column::FinalGold => num(s.map(|s| s.final_gold)),
+            Column::PeakKl => num(s.map(|s| s.peak_kl)),
+            Column::Drop => num(s.map(|s| s.drop)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum Key {
+    Number(f64),
+    Text(String),
+    /// Sorts last in either direction.
+    Missing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Id,
+    Status,
+    Method,
+    Alpha,
+    Tau,
+    Beta,
+    Seed,
+    Progress,
+    StartGold,
+    PeakGold,
+    FinalGold,
+    PeakKl,
+    Drop,
+}
+
+impl Column {
+    pub const ALL: [Column; 13] = [
+        Self::Id,
+        Self::Status,
+        Self::Method,
+        Self::Alpha,
+        Self::Tau,
+        Self::Beta,
+        Self::Seed,
+        Self::Progress,
+        Self::StartGold,
+        Self::PeakGold,
+        Self::FinalGold,
+        Self::PeakKl,
+        Self::Drop,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Id => "id",
+            Self::Status => "status",
+            Self::Method => "method",
+            Self::Alpha => "alpha",
+            Self::Tau => "tau",
+            Self::Beta => "beta",
+            Self::Seed => "seed",
+            Self::Progress => "progress",
+            Self::StartGold => "start_gold",
+            Self::PeakGold => "peak_gold",
+            Self::FinalGold => "final_gold",
+            Self::PeakKl => "peak_kl",
+            Self::Drop => "drop",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Id => "Run",
+            Self::Status => "Status",
+            Self::Method => "Method",
+            Self::Alpha => "α",
+            Self::Tau => "τ",
+            Self::Beta => "β",
+            Self::Seed => "Seed",
+            Self::Progress => "Progress",
+            Self::StartGold => "Start gold",
+            Self::PeakGold => "Peak gold",
+            Self::FinalGold => "Final gold",
+            Self::PeakKl => "KL at peak",
+            Self::Drop => "Drop",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub status: Option<RunStatus>,
+    /// A [`RunMeta::method`] label.
+    pub method: Option<String>,
+    pub sweep: Option<i64>,
+}
+
+impl Filter {
+    pub fn keeps(&self, row: &RunRow) -> bool {
+        self.status.is_none_or(|s| s == row.status)
+            && self.method.as_ref().is_none_or(|m| *m == row.meta.method())
+            && self.sweep.is_none_or(|s| Some(s) == row.sweep_id)
+    }
+}
+
+/// Keeps the rows the filter allows, sorted by `column` (missing values last either way, then
+/// newest first).
+pub fn select(mut rows: Vec<RunRow>, filter: &Filter, column: Column, descending: bool) -> Vec<RunRow> {
+    rows.retain(|r| filter.keeps(r));
+    rows.sort_by(|a, b| {
+        let (ka, kb) = (a.key(column), b.key(column));
+        let by_column = match (&ka, &kb) {
+            (Key::Missing, Key::Missing) => Ordering::Equal,
+            (Key::Missing, _) => Ordering::Greater,
+            (_, Key::Missing) => Ordering::Less,
+            _ => {
+                let o = ka.partial_cmp(&kb).unwrap_or(Ordering::Equal);
+                if descending {
+                    o.reverse()
+                } else {
+                    o
+                }
+            }
+        };
+        by_column.then(b.meta.id.cmp(&a.meta.id))
+    });
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn row(id: i64, status: &str, alpha: Option<f64>, peak: Option<f64>) -> RunRow {
+        let config = match alpha {
+            Some(a) => json!({"sync_ref_model": true, "ref_model_mixup_alpha": a}),
+            None => json!({}),
+        };
+        let run = Run {
+            id,
+            sweep_id: (id % 2 == 0).then_some(1),
+            config: config.to_string(),
+            status: status.into(),
+            cancel_requested: false,
+            step: 5,
+            total_steps: Some(10),
+            error: None,
+            attempts: 1,
+            parent_id: None,
+            created_at: 0,
+            started_at: Some(0),
+            finished_at: None,
+            heartbeat_at: Some(5_000),
+        };
+        let evals: Vec<Eval> = peak
+            .map(|p| {
+                vec![
+                    Eval { step: 0, kl: Some(0.0), kl_ref: None, gold: Some(0.0), ood: None },
+                    Eval { step: 5, kl: Some(1.0), kl_ref: None, gold: Some(p), ood: None },
+                ]
+            })
+            .unwrap_or_default();
+        RunRow::new(&run, &evals, &[])
+    }
+
+    fn ids(rows: &[RunRow]) -> Vec<i64> {
+        rows.iter().map(RunRow::id).collect()
+    }
+
+    #[test]
+    fn rows_sort_on_derived_columns_with_missing_values_last() {
+        let rows = vec![
+            row(1, "finished", None, Some(0.5)),
+            row(2, "running", Some(0.1), None),
+            row(3, "finished", Some(1.0), Some(2.0)),
+        ];
+        assert_eq!(ids(&select(rows.clone(), &Filter::default(), Column::PeakGold, true)), vec![3, 1, 2]);
+        assert_eq!(ids(&select(rows.clone(), &Filter::default(), Column::PeakGold, false)), vec![1, 3, 2]);
+        assert_eq!(ids(&select(rows.clone(), &Filter::default(), Column::Alpha, false)), vec![2, 3, 1]);
+        assert_eq!(
+            ids(&select(rows, &Filter::default(), Column::Method, false)),
+            vec![1, 3, 2],
+            "DPO, TR-DPO hard, soft"
+        );
+    }
+
+    #[test]
+    fn filters_keep_status_method_and_sweep() {
+        let rows = vec![
+            row(1, "finished", None, None),
+            row(2, "running", Some(0.1), None),
+            row(4, "finished", Some(0.1), None),
+        ];
+        let by = |f: Filter| ids(&select(rows.clone(), &f, Column::Id, false));
+        assert_eq!(by(Filter { status: Some(RunStatus::Finished), ..Filter::default() }), vec![1, 4]);
+        assert_eq!(by(Filter { method: Some("TR-DPO soft".into()), ..Filter::default() }), vec![2, 4]);
+        assert_eq!(by(Filter { sweep: Some(1), ..Filter::default() }), vec![2, 4]);
+    }
+
+    #[test]
+    fn a_running_run_has_an_eta_from_its_pace() {
+        let r = row(2, "running", None, None);
+        assert_eq!(r.progress, Some(0.5));
+        assert_eq!(r.eta, Some(5.0), "5 steps in 5 s, 5 to go");
+        assert_eq!(row(1, "finished", None, None).eta, None);
+    }
+}

@@ -1,0 +1,345 @@
+//! The web pages, rendered through the whole router with `oneshot`: empty, running, failed and
+//! 100-run states; forms with inline errors; chart, CSV and checkpoint downloads.
+
+mod common;
+
+use common::{lab, lab_with, toy_config};
+use serde_json::json;
+use server::jobs::queue::Outcome;
+
+/// The text of HTML-escaped content (askama escapes quotes and angle brackets numerically).
+fn unescape(html: &str) -> String {
+    html.replace("&#34;", "\"").replace("&#39;", "'").replace("&#60;", "<").replace("&#62;", ">").replace("&amp;", "&")
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[tokio::test]
+async fn every_page_renders_on_an_empty_database() {
+    let lab = lab().await;
+    let (status, body) = lab.get("/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("No runs yet") && body.contains("Launch demo sweep"), "{body}");
+    assert!(body.contains("<link rel=\"stylesheet\" href=\"/static/app.css\">"));
+    for (uri, needle) in [
+        ("/runs/new", "ref_model_mixup_alpha"),
+        ("/sweeps/new", "Count runs"),
+        ("/compare", "Nothing to compare"),
+        ("/compare?runs=", "Nothing to compare"),
+    ] {
+        let (status, body) = lab.get(uri).await;
+        assert_eq!(status, 200, "{uri}");
+        assert!(body.contains(needle), "{uri} lacks {needle:?}");
+        assert!(body.starts_with("<!doctype html>"), "{uri}");
+    }
+    for uri in ["/runs/1", "/sweeps/1", "/runs/x", "/runs/1/charts/path.svg"] {
+        let (status, body) = lab.get(uri).await;
+        assert_eq!(status, 404, "{uri}");
+        assert!(body.contains("404 Not Found") && body.contains("<html"), "{uri}: an HTML error page");
+    }
+    let (status, headers, css) = lab.request("GET", "/static/app.css", None).await;
+    assert_eq!((status, headers["content-type"].to_str().unwrap()), (200, "text/css"));
+    assert!(css.contains(":focus-visible"));
+    assert_eq!(lab.get("/static/app.js").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_running_run_shows_progress_eta_live_charts_and_its_checkpoints() {
+    let lab = lab().await;
+    let id = lab
+        .state
+        .queue
+        .enqueue(
+            toy_config(json!({"sync_ref_model": true, "ref_model_mixup_alpha": 0.1, "ref_model_sync_steps": 1})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lab.train_next(500, 1000, 1.0, &[250, 500]).await, id);
+    let (status, body) = lab.get(&format!("/runs/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("TR-DPO α=0.1 τ=1"), "{body}");
+    assert!(body.contains("data-live=\"1\"") && body.contains("data-total=\"1000\""));
+    assert!(body.contains("value=\"50\""), "progress 500 of 1000");
+    assert!(body.contains("step 500 of 1000"));
+    assert!(body.contains("id=\"cancel\"") && !body.contains("id=\"retry\""));
+    for chart in ["path", "gold", "kl", "loss", "rewards", "ood"] {
+        assert!(body.contains(&format!("id=\"chart-{chart}\"")), "{chart}");
+        assert!(body.contains(&format!("/runs/{id}/charts/{chart}.png")), "{chart} downloads as PNG");
+    }
+    assert!(count(&body, "<svg xmlns") >= 6, "charts are inline SVG");
+    assert!(body.contains("class=\"fit-line\""), "the path chart has its Gao fit");
+    assert!(body.contains("<title>peak · run"), "and its peak");
+    // Checkpoints: step, KL and gold reward at that step, size, both downloads.
+    assert!(body.contains(&format!("/api/runs/{id}/checkpoints/250/archive")));
+    assert!(body.contains(&format!("/api/runs/{id}/checkpoints/500/files/model.safetensors")));
+    assert!(body.contains("1.0 kB"));
+    // A chart alone, as the live page fetches it.
+    let (status, headers, svg) = lab.request("GET", &format!("/runs/{id}/charts/kl.svg"), None).await;
+    assert_eq!((status, headers["content-type"].to_str().unwrap()), (200, "image/svg+xml"));
+    assert_eq!(count(&svg, "class=\"run-line\""), 2, "KL to π_init and to the reference");
+    let (status, headers, _) = lab.request("GET", &format!("/runs/{id}/charts/loss.png"), None).await;
+    assert_eq!((status, headers["content-type"].to_str().unwrap()), (200, "image/png"));
+    assert_eq!(lab.get(&format!("/runs/{id}/charts/nope.svg")).await.0, 404);
+
+    // Cancel from the page.
+    let (status, headers, _) = lab.request("POST", &format!("/runs/{id}/cancel"), Some("")).await;
+    assert_eq!((status, headers["location"].to_str().unwrap()), (303, format!("/runs/{id}").as_str()));
+    let (_, body) = lab.get(&format!("/runs/{id}")).await;
+    assert!(body.contains("cancel requested"));
+}
+
+#[tokio::test]
+async fn a_failed_run_shows_its_error_and_retries_into_a_new_run() {
+    let lab = lab().await;
+    let id = lab.state.queue.enqueue(toy_config(json!({})), None).await.unwrap();
+    lab.train_next(75, 1000, 1.0, &[]).await;
+    lab.finish(id, Outcome::Failed("non-finite loss at step 80".into())).await;
+    let (status, body) = lab.get(&format!("/runs/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("status-failed") && body.contains("non-finite loss at step 80"));
+    assert!(body.contains("id=\"retry\"") && !body.contains("id=\"cancel\""));
+    assert!(!body.contains("data-live"), "a failed run does not follow live");
+    assert!(body.contains("No checkpoint yet"));
+    let (_, table) = lab.get("/").await;
+    assert!(table.contains("title=\"non-finite loss at step 80\""), "the table shows why it failed");
+    let (status, headers, _) = lab.request("POST", &format!("/runs/{id}/retry"), Some("")).await;
+    assert_eq!((status, headers["location"].to_str().unwrap()), (303, format!("/runs/{}", id + 1).as_str()));
+    let (_, retried) = lab.get(&format!("/runs/{}", id + 1)).await;
+    assert!(retried.contains(&format!("from <a href=\"/runs/{id}\">run {id}</a>")));
+    // A finished run cannot be retried: the page says why, with the API's status.
+    let (status, body) = lab.get(&format!("/runs/{}", id + 1)).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("status-queued"));
+    let (status, _, body) = lab.request("POST", &format!("/runs/{}/retry", id + 1), Some("")).await;
+    assert_eq!(status, 409);
+    assert!(body.contains("only failed or cancelled runs can be retried"));
+}
+
+/// A sweep of `n` finished runs over α, τ and seeds.
+async fn sweep_of(lab: &common::Lab, n: usize) -> (i64, Vec<i64>) {
+    let alphas = [0.01, 0.03, 0.1, 0.3, 0.6, 1.0];
+    let taus = [1, 10, 100, 1000];
+    let configs: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let tau = taus[i % taus.len()];
+            toy_config(json!({
+                "sync_ref_model": i % 7 != 0,
+                "ref_model_mixup_alpha": alphas[i % alphas.len()],
+                "ref_model_sync_steps": tau,
+                "seed": i % 3,
+                "loss_type": if i % 5 == 0 { "ipo" } else { "sigmoid" },
+            }))
+        })
+        .collect();
+    let (sweep, ids) =
+        lab.state.queue.enqueue_sweep(json!({"task": "toy-tree"}), json!({"seed": [0, 1, 2]}), configs).await.unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(lab.train_next(1000, 1000, 0.5 + i as f64 * 0.05, &[500, 1000]).await, *id);
+        lab.finish(*id, Outcome::Finished).await;
+    }
+    (sweep, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_runs_fill_the_table_and_the_sweep_chart_has_one_path_each() {
+    let lab = lab().await;
+    let (sweep, ids) = sweep_of(&lab, 100).await;
+    let (status, body) = lab.get("/").await;
+    assert_eq!(status, 200);
+    assert_eq!(count(&body, "<tr data-run="), 100);
+    assert!(body.contains("100 of 100 runs"));
+    let (status, page) = lab.get(&format!("/sweeps/{sweep}")).await;
+    assert_eq!(status, 200);
+    let overoptimization = page.split("id=\"chart-ood\"").next().unwrap();
+    assert_eq!(count(overoptimization, "class=\"run-line\""), 100, "one path per run");
+    assert!(page.contains("class=\"colour-bar\""));
+    assert!(page.contains("IPO and TR-IPO") && page.contains("DPO and TR-DPO"), "a panel per loss");
+    assert_eq!(count(&page, "data-toggle-key="), 100, "a legend toggle per run");
+    assert!(page.contains("<table id=\"pareto\">") && page.contains("/checkpoints/500/archive"));
+    // Diff only: only the parameters that differ between the runs.
+    assert!(page.contains("<code>ref_model_mixup_alpha</code>") && !page.contains("<code>adam_beta1</code>"));
+    let (_, all_params) = lab.get(&format!("/sweeps/{sweep}?opts=1")).await;
+    assert!(all_params.contains("<code>adam_beta1</code>"));
+    // Aggregated seeds: fewer lines than runs, each with its band.
+    let (_, aggregated) = lab.get(&format!("/sweeps/{sweep}?opts=1&seeds=1")).await;
+    let lines = count(&aggregated, "class=\"run-line\"");
+    assert!(lines < 100 + 100 && count(&aggregated, "class=\"band\"") > 0, "{lines} lines");
+    // Smoothed, against KL, log x: raw data stays faint underneath.
+    let (_, smoothed) = lab.get(&format!("/sweeps/{sweep}?opts=1&smooth=0.8&x=kl&log_x=1")).await;
+    assert!(count(&smoothed, "class=\"run-raw\"") >= 100);
+    assert!(smoothed.contains("(log)"));
+
+    let selection = format!("runs={},{},{}", ids[0], ids[1], ids[2]);
+    let (_, compare) = lab.get(&format!("/compare?{selection}")).await;
+    let chart = compare.split("id=\"chart-ood\"").next().unwrap();
+    assert_eq!(count(chart, "class=\"run-line\""), 3);
+    // Downloads: both chart formats, the table and every series as CSV.
+    let (status, headers, _) =
+        lab.request("GET", &format!("/compare/charts/overoptimization.png?{selection}"), None).await;
+    assert_eq!((status, headers["content-type"].to_str().unwrap()), (200, "image/png"));
+    let (_, _, svg) = lab.request("GET", &format!("/compare/charts/overoptimization.svg?sweep={sweep}"), None).await;
+    assert!(svg.len() < 1_000_000, "{} bytes", svg.len());
+    let (_, headers, csv) = lab.request("GET", &format!("/compare/summary.csv?{selection}"), None).await;
+    assert!(headers["content-disposition"].to_str().unwrap().contains("summary.csv"));
+    assert_eq!(csv.lines().count(), 4);
+    let (_, _, series) = lab.request("GET", &format!("/compare/series.csv?{selection}"), None).await;
+    assert_eq!(series.lines().count(), 1 + 3 * 41 * 4, "every evaluation of every run, four metrics each");
+}
+
+#[tokio::test]
+async fn the_runs_table_sorts_and_filters_on_any_column() {
+    let lab = lab().await;
+    let (sweep, ids) = sweep_of(&lab, 6).await;
+    let lone = lab.state.queue.enqueue(toy_config(json!({"loss_type": "kto"})), None).await.unwrap();
+    let order = |body: &str| -> Vec<i64> {
+        body.split("<tr data-run=\"").skip(1).map(|s| s[..s.find('"').unwrap()].parse().unwrap()).collect()
+    };
+    let (_, body) = lab.get("/").await;
+    assert_eq!(order(&body)[0], lone, "newest first");
+    let (_, body) = lab.get("/?sort=id&dir=asc").await;
+    assert_eq!(order(&body)[0], ids[0]);
+    let (_, body) = lab.get(&format!("/?sweep={sweep}")).await;
+    assert_eq!(order(&body).len(), 6);
+    let (_, body) = lab.get("/?status=queued").await;
+    assert_eq!(order(&body), vec![lone]);
+    let (_, body) = lab.get("/?method=KTO").await;
+    assert_eq!(order(&body), vec![lone]);
+    let (_, body) = lab.get("/?sort=peak_gold&dir=desc").await;
+    let ranked = order(&body);
+    assert_eq!(*ranked.last().unwrap(), lone, "a run without evaluations sorts last");
+    assert!(body.contains("aria-sort=\"descending\""));
+    let (_, body) = lab.get("/?status=failed").await;
+    assert!(body.contains("No run matches these filters"));
+}
+
+#[tokio::test]
+async fn an_invalid_run_form_shows_errors_inline_and_keeps_the_input() {
+    let lab = lab().await;
+    let form = "task=toy-tree&beta=-1&max_steps=ten&ref_model_mixup_alpha=0.5&learning_rate=&action=launch";
+    let (status, _, body) = lab.request("POST", "/runs/new", Some(form)).await;
+    assert_eq!(status, 422);
+    assert!(body.contains("id=\"e-max_steps\">must be a whole number ≥ 0"), "{body}");
+    assert!(body.contains("value=\"ten\"") && body.contains("value=\"-1\"") && body.contains("value=\"0.5\""));
+    assert!(body.contains("<option value=\"toy-tree\" selected>"));
+    // Once the number parses, the trainer's own validation speaks, next to its field.
+    let (status, _, body) =
+        lab.request("POST", "/runs/new", Some("task=toy-tree&beta=-1&ref_model_mixup_alpha=2&action=launch")).await;
+    assert_eq!(status, 422);
+    assert!(unescape(&body).contains("id=\"e-beta\">must be > 0"), "{body}");
+    assert!(body.contains("id=\"e-ref_model_mixup_alpha\">must be in [0, 1]"));
+    assert!(body.contains("aria-invalid=\"true\"") && body.contains("2 problems to fix"));
+    assert!(body.contains("href=\"#f-beta\""), "the summary links to the field");
+    assert!(!server::db::runs::any(&lab.state.pool).await.unwrap(), "nothing was queued");
+    // A dataset run without paths.
+    let (status, _, body) = lab.request("POST", "/runs/new", Some("action=launch")).await;
+    assert_eq!(status, 422);
+    assert!(body.contains("id=\"e-model_name_or_path\">is required"));
+}
+
+#[tokio::test]
+async fn a_valid_run_form_previews_then_launches_and_clones_with_edits() {
+    let lab = lab().await;
+    let (status, _, body) = lab.request("POST", "/runs/new", Some("task=toy-tree&max_steps=40&action=preview")).await;
+    assert_eq!(status, 200);
+    let body = unescape(&body);
+    assert!(body.contains("task = \"toy-tree\"") && body.contains("max_steps = 40"), "TOML preview: {body}");
+    assert!(body.contains("\"learning_rate\": 0.00003"), "JSON preview with the toy default");
+    let (status, headers, _) =
+        lab.request("POST", "/runs/new", Some("task=toy-tree&max_steps=40&sync_ref_model=true&action=launch")).await;
+    assert_eq!((status, headers["location"].to_str().unwrap()), (303, "/runs/1"));
+    let run = server::db::runs::get(&lab.state.pool, 1).await.unwrap().unwrap();
+    assert_eq!(run.config_json()["sync_ref_model"], json!(true));
+
+    // Clone: the form comes filled in with the run's config, and the new run names its parent.
+    let (status, body) = lab.get("/runs/new?from=1").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("Clone run 1 with edits") && body.contains("name=\"parent\" value=\"1\""));
+    assert!(body.contains("id=\"f-max_steps\" name=\"max_steps\" value=\"40\""));
+    assert!(body.contains("id=\"f-sync_ref_model\" name=\"sync_ref_model\" value=\"true\" checked"));
+    let (status, headers, _) =
+        lab.request("POST", "/runs/new", Some("parent=1&task=toy-tree&max_steps=80&action=launch")).await;
+    assert_eq!((status, headers["location"].to_str().unwrap()), (303, "/runs/2"));
+    let clone = server::db::runs::get(&lab.state.pool, 2).await.unwrap().unwrap();
+    assert_eq!((clone.parent_id, clone.config_json()["max_steps"].as_u64()), (Some(1), Some(80)));
+    // The model and dataset pickers list what the server's directories hold.
+    let (_, body) = lab.get("/runs/new").await;
+    assert!(
+        body.contains("<option value=\"tiny-llama\">") && body.contains("<option value=\"pairs.jsonl\">"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_sweep_form_counts_runs_refuses_grids_over_the_limit_and_launches() {
+    let lab = lab_with(|s| s.max_sweep_runs = 10).await;
+    let grid = "task=toy-tree&max_steps=20&loss=sigmoid&fixed=on&trust_region=on&alphas=0.01,0.1,0.6&taus=1,10&betas=0.1&seeds=1";
+    let (status, _, body) = lab.request("POST", "/sweeps/new", Some(&format!("{grid}&action=count"))).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("7 runs"), "1 fixed + 3 α × 2 τ");
+    let (status, _, json) = lab.request("POST", "/sweeps/new/count", Some(&format!("{grid}&seeds=1,2"))).await;
+    assert_eq!(status, 200);
+    assert!(json.contains("\"runs\":14") && json.contains("more than this server's limit (10)"), "{json}");
+    let over = format!("{grid}&seeds=1,2&action=launch");
+    let (status, _, body) = lab.request("POST", "/sweeps/new", Some(&over)).await;
+    assert_eq!(status, 422);
+    assert!(unescape(&body).contains("14 runs is more than this server's --max-sweep-runs (10)"), "{body}");
+    assert!(body.contains("value=\"0.01,0.1,0.6\""), "the input is kept");
+    assert!(!server::db::runs::any(&lab.state.pool).await.unwrap());
+    let (status, _, body) =
+        lab.request("POST", "/sweeps/new", Some(&format!("{grid}&alphas=0.1,7&action=launch"))).await;
+    assert_eq!(status, 422);
+    assert!(body.contains("grid.ref_model_mixup_alpha=7.0"), "the bad grid value is named: {body}");
+    let (status, headers, _) = lab.request("POST", "/sweeps/new", Some(&format!("{grid}&action=launch"))).await;
+    assert_eq!((status, headers["location"].to_str().unwrap()), (303, "/sweeps/1"));
+    let (_, page) = lab.get("/sweeps/1").await;
+    assert!(page.contains("7 queued"), "{page}");
+}
+
+#[tokio::test]
+async fn the_demo_button_queues_dpo_against_tr_dpo_on_toy_tree() {
+    let lab = lab().await;
+    let (status, headers, _) = lab.request("POST", "/sweeps/demo", Some("")).await;
+    assert_eq!((status, headers["location"].to_str().unwrap()), (303, "/sweeps/1"));
+    let runs = server::db::runs::list(&lab.state.pool, None, Some(1), server::db::runs::Sort::Oldest).await.unwrap();
+    let methods: Vec<String> =
+        runs.iter().map(|r| server::report::RunMeta::new(r.id, &r.config_json()).short_label()).collect();
+    assert_eq!(
+        methods,
+        [
+            "DPO",
+            "TR-DPO α=0.01 τ=1",
+            "TR-DPO α=0.1 τ=1",
+            "TR-DPO α=0.6 τ=1",
+            "TR-DPO α=1 τ=10",
+            "TR-DPO α=1 τ=100",
+            "TR-DPO α=1 τ=1000"
+        ]
+    );
+    let (status, page) = lab.get("/sweeps/1").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Sweep 1") && page.contains("data-live=\"1\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_demo_queues_the_demo_sweep_into_an_empty_database_only() {
+    let scratch = tempfile::tempdir().unwrap();
+    let cache = scratch.path().join("cache");
+    let config = |dir: &std::path::Path| {
+        let mut c = common::serve_config(dir);
+        c.demo_sweep = common::fast_demo(&cache);
+        c.demo_if_empty = true;
+        c
+    };
+    let first = server::serve::start(config(scratch.path())).await.unwrap();
+    let runs = server::db::runs::list(&first.state.pool, None, None, server::db::runs::Sort::Oldest).await.unwrap();
+    assert_eq!(runs.len(), 7);
+    assert!(runs.iter().all(|r| r.sweep_id == Some(1)));
+    first.stop().await.unwrap();
+    let again = server::serve::start(config(scratch.path())).await.unwrap();
+    let runs = server::db::runs::list(&again.state.pool, None, None, server::db::runs::Sort::Oldest).await.unwrap();
+    assert_eq!(runs.len(), 7, "a database with runs gets no second demo sweep");
+    again.stop().await.unwrap();
+}
