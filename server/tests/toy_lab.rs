@@ -69,14 +69,14 @@ fn a_sweep_over_two_seeds_writes_its_table_figures_and_seed_report_and_reuses_fi
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 1 + 6, "{csv}");
     assert!(rows[0].contains("peak_gold") && rows[0].contains("fit_a") && rows[0].contains("final_ood_mass"));
-    for f in ["gold_vs_kl", "ood_mass", "mean_gold_vs_kl-sigmoid", "mean_ood_mass-sigmoid"] {
+    for f in ["gold_vs_kl", "ood_mass", "mean_gold_vs_kl", "mean_ood_mass"] {
         for ext in ["svg", "png"] {
             let path = out.join(format!("{f}.{ext}"));
             assert!(std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000), "{} missing or empty", path.display());
         }
     }
     let svg = std::fs::read_to_string(out.join("gold_vs_kl.svg")).unwrap();
-    assert!(svg.contains("TR-DPO α=0.6 τ=1 seed 2"), "legend lacks a run");
+    assert!(svg.contains("TR-DPO α=0.6 τ=1 · seed 2"), "the chart lacks a run");
 
     let report = std::fs::read_to_string(out.join("seeds.md")).unwrap();
     for line in ["| DPO | 2 |", "| TR-DPO α=0.1 τ=1 | 2 |", "| TR-DPO α=0.6 τ=1 | 2 |"] {
