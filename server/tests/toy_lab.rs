@@ -68,6 +68,15 @@ fn a_sweep_over_two_seeds_writes_its_table_figures_and_seed_report_and_reuses_fi
     let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 1 + 6, "{csv}");
+    // Run names hold commas: every row must still have the header's number of fields.
+    let fields = |row: &str| {
+        row.chars().fold((1, false), |(n, quoted), c| match c {
+            '"' => (n, !quoted),
+            ',' if !quoted => (n + 1, quoted),
+            _ => (n, quoted),
+        })
+    };
+    assert!(rows.iter().all(|r| fields(r).0 == fields(rows[0]).0), "{csv}");
     assert!(rows[0].contains("peak_gold") && rows[0].contains("fit_a") && rows[0].contains("final_ood_mass"));
     for f in ["gold_vs_kl", "ood_mass", "mean_gold_vs_kl", "mean_ood_mass"] {
         for ext in ["svg", "png"] {

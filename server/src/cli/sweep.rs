@@ -253,7 +253,7 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
         let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
         let s = f.summary.as_ref();
         let (start_ood, max_ood, final_ood) = ood_stats(&f.steps);
-        let mut row: Vec<String> = vec![f.run.name.clone()];
+        let mut row: Vec<String> = vec![csv_value(&serde_json::Value::String(f.run.name.clone()))];
         row.extend(param_keys.iter().map(|k| f.run.params.get(k).map_or(String::new(), csv_value)));
         row.extend([
             c.loss_type.as_str().to_string(),
@@ -286,7 +286,7 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
-fn csv_value(v: &serde_json::Value) -> String {
+pub(super) fn csv_value(v: &serde_json::Value) -> String {
     let text = match v {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),

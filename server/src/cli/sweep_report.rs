@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde_json::Value;
 use trainer::summary::MeanCi;
 
-use super::sweep::{method_label, ood_stats, Finished};
+use super::sweep::{csv_value, method_label, ood_stats, Finished};
 
 /// Keys that define a variant's method; everything else that varies (bar the seed) joins its label.
 const METHOD_KEYS: [&str; 4] = ["loss_type", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps"];
@@ -113,7 +113,8 @@ pub fn write(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
             cols.iter().map(cell).collect::<Vec<_>>().join(" | ")
         ));
         let num = |c: &Option<MeanCi>| c.map_or(",".to_string(), |c| format!("{},{}", c.mean, c.half_width));
-        csv.push(format!("{},{},{}", g.label, stats.len(), cols.iter().map(num).collect::<Vec<_>>().join(",")));
+        let label = csv_value(&Value::String(g.label.clone()));
+        csv.push(format!("{label},{},{}", stats.len(), cols.iter().map(num).collect::<Vec<_>>().join(",")));
     }
 
     md.push_str(

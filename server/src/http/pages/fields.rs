@@ -74,6 +74,8 @@ const TASKS: &[(&str, &str)] = &[
 const LOSSES: &[(&str, &str)] =
     &[("sigmoid", "sigmoid (DPO)"), ("ipo", "ipo (IPO)"), ("kto", "kto (KTO, unpaired data)")];
 const SCHEDULES: &[(&str, &str)] = &[("linear", "linear"), ("constant", "constant"), ("cosine", "cosine")];
+const DEVICES: &[(&str, &str)] = &[("cpu", "cpu"), ("cuda", "cuda (a --features cuda build)")];
+const DTYPES: &[(&str, &str)] = &[("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")];
 
 use Group::{Logging, Method, Optimization, Task, Toy, TrustRegion};
 use Kind::{Bool, Choice, Dataset, Float, Int, Model, Text};
@@ -87,6 +89,9 @@ pub const FIELDS: &[Field] = &[
     Field { name: "dataset_path", group: Task, kind: Dataset, help: "JSONL in TRL's format, under --datasets-dir: {prompt, chosen, rejected}, or {prompt, completion, label} for KTO." },
     Field { name: "max_length", group: Task, kind: Int, help: "Longest prompt + completion in tokens; longer sequences keep their start." },
     Field { name: "max_prompt_length", group: Task, kind: Int, help: "Longest prompt in tokens; longer prompts keep their end. Blank: no limit." },
+    Field { name: "eval_split_ratio", group: Task, kind: Float, help: "Fraction of the dataset's distinct prompts held out for evaluation (chosen by the seed, never trained on). 0: none." },
+    Field { name: "eval_dataset_path", group: Task, kind: Dataset, help: "A separate dataset under --datasets-dir whose prompts are the evaluation set (instead of eval_split_ratio)." },
+    Field { name: "reward_model_path", group: Task, kind: Model, help: "Optional gold reward model: an HF sequence-classification directory under --models-dir. Its score of the policy's samples is logged as eval/gold_reward." },
     Field { name: "toy_num_prompts", group: Toy, kind: Int, help: "Number of prompts P." },
     Field { name: "toy_alphabet_size", group: Toy, kind: Int, help: "Response alphabet size A (toy-tree) or content vocabulary (toy-length)." },
     Field { name: "toy_response_length", group: Toy, kind: Int, help: "Response length L (toy-tree) or most tokens generated (toy-length). toy-tree enumerates P·A^L responses." },
@@ -99,6 +104,7 @@ pub const FIELDS: &[Field] = &[
     Field { name: "toy_cache_dir", group: Toy, kind: Text, help: "Where π_init is cached. Blank: $GOODHART_CACHE_DIR, else a temporary directory." },
     Field { name: "loss_type", group: Method, kind: Choice(LOSSES), help: "TRL's loss_type: sigmoid is DPO, ipo is IPO (length-averaged), kto is KTO." },
     Field { name: "beta", group: Method, kind: Float, help: "β, the strength of the KL penalty to the reference. TRL's default 0.1." },
+    Field { name: "precompute_ref_log_probs", group: Method, kind: Bool, help: "Compute the reference log-probs once before training (TRL's option); vanilla runs only, since a trust-region reference moves." },
     Field { name: "label_smoothing", group: Method, kind: Float, help: "DPO's conservative label smoothing ε in [0, 0.5); sigmoid only." },
     Field { name: "desirable_weight", group: Method, kind: Float, help: "KTO: weight of desirable examples." },
     Field { name: "undesirable_weight", group: Method, kind: Float, help: "KTO: weight of undesirable examples." },
@@ -122,6 +128,9 @@ pub const FIELDS: &[Field] = &[
     Field { name: "eval_steps", group: Logging, kind: Int, help: "Evaluate KL, gold reward and OOD mass every this many steps (toy tasks). Blank: never (dataset runs)." },
     Field { name: "save_steps", group: Logging, kind: Int, help: "Write a checkpoint every this many steps and at the end; 0: only at the end." },
     Field { name: "num_threads", group: Logging, kind: Int, help: "Worker threads per micro-batch; 0: one per core." },
+    Field { name: "max_new_tokens", group: Logging, kind: Int, help: "Tokens the policy samples per evaluation prompt (temperature 1) for KL, gold reward and length (dataset runs)." },
+    Field { name: "device", group: Logging, kind: Choice(DEVICES), help: "Where the model trains: cpu, or cuda in a build with --features cuda (cuda:N through the API)." },
+    Field { name: "export_dtype", group: Logging, kind: Choice(DTYPES), help: "Dtype of the exported checkpoint weights; training stays float32, and a float32 copy is kept for resuming." },
 ];
 
 pub fn field(name: &str) -> Option<&'static Field> {
