@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use trainer::config::LossType;
-use trainer::summary::{self, EvalPoint, RunSummary};
+use trainer::summary::{self, EvalPoint, MeanCi, RunSummary};
 
 use super::{Eval, RunMeta};
 use crate::charts::colour::{self, FIXED_REFERENCE};
@@ -323,18 +323,10 @@ fn seed_groups<'a>(members: &[&'a CompareRun]) -> Vec<Vec<&'a CompareRun>> {
     groups.into_iter().map(|(_, g)| g).collect()
 }
 
-/// Two-sided 95% Student t quantiles for 1 … 30 degrees of freedom.
-const T95: [f64; 30] = [
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
-    2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-];
-
-fn t95(df: usize) -> f64 {
-    T95.get(df.wrapping_sub(1)).copied().unwrap_or(1.96)
-}
-
 /// The mean over seeds with its 95% confidence band, binned along x: each seed's points are
-/// averaged within a bin, then the bin's seeds are averaged.
+/// averaged within a bin, then the bin's seeds are averaged. A bin that fewer than half the
+/// seeds reach is left out: its mean would be of a different subset of seeds than its
+/// neighbours', and its band (t with one or two degrees of freedom) would swamp the chart.
 fn aggregate(
     first: &CompareRun,
     seeds: usize,
@@ -372,19 +364,17 @@ fn aggregate(
     let label = format!("{} · mean of {seeds} seeds", base.short_label());
     let key = format!("group-{}", first.meta.id);
     let (mut points, mut band, mut hover) = (Vec::new(), Vec::new(), Vec::new());
-    for values in per_bin.iter().filter(|v| !v.is_empty()) {
-        let n = values.len() as f64;
-        let x = values.iter().map(|v| v.0).sum::<f64>() / n;
-        let y = values.iter().map(|v| v.1).sum::<f64>() / n;
-        points.push((x, y));
-        let mut text = format!("{label} · {x_name} {} · {y_name} {}", number(x), number(y));
-        if values.len() >= 2 {
-            let var = values.iter().map(|v| (v.1 - y).powi(2)).sum::<f64>() / (n - 1.0);
-            let half = t95(values.len() - 1) * var.sqrt() / n.sqrt();
-            band.push((x, y - half, y + half));
-            text.push_str(&format!(" ± {} (95%, {} seeds)", number(half), values.len()));
+    let min_seeds = if seeds >= 2 { seeds.div_ceil(2).max(2) } else { 1 };
+    for values in per_bin.iter().filter(|v| !v.is_empty() && v.len() >= min_seeds) {
+        let x = values.iter().map(|v| v.0).sum::<f64>() / values.len() as f64;
+        let Some(y) = MeanCi::of(&values.iter().map(|v| v.1).collect::<Vec<_>>()) else { continue };
+        points.push((x, y.mean));
+        let mut text = format!("{label} · {x_name} {} · {y_name} {}", number(x), number(y.mean));
+        if y.half_width.is_finite() {
+            band.push((x, y.mean - y.half_width, y.mean + y.half_width));
+            text.push_str(&format!(" ± {} (95%, {} seeds)", number(y.half_width), y.n));
         }
-        hover.push(Hover { x, y, text });
+        hover.push(Hover { x, y: y.mean, text });
     }
     let line = Line {
         key: key.clone(),
