@@ -457,7 +457,7 @@ pub(crate) fn worker_threads(configured: usize) -> usize {
 /// Runs `f` on every item, in order, on a persistent pool of `items.len()` workers. The
 /// workers live across steps: a fresh thread per step would start with a cold allocator heap,
 /// and the kernel would zero fresh pages for every buffer it allocates.
-fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync + Send) -> Result<Vec<R>> {
+pub(crate) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync + Send) -> Result<Vec<R>> {
     use rayon::prelude::*;
     match items {
         [] => Ok(Vec::new()),

@@ -190,8 +190,21 @@ impl ToyTree {
 
     /// The whole response tree of a policy in float64 (see [`TreeLogProbs`]).
     pub fn tree_log_probs(&self, model: &CausalLm, weights: &Weights) -> Result<TreeLogProbs> {
+        self.tree_log_probs_on(model, weights, 1)
+    }
+
+    /// [`Self::tree_log_probs`] with the prefixes split across `threads` workers, as training
+    /// splits its batches: an evaluation then takes the run's cores, not one.
+    pub fn tree_log_probs_on(&self, model: &CausalLm, weights: &Weights, threads: usize) -> Result<TreeLogProbs> {
         let ids = self.prefix_inputs(model.device())?;
-        let logits: Vec<Vec<Vec<f32>>> = self.response_logits(model, weights, &ids)?.to_vec3()?;
+        let n = ids.dim(0)?;
+        let chunk = n.div_ceil(threads.clamp(1, n.max(1)));
+        let starts: Vec<usize> = (0..n).step_by(chunk.max(1)).collect();
+        let parts = crate::train::in_parallel(&starts, |&start| {
+            let rows = ids.narrow(0, start, chunk.min(n - start))?;
+            Ok(self.response_logits(model, weights, &rows)?.to_vec3::<f32>()?)
+        })?;
+        let logits: Vec<Vec<Vec<f32>>> = parts.into_iter().flatten().collect();
         Ok(TreeLogProbs::from_prefix_logits(self, &logits))
     }
 }
@@ -397,7 +410,8 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
     )?;
     let initial_tree = tree.tree_log_probs(&model, &cached.params.frozen())?;
     let pairs = ToyPairs::sample(&tree, &initial_tree);
-    let evaluator = ToyTreeEvaluator::new(Arc::clone(&tree), pairs.clone(), cfg.beta);
+    let threads = if device.is_cpu() { crate::train::worker_threads(cfg.num_threads) } else { 1 };
+    let evaluator = ToyTreeEvaluator::new(Arc::clone(&tree), pairs.clone(), cfg.beta, threads);
     let setup = Setup {
         model,
         initial: cached.params,
@@ -418,12 +432,14 @@ pub struct ToyTreeEvaluator {
     beta: f64,
     /// π_init never moves: its tree is computed once.
     initial: Option<TreeLogProbs>,
+    /// Workers an evaluation's forward passes are split across (the run's `num_threads`).
+    threads: usize,
 }
 
 impl ToyTreeEvaluator {
-    pub fn new(tree: Arc<ToyTree>, pairs: ToyPairs, beta: f64) -> Self {
+    pub fn new(tree: Arc<ToyTree>, pairs: ToyPairs, beta: f64, threads: usize) -> Self {
         let support = pairs.support(&tree);
-        Self { tree, pairs, support, beta, initial: None }
+        Self { tree, pairs, support, beta, initial: None, threads: threads.max(1) }
     }
 
     /// The metrics of a policy against π_init and the current reference.
@@ -467,15 +483,15 @@ impl ToyTreeEvaluator {
 impl Evaluator for ToyTreeEvaluator {
     fn evaluate(&mut self, _step: u64, w: EvalWeights<'_>) -> Result<Metrics> {
         if self.initial.is_none() {
-            self.initial = Some(self.tree.tree_log_probs(w.model, &w.initial.frozen())?);
+            self.initial = Some(self.tree.tree_log_probs_on(w.model, &w.initial.frozen(), self.threads)?);
         }
         let initial = self.initial.as_ref().expect("just computed");
-        let policy = self.tree.tree_log_probs(w.model, &w.policy.frozen())?;
+        let policy = self.tree.tree_log_probs_on(w.model, &w.policy.frozen(), self.threads)?;
         let moved;
         let reference = if std::ptr::eq(w.reference, w.initial) {
             initial
         } else {
-            moved = self.tree.tree_log_probs(w.model, &w.reference.frozen())?;
+            moved = self.tree.tree_log_probs_on(w.model, &w.reference.frozen(), self.threads)?;
             &moved
         };
         Ok(self.metrics(&policy, initial, reference))
@@ -535,6 +551,27 @@ mod tests {
     }
 
     #[test]
+    fn an_evaluation_split_across_workers_gives_the_same_tree() {
+        let cfg = tiny_config(3);
+        let tree = Arc::new(ToyTree::new(ToyTreeParams::from_config(&cfg)));
+        let model = CausalLm::new(tree.model_config(&cfg).unwrap(), &Device::Cpu);
+        let [policy, initial] = [1, 2].map(|s| ParamSet::random(&model.config, s, 0.5, &Device::Cpu).unwrap());
+        let one = tree.tree_log_probs(&model, &policy.frozen()).unwrap();
+        let q = tree.tree_log_probs(&model, &initial.frozen()).unwrap();
+        for threads in [2, 3, 1000] {
+            let split = tree.tree_log_probs_on(&model, &policy.frozen(), threads).unwrap();
+            for x in 0..tree.num_prompts() {
+                let d = (split.kl(&q, x) - one.kl(&q, x)).abs();
+                // Only float32 rounding differs: the matrix kernels see other batch sizes.
+                assert!(d < 1e-5, "{threads} workers, prompt {x}: {d:e}");
+                assert!((split.entropy(x) - one.entropy(x)).abs() < 1e-5, "{threads} workers, prompt {x}");
+                let close = split.response_log_probs(x).iter().zip(one.response_log_probs(x));
+                assert!(close.into_iter().all(|(a, b)| (a - b).abs() < 1e-5), "{threads} workers, prompt {x}");
+            }
+        }
+    }
+
+    #[test]
     fn exact_metrics_equal_brute_force_sums_over_every_outcome() {
         let cfg = tiny_config(3);
         let tree = Arc::new(ToyTree::new(ToyTreeParams::from_config(&cfg)));
@@ -545,7 +582,7 @@ mod tests {
             [1, 2, 3].map(|s| ParamSet::random(&model.config, s, 0.5, &Device::Cpu).unwrap());
         let tables = [&policy, &initial, &reference].map(|p| tree.tree_log_probs(&model, &p.frozen()).unwrap());
         let pairs = ToyPairs::sample(&tree, &tables[1]);
-        let evaluator = ToyTreeEvaluator::new(Arc::clone(&tree), pairs.clone(), 0.1);
+        let evaluator = ToyTreeEvaluator::new(Arc::clone(&tree), pairs.clone(), 0.1, 1);
         let got = evaluator.metrics(&tables[0], &tables[1], &tables[2]);
 
         let support = pairs.support(&tree);
