@@ -8,27 +8,17 @@
 
 mod common;
 
-use std::process::Command;
-
 use candle_core::{Device, Tensor};
-use common::fixtures;
-use serde_json::{json, Value};
+use common::{fixtures, run_in_transformers};
+use serde_json::json;
 use trainer::config::RunConfig;
 use trainer::metrics::MemorySink;
 use trainer::model::{CausalLm, ForwardInput};
 
+/// Run by `common::run_in_transformers`, which captures the warnings.
 const LOAD_AND_RUN: &str = r#"
-import json, logging, sys, warnings
-import torch
-import transformers
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 ckpt, ids = sys.argv[1], json.loads(sys.argv[2])
-logged = []
-class Collect(logging.Handler):
-    def emit(self, record):
-        if record.levelno >= logging.WARNING:
-            logged.append(record.getMessage())
-transformers.utils.logging.add_handler(Collect())
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     model = AutoModelForCausalLM.from_pretrained(ckpt, attn_implementation="eager").eval()
@@ -49,15 +39,14 @@ print(json.dumps({
 #[test]
 #[ignore = "needs GOODHART_PYTHON: a Python with torch + transformers (see ../shared/bench/peer)"]
 fn trained_checkpoints_load_in_transformers_with_the_same_logits() {
-    let python = std::env::var("GOODHART_PYTHON").expect("GOODHART_PYTHON names a Python with torch + transformers");
     for arch in ["tiny-llama", "tiny-qwen2", "tiny-gpt-neox"] {
         for export_dtype in ["float32", "bfloat16"] {
-            check_export(&python, arch, export_dtype);
+            check_export(arch, export_dtype);
         }
     }
 }
 
-fn check_export(python: &str, arch: &str, export_dtype: &str) {
+fn check_export(arch: &str, export_dtype: &str) {
     let what = format!("{arch} exported as {export_dtype}");
     let cfg = RunConfig::from_json_value(json!({
         "model_name_or_path": fixtures().join(arch),
@@ -76,14 +65,8 @@ fn check_export(python: &str, arch: &str, export_dtype: &str) {
     }
     let ids: Vec<Vec<u32>> = vec![vec![39, 57, 54, 7, 19, 10, 34, 2], vec![8, 31, 45, 35, 52, 2, 4, 5]];
 
-    let output = Command::new(python)
-        .args(["-c", LOAD_AND_RUN, ckpt.to_str().unwrap(), &serde_json::to_string(&ids).unwrap()])
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{what}: transformers failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    let theirs: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(theirs["warnings"], json!([]), "{what}: transformers warned while loading");
+    let theirs =
+        run_in_transformers(LOAD_AND_RUN, &[ckpt.to_str().unwrap(), &serde_json::to_string(&ids).unwrap()], &what);
     assert_eq!(theirs["dtype"], json!(export_dtype), "{what}: loads in the exported dtype");
     assert_eq!(theirs["eos_token_id"], json!(2), "{what}: generation_config.json");
     assert_eq!(theirs["tokenized"], json!([39, 57, 54]), "{what}: the tokenizer came along");

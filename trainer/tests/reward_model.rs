@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use candle_core::Device;
-use common::{fixtures, write_tiny_reward_model};
+use common::{fixtures, run_in_transformers, write_tiny_reward_model};
 use serde_json::{json, Value};
 use trainer::config::RunConfig;
 use trainer::metrics::MemorySink;
@@ -42,18 +40,10 @@ fn the_score_is_read_at_the_last_non_pad_token_and_padding_changes_nothing() {
     }
 }
 
+/// Run by `common::run_in_transformers`, which captures the warnings.
 const SCORE_IN_TRANSFORMERS: &str = r#"
-import json, logging, sys, warnings
-import torch
-import transformers
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 path, rows, texts = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-logged = []
-class Collect(logging.Handler):
-    def emit(self, record):
-        if record.levelno >= logging.WARNING:
-            logged.append(record.getMessage())
-transformers.utils.logging.add_handler(Collect())
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager").float().eval()
@@ -73,27 +63,18 @@ print(json.dumps({"ids": by_ids, "texts": by_text, "warnings": [str(w.message) f
 #[test]
 #[ignore = "needs GOODHART_PYTHON: a Python with torch + transformers (see ../shared/bench/peer)"]
 fn reward_model_scores_match_transformers_for_every_family() {
-    let python = std::env::var("GOODHART_PYTHON").expect("GOODHART_PYTHON names a Python with torch + transformers");
     let rows: Vec<Vec<u32>> = vec![vec![1, 39, 57, 54, 7, 19], vec![8, 31], vec![4, 4, 4, 44, 3, 63, 59, 0, 0]];
     let texts: Vec<String> =
         ["<s> t39 t57 t54 t7", "t30 t41", "t4 t4 t4 t44 t3 t63 t59 t27"].map(String::from).to_vec();
     for family in FAMILIES {
         let dir = tempfile::tempdir().unwrap();
         write_tiny_reward_model(dir.path(), family, 11);
-        let output = Command::new(&python)
-            .args([
-                "-c",
-                SCORE_IN_TRANSFORMERS,
-                dir.path().to_str().unwrap(),
-                &serde_json::to_string(&rows).unwrap(),
-                &serde_json::to_string(&texts).unwrap(),
-            ])
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{family}: transformers failed:\n{}", String::from_utf8_lossy(&output.stderr));
-        let theirs: Value = serde_json::from_slice(&output.stdout).unwrap();
-        assert_eq!(theirs["warnings"], json!([]), "{family}: transformers warned while loading");
+        let args = [
+            dir.path().to_str().unwrap(),
+            &serde_json::to_string(&rows).unwrap(),
+            &serde_json::to_string(&texts).unwrap(),
+        ];
+        let theirs = run_in_transformers(SCORE_IN_TRANSFORMERS, &args, family);
         let rm = RewardModel::from_hf_dir(dir.path(), &Device::Cpu).unwrap();
         for (what, ours) in [("ids", rm.score_ids(&rows).unwrap()), ("texts", rm.score_texts(&texts).unwrap())] {
             for (i, x) in ours.iter().enumerate() {

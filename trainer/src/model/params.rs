@@ -135,27 +135,9 @@ impl ParamSet {
 
     /// [`ParamSet::load_hf_dir`] for any list of names and shapes (a reward model's backbone and head).
     pub fn load_hf_dir_with(dir: &Path, specs: Vec<(String, Vec<usize>)>, device: &Device) -> Result<Self> {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let files: Vec<std::path::PathBuf> = if single.exists() {
-            vec![single]
-        } else if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: index.clone(), source })?;
-            let map = v
-                .get("weight_map")
-                .and_then(Value::as_object)
-                .ok_or_else(|| Error::model(format!("{}: no `weight_map`", index.display())))?;
-            let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
-            shards.sort();
-            shards.dedup();
-            shards.into_iter().map(|s| dir.join(s)).collect()
-        } else {
-            return Err(Error::model(format!(
-                "{}: neither model.safetensors nor model.safetensors.index.json",
-                dir.display()
-            )));
-        };
+        let files = weight_files(dir)?.ok_or_else(|| {
+            Error::model(format!("{}: neither model.safetensors nor model.safetensors.index.json", dir.display()))
+        })?;
         let mut loaded: HashMap<String, Tensor> = HashMap::new();
         for file in &files {
             loaded.extend(candle_core::safetensors::load(file, device)?);
@@ -287,4 +269,27 @@ fn standard_normal(rng: &mut impl Rng) -> f64 {
     let u1: f64 = 1.0 - rng.random::<f64>();
     let u2: f64 = rng.random::<f64>();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// The weight files of an HF directory: `model.safetensors`, or every shard named by
+/// `model.safetensors.index.json` (each once, sorted). `Ok(None)`: the directory holds neither.
+pub fn weight_files(dir: &Path) -> Result<Option<Vec<std::path::PathBuf>>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.is_file() {
+        return Ok(Some(vec![single]));
+    }
+    if !index.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: index.clone(), source })?;
+    let map = v
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::model(format!("{}: no `weight_map`", index.display())))?;
+    let mut shards: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    Ok(Some(shards.into_iter().map(|s| dir.join(s)).collect()))
 }

@@ -218,24 +218,7 @@ pub struct WeightsSummary {
 /// Reads only the headers of `model.safetensors` or of every shard named by
 /// `model.safetensors.index.json`. `Ok(None)`: the directory holds neither.
 pub fn safetensors_summary(dir: &Path) -> Result<Option<WeightsSummary>> {
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    let files: Vec<PathBuf> = if single.is_file() {
-        vec![single]
-    } else if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: index.clone(), source })?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| Error::model(format!("{}: no `weight_map`", index.display())))?;
-        let mut shards: Vec<&str> = map.values().filter_map(Value::as_str).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        shards.into_iter().map(|s| dir.join(s)).collect()
-    } else {
-        return Ok(None);
-    };
+    let Some(files) = super::params::weight_files(dir)? else { return Ok(None) };
     let mut per_dtype: BTreeMap<String, u64> = BTreeMap::new();
     let mut num_bytes = 0;
     for file in &files {

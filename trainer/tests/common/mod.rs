@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// `../shared/reference/trl-parity/` beside the repository (as CI lays it out).
 pub fn fixtures() -> PathBuf {
@@ -81,4 +81,35 @@ pub fn write_tiny_reward_model(dir: &Path, model_type: &str, seed: u64) {
         .collect();
     tensors.insert("score.weight".into(), random(vec![1, 16], 1.0));
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+}
+
+/// Prepended to every script [`run_in_transformers`] runs: collects what transformers warns or
+/// logs at WARNING and above into `caught` (warnings) and `logged` (its logger).
+const CAPTURE_WARNINGS: &str = r#"
+import json, logging, sys, warnings
+import torch
+import transformers
+logged = []
+class Collect(logging.Handler):
+    def emit(self, record):
+        if record.levelno >= logging.WARNING:
+            logged.append(record.getMessage())
+transformers.utils.logging.add_handler(Collect())
+"#;
+
+/// Runs `script` (after [`CAPTURE_WARNINGS`]) with `args` in the Python that `GOODHART_PYTHON`
+/// names, offline, and answers the JSON it prints, which must carry an empty `warnings` list.
+pub fn run_in_transformers(script: &str, args: &[&str], what: &str) -> Value {
+    let python = std::env::var("GOODHART_PYTHON").expect("GOODHART_PYTHON names a Python with torch + transformers");
+    let output = std::process::Command::new(python)
+        .arg("-c")
+        .arg(format!("{CAPTURE_WARNINGS}{script}"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{what}: transformers failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let theirs: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(theirs["warnings"], json!([]), "{what}: transformers warned while loading");
+    theirs
 }
