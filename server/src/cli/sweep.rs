@@ -136,21 +136,6 @@ fn train_one(run: &SweepRun, output_dir: &Path, reuse: bool) -> anyhow::Result<F
     Ok(Finished { run: run.clone(), steps, summary, seconds })
 }
 
-/// `DPO`, or `TR-DPO α=0.1 τ=1`: the method without the seed.
-pub(super) fn method_label(run: &SweepRun) -> String {
-    let c = &run.config;
-    let method = match c.loss_type.as_str() {
-        "sigmoid" => "DPO",
-        "ipo" => "IPO",
-        _ => "KTO",
-    };
-    if c.sync_ref_model {
-        format!("TR-{method} α={} τ={}", c.ref_model_mixup_alpha, c.ref_model_sync_steps)
-    } else {
-        method.to_string()
-    }
-}
-
 /// `eval/ood_mass` at the first evaluation, its maximum, and its mean over the last 10% of
 /// evaluations ("final", as for the gold reward).
 pub(super) fn ood_stats(steps: &[(u64, Metrics)]) -> (Option<f64>, Option<f64>, Option<f64>) {
@@ -253,7 +238,7 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
         let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
         let s = f.summary.as_ref();
         let (start_ood, max_ood, final_ood) = ood_stats(&f.steps);
-        let mut row: Vec<String> = vec![csv_value(&serde_json::Value::String(f.run.name.clone()))];
+        let mut row: Vec<String> = vec![report::csv_field(&f.run.name)];
         row.extend(param_keys.iter().map(|k| f.run.params.get(k).map_or(String::new(), csv_value)));
         row.extend([
             c.loss_type.as_str().to_string(),
@@ -286,14 +271,9 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
-pub(super) fn csv_value(v: &serde_json::Value) -> String {
-    let text = match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text
+fn csv_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => report::csv_field(s),
+        other => report::csv_field(&other.to_string()),
     }
 }

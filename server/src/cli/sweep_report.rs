@@ -10,7 +10,8 @@ use anyhow::Context;
 use serde_json::Value;
 use trainer::summary::MeanCi;
 
-use super::sweep::{csv_value, method_label, ood_stats, Finished};
+use super::sweep::{ood_stats, Finished};
+use crate::report::{csv_field, RunMeta};
 
 /// Keys that define a variant's method; everything else that varies (bar the seed) joins its label.
 const METHOD_KEYS: [&str; 4] = ["loss_type", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps"];
@@ -68,7 +69,8 @@ fn groups(finished: &[Finished]) -> Vec<Group<'_>> {
             .filter(|(k, _)| *k != "seed" && !METHOD_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let mut label = method_label(&f.run);
+        let meta = RunMeta { id: 0, config: f.run.config.clone(), params: serde_json::Map::new() };
+        let mut label = meta.short_label();
         for (k, v) in &rest {
             label.push_str(&format!(" {k}={v}"));
         }
@@ -113,7 +115,7 @@ pub fn write(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
             cols.iter().map(cell).collect::<Vec<_>>().join(" | ")
         ));
         let num = |c: &Option<MeanCi>| c.map_or(",".to_string(), |c| format!("{},{}", c.mean, c.half_width));
-        let label = csv_value(&Value::String(g.label.clone()));
+        let label = csv_field(&g.label);
         csv.push(format!("{label},{},{}", stats.len(), cols.iter().map(num).collect::<Vec<_>>().join(",")));
     }
 

@@ -15,6 +15,7 @@ use super::runs::find;
 use super::AppState;
 use crate::charts::downsample::downsample;
 use crate::db::metrics;
+use crate::report::csv_field;
 
 /// JSON answers are downsampled to this many points per series unless asked otherwise.
 const DEFAULT_JSON_POINTS: usize = 2000;
@@ -87,12 +88,4 @@ async fn series(
         "series": by_name,
     }))
     .into_response())
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }

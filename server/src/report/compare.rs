@@ -8,7 +8,7 @@ use serde_json::Value;
 use trainer::config::LossType;
 use trainer::summary::{self, EvalPoint, MeanCi, RunSummary};
 
-use super::{Eval, RunMeta};
+use super::{csv_field, Eval, RunMeta};
 use crate::charts::colour::{self, FIXED_REFERENCE};
 use crate::charts::downsample::downsample;
 use crate::charts::{number, Axis, Band, Dash, Figure, Hover, LegendEntry, Line, LineKind, Marker, Panel, Shape};
@@ -525,14 +525,6 @@ pub fn summary_table(runs: &[CompareRun], diff_only: bool) -> SummaryTable {
         })
         .collect();
     SummaryTable { params, rows }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 pub fn summary_csv(table: &SummaryTable) -> String {

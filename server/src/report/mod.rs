@@ -18,6 +18,15 @@ use crate::charts::{colour, Dash};
 /// One metric's points in step order; `None` for a non-finite value.
 pub type Series = Vec<(i64, Option<f64>)>;
 
+/// A CSV field: quoted (with inner quotes doubled) when it holds a comma, a quote or a newline.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 /// A run as a chart or a table names it.
 #[derive(Debug, Clone)]
 pub struct RunMeta {
