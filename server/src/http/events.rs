@@ -114,13 +114,10 @@ async fn events(State(state): State<AppState>, Path(id): Path<String>, headers: 
             return;
         }
         loop {
-            let first = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
-                Ok(received) => received,
-                Err(_) => {
-                    out.keep_alive();
-                    yield out.take().expect("a keep-alive");
-                    continue;
-                }
+            let Ok(first) = tokio::time::timeout(KEEP_ALIVE, rx.recv()).await else {
+                out.keep_alive();
+                yield out.take().expect("a keep-alive");
+                continue;
             };
             let mut batch = vec![first];
             tokio::time::sleep(LIVE_BATCH).await;
