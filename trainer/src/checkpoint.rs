@@ -50,6 +50,9 @@ pub struct TrainerState {
     pub metric_window: MetricWindow,
     /// Whether `reference.safetensors` is present (only when the reference moves).
     pub has_reference: bool,
+    /// float16 runs' loss scale, so a resumed run does not start over from 2^16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<crate::optim::LossScaler>,
 }
 
 /// What to write.

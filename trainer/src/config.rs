@@ -245,6 +245,16 @@ pub struct RunConfig {
     pub num_threads: usize,
     /// Where the model trains: `cpu` (default), `cuda` or `cuda:N` (a build with `--features cuda`).
     pub device: String,
+    /// Mixed precision as transformers' `bf16`: bfloat16 matmuls and activations, float32
+    /// weights, optimizer state, norms, softmaxes and loss.
+    pub bf16: bool,
+    /// The same in float16, with dynamic loss scaling (steps whose gradients overflow are
+    /// skipped and the scale halves, as torch's `GradScaler` does).
+    pub fp16: bool,
+    /// Keep only each layer's input during the forward pass and recompute the layer during the
+    /// backward pass: activation memory of one layer instead of all, for about one more
+    /// forward pass of time (transformers' `gradient_checkpointing`).
+    pub gradient_checkpointing: bool,
 
     // --- bookkeeping
     pub logging_steps: u64,
@@ -312,6 +322,9 @@ impl Default for RunConfig {
             seed: 42,
             num_threads: 0,
             device: "cpu".into(),
+            bf16: false,
+            fp16: false,
+            gradient_checkpointing: false,
             logging_steps: 1,
             save_steps: 500,
             eval_steps: None,
@@ -442,6 +455,7 @@ impl RunConfig {
             "cannot be used with sync_ref_model: the trust-region reference moves during training, so its \
              log-probs cannot be computed in advance",
         );
+        check(!(self.bf16 && self.fp16), "fp16", "cannot be combined with bf16: choose one compute dtype");
         check(self.max_prompt_length.is_none_or(|m| m >= 1), "max_prompt_length", "must be >= 1");
         check(
             match (self.max_prompt_length, self.max_length) {
@@ -593,6 +607,15 @@ impl RunConfig {
     }
 
     /// The candle device `device` names (checked by [`Self::validate`]).
+    /// The dtype the policy computes in (`bf16`, `fp16`, else float32).
+    pub fn compute_dtype(&self) -> candle_core::DType {
+        match (self.bf16, self.fp16) {
+            (true, _) => candle_core::DType::BF16,
+            (false, true) => candle_core::DType::F16,
+            (false, false) => candle_core::DType::F32,
+        }
+    }
+
     pub fn candle_device(&self) -> Result<candle_core::Device> {
         let spec = DeviceSpec::parse(&self.device)
             .and_then(DeviceSpec::available)

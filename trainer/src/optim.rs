@@ -183,6 +183,48 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     Ok(norm)
 }
 
+/// Dynamic loss scaling for float16 training, with the rules of torch's `GradScaler`: the loss
+/// is multiplied by `scale` so small gradients survive float16's range; a step whose gradients
+/// overflow is skipped and the scale halves; after `GROWTH_INTERVAL` good steps in a row it
+/// doubles.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScaler {
+    pub scale: f64,
+    /// Good steps since the scale last changed.
+    pub good_steps: u64,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        Self { scale: 65_536.0, good_steps: 0 }
+    }
+}
+
+impl LossScaler {
+    pub const GROWTH_INTERVAL: u64 = 2000;
+
+    /// Divides the gradients by the scale. Answers whether they are all finite, that is whether
+    /// the optimizer may step; the scale is updated either way.
+    pub fn unscale(&mut self, grads: &mut [Tensor]) -> Result<bool> {
+        let inv = 1.0 / self.scale;
+        for g in grads.iter_mut() {
+            *g = (&*g * inv)?;
+        }
+        let finite = global_grad_norm(grads)?.is_finite();
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps == Self::GROWTH_INTERVAL {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale *= 0.5;
+            self.good_steps = 0;
+        }
+        Ok(finite)
+    }
+}
+
 /// transformers' schedules; warmup is linear from 0 for every type.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrSchedule {
@@ -214,6 +256,24 @@ impl LrSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loss_scaler_skips_an_overflowing_step_halves_and_regrows_after_2000_good_steps() {
+        let dev = Device::Cpu;
+        let mut scaler = LossScaler::default();
+        let mut grads = vec![Tensor::new(&[65_536f32, -131_072.0], &dev).unwrap()];
+        assert!(scaler.unscale(&mut grads).unwrap());
+        assert_eq!(grads[0].to_vec1::<f32>().unwrap(), vec![1.0, -2.0], "gradients come back unscaled");
+        let mut overflowed = vec![Tensor::new(&[f32::INFINITY, 1.0], &dev).unwrap()];
+        assert!(!scaler.unscale(&mut overflowed).unwrap(), "an overflow skips the step");
+        assert_eq!(scaler, LossScaler { scale: 32_768.0, good_steps: 0 });
+        for _ in 0..LossScaler::GROWTH_INTERVAL - 1 {
+            assert!(scaler.unscale(&mut vec![Tensor::new(&[1f32], &dev).unwrap()]).unwrap());
+        }
+        assert_eq!(scaler.scale, 32_768.0);
+        assert!(scaler.unscale(&mut vec![Tensor::new(&[1f32], &dev).unwrap()]).unwrap());
+        assert_eq!(scaler, LossScaler { scale: 65_536.0, good_steps: 0 });
+    }
 
     fn schedule(kind: LrSchedulerType) -> LrSchedule {
         LrSchedule { kind, base_lr: 1.0, warmup_steps: 2, total_steps: 10 }

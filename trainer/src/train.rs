@@ -95,7 +95,9 @@ impl Setup {
     /// A toy `task` builds its model, π_init and data in code instead (see [`crate::tasks`]).
     pub fn from_config(cfg: &RunConfig, device: &Device) -> Result<Self> {
         if cfg.task.is_toy() {
-            return Ok(crate::tasks::build(cfg, device)?.setup);
+            let mut setup = crate::tasks::build(cfg, device)?.setup;
+            setup.model = setup.model.with_compute_dtype(cfg.compute_dtype());
+            return Ok(setup);
         }
         cfg.validate().map_err(Error::Config)?;
         let dir = cfg.model_name_or_path.as_deref().expect("validated: model_name_or_path is set");
@@ -126,7 +128,7 @@ impl Setup {
         };
         let side_files = checkpoint::SIDE_FILES.iter().map(|f| dir.join(f)).filter(|p| p.is_file()).collect();
         Ok(Self {
-            model: CausalLm::new(model_config, device),
+            model: CausalLm::new(model_config, device).with_compute_dtype(cfg.compute_dtype()),
             initial,
             data,
             eval: loaded.eval,
@@ -178,6 +180,8 @@ pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn Me
     let device = cfg.candle_device()?;
     if cfg.task.is_toy() {
         let mut task = crate::tasks::build(cfg, &device)?;
+        // π_init was fitted in float32; only the runs' own training uses bf16/fp16.
+        task.setup.model = task.setup.model.with_compute_dtype(cfg.compute_dtype());
         return train_with(cfg, &task.setup, output_dir, resume, sink, Some(task.evaluator.as_mut()));
     }
     let setup = Setup::from_config(cfg, &device)?;
@@ -252,10 +256,13 @@ pub fn train_with(
                 seed: cfg.seed,
                 metric_window: MetricWindow::default(),
                 has_reference: false,
+                loss_scaler: None,
             };
             (policy, None, optimizer, state)
         }
     };
+    // float16 needs loss scaling (a checkpoint brings its scale back); float32 and bf16 do not.
+    state.loss_scaler = if cfg.fp16 { Some(state.loss_scaler.unwrap_or_default()) } else { None };
     // Vanilla runs may score the reference once, before the first step (TRL's option).
     let precomputed = if cfg.precompute_ref_log_probs {
         if trust_region.is_some() {
@@ -327,28 +334,42 @@ pub fn train_with(
         };
 
         // Forward and backward over the micro-batches, gradients summed.
+        let loss_scale = state.loss_scaler.map_or(1.0, |s| s.scale);
         let mut grads: Vec<Option<Tensor>> = vec![None; policy.vars().len()];
         for _ in 0..cfg.gradient_accumulation_steps {
             let indices = sampler.next_batch();
-            let scale = 1.0 / cfg.gradient_accumulation_steps as f64;
+            let scale = loss_scale / cfg.gradient_accumulation_steps as f64;
             let MicroBatchGrads { metrics, grads: micro_grads } =
                 micro_batch_grads(cfg, setup, &policy, reference_logps, &indices, scale)?;
             for (name, value) in metrics {
                 if !value.is_finite() {
-                    return Err(Error::NonFinite { step, what: name.to_string() });
+                    // Loss scaling only protects the backward pass; nothing rescues a forward overflow.
+                    let what = if cfg.fp16 {
+                        format!("{name} (float16 overflowed in the forward pass; bf16 has float32's range)")
+                    } else {
+                        name.to_string()
+                    };
+                    return Err(Error::NonFinite { step, what });
                 }
                 state.metric_window.add(name, value);
             }
             add_grads(&mut grads, micro_grads)?;
         }
         let mut grads = policy.dense_grads(grads)?;
-        let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
-        if !grad_norm.is_finite() {
+        // A float16 step whose gradients overflowed is skipped, as torch's GradScaler skips it.
+        let finite = match state.loss_scaler.as_mut() {
+            Some(scaler) => scaler.unscale(&mut grads)?,
+            None => true,
+        };
+        let grad_norm = if finite { Some(clip_grad_norm(&mut grads, cfg.max_grad_norm)?) } else { None };
+        if grad_norm.is_some_and(|n| !n.is_finite()) {
             return Err(Error::NonFinite { step, what: "grad_norm".into() });
         }
 
         // Optimizer step, then the trust-region reference update (TRL's callback order).
-        optimizer.step(policy.vars(), &grads, schedule.lr_at(state.global_step))?;
+        if finite {
+            optimizer.step(policy.vars(), &grads, schedule.lr_at(state.global_step))?;
+        }
         state.global_step = step;
         state.data_cursor = sampler.cursor();
         if let Some(tr) = trust_region.filter(|tr| tr.is_due(step)) {
@@ -364,7 +385,12 @@ pub fn train_with(
         if step % cfg.logging_steps == 0 || step == total {
             let mut metrics: Metrics = state.metric_window.drain();
             metrics.extend(eval_metrics.unwrap_or_default());
-            metrics.insert("grad_norm".into(), grad_norm);
+            if let Some(norm) = grad_norm {
+                metrics.insert("grad_norm".into(), norm);
+            }
+            if let Some(scaler) = state.loss_scaler {
+                metrics.insert("loss_scale".into(), scaler.scale);
+            }
             // transformers logs the scheduler's rate after its step: the one the next step uses.
             metrics.insert("learning_rate".into(), schedule.lr_at(step));
             let cursor = sampler.cursor();

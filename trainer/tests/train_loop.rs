@@ -263,3 +263,54 @@ fn a_narrower_export_keeps_float32_weights_for_an_exact_resume() {
     train_with(&cfg, &setup, split.path(), true, &mut second, None).unwrap();
     assert_eq!(second.steps, uninterrupted.steps, "resumed from the float32 weights, not the bfloat16 export");
 }
+
+#[test]
+fn bf16_and_fp16_runs_follow_the_float32_run_within_their_precision() {
+    let base = json!({"sync_ref_model": true, "ref_model_sync_steps": 2, "max_steps": 6});
+    let run = |overrides: Value| {
+        let mut cfg = base.clone();
+        for (k, v) in overrides.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        let cfg = config(cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = MemorySink::default();
+        train(&cfg, dir.path(), false, &mut sink).unwrap();
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("checkpoint-6").join("trainer_state.json")).unwrap(),
+        )
+        .unwrap();
+        (sink, state)
+    };
+    let (exact, exact_state) = run(json!({}));
+    assert!(exact_state.get("loss_scaler").is_none(), "only float16 runs keep a loss scale");
+    for (key, tolerance) in [("bf16", 5e-2), ("fp16", 1e-2)] {
+        let (mixed, state) = run(json!({ key: true }));
+        for name in ["loss", "rewards/margins", "logps/chosen"] {
+            let (a, b) = (exact.series(name), mixed.series(name));
+            assert_eq!(a.len(), 6, "{key}: {name} logged every step");
+            for ((step, x), (_, y)) in a.iter().zip(&b) {
+                let scale = x.abs().max(0.1);
+                assert!((x - y).abs() <= tolerance * scale, "{key} step {step} {name}: float32 {x} vs {y}");
+            }
+        }
+        // The policy moved away from the float32 trajectory by rounding only, not by skipping steps.
+        assert_eq!(mixed.series("grad_norm").len(), 6, "{key}: every step updated the policy");
+        if key == "fp16" {
+            assert_eq!(mixed.series("loss_scale").last().unwrap().1, 65_536.0);
+            assert_eq!(state["loss_scaler"]["scale"], json!(65_536.0), "the checkpoint keeps the loss scale");
+        } else {
+            assert!(mixed.series("loss_scale").is_empty());
+        }
+    }
+}
+
+#[test]
+fn bf16_and_fp16_together_are_refused_naming_fp16() {
+    let mut v =
+        json!({"model_name_or_path": fixtures().join("tiny-llama"), "dataset_path": fixtures().join("pairs.jsonl")});
+    v["bf16"] = json!(true);
+    v["fp16"] = json!(true);
+    let errors = RunConfig::from_json_value(v).unwrap_err();
+    assert!(errors.iter().any(|e| e.field == "fp16"), "{errors:?}");
+}

@@ -3,6 +3,11 @@
 //! The architecture is data ([`ModelConfig`]); the weights live in a [`ParamSet`]. One
 //! [`CausalLm`] serves the policy, the reference and the initial policy alike: they differ only
 //! in the weights passed to [`CausalLm::forward`].
+//!
+//! Mixed precision works as transformers' `bf16`/`fp16` training does: the weights stay float32
+//! (the optimizer's master copy) and each forward pass casts them to the compute dtype, so the
+//! gradients come back to them in float32. Norms, the attention softmax and the log-softmax over
+//! the vocabulary run in float32, as autocast and HF's eager attention run them.
 
 mod config;
 pub(crate) mod fused;
@@ -28,6 +33,17 @@ pub struct CausalLm {
     pub config: ModelConfig,
     inv_freq: Vec<f32>,
     device: Device,
+    /// The dtype of the matrix multiplications and the activations between them.
+    compute_dtype: DType,
+}
+
+/// What every layer of one forward pass shares: rotary tables and the attention bias.
+#[derive(Debug, Clone)]
+pub struct LayerInputs {
+    cos: Tensor,
+    sin: Tensor,
+    /// Additive float32 bias; the softmax runs in float32.
+    mask: Tensor,
 }
 
 /// Per-layer keys and values of the positions already decoded, for incremental sampling.
@@ -73,7 +89,23 @@ impl<'a> ForwardInput<'a> {
 impl CausalLm {
     pub fn new(config: ModelConfig, device: &Device) -> Self {
         let inv_freq = rope_inv_freq(&config);
-        Self { config, inv_freq, device: device.clone() }
+        Self { config, inv_freq, device: device.clone(), compute_dtype: DType::F32 }
+    }
+
+    /// The same model computing in `dtype` (bfloat16 or float16) with float32 weights.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute_dtype = dtype;
+        self
+    }
+
+    /// A weight in the compute dtype. The cast is recorded, so a trainable weight's gradient
+    /// arrives in float32.
+    fn weight(&self, w: &Weights, name: &str) -> Result<Tensor> {
+        Ok(w.get(name)?.to_dtype(self.compute_dtype)?)
+    }
+
+    fn weight_opt(&self, w: &Weights, name: &str) -> Result<Option<Tensor>> {
+        Ok(w.get_opt(name).map(|t| t.to_dtype(self.compute_dtype)).transpose()?)
     }
 
     /// Reads `config.json` and the weights of an HF model directory.
@@ -94,7 +126,8 @@ impl CausalLm {
     }
 
     /// The output projection, for hidden states of any leading shape: scoring only the
-    /// positions that matter skips the rest of the vocabulary-sized work.
+    /// positions that matter skips the rest of the vocabulary-sized work. The logits are
+    /// float32 whatever the compute dtype: a log-softmax over the vocabulary needs the range.
     pub fn lm_head(&self, w: &Weights, hidden: &Tensor) -> Result<Tensor> {
         let head = match (self.config.architecture, self.config.tie_word_embeddings) {
             (Architecture::GptNeox, true) => "gpt_neox.embed_in.weight",
@@ -102,7 +135,7 @@ impl CausalLm {
             (_, true) => "model.embed_tokens.weight",
             (_, false) => "lm_head.weight",
         };
-        linear(hidden, w.get(head)?, None)
+        Ok(linear(hidden, &self.weight(w, head)?, None)?.to_dtype(DType::F32)?)
     }
 
     /// The final normalised hidden states `(batch, seq, hidden)`, before the output projection.
@@ -112,34 +145,77 @@ impl CausalLm {
         input: ForwardInput<'_>,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let cfg = &self.config;
-        let (batch, seq) = input.input_ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
+        let shared = self.layer_inputs(input, past)?;
+        let mut x = self.embed(w, input.input_ids)?;
+        for layer in 0..self.config.num_hidden_layers {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[layer]);
+            x = self.block(w, layer, &x, &shared, layer_cache)?;
+        }
+        self.final_norm(w, &x)
+    }
+
+    /// The rotary tables and attention bias for `input`, after `past` cached positions.
+    pub fn layer_inputs(&self, input: ForwardInput<'_>, past: usize) -> Result<LayerInputs> {
+        let (batch, seq) = input.input_ids.dims2()?;
         let (cos, sin) = self.rope_tables(batch, seq, past, input.position_ids)?;
         let mask = self.attention_bias(batch, seq, past, input.attention_mask)?;
-        let flat_ids = input.input_ids.flatten_all()?;
-        let mut x = match cfg.architecture {
-            Architecture::GptNeox => w.get("gpt_neox.embed_in.weight")?,
-            _ => w.get("model.embed_tokens.weight")?,
+        Ok(LayerInputs { cos: cos.to_dtype(self.compute_dtype)?, sin: sin.to_dtype(self.compute_dtype)?, mask })
+    }
+
+    /// Token embeddings `(batch, seq, hidden)` of `(batch, seq)` ids.
+    pub fn embed(&self, w: &Weights, input_ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let table = match self.config.architecture {
+            Architecture::GptNeox => "gpt_neox.embed_in.weight",
+            _ => "model.embed_tokens.weight",
+        };
+        Ok(self.weight(w, table)?.index_select(&input_ids.flatten_all()?, 0)?.reshape((
+            batch,
+            seq,
+            self.config.hidden_size,
+        ))?)
+    }
+
+    /// One decoder layer.
+    pub fn block(
+        &self,
+        w: &Weights,
+        layer: usize,
+        x: &Tensor,
+        shared: &LayerInputs,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let LayerInputs { cos, sin, mask } = shared;
+        match self.config.architecture {
+            Architecture::GptNeox => self.neox_block(w, layer, x, cos, sin, mask, cache),
+            _ => self.llama_block(w, layer, x, cos, sin, mask, cache),
         }
-        .index_select(&flat_ids, 0)?
-        .reshape((batch, seq, cfg.hidden_size))?;
-        for layer in 0..cfg.num_hidden_layers {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[layer]);
-            x = match cfg.architecture {
-                Architecture::GptNeox => self.neox_block(w, layer, &x, &cos, &sin, &mask, layer_cache)?,
-                _ => self.llama_block(w, layer, &x, &cos, &sin, &mask, layer_cache)?,
-            };
+    }
+
+    /// The norm after the last layer.
+    pub fn final_norm(&self, w: &Weights, x: &Tensor) -> Result<Tensor> {
+        match self.config.architecture {
+            Architecture::GptNeox => self.layer_norm(x, w, "gpt_neox.final_layer_norm"),
+            _ => self.rms_norm(x, w, "model.norm.weight"),
         }
-        match cfg.architecture {
-            Architecture::GptNeox => layer_norm(
-                &x,
-                w.get("gpt_neox.final_layer_norm.weight")?,
-                w.get("gpt_neox.final_layer_norm.bias")?,
-                cfg.norm_eps,
-            ),
-            _ => rms_norm(&x, w.get("model.norm.weight")?, cfg.norm_eps),
-        }
+    }
+
+    /// RMSNorm in float32 with the float32 weight, back in the input's dtype.
+    fn rms_norm(&self, x: &Tensor, w: &Weights, weight: &str) -> Result<Tensor> {
+        let normed = rms_norm(&x.to_dtype(DType::F32)?, w.get(weight)?, self.config.norm_eps)?;
+        Ok(normed.to_dtype(x.dtype())?)
+    }
+
+    /// LayerNorm (`{prefix}.weight`, `{prefix}.bias`) in float32, back in the input's dtype.
+    fn layer_norm(&self, x: &Tensor, w: &Weights, prefix: &str) -> Result<Tensor> {
+        let normed = layer_norm(
+            &x.to_dtype(DType::F32)?,
+            w.get(&format!("{prefix}.weight"))?,
+            w.get(&format!("{prefix}.bias"))?,
+            self.config.norm_eps,
+        )?;
+        Ok(normed.to_dtype(x.dtype())?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -155,16 +231,17 @@ impl CausalLm {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let p = format!("model.layers.{layer}");
-        let h = rms_norm(x, w.get(&format!("{p}.input_layernorm.weight"))?, cfg.norm_eps)?;
+        let h = self.rms_norm(x, w, &format!("{p}.input_layernorm.weight"))?;
         let proj = |name: &str, input: &Tensor| -> Result<Tensor> {
-            linear(input, w.get(&format!("{p}.{name}.weight"))?, w.get_opt(&format!("{p}.{name}.bias")))
+            let bias = self.weight_opt(w, &format!("{p}.{name}.bias"))?;
+            linear(input, &self.weight(w, &format!("{p}.{name}.weight"))?, bias.as_ref())
         };
         let q = self.split_heads(&proj("self_attn.q_proj", &h)?, cfg.num_attention_heads)?;
         let k = self.split_heads(&proj("self_attn.k_proj", &h)?, cfg.num_key_value_heads)?;
         let v = self.split_heads(&proj("self_attn.v_proj", &h)?, cfg.num_key_value_heads)?;
         let attn = self.attention(&q, &k, v, cos, sin, mask, cache)?;
         let x = (x + proj("self_attn.o_proj", &attn)?)?;
-        let h = rms_norm(&x, w.get(&format!("{p}.post_attention_layernorm.weight"))?, cfg.norm_eps)?;
+        let h = self.rms_norm(&x, w, &format!("{p}.post_attention_layernorm.weight"))?;
         let gated = swiglu(&proj("mlp.gate_proj", &h)?, &proj("mlp.up_proj", &h)?)?;
         Ok((x + proj("mlp.down_proj", &gated)?)?)
     }
@@ -182,11 +259,10 @@ impl CausalLm {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let p = format!("gpt_neox.layers.{layer}");
-        let ln = |name: &str, input: &Tensor| -> Result<Tensor> {
-            layer_norm(input, w.get(&format!("{p}.{name}.weight"))?, w.get(&format!("{p}.{name}.bias"))?, cfg.norm_eps)
-        };
+        let ln = |name: &str, input: &Tensor| -> Result<Tensor> { self.layer_norm(input, w, &format!("{p}.{name}")) };
         let proj = |name: &str, input: &Tensor| -> Result<Tensor> {
-            linear(input, w.get(&format!("{p}.{name}.weight"))?, w.get_opt(&format!("{p}.{name}.bias")))
+            let bias = self.weight_opt(w, &format!("{p}.{name}.bias"))?;
+            linear(input, &self.weight(w, &format!("{p}.{name}.weight"))?, bias.as_ref())
         };
         let h = ln("input_layernorm", x)?;
         // The fused projection is laid out per head as [q | k | v], each head_dim wide.
@@ -249,7 +325,8 @@ impl CausalLm {
             v = expand(&v)?;
         }
         let scale = 1.0 / (d as f64).sqrt();
-        let probs = scaled_masked_softmax(&q.matmul(&k.t()?)?, mask, scale)?;
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let probs = scaled_masked_softmax(&scores, mask, scale)?.to_dtype(self.compute_dtype)?;
         let out = probs.matmul(&v.contiguous()?)?; // (b, heads, seq, d)
         let seq = out.dim(2)?;
         Ok(out.transpose(1, 2)?.reshape((b, seq, cfg.num_attention_heads * d))?)
@@ -329,8 +406,9 @@ impl CausalLm {
         Ok(Tensor::from_vec(data, (rows, 1, seq, keys), &self.device)?)
     }
 
-    pub fn dtype(&self) -> DType {
-        DType::F32
+    /// The compute dtype (the weights themselves are float32).
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
     }
 }
 
@@ -422,6 +500,48 @@ mod tests {
                     .to_scalar::<f32>()
                     .unwrap();
                 assert!(moved > 0.0, "{arch}: `{name}` did not change after one AdamW step");
+            }
+        }
+    }
+
+    /// The gradient of the summed next-token log-probs with respect to every parameter.
+    fn log_prob_grads(model: &CausalLm, params: &ParamSet, ids: &Tensor) -> Vec<Tensor> {
+        let logits = model.forward(&params.trainable(), ForwardInput::ids(ids), None).unwrap();
+        let seq = ids.dim(1).unwrap();
+        let targets = ids.narrow(1, 1, seq - 1).unwrap().contiguous().unwrap();
+        let logp = target_log_probs(&logits.narrow(1, 0, seq - 1).unwrap(), &targets).unwrap();
+        let grads = logp.sum_all().unwrap().backward().unwrap();
+        params
+            .iter()
+            .map(|(name, var)| {
+                grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient reaches `{name}`")).clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bf16_and_fp16_training_give_every_float32_weight_a_gradient_close_to_the_float32_one() {
+        let dev = Device::Cpu;
+        let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 7 + 3) % 32).collect();
+        let ids = Tensor::from_vec(ids, (2, 9), &dev).unwrap();
+        for cfg in configs() {
+            let arch = cfg.model_type_name();
+            let params = ParamSet::random(&cfg, 4, 0.2, &dev).unwrap();
+            let exact = log_prob_grads(&CausalLm::new(cfg.clone(), &dev), &params, &ids);
+            for (dtype, tolerance) in [(DType::BF16, 5e-2), (DType::F16, 1e-2)] {
+                let model = CausalLm::new(cfg.clone(), &dev).with_compute_dtype(dtype);
+                let mixed = log_prob_grads(&model, &params, &ids);
+                for (((name, _), e), m) in params.iter().zip(&exact).zip(&mixed) {
+                    assert_eq!(m.dtype(), DType::F32, "{arch} {dtype:?}: `{name}`'s gradient is not float32");
+                    let norm =
+                        |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+                    let relative = norm(&(m - e).unwrap()) / norm(e);
+                    assert!(norm(e) > 0.0, "{arch}: `{name}` has an all-zero gradient");
+                    assert!(
+                        relative <= tolerance,
+                        "{arch} {dtype:?}: `{name}`'s gradient is {relative} off (relative norm)"
+                    );
+                }
             }
         }
     }
