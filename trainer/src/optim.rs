@@ -261,17 +261,17 @@ mod tests {
     fn the_loss_scaler_skips_an_overflowing_step_halves_and_regrows_after_2000_good_steps() {
         let dev = Device::Cpu;
         let mut scaler = LossScaler::default();
-        let mut grads = vec![Tensor::new(&[65_536f32, -131_072.0], &dev).unwrap()];
+        let mut grads = [Tensor::new(&[65_536f32, -131_072.0], &dev).unwrap()];
         assert!(scaler.unscale(&mut grads).unwrap());
         assert_eq!(grads[0].to_vec1::<f32>().unwrap(), vec![1.0, -2.0], "gradients come back unscaled");
-        let mut overflowed = vec![Tensor::new(&[f32::INFINITY, 1.0], &dev).unwrap()];
+        let mut overflowed = [Tensor::new(&[f32::INFINITY, 1.0], &dev).unwrap()];
         assert!(!scaler.unscale(&mut overflowed).unwrap(), "an overflow skips the step");
         assert_eq!(scaler, LossScaler { scale: 32_768.0, good_steps: 0 });
         for _ in 0..LossScaler::GROWTH_INTERVAL - 1 {
-            assert!(scaler.unscale(&mut vec![Tensor::new(&[1f32], &dev).unwrap()]).unwrap());
+            assert!(scaler.unscale(&mut [Tensor::new(&[1f32], &dev).unwrap()]).unwrap());
         }
         assert_eq!(scaler.scale, 32_768.0);
-        assert!(scaler.unscale(&mut vec![Tensor::new(&[1f32], &dev).unwrap()]).unwrap());
+        assert!(scaler.unscale(&mut [Tensor::new(&[1f32], &dev).unwrap()]).unwrap());
         assert_eq!(scaler, LossScaler { scale: 65_536.0, good_steps: 0 });
     }
 
