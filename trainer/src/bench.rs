@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -123,16 +123,18 @@ fn random_batch(vocab: usize, rng: &mut ChaCha8Rng) -> Collated {
 /// The trainer's own step (`train::micro_batch_grads`, with its worker threads), then AdamW and
 /// the soft update: what `goodhart train` runs. `warmup + steps` steps; `on_warm` is called
 /// once the warm-up is done.
+#[allow(clippy::too_many_arguments)]
 pub fn run_trainer_step(
     config_name: &str,
     cfg: &ModelConfig,
     dev: &Device,
+    dtype: DType,
     num_threads: usize,
     warmup: usize,
     steps: usize,
     mut on_warm: impl FnMut(),
 ) -> Result<BenchReport> {
-    let setup = random_pairs_setup(cfg, dev, warmup + steps)?;
+    let setup = random_pairs_setup(cfg, dev, dtype, warmup + steps)?;
     let run = RunConfig { beta: 0.1, learning_rate: 1e-6, num_threads, ..RunConfig::default() };
     let policy = setup.initial.deep_clone()?;
     let reference = setup.initial.deep_clone()?;
@@ -171,8 +173,9 @@ pub fn run_trainer_step(
     Ok(recorder.report(config_name, policy.num_parameters(), num_threads))
 }
 
-/// Random-init weights of `cfg` and `batches` batches of random pairs, the same for every device.
-fn random_pairs_setup(cfg: &ModelConfig, dev: &Device, batches: usize) -> Result<Setup> {
+/// Random-init weights of `cfg` and `batches` batches of random pairs, the same for every
+/// device, computing in `dtype` (float32 weights either way).
+fn random_pairs_setup(cfg: &ModelConfig, dev: &Device, dtype: DType, batches: usize) -> Result<Setup> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let examples: Vec<PairedExample> = (0..batches * PAIRS)
         .map(|_| {
@@ -185,7 +188,7 @@ fn random_pairs_setup(cfg: &ModelConfig, dev: &Device, batches: usize) -> Result
         })
         .collect();
     Ok(Setup {
-        model: CausalLm::new(cfg.clone(), dev),
+        model: CausalLm::new(cfg.clone(), dev).with_compute_dtype(dtype),
         initial: ParamSet::random(cfg, 0, 0.02, dev)?,
         data: TrainData::Paired(examples),
         eval: None,
@@ -194,11 +197,13 @@ fn random_pairs_setup(cfg: &ModelConfig, dev: &Device, batches: usize) -> Result
     })
 }
 
-/// One TR-DPO step (gradients, clipping, AdamW, soft update) on the CPU and on `device` from
-/// the same weights and batch: how far apart the two results are.
+/// One TR-DPO step (gradients, clipping, AdamW, soft update) on the CPU in float32 and on
+/// `device` in `dtype`, from the same weights and batch: how far apart the two results are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceComparison {
     pub device: String,
+    /// The device side's compute dtype.
+    pub dtype: String,
     pub loss: [f64; 2],
     pub grad_norm: [f64; 2],
     /// Largest over parameters of ‖g_cpu − g_device‖ / ‖g_cpu‖.
@@ -210,20 +215,39 @@ pub struct DeviceComparison {
 }
 
 impl DeviceComparison {
-    /// Agreement within bfloat16's resolution (8 bits of mantissa, ≈ 0.4%), with some room.
+    /// float32 on both sides: agreement within bfloat16's resolution (8 bits of mantissa,
+    /// ≈ 0.4%), with some room.
     pub const TOLERANCE: f64 = 1e-2;
+    /// A half-precision step against the float32 one: the loss, the gradient norm and every
+    /// parameter's gradient, which carry the half dtype's rounding through every layer (bf16:
+    /// up to 3% per parameter in `model::tests`). The AdamW update is reported but not held to
+    /// it: the first step is lr · sign(g), so each near-zero gradient whose sign the rounding
+    /// flips moves its weight the other way (bf16 on the CPU: 12% of the update's norm).
+    pub const HALF_TOLERANCE: f64 = 5e-2;
+
+    pub fn is_half(&self) -> bool {
+        self.dtype != "F32"
+    }
+
+    pub fn tolerance(&self) -> f64 {
+        if self.is_half() {
+            Self::HALF_TOLERANCE
+        } else {
+            Self::TOLERANCE
+        }
+    }
 
     pub fn within_tolerance(&self) -> bool {
+        let tolerance = self.tolerance();
         let rel = |[a, b]: [f64; 2]| (a - b).abs() / a.abs().max(1e-12);
-        rel(self.loss) <= Self::TOLERANCE
-            && rel(self.grad_norm) <= Self::TOLERANCE
-            && self.max_grad_rel_diff <= Self::TOLERANCE
-            && self.max_update_rel_diff <= Self::TOLERANCE
-            && self.max_reference_rel_diff <= Self::TOLERANCE
+        let gradients =
+            rel(self.loss) <= tolerance && rel(self.grad_norm) <= tolerance && self.max_grad_rel_diff <= tolerance;
+        gradients
+            && (self.is_half() || (self.max_update_rel_diff <= tolerance && self.max_reference_rel_diff <= tolerance))
     }
 }
 
-pub fn compare_step_across_devices(cfg: &ModelConfig, device: &Device) -> Result<DeviceComparison> {
+pub fn compare_step_across_devices(cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<DeviceComparison> {
     struct Outcome {
         loss: f64,
         grad_norm: f64,
@@ -231,15 +255,23 @@ pub fn compare_step_across_devices(cfg: &ModelConfig, device: &Device) -> Result
         updates: Vec<Tensor>,
         reference_moves: Vec<Tensor>,
     }
-    let run_on = |dev: &Device| -> Result<Outcome> {
-        let setup = random_pairs_setup(cfg, dev, 1)?;
+    let run_on = |dev: &Device, dtype: DType| -> Result<Outcome> {
+        let setup = random_pairs_setup(cfg, dev, dtype, 1)?;
         let run = RunConfig { beta: 0.1, num_threads: 1, ..RunConfig::default() };
         let policy = setup.initial.deep_clone()?;
         let reference = setup.initial.deep_clone()?;
         let indices: Vec<usize> = (0..PAIRS).collect();
+        // float16 trains with loss scaling; without it its small gradients would underflow.
+        let mut scaler = (dtype == DType::F16).then(crate::optim::LossScaler::default);
+        let loss_scale = scaler.map_or(1.0, |s| s.scale);
         let MicroBatchGrads { metrics, grads } =
-            micro_batch_grads(&run, &setup, &policy, ReferenceSource::Weights(&reference), &indices, 1.0)?;
+            micro_batch_grads(&run, &setup, &policy, ReferenceSource::Weights(&reference), &indices, loss_scale)?;
         let mut grads = policy.dense_grads(grads)?;
+        if let Some(scaler) = scaler.as_mut() {
+            if !scaler.unscale(&mut grads)? {
+                return Err(crate::Error::NonFinite { step: 1, what: "float16 gradients".into() });
+            }
+        }
         let grad_norm = crate::optim::clip_grad_norm(&mut grads, 1.0)?;
         let before: Vec<Tensor> =
             policy.vars().iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
@@ -270,8 +302,8 @@ pub fn compare_step_across_devices(cfg: &ModelConfig, device: &Device) -> Result
             reference_moves: to_cpu(reference_moves)?,
         })
     };
-    let cpu = run_on(&Device::Cpu)?;
-    let dev = run_on(device)?;
+    let cpu = run_on(&Device::Cpu, DType::F32)?;
+    let dev = run_on(device, dtype)?;
     let max_rel = |a: &[Tensor], b: &[Tensor]| -> Result<f64> {
         let mut worst = 0f64;
         for (x, y) in a.iter().zip(b) {
@@ -283,6 +315,7 @@ pub fn compare_step_across_devices(cfg: &ModelConfig, device: &Device) -> Result
     };
     Ok(DeviceComparison {
         device: format!("{:?}", device.location()),
+        dtype: format!("{dtype:?}"),
         loss: [cpu.loss, dev.loss],
         grad_norm: [cpu.grad_norm, dev.grad_norm],
         max_grad_rel_diff: max_rel(&cpu.grads, &dev.grads)?,
@@ -374,7 +407,8 @@ mod tests {
     #[test]
     fn the_trainer_step_bench_starts_at_ln_2() {
         let report =
-            run_trainer_step("tiny", &peer_model_config("tiny").unwrap(), &Device::Cpu, 2, 1, 2, || {}).unwrap();
+            run_trainer_step("tiny", &peer_model_config("tiny").unwrap(), &Device::Cpu, DType::F32, 2, 1, 2, || {})
+                .unwrap();
         assert!((report.first_loss - std::f64::consts::LN_2).abs() < 1e-6);
         assert_eq!(report.steps.len(), 2);
     }
@@ -390,11 +424,21 @@ mod tests {
     #[test]
     fn the_cpu_agrees_with_itself_across_devices_and_a_perturbed_step_does_not() {
         let cfg = peer_model_config("tiny").unwrap();
-        let same = compare_step_across_devices(&cfg, &Device::Cpu).unwrap();
+        let same = compare_step_across_devices(&cfg, &Device::Cpu, DType::F32).unwrap();
         assert!(same.within_tolerance(), "{same:?}");
         assert_eq!(same.max_grad_rel_diff, 0.0);
         let off = DeviceComparison { loss: [same.loss[0], same.loss[0] * 1.05], ..same };
         assert!(!off.within_tolerance());
+    }
+
+    #[test]
+    fn a_half_precision_step_agrees_with_the_float32_one_within_its_tolerance() {
+        let cfg = peer_model_config("tiny").unwrap();
+        for dtype in [DType::BF16, DType::F16] {
+            let half = compare_step_across_devices(&cfg, &Device::Cpu, dtype).unwrap();
+            assert!(half.within_tolerance(), "{half:?}");
+            assert!(half.max_grad_rel_diff > 0.0, "{dtype:?} rounds differently from float32");
+        }
     }
 
     #[test]

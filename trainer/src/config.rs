@@ -64,7 +64,7 @@ pub enum LrSchedulerType {
 }
 
 /// The floating-point type of the weights a checkpoint exports (`model.safetensors` and
-/// `config.json`'s `torch_dtype`). Training itself runs in float32.
+/// `config.json`'s `torch_dtype`). The trained weights are float32 whatever `bf16`/`fp16` say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportDtype {

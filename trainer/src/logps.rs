@@ -1,11 +1,11 @@
 //! Per-sequence completion log-probs, TRL's `get_batch_logps`: the sum over completion tokens
 //! of `log π(token | prefix)`, prompt and padding masked out.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::data::Collated;
 use crate::error::Result;
-use crate::model::{target_log_probs, CausalLm, ForwardInput, Weights};
+use crate::model::{target_log_probs, CausalLm, ForwardInput, LayerInputs, ParamSet, Weights};
 
 /// Completion log-prob sums `(rows,)`.
 #[derive(Debug, Clone)]
@@ -29,10 +29,15 @@ pub fn token_logps(model: &CausalLm, weights: &Weights, batch: &Collated) -> Res
 /// and the log-softmax (as TRL's completion-only LM head does): the prompt's and the padding's
 /// vocabulary-sized work is skipped.
 pub fn sequence_logps(model: &CausalLm, weights: &Weights, batch: &Collated) -> Result<SequenceLogps> {
+    let ids = input_ids(batch, model.device())?;
+    let hidden = model.hidden_states(weights, forward_input(&ids, batch), None)?;
+    Ok(SequenceLogps { sums: completion_sums(model, weights, &hidden, batch)? })
+}
+
+/// The completion log-prob sums `(rows,)` from the final hidden states `(rows, width, hidden)`.
+fn completion_sums(model: &CausalLm, weights: &Weights, hidden: &Tensor, batch: &Collated) -> Result<Tensor> {
     let dev = model.device();
     let (rows, width) = (batch.rows(), batch.width());
-    let ids = input_ids(batch, dev)?;
-    let hidden = model.hidden_states(weights, forward_input(&ids, batch), None)?;
     // Position p of row r is scored when token p + 1 is a completion token.
     let mut positions = Vec::new();
     let mut targets = Vec::new();
@@ -48,7 +53,7 @@ pub fn sequence_logps(model: &CausalLm, weights: &Weights, batch: &Collated) -> 
     }
     let n = positions.len();
     if n == 0 {
-        return Ok(SequenceLogps { sums: Tensor::zeros(rows, DType::F32, dev)? });
+        return Ok(Tensor::zeros(rows, DType::F32, dev)?);
     }
     let picked = hidden.reshape((rows * width, hidden.dim(2)?))?.index_select(&Tensor::new(positions, dev)?, 0)?;
     let logp = target_log_probs(&model.lm_head(weights, &picked)?, &Tensor::new(targets, dev)?)?;
@@ -57,8 +62,79 @@ pub fn sequence_logps(model: &CausalLm, weights: &Weights, batch: &Collated) -> 
     for (i, &r) in owner.iter().enumerate() {
         select[r * n + i] = 1.0;
     }
-    let sums = Tensor::from_vec(select, (rows, n), dev)?.matmul(&logp.unsqueeze(1)?)?.squeeze(1)?;
-    Ok(SequenceLogps { sums })
+    Ok(Tensor::from_vec(select, (rows, n), dev)?.matmul(&logp.unsqueeze(1)?)?.squeeze(1)?)
+}
+
+/// The policy's completion log-probs with gradient checkpointing: the forward pass keeps only
+/// each layer's input, without a graph, and [`Checkpointed::backward`] rebuilds one layer's
+/// graph at a time. Peak activation memory is then the layer inputs plus one layer, instead of
+/// every layer's intermediates; the price is a second forward pass of the policy.
+pub struct Checkpointed {
+    /// The sums `(rows,)`, without a graph.
+    pub sums: Tensor,
+    ids: Tensor,
+    shared: LayerInputs,
+    /// The input of every layer, then the input of the final norm.
+    layer_inputs: Vec<Tensor>,
+}
+
+impl Checkpointed {
+    pub fn forward(model: &CausalLm, params: &ParamSet, batch: &Collated) -> Result<Self> {
+        let w = params.frozen();
+        let ids = input_ids(batch, model.device())?;
+        let shared = model.layer_inputs(forward_input(&ids, batch), 0)?;
+        let mut x = model.embed(&w, &ids)?;
+        let mut layer_inputs = Vec::with_capacity(model.config.num_hidden_layers + 1);
+        for layer in 0..model.config.num_hidden_layers {
+            let next = model.block(&w, layer, &x, &shared, None)?;
+            layer_inputs.push(x);
+            x = next;
+        }
+        let sums = completion_sums(model, &w, &model.final_norm(&w, &x)?, batch)?;
+        layer_inputs.push(x);
+        Ok(Self { sums, ids, shared, layer_inputs })
+    }
+
+    /// Each parameter's gradient of `Σ sums · upstream`, in parameter order (`None` where none
+    /// reaches it), from the head down to the embeddings, one segment's graph alive at a time.
+    pub fn backward(
+        &self,
+        model: &CausalLm,
+        params: &ParamSet,
+        batch: &Collated,
+        upstream: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let w = params.trainable();
+        let mut grads: Vec<Option<Tensor>> = vec![None; params.vars().len()];
+        let mut accumulate = |store: &candle_core::backprop::GradStore| -> Result<()> {
+            for (sum, g) in grads.iter_mut().zip(params.grads_from(store)) {
+                *sum = match (sum.take(), g) {
+                    (Some(a), Some(b)) => Some((a + b)?),
+                    (a, b) => a.or(b),
+                };
+            }
+            Ok(())
+        };
+        // Each segment's input becomes a leaf, so its gradient is what the segment below needs.
+        let layers = model.config.num_hidden_layers;
+        let input = Var::from_tensor(&self.layer_inputs[layers])?;
+        let sums = completion_sums(model, &w, &model.final_norm(&w, input.as_tensor())?, batch)?;
+        let store = (sums * upstream)?.sum_all()?.backward()?;
+        accumulate(&store)?;
+        let Some(mut output_grad) = store.get(input.as_tensor()).cloned() else {
+            return Ok(grads); // no completion token: nothing below the head is reached
+        };
+        for layer in (0..layers).rev() {
+            let input = Var::from_tensor(&self.layer_inputs[layer])?;
+            let output = model.block(&w, layer, input.as_tensor(), &self.shared, None)?;
+            let store = (output * &output_grad)?.sum_all()?.backward()?;
+            accumulate(&store)?;
+            output_grad = store.get(input.as_tensor()).cloned().expect("a layer's output depends on its input");
+        }
+        let store = (model.embed(&w, &self.ids)? * &output_grad)?.sum_all()?.backward()?;
+        accumulate(&store)?;
+        Ok(grads)
+    }
 }
 
 fn input_ids(batch: &Collated, dev: &Device) -> Result<Tensor> {
@@ -99,6 +175,36 @@ mod tests {
             token_logps(&model, &params.frozen(), &batch).unwrap().sum(D::Minus1).unwrap().to_vec1().unwrap();
         for (a, b) in fast.iter().zip(&full) {
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn checkpointed_gradients_equal_the_full_graphs_on_every_architecture() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/trl-parity");
+        let seqs = [
+            crate::data::Sequence { prompt: vec![5, 6, 7], completion: vec![8, 9, 2] },
+            crate::data::Sequence { prompt: vec![10], completion: vec![11, 12, 13, 2] },
+            crate::data::Sequence { prompt: vec![3, 4], completion: vec![2] },
+        ];
+        let batch = Collated::from_sequences(&seqs, 0);
+        for name in ["tiny-llama", "tiny-qwen2", "tiny-gpt-neox"] {
+            let (model, params) = CausalLm::from_hf_dir(&root.join(name), &Device::Cpu).unwrap();
+            let upstream = Tensor::new(&[0.7f32, -1.3, 0.4], &Device::Cpu).unwrap();
+            let full = sequence_logps(&model, &params.trainable(), &batch).unwrap().sums;
+            let expected = params.grads_from(&(&full * &upstream).unwrap().sum_all().unwrap().backward().unwrap());
+            let checkpointed = Checkpointed::forward(&model, &params, &batch).unwrap();
+            let sums_diff = (&checkpointed.sums - &full).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(sums_diff.to_scalar::<f32>().unwrap(), 0.0, "{name}: the same forward values");
+            let got = checkpointed.backward(&model, &params, &batch, &upstream).unwrap();
+            for ((param, e), g) in params.names().iter().zip(&expected).zip(&got) {
+                let e =
+                    e.as_ref().unwrap_or_else(|| panic!("{name}: `{param}` gets no gradient without checkpointing"));
+                let g = g.as_ref().unwrap_or_else(|| panic!("{name}: `{param}` gets no gradient with checkpointing"));
+                let scale = e.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let diff = (g - e).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(scale > 0.0, "{name}: `{param}` has an all-zero gradient");
+                assert!(diff <= 1e-5 * scale.max(1.0), "{name}: `{param}` differs by {diff} (largest entry {scale})");
+            }
         }
     }
 }

@@ -59,7 +59,7 @@ impl MemoryPlan {
             Some(dir) => reward_model_bytes(dir)?,
             None => 0,
         };
-        let training = training_activations(model, rows as u64, longest as u64, longest_completion as u64);
+        let training = training_activations(model, cfg, rows as u64, longest as u64, longest_completion as u64);
         let evaluation = if cfg.eval_steps.is_some() || cfg.reward_model_path.is_some() {
             sampling_activations(
                 model,
@@ -164,12 +164,33 @@ fn per_token_per_layer(cfg: &ModelConfig, keys: u64) -> u64 {
 
 /// The policy's forward graph over `rows` sequences of `len` tokens, plus the output
 /// projection's logits for the completion tokens (three vocabulary-wide tensors each).
-fn training_activations(cfg: &ModelConfig, rows: u64, len: u64, completion: u64) -> u64 {
+///
+/// With gradient checkpointing, every layer's input stays (in the compute dtype) and one
+/// layer's graph at a time is rebuilt: with its gradients and the recomputation's transients,
+/// 2.5 layers' worth at the peak (fitted to the measurement in BENCHMARKS.md, "Memory").
+///
+/// Without it, mixed precision (`bf16`/`fp16`) keeps more on the CPU, not less: the half
+/// dtype runs candle's composed ops rather than the fused float32 kernels, and the attention
+/// scores exist in both dtypes around the float32 softmax. Measured: 1.23× the float32
+/// activations, for the same model.
+fn training_activations(cfg: &ModelConfig, run: &RunConfig, rows: u64, len: u64, completion: u64) -> u64 {
     let layers = cfg.num_hidden_layers as u64;
-    let body = rows * len * layers * per_token_per_layer(cfg, len);
-    let head = rows * completion * 3 * cfg.vocab_size as u64;
-    // The backward pass holds about one layer's worth of activation gradients on top.
-    (body + body / layers.max(1) + head) * F32
+    let layer = rows * len * per_token_per_layer(cfg, len) * F32;
+    let head = rows * completion * 3 * cfg.vocab_size as u64 * F32;
+    let mixed = run.bf16 || run.fp16;
+    if run.gradient_checkpointing {
+        let bytes = if mixed { 2 } else { F32 };
+        let layer_inputs = rows * len * cfg.hidden_size as u64 * (layers + 1) * bytes;
+        layer_inputs + layer * 5 / 2 + head
+    } else {
+        // The backward pass holds about one layer's worth of activation gradients on top.
+        let all = layer * (layers + 1) + head;
+        if mixed {
+            all * 123 / 100
+        } else {
+            all
+        }
+    }
 }
 
 /// Sampling `rows` answers of `new_tokens` after prompts of up to `prompt` tokens: the KV cache
@@ -252,6 +273,15 @@ mod tests {
         let seq = |p: usize, c: usize| Sequence { prompt: vec![1; p], completion: vec![2; c] };
         let long = TrainData::Paired(vec![PairedExample { chosen: seq(3, 50), rejected: seq(3, 5) }]);
         assert!(MemoryPlan::for_run(&RunConfig::default(), &cfg, &long).unwrap().activations > small);
+    }
+
+    #[test]
+    fn gradient_checkpointing_plans_for_one_layer_at_a_time() {
+        let cfg = ModelConfig { num_hidden_layers: 12, ..llama() };
+        let plain = MemoryPlan::for_run(&RunConfig::default(), &cfg, &data()).unwrap().activations;
+        let run = RunConfig { gradient_checkpointing: true, ..RunConfig::default() };
+        let checkpointed = MemoryPlan::for_run(&run, &cfg, &data()).unwrap().activations;
+        assert!(checkpointed * 3 < plain, "{checkpointed} vs {plain} bytes");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result};
 use crate::eval::{eval_prompts, PolicySampleEvaluator};
-use crate::logps::sequence_logps;
+use crate::logps::{sequence_logps, Checkpointed};
 use crate::loss::{self, LossOutput, Pair};
 use crate::memory::MemoryPlan;
 use crate::metrics::{MetricSink, MetricWindow, Metrics};
@@ -432,7 +432,8 @@ pub fn micro_batch_grads(
     let threads = if setup.model.device().is_cpu() { worker_threads(cfg.num_threads) } else { 1 };
     let threads = threads.min(indices.len()).max(1);
     let shards: Vec<&[usize]> = indices.chunks(indices.len().div_ceil(threads)).collect();
-    let parts = in_parallel(&shards, |shard| shard_forward(setup, policy, reference, shard))?;
+    let parts =
+        in_parallel(&shards, |shard| shard_forward(setup, policy, reference, shard, cfg.gradient_checkpointing))?;
 
     let leaves: Vec<Var> =
         parts.iter().map(|p| Var::from_tensor(&p.policy.detach())).collect::<candle_core::Result<_>>()?;
@@ -442,7 +443,10 @@ pub fn micro_batch_grads(
     let shard_ids: Vec<usize> = (0..parts.len()).collect();
     let shard_grads = in_parallel(&shard_ids, |&k| {
         let Some(d) = upstream.get(leaves[k].as_tensor()) else { return Ok(vec![None; policy.vars().len()]) };
-        Ok(policy.grads_from(&(&parts[k].policy * d)?.sum_all()?.backward()?))
+        match &parts[k].checkpointed {
+            Some((forward, rows)) => forward.backward(&setup.model, policy, rows, d),
+            None => Ok(policy.grads_from(&(&parts[k].policy * d)?.sum_all()?.backward()?)),
+        }
     })?;
     let mut grads: Vec<Option<Tensor>> = vec![None; policy.vars().len()];
     for shard in shard_grads {
@@ -514,7 +518,9 @@ fn worker_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
 /// One shard's sequence log-probs. Paired rows are `[chosen…, rejected…]`; unpaired rows are
 /// in order, with their labels and, for KTO's z₀, the mismatched completions' log-ratios.
 struct ShardForward {
+    /// With a graph, unless `checkpointed` holds what rebuilds it layer by layer.
     policy: Tensor,
+    checkpointed: Option<(Checkpointed, crate::data::Collated)>,
     reference: Tensor,
     token_counts: Vec<f32>,
     labels: Vec<bool>,
@@ -526,6 +532,7 @@ fn shard_forward(
     policy: &ParamSet,
     reference: ReferenceSource<'_>,
     indices: &[usize],
+    gradient_checkpointing: bool,
 ) -> Result<ShardForward> {
     let model = &setup.model;
     let (rows, labels, kl_rows) = collate(setup, indices);
@@ -550,13 +557,14 @@ fn shard_forward(
             TrainData::Unpaired(_) => table.gather(indices, 0, model.device())?,
         },
     };
-    Ok(ShardForward {
-        policy: sequence_logps(model, &policy.trainable(), &rows)?.sums,
-        reference,
-        token_counts: rows.completion_token_counts(),
-        labels,
-        kl_log_ratios,
-    })
+    let token_counts = rows.completion_token_counts();
+    let (policy, checkpointed) = if gradient_checkpointing {
+        let forward = Checkpointed::forward(model, policy, &rows)?;
+        (forward.sums.clone(), Some((forward, rows)))
+    } else {
+        (sequence_logps(model, &policy.trainable(), &rows)?.sums, None)
+    };
+    Ok(ShardForward { policy, checkpointed, reference, token_counts, labels, kl_log_ratios })
 }
 
 /// The rows of some examples as the loss needs them: paired `[chosen…, rejected…]`, or

@@ -8,11 +8,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
-use trainer::bench::{
-    compare_step_across_devices, median, peer_model_config, run_trainer_step, run_trdpo, DeviceComparison,
-};
+use trainer::bench::{compare_step_across_devices, median, peer_model_config, run_trainer_step, run_trdpo};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -70,6 +68,10 @@ pub struct DeviceBenchArgs {
     /// Models to time on the device.
     #[arg(long, value_delimiter = ',', default_value = "tiny,small,pythia-160m")]
     pub configs: Vec<String>,
+    /// Compute dtypes to check against the CPU's float32 step and to time (`bf16`/`fp16` runs
+    /// compute in the half dtype on float32 weights).
+    #[arg(long, value_delimiter = ',', default_value = "float32,bfloat16")]
+    pub dtypes: Vec<trainer::config::ExportDtype>,
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
     #[arg(long, default_value_t = 30)]
@@ -142,9 +144,16 @@ fn once(args: &OnceArgs) -> anyhow::Result<()> {
     let mut cpu_before = f64::NAN;
     let on_warm = || cpu_before = process_cpu_ms();
     let report = match args.mode {
-        Mode::Step => {
-            run_trainer_step(&args.config, &cfg, &Device::Cpu, args.threads, args.warmup, args.steps, on_warm)?
-        }
+        Mode::Step => run_trainer_step(
+            &args.config,
+            &cfg,
+            &Device::Cpu,
+            DType::F32,
+            args.threads,
+            args.warmup,
+            args.steps,
+            on_warm,
+        )?,
         Mode::Phases => run_trdpo(&args.config, &cfg, args.warmup, args.steps, on_warm)?,
     };
     let cpu_ms_per_step = (process_cpu_ms() - cpu_before) / args.steps.max(1) as f64;
@@ -310,46 +319,57 @@ fn device_bench(args: &DeviceBenchArgs) -> anyhow::Result<()> {
     let device = run.candle_device().context("--device")?;
     let check_cfg = peer_model_config(&args.check_config)
         .with_context(|| format!("--check-config: unknown config {:?}", args.check_config))?;
-    let cmp = compare_step_across_devices(&check_cfg, &device)?;
-    println!("{}", serde_json::to_string(&cmp)?);
-    let ok = cmp.within_tolerance();
-    println!(
-        "{}: one TR-DPO step ({}) on cpu and {}: loss {:.6} vs {:.6}, grad_norm {:.6} vs {:.6}, \
-         max relative difference of gradients {:.2e}, of AdamW updates {:.2e}, of the reference's move {:.2e} \
-         (tolerance {:.0e})",
-        if ok { "PASS" } else { "FAIL" },
-        args.check_config,
-        args.device,
-        cmp.loss[0],
-        cmp.loss[1],
-        cmp.grad_norm[0],
-        cmp.grad_norm[1],
-        cmp.max_grad_rel_diff,
-        cmp.max_update_rel_diff,
-        cmp.max_reference_rel_diff,
-        DeviceComparison::TOLERANCE,
-    );
+    let mut failed = Vec::new();
+    for dtype in &args.dtypes {
+        let cmp = compare_step_across_devices(&check_cfg, &device, dtype.dtype())?;
+        println!("{}", serde_json::to_string(&cmp)?);
+        let ok = cmp.within_tolerance();
+        println!(
+            "{}: one TR-DPO step ({}) on cpu in float32 and on {} in {}: loss {:.6} vs {:.6}, grad_norm {:.6} vs {:.6}, \
+             max relative difference of gradients {:.2e}, of AdamW updates {:.2e}, of the reference's move {:.2e} \
+             (tolerance {:.0e}{})",
+            if ok { "PASS" } else { "FAIL" },
+            args.check_config,
+            args.device,
+            dtype.as_str(),
+            cmp.loss[0],
+            cmp.loss[1],
+            cmp.grad_norm[0],
+            cmp.grad_norm[1],
+            cmp.max_grad_rel_diff,
+            cmp.max_update_rel_diff,
+            cmp.max_reference_rel_diff,
+            cmp.tolerance(),
+            if cmp.is_half() { ", on the loss and gradients" } else { "" },
+        );
+        if !ok {
+            failed.push(dtype.as_str());
+        }
+    }
     for config in &args.configs {
         let cfg = peer_model_config(config).with_context(|| format!("--configs: unknown config {config:?}"))?;
-        let report = run_trainer_step(config, &cfg, &device, 1, args.warmup, args.steps, || {})?;
-        let mut totals: Vec<f64> = report.steps.iter().map(|s| s.total).collect();
-        let (lo, hi) = totals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        println!(
-            "{config} ({} parameters) on {}: TR-DPO step median {:.2} ms (min {lo:.2}, max {hi:.2}) over {} steps \
-             after {} warm-up; {} pairs x {} tokens, fp32; loss {:.5} -> {:.5}",
-            report.n_params,
-            args.device,
-            median(&mut totals),
-            args.steps,
-            args.warmup,
-            trainer::bench::PAIRS,
-            trainer::bench::PROMPT_LEN + trainer::bench::COMPLETION_LEN,
-            report.first_loss,
-            report.last_loss,
-        );
+        for dtype in &args.dtypes {
+            let report = run_trainer_step(config, &cfg, &device, dtype.dtype(), 1, args.warmup, args.steps, || {})?;
+            let mut totals: Vec<f64> = report.steps.iter().map(|s| s.total).collect();
+            let (lo, hi) = totals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            println!(
+                "{config} ({} parameters) on {}: TR-DPO step median {:.2} ms (min {lo:.2}, max {hi:.2}) over {} steps \
+                 after {} warm-up; {} pairs x {} tokens, {}; loss {:.5} -> {:.5}",
+                report.n_params,
+                args.device,
+                median(&mut totals),
+                args.steps,
+                args.warmup,
+                trainer::bench::PAIRS,
+                trainer::bench::PROMPT_LEN + trainer::bench::COMPLETION_LEN,
+                dtype.as_str(),
+                report.first_loss,
+                report.last_loss,
+            );
+        }
     }
-    if !ok {
-        bail!("{} disagrees with the CPU beyond tolerance", args.device);
+    if !failed.is_empty() {
+        bail!("{} disagrees with the CPU beyond tolerance in {}", args.device, failed.join(", "));
     }
     Ok(())
 }
