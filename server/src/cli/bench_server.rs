@@ -146,7 +146,7 @@ async fn ingestion(args: &ServerBenchArgs) -> anyhow::Result<()> {
     }
     drop(writer);
     task.await?;
-    let stored: i64 = sqlx::query_scalar("select count(*) from metrics").fetch_one(&pool).await?;
+    let stored = db::metrics::count(&pool).await?;
     let expected = args.repeats as u64 * args.ingest_steps * METRIC_NAMES.len() as u64;
     if u64::try_from(stored)? != expected {
         bail!("stored {stored} rows, expected {expected}");

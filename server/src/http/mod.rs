@@ -22,11 +22,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::db::Pool;
 use crate::jobs::events::EventBus;
 use crate::jobs::queue::RunQueue;
 
@@ -50,7 +50,8 @@ pub struct Settings {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: SqlitePool,
+    /// For `db::` reads; every change goes through `queue`.
+    pub pool: Pool,
     pub queue: Arc<dyn RunQueue>,
     pub events: EventBus,
     pub settings: Arc<Settings>,
@@ -63,7 +64,7 @@ pub struct AppState {
 impl AppState {
     /// State over `pool` with the SQLite queue and a fresh event bus; nothing runs the queue
     /// until a [`crate::jobs::runner::Runner`] is started on it.
-    pub fn new(pool: SqlitePool, settings: Settings) -> Self {
+    pub fn new(pool: Pool, settings: Settings) -> Self {
         let events = crate::jobs::events::event_bus();
         let queue: Arc<dyn RunQueue> = Arc::new(crate::jobs::queue::SqliteQueue::new(pool.clone(), events.clone()));
         Self {

@@ -14,12 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 use trainer::metrics::{MetricSink, Metrics};
 
 use super::events::{metrics_json, EventBus, RunEvent};
-use crate::db::{self, checkpoints::CheckpointFile, metrics::MetricRow};
+use crate::db::{self, checkpoints::CheckpointFile, metrics::MetricRow, Pool};
 
 /// The most messages one transaction takes.
 const MAX_BATCH: usize = 4096;
@@ -63,7 +62,7 @@ pub struct MetricWriter {
 
 impl MetricWriter {
     /// Starts the writer task; it ends when every handle is dropped and the queue is drained.
-    pub fn spawn(pool: SqlitePool, events: EventBus) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn spawn(pool: Pool, events: EventBus) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(65_536);
         let failure = Arc::new(Mutex::new(None));
         let task = tokio::spawn(write_loop(pool, events, rx, failure.clone()));
@@ -98,7 +97,7 @@ impl MetricWriter {
 }
 
 async fn write_loop(
-    pool: SqlitePool,
+    pool: Pool,
     events: EventBus,
     mut rx: mpsc::Receiver<WriteMsg>,
     failure: Arc<Mutex<Option<String>>>,
@@ -139,7 +138,7 @@ async fn write_loop(
 }
 
 /// One transaction for the whole batch, applied in order.
-async fn commit(pool: &SqlitePool, batch: &[WriteMsg]) -> sqlx::Result<()> {
+async fn commit(pool: &Pool, batch: &[WriteMsg]) -> sqlx::Result<()> {
     let mut tx = pool.begin_with(crate::db::BEGIN_WRITE).await?;
     let mut rows: Vec<MetricRow> = Vec::new();
     let mut progress: HashMap<i64, (i64, i64)> = HashMap::new();
@@ -168,13 +167,7 @@ async fn commit(pool: &SqlitePool, batch: &[WriteMsg]) -> sqlx::Result<()> {
     db::metrics::upsert(&mut tx, &rows).await?;
     let now = db::now_ms();
     for (run_id, (step, total)) in progress {
-        sqlx::query("update runs set step = ?, total_steps = ?, heartbeat_at = ? where id = ?")
-            .bind(step)
-            .bind(total)
-            .bind(now)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
+        db::runs::set_progress(&mut tx, run_id, step, total, now).await?;
     }
     tx.commit().await
 }

@@ -6,10 +6,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use sqlx::SqlitePool;
-
 use crate::db::metrics::{self, Series};
 use crate::db::runs::Run;
+use crate::db::Pool;
 
 /// About 16 bytes a point: some 128 MB at most.
 const MAX_POINTS: usize = 8_000_000;
@@ -37,12 +36,7 @@ fn points(series: &BTreeMap<String, Series>) -> usize {
 impl SeriesCache {
     /// The named metrics of `runs` (run id -> name -> points), from memory for runs that had
     /// ended when `runs` was read, otherwise from the database.
-    pub async fn series(
-        &self,
-        pool: &SqlitePool,
-        runs: &[Run],
-        names: &[String],
-    ) -> sqlx::Result<HashMap<i64, RunSeries>> {
+    pub async fn series(&self, pool: &Pool, runs: &[Run], names: &[String]) -> sqlx::Result<HashMap<i64, RunSeries>> {
         let names_key = names.join("\n");
         let mut out = HashMap::with_capacity(runs.len());
         let mut missing = Vec::new();
@@ -113,7 +107,11 @@ mod tests {
         let names = ["loss".to_string()];
         let first = cache.series(&pool, &runs, &names).await.unwrap();
         assert_eq!(first[&ended]["loss"], vec![(1, Some(0.5))]);
-        sqlx::query("delete from metrics").execute(&pool).await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        for id in [ended, running] {
+            metrics::delete_after(&mut conn, id, -1).await.unwrap();
+        }
+        drop(conn);
         let again = cache.series(&pool, &runs, &names).await.unwrap();
         assert_eq!(again[&ended]["loss"], vec![(1, Some(0.5))], "an ended run's series come from memory");
         assert!(again[&running].is_empty(), "a running run's series are read again");
