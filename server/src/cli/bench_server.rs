@@ -20,7 +20,7 @@ use trainer::metrics::{MetricSink, Metrics};
 
 use crate::db;
 use crate::jobs::events::event_bus;
-use crate::jobs::queue::{RunQueue, SqliteQueue};
+use crate::jobs::queue::{Outcome, RunQueue, SqliteQueue};
 use crate::jobs::sink::{DbSink, MetricWriter};
 use crate::serve::{start, ServeConfig};
 
@@ -114,14 +114,15 @@ pub fn run(args: &ServerBenchArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Logs `steps` steps into a fresh run through the trainer's sink; answers rows per second.
+/// Logs `steps` steps into a fresh run through the trainer's sink, as the worker that claimed
+/// it; answers the run (then cancelled: it has ended) and rows per second.
 async fn ingest_once(queue: &SqliteQueue, writer: &MetricWriter, steps: u64) -> anyhow::Result<(i64, f64)> {
     let run_id = queue.enqueue(json!({}), None).await?;
-    // Never trained here: cancelled so nothing else touches it.
-    queue.cancel(run_id).await?;
-    let writer = writer.clone();
+    let claim = queue.claim().await?.context("the run just queued")?;
+    anyhow::ensure!(claim.run_id == run_id, "claimed run {} instead of {run_id}", claim.run_id);
+    let (writer, lease) = (writer.clone(), claim.lease());
     let elapsed = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
-        let mut sink = DbSink::new(run_id, writer, Arc::default(), Arc::default(), 0);
+        let mut sink = DbSink::new(lease, writer, Arc::default(), Arc::default(), 0);
         let started = Instant::now();
         for step in 1..=steps {
             sink.log(step, &step_metrics(step))?;
@@ -130,6 +131,8 @@ async fn ingest_once(queue: &SqliteQueue, writer: &MetricWriter, steps: u64) -> 
         Ok(started.elapsed())
     })
     .await??;
+    queue.cancel(run_id).await?;
+    queue.finish(run_id, Outcome::Stopped).await?;
     let rows = steps * METRIC_NAMES.len() as u64;
     Ok((run_id, rows as f64 / elapsed.as_secs_f64()))
 }
@@ -138,7 +141,7 @@ async fn ingestion(args: &ServerBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pool = db::connect(&format!("sqlite://{}", dir.path().join("bench.db").display())).await?;
     let events = event_bus();
-    let queue = SqliteQueue::new(pool.clone(), events.clone());
+    let queue = SqliteQueue::new(pool.clone(), events.clone(), "bench");
     let (writer, task) = MetricWriter::spawn(pool.clone(), events);
     let mut rates = Vec::new();
     for _ in 0..args.repeats {
@@ -172,7 +175,7 @@ async fn metrics_latency(args: &ServerBenchArgs) -> anyhow::Result<()> {
     let run_id = {
         let pool = db::connect(&config.database_url).await?;
         let events = event_bus();
-        let queue = SqliteQueue::new(pool.clone(), events.clone());
+        let queue = SqliteQueue::new(pool.clone(), events.clone(), "bench");
         let (writer, task) = MetricWriter::spawn(pool.clone(), events);
         let (run_id, _) = ingest_once(&queue, &writer, 20_000).await?;
         drop(writer);

@@ -136,13 +136,12 @@ pub async fn any(pool: &Pool) -> sqlx::Result<bool> {
     sqlx::query_scalar("select exists (select 1 from runs)").fetch_one(pool).await
 }
 
-/// Records how far a run has trained (and that its trainer is alive), inside the metric
-/// writer's transaction.
-pub async fn set_progress(conn: &mut SqliteConnection, id: i64, step: i64, total: i64, now: i64) -> sqlx::Result<()> {
-    sqlx::query("update runs set step = ?, total_steps = ?, heartbeat_at = ? where id = ?")
+/// Records how far a run has trained, inside the metric writer's transaction (which has
+/// checked that the writing worker still holds the run).
+pub async fn set_progress(conn: &mut SqliteConnection, id: i64, step: i64, total: i64) -> sqlx::Result<()> {
+    sqlx::query("update runs set step = ?, total_steps = ? where id = ?")
         .bind(step)
         .bind(total)
-        .bind(now)
         .bind(id)
         .execute(conn)
         .await?;

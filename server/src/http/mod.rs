@@ -62,11 +62,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `pool` with the SQLite queue and a fresh event bus; nothing runs the queue
-    /// until a [`crate::jobs::runner::Runner`] is started on it.
-    pub fn new(pool: Pool, settings: Settings) -> Self {
+    /// State over `pool` with the SQLite queue, claiming as `worker`, and a fresh event bus;
+    /// nothing runs the queue until a [`crate::jobs::runner::Runner`] is started on it.
+    pub fn new(pool: Pool, settings: Settings, worker: String) -> Self {
         let events = crate::jobs::events::event_bus();
-        let queue: Arc<dyn RunQueue> = Arc::new(crate::jobs::queue::SqliteQueue::new(pool.clone(), events.clone()));
+        let queue: Arc<dyn RunQueue> =
+            Arc::new(crate::jobs::queue::SqliteQueue::new(pool.clone(), events.clone(), worker));
         Self {
             pool,
             queue,

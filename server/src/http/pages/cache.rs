@@ -91,11 +91,11 @@ mod tests {
     async fn ended_runs_are_read_once_and_running_runs_every_time() {
         let dir = tempfile::tempdir().unwrap();
         let pool = crate::db::connect(&format!("sqlite://{}", dir.path().join("c.db").display())).await.unwrap();
-        let queue = SqliteQueue::new(pool.clone(), event_bus());
+        let queue = SqliteQueue::new(pool.clone(), event_bus(), "w");
         let (ended, running) =
             (queue.enqueue(json!({}), None).await.unwrap(), queue.enqueue(json!({}), None).await.unwrap());
-        queue.claim("w").await.unwrap();
-        queue.claim("w").await.unwrap();
+        queue.claim().await.unwrap();
+        queue.claim().await.unwrap();
         let rows: Vec<MetricRow> = [ended, running]
             .iter()
             .map(|&run_id| MetricRow { run_id, name: "loss".into(), step: 1, value: Some(0.5) })
