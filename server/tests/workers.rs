@@ -1,13 +1,14 @@
 //! Two servers on one database, each its own worker (their data dirs differ, so their default
-//! worker ids do): a server that starts leaves the other's live runs alone, and a cancel sent to
-//! either stops a run wherever it trains.
+//! worker ids do): a server that starts leaves the other's live runs alone, a cancel sent to
+//! either stops a run wherever it trains, and a run's ended metrics answer is kept in memory.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config, serve_config, wait_for};
-use serde_json::Value;
+use common::{config, lab, serve_config, toy_config, wait_for};
+use serde_json::{json, Value};
+use server::jobs::queue::Outcome;
 use server::serve::{default_worker_id, start, ServeConfig};
 
 /// A server over `root/goodhart.db` with its own data dir `root/<name>`.
@@ -53,4 +54,35 @@ async fn a_cancel_sent_to_one_server_stops_a_run_that_another_server_is_training
     assert_eq!(listed["checkpoints"][0]["step"], run["step"], "{listed}");
     b.stop().await.unwrap();
     a.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_ended_runs_metrics_answer_is_kept_in_memory_and_a_running_runs_is_read_afresh() {
+    let lab = lab().await;
+    let ended = lab.state.queue.enqueue(toy_config(json!({})), None).await.unwrap();
+    let running = lab.state.queue.enqueue(toy_config(json!({})), None).await.unwrap();
+    lab.train_next(100, 1000, 1.0, &[]).await;
+    lab.finish(ended, Outcome::Finished).await;
+    lab.train_next(100, 1000, 1.0, &[]).await;
+    let uri = |id: i64, query: &str| format!("/api/runs/{id}/metrics?{query}");
+    let (_, _, ended_first) = lab.request("GET", &uri(ended, "names=loss"), None).await;
+    let (_, _, running_first) = lab.request("GET", &uri(running, "names=loss"), None).await;
+    assert!(ended_first.contains("\"points\":5") && running_first.contains("\"points\":5"), "{ended_first}");
+
+    // Every stored value disappears behind the server's back.
+    let mut conn = lab.state.pool.acquire().await.unwrap();
+    for id in [ended, running] {
+        server::db::metrics::delete_after(&mut conn, id, -1).await.unwrap();
+    }
+    drop(conn);
+    let (status, headers, ended_again) = lab.request("GET", &uri(ended, "names=loss"), None).await;
+    assert_eq!((status, headers["content-type"].to_str().unwrap()), (200, "application/json"));
+    assert_eq!(ended_again, ended_first, "from memory");
+    let (_, _, running_again) = lab.request("GET", &uri(running, "names=loss"), None).await;
+    assert!(running_again.contains("\"points\":0"), "read again: {running_again}");
+    // The same request spelled differently is the same answer; another request is another.
+    let (_, _, respelled) = lab.request("GET", &uri(ended, "names=%20loss,&format=json"), None).await;
+    assert_eq!(respelled, ended_first);
+    let (_, headers, csv) = lab.request("GET", &uri(ended, "names=loss&format=csv"), None).await;
+    assert_eq!((headers["content-type"].to_str().unwrap(), csv.as_str()), ("text/csv", "step,name,value\n"));
 }

@@ -133,7 +133,7 @@ pub fn run(args: &UiBenchArgs) -> anyhow::Result<()> {
             get(&state, &page).await?;
         }
         // Cold: a server that has not shown these runs yet reads every series from SQLite.
-        // Warm: ended runs' series come from the server's memory (pages::cache).
+        // Warm: ended runs' series come from the server's memory (http::cache).
         let (mut cold_ms, mut page_ms, mut chart_ms) = (Vec::new(), Vec::new(), Vec::new());
         let (mut page_bytes, mut svg) = (0, String::new());
         for _ in 0..args.repeats {

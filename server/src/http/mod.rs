@@ -1,6 +1,7 @@
 //! The JSON API (one router per resource) and the web pages ([`pages`]), one [`error::Error`],
 //! bearer auth on mutating routes and downloads.
 
+pub mod cache;
 pub mod checkpoints;
 pub mod config;
 pub mod datasets;
@@ -57,8 +58,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Cancelled at shutdown; live streams end with it.
     pub shutdown: CancellationToken,
-    /// The metrics of ended runs, for the pages.
-    pub series_cache: Arc<pages::cache::SeriesCache>,
+    /// What ended runs serve (their series for the pages, their metrics API answers).
+    pub ended_runs: Arc<cache::EndedRunCache>,
 }
 
 impl AppState {
@@ -74,7 +75,7 @@ impl AppState {
             events,
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
-            series_cache: Arc::default(),
+            ended_runs: Arc::default(),
         }
     }
 }
