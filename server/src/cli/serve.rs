@@ -36,7 +36,8 @@ pub struct ServeArgs {
     #[arg(long, env = "GOODHART_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
     /// Another server's running runs are queued again once its heartbeat is older than this (it
-    /// is taken to be dead); longer than --heartbeat-interval, best several times it.
+    /// is taken to be dead); longer than --heartbeat-interval, best several times it. Servers
+    /// sharing a database should agree on both: each judges the others by its own value.
     #[arg(long, env = "GOODHART_STALE_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub stale_after: Duration,
     /// The largest grid `POST /api/sweeps` accepts, in runs.
