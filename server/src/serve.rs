@@ -1,7 +1,7 @@
 //! Starting and stopping the whole server: database, queue, metric writer, runner, HTTP.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -20,6 +20,12 @@ pub struct ServeConfig {
     pub models_dir: PathBuf,
     pub datasets_dir: PathBuf,
     pub max_concurrent_runs: usize,
+    /// The name this server claims runs under [default: [`default_worker_id`]].
+    pub worker_id: Option<String>,
+    /// How often this server renews the runs it is running.
+    pub heartbeat_interval: Duration,
+    /// How old another server's heartbeat must be before its runs are taken back.
+    pub stale_after: Duration,
     pub max_sweep_runs: usize,
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
@@ -52,6 +58,33 @@ impl ServeConfig {
     }
 }
 
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// The worker id of a server not given `--worker-id`: this host and the canonical data dir.
+///
+/// It must survive a restart, unlike a process id: at startup a server takes back at once the
+/// runs still `running` under its own id (its previous process died holding them) and leaves
+/// other workers' runs until their heartbeat is stale. And it must differ between servers that
+/// share a database: two on one host differ in their data dir, which holds each one's
+/// checkpoints (so it cannot be shared by two live servers anyway).
+pub fn default_worker_id(data_dir: &Path) -> std::io::Result<String> {
+    let dir = data_dir.canonicalize()?;
+    Ok(format!("{}:{}", hostname(), dir.display()))
+}
+
+/// The kernel's host name, without a dependency or `unsafe` for `gethostname(2)`.
+fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 /// `static/` in the source tree, where `cargo run` finds it.
 pub fn default_static_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../static"))
@@ -67,6 +100,9 @@ impl ServeConfig {
             models_dir: root.to_path_buf(),
             datasets_dir: root.to_path_buf(),
             max_concurrent_runs: 1,
+            worker_id: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            stale_after: DEFAULT_STALE_AFTER,
             max_sweep_runs: 512,
             max_body_bytes: 1 << 20,
             max_upload_bytes: 1 << 30,
@@ -107,6 +143,22 @@ impl Server {
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
+    if config.heartbeat_interval.is_zero() {
+        bail!("--heartbeat-interval must be longer than 0");
+    }
+    // Renewals land at most one interval apart (plus the time one takes): at or under that a
+    // live server's runs would be taken from it between two of its own beats.
+    if config.stale_after <= config.heartbeat_interval {
+        bail!(
+            "--stale-after ({:?}) must be longer than --heartbeat-interval ({:?}), or live servers' runs would be \
+             taken from them between two heartbeats",
+            config.stale_after,
+            config.heartbeat_interval
+        );
+    }
+    if config.worker_id.as_deref().is_some_and(|w| w.trim().is_empty()) {
+        bail!("--worker-id must not be empty (leave it out for the default: this host and the data dir)");
+    }
     let token = config.auth_token.clone().filter(|t| !t.is_empty());
     if !config.bind.ip().is_loopback() && token.is_none() && !config.insecure {
         bail!(
@@ -119,19 +171,40 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     let pool = crate::db::connect(&config.database_url)
         .await
         .with_context(|| format!("opening database {}", config.database_url))?;
-    let state = AppState::new(pool.clone(), config.settings());
+    let worker = match &config.worker_id {
+        Some(id) => id.trim().to_string(),
+        None => default_worker_id(&config.data_dir)
+            .with_context(|| format!("naming this worker after {}", config.data_dir.display()))?,
+    };
+    let state = AppState::new(pool.clone(), config.settings(), worker.clone());
     let orphans = state.queue.requeue_orphans().await?;
     if !orphans.is_empty() {
-        tracing::info!(?orphans, "runs interrupted by a crash are queued again and will resume from their checkpoints");
+        tracing::info!(
+            requeued = ?orphans.requeued,
+            cancelled = ?orphans.cancelled,
+            "runs left running by this worker's previous process (a crash) are queued again and will resume from \
+             their checkpoints"
+        );
+    }
+    let stale = state.queue.reclaim_stale(config.stale_after).await?;
+    if !stale.is_empty() {
+        tracing::warn!(
+            requeued = ?stale.requeued,
+            cancelled = ?stale.cancelled,
+            "took back runs whose worker stopped renewing them more than --stale-after ago"
+        );
     }
     let shutdown = state.shutdown.clone();
     let (writer, writer_task) = MetricWriter::spawn(pool.clone(), state.events.clone());
     let runner = Runner {
         queue: state.queue.clone(),
+        pool: pool.clone(),
         train: trainer::train::train,
         writer,
         data_dir: config.data_dir.clone(),
         max_concurrent: config.max_concurrent_runs,
+        heartbeat_interval: config.heartbeat_interval,
+        stale_after: config.stale_after,
         shutdown: shutdown.clone(),
     };
     if config.demo_if_empty && !crate::db::runs::any(&pool).await? {
@@ -155,6 +228,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         tracing::info!("stopped");
         served.context("http server")
     });
-    tracing::info!(max_concurrent_runs = config.max_concurrent_runs, "listening on http://{addr}");
+    tracing::info!(max_concurrent_runs = config.max_concurrent_runs, %worker, "listening on http://{addr}");
     Ok(Server { addr, state, shutdown, task })
 }

@@ -1,5 +1,6 @@
 //! The `goodhart serve` process killed with SIGKILL or stopped with SIGTERM mid-run: the next
-//! start resumes the run from its last checkpoint and its metrics end complete, each once.
+//! start (of the same server, or once the dead one's heartbeat is stale, of another one on the
+//! same database) resumes the run from its last checkpoint and its metrics end complete, each once.
 
 mod common;
 
@@ -15,7 +16,13 @@ use serde_json::Value;
 
 /// `goodhart serve` on port 0 over `dir`; answers the child and its base URL.
 fn start_server(dir: &Path) -> (Child, String) {
+    start_server_with(dir, &[])
+}
+
+/// [`start_server`] with more environment variables (each flag is also one).
+fn start_server_with(dir: &Path, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_goodhart"))
+        .envs(env.iter().copied())
         .arg("serve")
         .args(["--bind", "127.0.0.1:0"])
         .arg("--database-url")
@@ -147,6 +154,43 @@ async fn sigterm_checkpoints_running_trainers_ends_live_streams_and_the_run_resu
     let loss: Vec<i64> = full_series(&client, &base, id, "loss").await.into_iter().map(|p| p.0).collect();
     let last = *loss.last().unwrap();
     assert_eq!(loss, (1..=last).collect::<Vec<_>>(), "no gap and no repeat across the restart");
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_servers_run_is_left_alone_until_its_heartbeat_is_stale_then_another_server_resumes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let (total, save_steps) = (600, 50);
+    let stale_after = Duration::from_secs(5);
+    let beats = [("GOODHART_HEARTBEAT_INTERVAL", "200ms"), ("GOODHART_STALE_AFTER", "5s")];
+    let (mut first, base) = start_server_with(dir.path(), &[&beats[..], &[("GOODHART_WORKER_ID", "first")]].concat());
+    let id = create(&client, &base, &config(total, save_steps)).await;
+    wait_for(&client, &base, id, "step 120", |r| r["step"].as_i64().unwrap_or(0) >= 120).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (killed, killed_ms) = (std::time::Instant::now(), server::db::now_ms());
+
+    // Another worker on the same database and data dir: not its run to take back at start.
+    let (mut second, base) = start_server_with(dir.path(), &[&beats[..], &[("GOODHART_WORKER_ID", "second")]].concat());
+    let at_start: Value = client.get(format!("{base}/api/runs/{id}")).send().await.unwrap().json().await.unwrap();
+    assert!(killed.elapsed() < stale_after, "the second server took too long to start to check this");
+    assert_eq!((at_start["status"].as_str(), at_start["attempts"].as_i64()), (Some("running"), Some(1)), "{at_start}");
+
+    let resumed = wait_for(&client, &base, id, "claimed again", |r| r["attempts"] == 2).await;
+    // Its last heartbeat was at most one interval (200 ms) before the kill.
+    let waited = killed.elapsed();
+    assert!(waited >= stale_after - Duration::from_millis(300), "taken back {waited:?} after the kill: {resumed}");
+    let run = wait_for(&client, &base, id, "finished", |r| r["status"] == "finished").await;
+    assert_eq!((run["attempts"].as_i64(), run["step"].as_i64()), (Some(2), Some(total as i64)));
+    let loss: Vec<i64> = full_series(&client, &base, id, "loss").await.into_iter().map(|p| p.0).collect();
+    assert_eq!(loss, (1..=total as i64).collect::<Vec<_>>(), "every step once");
+    // Resumed from a checkpoint the first server wrote, not started over.
+    let checkpoints: Value =
+        client.get(format!("{base}/api/runs/{id}/checkpoints")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(checkpoints["checkpoints"][0]["step"], save_steps);
+    assert!(checkpoints["checkpoints"][0]["created_at"].as_i64().unwrap() < killed_ms, "{checkpoints}");
     second.kill().unwrap();
     second.wait().unwrap();
 }

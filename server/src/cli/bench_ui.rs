@@ -69,7 +69,7 @@ async fn fill(state: &AppState, writer: &MetricWriter, runs: usize, points: usiz
         state.queue.enqueue_sweep(json!({"task": "toy-tree"}), json!({"seed": [0, 1, 2]}), configs).await?;
     let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
     for (i, _) in ids.iter().enumerate() {
-        let claim = state.queue.claim("bench").await?.ok_or_else(|| anyhow::anyhow!("no queued run"))?;
+        let claim = state.queue.claim().await?.ok_or_else(|| anyhow::anyhow!("no queued run"))?;
         let rate = 0.002 + 0.004 * (i as f64 / runs as f64);
         for p in 0..points {
             let step = (p as i64 + 1) * 10;
@@ -82,7 +82,7 @@ async fn fill(state: &AppState, writer: &MetricWriter, runs: usize, points: usiz
                 ("eval/gold_reward".to_string(), Some(gold)),
                 ("eval/ood_mass".to_string(), Some(0.2 + 0.3 * (1.0 - (-kl / 20.0).exp()))),
             ];
-            writer.send(WriteMsg::Metrics { run_id: claim.run_id, step, values }).await.map_err(anyhow::Error::msg)?;
+            writer.send(WriteMsg::Metrics { lease: claim.lease(), step, values }).await.map_err(anyhow::Error::msg)?;
         }
         writer.flush().await.map_err(anyhow::Error::msg)?;
         state.queue.finish(claim.run_id, Outcome::Finished).await?;
@@ -114,7 +114,7 @@ pub fn run(args: &UiBenchArgs) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let config = ServeConfig::for_dir(dir.path());
         let pool = crate::db::connect(&config.database_url).await?;
-        let state = AppState::new(pool.clone(), config.settings());
+        let state = AppState::new(pool.clone(), config.settings(), "bench".into());
         let (writer, writer_task) = MetricWriter::spawn(pool, state.events.clone());
         let filling = Instant::now();
         let sweep = fill(&state, &writer, args.runs, args.points).await?;
@@ -133,11 +133,11 @@ pub fn run(args: &UiBenchArgs) -> anyhow::Result<()> {
             get(&state, &page).await?;
         }
         // Cold: a server that has not shown these runs yet reads every series from SQLite.
-        // Warm: ended runs' series come from the server's memory (pages::cache).
+        // Warm: ended runs' series come from the server's memory (http::cache).
         let (mut cold_ms, mut page_ms, mut chart_ms) = (Vec::new(), Vec::new(), Vec::new());
         let (mut page_bytes, mut svg) = (0, String::new());
         for _ in 0..args.repeats {
-            let fresh = AppState::new(state.pool.clone(), config.settings());
+            let fresh = AppState::new(state.pool.clone(), config.settings(), "bench".into());
             cold_ms.push(get(&fresh, &page).await?.0);
             let (ms, body) = get(&state, &page).await?;
             page_ms.push(ms);

@@ -26,6 +26,20 @@ pub struct ServeArgs {
     /// Trainers running at once [default: half the cores, at least 1].
     #[arg(long, env = "GOODHART_MAX_CONCURRENT_RUNS")]
     pub max_concurrent_runs: Option<usize>,
+    /// The name this server claims runs under, unique among the servers sharing the database
+    /// [default: <host>:<canonical data dir>, the same across restarts]. At start, runs still
+    /// `running` under this id are queued again at once (its previous process died holding them).
+    #[arg(long, env = "GOODHART_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// How often this server renews the runs it is running and hears of cancels sent to other
+    /// servers (`500ms`, `5s`, `1m`; a bare number is seconds).
+    #[arg(long, env = "GOODHART_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Another server's running runs are queued again once its heartbeat is older than this (it
+    /// is taken to be dead); longer than --heartbeat-interval, best several times it. Servers
+    /// sharing a database should agree on both: each judges the others by its own value.
+    #[arg(long, env = "GOODHART_STALE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub stale_after: Duration,
     /// The largest grid `POST /api/sweeps` accepts, in runs.
     #[arg(long, env = "GOODHART_MAX_SWEEP_RUNS", default_value_t = 512)]
     pub max_sweep_runs: usize,
@@ -61,6 +75,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         models_dir: args.models_dir,
         datasets_dir: args.datasets_dir,
         max_concurrent_runs: args.max_concurrent_runs.unwrap_or((cores / 2).max(1)).max(1),
+        worker_id: args.worker_id,
+        heartbeat_interval: args.heartbeat_interval,
+        stale_after: args.stale_after,
         max_sweep_runs: args.max_sweep_runs,
         max_body_bytes: args.max_body_bytes,
         max_upload_bytes: args.max_upload_bytes,
@@ -84,6 +101,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `500ms`, `5s`, `2m`, or a bare number of seconds.
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{raw:?} is not a duration such as 500ms, 5s or 1m"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        other => Err(format!("unknown unit {other:?} in {raw:?}: use ms, s or m")),
+    }
+}
+
 /// Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -103,5 +134,21 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_ms_s_or_m_and_a_bare_number_is_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("-1s").is_err());
     }
 }

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::Pool;
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct Checkpoint {
@@ -65,14 +67,14 @@ pub async fn delete_after(conn: &mut SqliteConnection, run_id: i64, step: i64) -
     Ok(())
 }
 
-pub async fn list(pool: &SqlitePool, run_id: i64) -> sqlx::Result<Vec<Checkpoint>> {
+pub async fn list(pool: &Pool, run_id: i64) -> sqlx::Result<Vec<Checkpoint>> {
     sqlx::query_as("select step, path, bytes, sha256, created_at from checkpoints where run_id = ? order by step")
         .bind(run_id)
         .fetch_all(pool)
         .await
 }
 
-pub async fn get(pool: &SqlitePool, run_id: i64, step: i64) -> sqlx::Result<Option<Checkpoint>> {
+pub async fn get(pool: &Pool, run_id: i64, step: i64) -> sqlx::Result<Option<Checkpoint>> {
     sqlx::query_as("select step, path, bytes, sha256, created_at from checkpoints where run_id = ? and step = ?")
         .bind(run_id)
         .bind(step)
@@ -80,7 +82,7 @@ pub async fn get(pool: &SqlitePool, run_id: i64, step: i64) -> sqlx::Result<Opti
         .await
 }
 
-pub async fn files(pool: &SqlitePool, run_id: i64, step: i64) -> sqlx::Result<Vec<CheckpointFile>> {
+pub async fn files(pool: &Pool, run_id: i64, step: i64) -> sqlx::Result<Vec<CheckpointFile>> {
     sqlx::query_as("select name, bytes, sha256 from checkpoint_files where run_id = ? and step = ? order by name")
         .bind(run_id)
         .bind(step)
@@ -89,7 +91,7 @@ pub async fn files(pool: &SqlitePool, run_id: i64, step: i64) -> sqlx::Result<Ve
 }
 
 /// The checkpoint steps of several runs: run id -> steps, ascending.
-pub async fn steps_of_runs(pool: &SqlitePool, run_ids: &[i64]) -> sqlx::Result<HashMap<i64, Vec<i64>>> {
+pub async fn steps_of_runs(pool: &Pool, run_ids: &[i64]) -> sqlx::Result<HashMap<i64, Vec<i64>>> {
     let mut out: HashMap<i64, Vec<i64>> = HashMap::new();
     for ids in run_ids.chunks(500) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("select run_id, step from checkpoints where run_id in (");

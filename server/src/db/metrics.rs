@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::Pool;
 
 /// One value of one metric at one step.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -41,7 +43,7 @@ pub type Series = Vec<(i64, Option<f64>)>;
 
 /// Every point of the named metrics (all metrics when `names` is empty): (name, [(step, value)])
 /// in name then step order.
-pub async fn series(pool: &SqlitePool, run_id: i64, names: &[String]) -> sqlx::Result<Vec<(String, Series)>> {
+pub async fn series(pool: &Pool, run_id: i64, names: &[String]) -> sqlx::Result<Vec<(String, Series)>> {
     let mut by_run = series_of_runs(pool, &[run_id], names).await?;
     Ok(by_run.remove(&run_id).map(|m| m.into_iter().collect()).unwrap_or_default())
 }
@@ -53,7 +55,7 @@ pub async fn series(pool: &SqlitePool, run_id: i64, names: &[String]) -> sqlx::R
 /// 17 significant digits, which round-trips an f64 exactly): decoding one row per point through
 /// the driver costs ~20x more than parsing the packed text.
 pub async fn series_of_runs(
-    pool: &SqlitePool,
+    pool: &Pool,
     run_ids: &[i64],
     names: &[String],
 ) -> sqlx::Result<HashMap<i64, BTreeMap<String, Series>>> {
@@ -73,7 +75,7 @@ pub async fn series_of_runs(
 const READ_PARALLELISM: usize = 4;
 
 async fn series_of_some_runs(
-    pool: &SqlitePool,
+    pool: &Pool,
     ids: &[i64],
     names: &[String],
 ) -> sqlx::Result<HashMap<i64, BTreeMap<String, Series>>> {
@@ -119,12 +121,17 @@ fn unpack(text: &str) -> sqlx::Result<Series> {
 }
 
 /// Points after `step`, in step order: what a reconnecting live stream missed.
-pub async fn after_step(pool: &SqlitePool, run_id: i64, step: i64) -> sqlx::Result<Vec<MetricRow>> {
+pub async fn after_step(pool: &Pool, run_id: i64, step: i64) -> sqlx::Result<Vec<MetricRow>> {
     sqlx::query_as("select run_id, name, step, value from metrics where run_id = ? and step > ? order by step, name")
         .bind(run_id)
         .bind(step)
         .fetch_all(pool)
         .await
+}
+
+/// How many values are stored, over all runs (the ingestion benchmark checks it).
+pub async fn count(pool: &Pool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select count(*) from metrics").fetch_one(pool).await
 }
 
 /// Recomputes the run's summary rows from its metrics.

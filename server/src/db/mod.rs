@@ -9,10 +9,14 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+
+/// The database handle everything outside `db/` and the queue holds. It names the backend only
+/// here, so a Postgres backend changes this alias, the SQL in `db/` and `jobs/queue.rs`, and no
+/// handler. (An alias rather than a wrapper: callers only pass it back into `db::` functions.)
+pub type Pool = sqlx::SqlitePool;
 
 /// Opens (creating if missing) the database and runs the migrations in `migrations/`.
-pub async fn connect(database_url: &str) -> Result<SqlitePool, sqlx::Error> {
+pub async fn connect(database_url: &str) -> Result<Pool, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(database_url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)

@@ -1,7 +1,9 @@
-//! Reading and deleting runs. Every status change lives in `jobs::queue`.
+//! Reading runs and recording their progress. Every status change lives in `jobs::queue`.
 
 use serde::Serialize;
-use sqlx::SqlitePool;
+use sqlx::SqliteConnection;
+
+use super::Pool;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,7 +69,7 @@ impl Run {
 const COLUMNS: &str = "id, sweep_id, config, status, cancel_requested, step, total_steps, error, attempts, \
                        parent_id, created_at, started_at, finished_at, heartbeat_at";
 
-pub async fn get(pool: &SqlitePool, id: i64) -> sqlx::Result<Option<Run>> {
+pub async fn get(pool: &Pool, id: i64) -> sqlx::Result<Option<Run>> {
     sqlx::query_as(&format!("select {COLUMNS} from runs where id = ?")).bind(id).fetch_optional(pool).await
 }
 
@@ -98,12 +100,7 @@ impl Sort {
     }
 }
 
-pub async fn list(
-    pool: &SqlitePool,
-    status: Option<RunStatus>,
-    sweep_id: Option<i64>,
-    sort: Sort,
-) -> sqlx::Result<Vec<Run>> {
+pub async fn list(pool: &Pool, status: Option<RunStatus>, sweep_id: Option<i64>, sort: Sort) -> sqlx::Result<Vec<Run>> {
     let sql = format!(
         "select {COLUMNS} from runs where (?1 is null or status = ?1) and (?2 is null or sweep_id = ?2) \
          order by {}",
@@ -113,7 +110,7 @@ pub async fn list(
 }
 
 /// The runs with these ids that exist, in the order of `ids`.
-pub async fn by_ids(pool: &SqlitePool, ids: &[i64]) -> sqlx::Result<Vec<Run>> {
+pub async fn by_ids(pool: &Pool, ids: &[i64]) -> sqlx::Result<Vec<Run>> {
     let mut found: Vec<Run> = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
         let mut q: sqlx::QueryBuilder<sqlx::Sqlite> =
@@ -135,12 +132,24 @@ pub async fn by_ids(pool: &SqlitePool, ids: &[i64]) -> sqlx::Result<Vec<Run>> {
 }
 
 /// Whether any run exists (`serve --demo` queues the demo sweep into an empty database).
-pub async fn any(pool: &SqlitePool) -> sqlx::Result<bool> {
+pub async fn any(pool: &Pool) -> sqlx::Result<bool> {
     sqlx::query_scalar("select exists (select 1 from runs)").fetch_one(pool).await
 }
 
+/// Records how far a run has trained, inside the metric writer's transaction (which has
+/// checked that the writing worker still holds the run).
+pub async fn set_progress(conn: &mut SqliteConnection, id: i64, step: i64, total: i64) -> sqlx::Result<()> {
+    sqlx::query("update runs set step = ?, total_steps = ? where id = ?")
+        .bind(step)
+        .bind(total)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Removes the run and (by cascade) its metrics, summaries and checkpoint rows.
-pub async fn delete(pool: &SqlitePool, id: i64) -> sqlx::Result<bool> {
+pub async fn delete(pool: &Pool, id: i64) -> sqlx::Result<bool> {
     Ok(sqlx::query("delete from runs where id = ?").bind(id).execute(pool).await?.rows_affected() > 0)
 }
 
@@ -155,7 +164,7 @@ pub struct SummaryRow {
     pub points: i64,
 }
 
-pub async fn summary(pool: &SqlitePool, id: i64) -> sqlx::Result<Vec<SummaryRow>> {
+pub async fn summary(pool: &Pool, id: i64) -> sqlx::Result<Vec<SummaryRow>> {
     sqlx::query_as(
         "select name, first_value, last_value, min_value, max_value, last_step, points \
          from run_summaries where run_id = ? order by name",

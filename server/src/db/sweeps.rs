@@ -1,6 +1,6 @@
 //! Sweeps: a base config and a grid. Their runs are inserted by the queue.
 
-use sqlx::SqlitePool;
+use super::Pool;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Sweep {
@@ -10,7 +10,7 @@ pub struct Sweep {
     pub created_at: i64,
 }
 
-pub async fn get(pool: &SqlitePool, id: i64) -> sqlx::Result<Option<Sweep>> {
+pub async fn get(pool: &Pool, id: i64) -> sqlx::Result<Option<Sweep>> {
     sqlx::query_as("select id, base_config, grid, created_at from sweeps where id = ?")
         .bind(id)
         .fetch_optional(pool)

@@ -45,7 +45,7 @@ impl From<QueueError> for Error {
     fn from(e: QueueError) -> Self {
         match e {
             QueueError::NotFound(id) => Self::NotFound(format!("run {id}")),
-            QueueError::Conflict { .. } => Self::Conflict(e.to_string()),
+            QueueError::Conflict { .. } | QueueError::Lost(_) => Self::Conflict(e.to_string()),
             QueueError::Db(e) => e.into(),
         }
     }

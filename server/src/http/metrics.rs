@@ -1,12 +1,14 @@
-//! `GET /api/runs/{id}/metrics?names=&max_points=&format=json|csv`
+//! `GET /api/runs/{id}/metrics?names=&max_points=&format=json|csv`. Ended runs' answers are
+//! kept in [`super::cache`].
 
 use std::collections::BTreeMap;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -59,6 +61,11 @@ async fn series(
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect();
+    // Everything the answer depends on, parsed: spellings of one request share an entry.
+    let query = format!("{}|{max_points:?}|{}", if csv { "csv" } else { "json" }, names.join("\n"));
+    if let Some(body) = state.ended_runs.metrics_body(&run, &query) {
+        return Ok(respond(run.id, csv, body));
+    }
     let mut by_name: BTreeMap<String, Vec<(i64, Option<f64>)>> =
         metrics::series(&state.pool, run.id, &names).await?.into_iter().collect();
     let total_points: usize = by_name.values().map(Vec::len).sum();
@@ -68,7 +75,7 @@ async fn series(
             *points = downsample(points, max, |p| p.1);
         }
     }
-    if csv {
+    let body = if csv {
         let mut out = String::from("step,name,value\n");
         for (name, points) in &by_name {
             for (step, value) in points {
@@ -76,16 +83,27 @@ async fn series(
                 out.push_str(&format!("{step},{},{value}\n", csv_field(name)));
             }
         }
-        let disposition = format!("attachment; filename=\"run-{}-metrics.csv\"", run.id);
-        return Ok(([(header::CONTENT_TYPE, "text/csv".to_string()), (header::CONTENT_DISPOSITION, disposition)], out)
-            .into_response());
+        Bytes::from(out)
+    } else {
+        let returned: usize = by_name.values().map(Vec::len).sum();
+        let answer = json!({
+            "run_id": run.id,
+            "points": total_points,
+            "returned": returned,
+            "series": by_name,
+        });
+        Bytes::from(serde_json::to_vec(&answer).map_err(|e| Error::Internal(format!("metrics JSON: {e}")))?)
+    };
+    state.ended_runs.keep_metrics_body(&run, query, body.clone());
+    Ok(respond(run.id, csv, body))
+}
+
+fn respond(run_id: i64, csv: bool, body: Bytes) -> Response {
+    if csv {
+        let disposition = format!("attachment; filename=\"run-{run_id}-metrics.csv\"");
+        ([(header::CONTENT_TYPE, "text/csv".to_string()), (header::CONTENT_DISPOSITION, disposition)], body)
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
     }
-    let returned: usize = by_name.values().map(Vec::len).sum();
-    Ok(Json(json!({
-        "run_id": run.id,
-        "points": total_points,
-        "returned": returned,
-        "series": by_name,
-    }))
-    .into_response())
 }

@@ -1,6 +1,7 @@
 //! The JSON API (one router per resource) and the web pages ([`pages`]), one [`error::Error`],
 //! bearer auth on mutating routes and downloads.
 
+pub mod cache;
 pub mod checkpoints;
 pub mod config;
 pub mod datasets;
@@ -22,11 +23,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::db::Pool;
 use crate::jobs::events::EventBus;
 use crate::jobs::queue::RunQueue;
 
@@ -50,29 +51,31 @@ pub struct Settings {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: SqlitePool,
+    /// For `db::` reads; every change goes through `queue`.
+    pub pool: Pool,
     pub queue: Arc<dyn RunQueue>,
     pub events: EventBus,
     pub settings: Arc<Settings>,
     /// Cancelled at shutdown; live streams end with it.
     pub shutdown: CancellationToken,
-    /// The metrics of ended runs, for the pages.
-    pub series_cache: Arc<pages::cache::SeriesCache>,
+    /// What ended runs serve (their series for the pages, their metrics API answers).
+    pub ended_runs: Arc<cache::EndedRunCache>,
 }
 
 impl AppState {
-    /// State over `pool` with the SQLite queue and a fresh event bus; nothing runs the queue
-    /// until a [`crate::jobs::runner::Runner`] is started on it.
-    pub fn new(pool: SqlitePool, settings: Settings) -> Self {
+    /// State over `pool` with the SQLite queue, claiming as `worker`, and a fresh event bus;
+    /// nothing runs the queue until a [`crate::jobs::runner::Runner`] is started on it.
+    pub fn new(pool: Pool, settings: Settings, worker: String) -> Self {
         let events = crate::jobs::events::event_bus();
-        let queue: Arc<dyn RunQueue> = Arc::new(crate::jobs::queue::SqliteQueue::new(pool.clone(), events.clone()));
+        let queue: Arc<dyn RunQueue> =
+            Arc::new(crate::jobs::queue::SqliteQueue::new(pool.clone(), events.clone(), worker));
         Self {
             pool,
             queue,
             events,
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
-            series_cache: Arc::default(),
+            ended_runs: Arc::default(),
         }
     }
 }

@@ -179,6 +179,7 @@ async fn clone_with_edits(
 async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
     let id = parse_id(&id, "run")?;
     state.queue.delete(id).await?;
+    state.ended_runs.forget(id);
     let dir = crate::jobs::run_dir(&state.settings.data_dir, id);
     match tokio::fs::remove_dir_all(&dir).await {
         Ok(()) => {}

@@ -1,26 +1,53 @@
-//! The run queue: the one place that changes a run's status.
+//! The run queue: the one place that changes a run's status, and the one that decides which
+//! worker holds a running run.
 //!
 //! ```text
-//! queued ──claim──▶ running ──▶ finished | failed
-//!   │                  │ cancel
-//!   └─cancel─▶ cancelled ◀──┘        running ──(shutdown or crash)──▶ queued (resumes from its checkpoint)
+//!             claim (attempts + 1)
+//!   queued ──────────────────────────▶ running ──finish──▶ finished | failed
+//!    │  ▲                                 │
+//!    │  └── stopped at shutdown, ◀────────┤   cancel: sets cancel_requested; the holder stops
+//!    │      orphaned by a restart,        │   before its next step and finishes the run as
+//!    │      or reclaimed when stale       │   cancelled (a reclaim also honours a pending cancel)
+//!    └──cancel──▶ cancelled ◀─────────────┘
 //! ```
 //!
+//! Who holds a running run: the claim that took it, named by the worker id and the attempt.
+//! `attempts` grows by one with every claim, so no two claims of a run share a number: it is the
+//! fencing token. Every write made for a claim (its heartbeat, its finish, the metric writer's
+//! batches) applies only while the run is still `running` under that attempt:
+//! - **Heartbeat.** Every `--heartbeat-interval` a worker renews `heartbeat_at` of the claims it
+//!   holds, in one statement that also answers their `cancel_requested`; a cancel sent to any
+//!   server reaches the holder that way, and stops its trainer within a step of the next beat.
+//! - **Reclaim.** A run `running` under a worker goes back to `queued` (to `cancelled` if a cancel
+//!   was pending; `attempts` keeps counting): at once when that worker id starts again (its last
+//!   process died holding it), otherwise once its heartbeat is older than `--stale-after`. A
+//!   worker never reclaims the claims it holds itself.
+//! - **Lost.** A held claim missing from its heartbeat's answer was reclaimed while its worker was
+//!   unreachable (paused, cut off from the database). The worker stops that trainer as for a
+//!   cancel and forgets the claim. It records nothing more for it: its finish is refused with
+//!   [`QueueError::Lost`], and the metric writer drops what the trainer logged in the meantime,
+//!   the final checkpoint included (a later claim by this worker removes that unrecorded
+//!   checkpoint rather than resume from it). The run's status is the queue's or its new holder's.
+//!
+//! One live server per data dir: two would share checkpoint directories, and with the default
+//! worker id (derived from the data dir) the second one's start would take the first one's runs.
+//!
 //! Handlers and the runner talk to [`RunQueue`], not to SQLite, so a Postgres queue serving
-//! remote workers (claim with `for update skip locked`, cancel through the heartbeat) can replace
-//! [`SqliteQueue`] without touching them.
+//! remote workers (claim with `for update skip locked`, the same heartbeat and fencing) can
+//! replace [`SqliteQueue`] without touching them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use sqlx::SqlitePool;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{Mutex, Notify};
 
 use super::events::{EventBus, RunEvent};
-use crate::db::{self, runs::RunStatus, BEGIN_WRITE};
+use crate::db::{self, runs::RunStatus, Pool, BEGIN_WRITE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -29,11 +56,21 @@ pub enum QueueError {
     /// The run is in a status that does not allow the action.
     #[error("run {id} is {status}: {message}")]
     Conflict { id: i64, status: &'static str, message: &'static str },
+    /// This worker does not hold the run (any more): see "Lost" in the module doc.
+    #[error("run {0} is not held by this worker: it was reclaimed after a stale heartbeat, or has already ended")]
+    Lost(i64),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }
 
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// One claim of one run; what a write on its behalf is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub run_id: i64,
+    pub attempt: i64,
+}
 
 /// A run handed to a worker.
 #[derive(Debug, Clone)]
@@ -41,10 +78,17 @@ pub struct Claim {
     pub run_id: i64,
     /// The validated config JSON.
     pub config: String,
-    /// 1 on the first claim; more when the run resumes after a shutdown or crash.
+    /// 1 on the first claim; more when the run resumes after a shutdown, crash or reclaim.
     pub attempt: i64,
-    /// Set when the run is cancelled; the trainer polls it before every step.
-    pub cancel: Arc<AtomicBool>,
+    /// Set when the trainer must checkpoint and stop: the run was cancelled, or this worker lost
+    /// it. The trainer polls it before every step; `finish` then decides what the run becomes.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Claim {
+    pub fn lease(&self) -> Lease {
+        Lease { run_id: self.run_id, attempt: self.attempt }
+    }
 }
 
 /// How a worker's trainer ended.
@@ -66,37 +110,90 @@ pub enum Cancelled {
     Requested,
 }
 
+/// What one heartbeat found among this worker's claims (their trainers were told to stop).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Beat {
+    /// Claims renewed.
+    pub renewed: usize,
+    /// Held runs with a cancel pending, sent to another server or before this beat.
+    pub cancelled: Vec<i64>,
+    /// Runs this worker no longer holds.
+    pub lost: Vec<i64>,
+}
+
+/// Runs a reclaim took back from a worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Back to `queued`; they resume from their last checkpoint.
+    pub requeued: Vec<i64>,
+    /// A cancel was pending: now `cancelled`.
+    pub cancelled: Vec<i64>,
+}
+
+impl Reclaimed {
+    pub fn is_empty(&self) -> bool {
+        self.requeued.is_empty() && self.cancelled.is_empty()
+    }
+}
+
 pub trait RunQueue: Send + Sync {
+    /// The worker id this queue claims runs as.
+    fn worker(&self) -> &str;
     /// Adds one run; answers its id.
     fn enqueue(&self, config: Value, parent_id: Option<i64>) -> BoxFuture<'_, Result<i64>>;
     /// Adds a sweep and all its runs in one transaction; answers the sweep id and run ids.
     fn enqueue_sweep(&self, base: Value, grid: Value, configs: Vec<Value>) -> BoxFuture<'_, Result<(i64, Vec<i64>)>>;
-    /// Atomically takes the oldest queued run, if any.
-    fn claim<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, Result<Option<Claim>>>;
+    /// Atomically takes the oldest queued run for this worker, if any.
+    fn claim(&self) -> BoxFuture<'_, Result<Option<Claim>>>;
     /// Resolves when work may be available (a hint; claim decides).
     fn work_available(&self) -> BoxFuture<'_, ()>;
+    /// Records how the trainer of a run this worker claimed ended; [`QueueError::Lost`] if this
+    /// worker no longer holds it.
     fn finish(&self, run_id: i64, outcome: Outcome) -> BoxFuture<'_, Result<RunStatus>>;
     fn cancel(&self, run_id: i64) -> BoxFuture<'_, Result<Cancelled>>;
     /// The config of a failed or cancelled run, to enqueue again as a new run.
     fn retry(&self, run_id: i64) -> BoxFuture<'_, Result<String>>;
     /// Removes a run that is not running.
     fn delete(&self, run_id: i64) -> BoxFuture<'_, Result<()>>;
-    /// At startup: runs left `running` by a crash go back to `queued` and will resume.
-    fn requeue_orphans(&self) -> BoxFuture<'_, Result<Vec<i64>>>;
+    /// Renews this worker's claims, and stops the trainers of those cancelled or lost since.
+    fn heartbeat(&self) -> BoxFuture<'_, Result<Beat>>;
+    /// At startup: runs left `running` under this worker id by its previous process (a crash)
+    /// go back to `queued` and will resume.
+    fn requeue_orphans(&self) -> BoxFuture<'_, Result<Reclaimed>>;
+    /// Runs of any worker whose heartbeat is older than `stale_after` go back to `queued`.
+    fn reclaim_stale(&self, stale_after: Duration) -> BoxFuture<'_, Result<Reclaimed>>;
+}
+
+/// A claim this process holds.
+struct Held {
+    attempt: i64,
+    stop: Arc<AtomicBool>,
+}
+
+/// Which running runs a reclaim takes back.
+#[derive(Clone, Copy)]
+enum Reclaim<'a> {
+    /// This worker's: its previous process died holding them.
+    Orphans(&'a str),
+    /// Anyone's whose last heartbeat is older than this (unix ms).
+    StaleBefore(i64),
 }
 
 pub struct SqliteQueue {
-    pool: SqlitePool,
+    pool: Pool,
     events: EventBus,
+    worker: String,
     work: Notify,
-    /// Cancel flags of the runs this process is running. Held across the claim and cancel
-    /// statements so a cancel can never slip between a claim and its flag.
-    running: Mutex<HashMap<i64, Arc<AtomicBool>>>,
+    /// The claims this process holds. Locked across every statement that claims, cancels,
+    /// renews, reclaims or finishes, so none of them can slip between another and its effect
+    /// on these flags.
+    running: Mutex<HashMap<i64, Held>>,
 }
 
 impl SqliteQueue {
-    pub fn new(pool: SqlitePool, events: EventBus) -> Self {
-        Self { pool, events, work: Notify::new(), running: Mutex::new(HashMap::new()) }
+    /// The queue as seen by worker `worker` (see `goodhart serve --worker-id`).
+    pub fn new(pool: Pool, events: EventBus, worker: impl Into<String>) -> Self {
+        Self { pool, events, worker: worker.into(), work: Notify::new(), running: Mutex::new(HashMap::new()) }
     }
 
     fn announce(&self, run_id: i64, status: RunStatus, error: Option<String>) {
@@ -109,9 +206,88 @@ impl SqliteQueue {
             sqlx::query_scalar("select status from runs where id = ?").bind(run_id).fetch_optional(&self.pool).await?;
         status.and_then(|s| RunStatus::parse(&s)).ok_or(QueueError::NotFound(run_id))
     }
+
+    async fn reclaim(&self, which: Reclaim<'_>) -> Result<Reclaimed> {
+        let held = self.running.lock().await;
+        let now = db::now_ms();
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        // A cancel that arrived before the worker went away still counts.
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "update runs set status = case when cancel_requested then 'cancelled' else 'queued' end,
+                    finished_at = case when cancel_requested then ",
+        );
+        q.push_bind(now).push(" else finished_at end, worker = null where status = 'running' and ");
+        match which {
+            Reclaim::Orphans(worker) => q.push("worker = ").push_bind(worker),
+            Reclaim::StaleBefore(cutoff) => q.push("coalesce(heartbeat_at, 0) < ").push_bind(cutoff),
+        };
+        // What this process holds is alive, whatever its timestamps say.
+        if !held.is_empty() {
+            q.push(" and id not in (");
+            let mut ids = q.separated(", ");
+            for id in held.keys() {
+                ids.push_bind(*id);
+            }
+            q.push(")");
+        }
+        q.push(" returning id, status");
+        let rows: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        let mut reclaimed = Reclaimed::default();
+        for (id, status) in rows {
+            if status == RunStatus::Cancelled.as_str() {
+                db::metrics::summarize(&mut tx, id).await?;
+                reclaimed.cancelled.push(id);
+            } else {
+                reclaimed.requeued.push(id);
+            }
+        }
+        tx.commit().await?;
+        drop(held);
+        reclaimed.requeued.sort_unstable();
+        reclaimed.cancelled.sort_unstable();
+        for id in &reclaimed.cancelled {
+            self.announce(*id, RunStatus::Cancelled, None);
+        }
+        for id in &reclaimed.requeued {
+            self.announce(*id, RunStatus::Queued, None);
+        }
+        if !reclaimed.requeued.is_empty() {
+            self.work.notify_one();
+        }
+        Ok(reclaimed)
+    }
+}
+
+/// Which of `leases` are still held, that is their run is `running` under that attempt: the
+/// metric writer's check, inside its own transaction, before it stores anything for a claim.
+/// The attempt alone decides (only a claim changes it), so the writer needs no worker id.
+pub async fn still_held(conn: &mut SqliteConnection, leases: &[Lease]) -> sqlx::Result<HashSet<Lease>> {
+    if leases.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut q: QueryBuilder<Sqlite> =
+        QueryBuilder::new("select id, attempts from runs where status = 'running' and (id, attempts) in (values ");
+    push_leases(&mut q, leases.iter().copied());
+    q.push(")");
+    let rows: Vec<(i64, i64)> = q.build_query_as().fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|(run_id, attempt)| Lease { run_id, attempt }).collect())
+}
+
+/// `(id, attempt), ...` as bound row values.
+fn push_leases(q: &mut QueryBuilder<'_, Sqlite>, leases: impl Iterator<Item = Lease>) {
+    for (i, lease) in leases.enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.push("(").push_bind(lease.run_id).push(", ").push_bind(lease.attempt).push(")");
+    }
 }
 
 impl RunQueue for SqliteQueue {
+    fn worker(&self) -> &str {
+        &self.worker
+    }
+
     fn enqueue(&self, config: Value, parent_id: Option<i64>) -> BoxFuture<'_, Result<i64>> {
         Box::pin(async move {
             let id: i64 = sqlx::query_scalar(
@@ -160,7 +336,7 @@ impl RunQueue for SqliteQueue {
         })
     }
 
-    fn claim<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, Result<Option<Claim>>> {
+    fn claim(&self) -> BoxFuture<'_, Result<Option<Claim>>> {
         Box::pin(async move {
             let mut running = self.running.lock().await;
             let now = db::now_ms();
@@ -171,16 +347,16 @@ impl RunQueue for SqliteQueue {
                  where id = (select id from runs where status = 'queued' order by id limit 1)
                  returning id, config, attempts",
             )
-            .bind(worker)
+            .bind(&self.worker)
             .bind(now)
             .fetch_optional(&self.pool)
             .await?;
             let Some((run_id, config, attempt)) = row else { return Ok(None) };
-            let cancel = Arc::new(AtomicBool::new(false));
-            running.insert(run_id, cancel.clone());
+            let stop = Arc::new(AtomicBool::new(false));
+            running.insert(run_id, Held { attempt, stop: stop.clone() });
             drop(running);
             self.announce(run_id, RunStatus::Running, None);
-            Ok(Some(Claim { run_id, config, attempt, cancel }))
+            Ok(Some(Claim { run_id, config, attempt, stop }))
         })
     }
 
@@ -190,15 +366,23 @@ impl RunQueue for SqliteQueue {
 
     fn finish(&self, run_id: i64, outcome: Outcome) -> BoxFuture<'_, Result<RunStatus>> {
         Box::pin(async move {
+            let mut running = self.running.lock().await;
+            let Some(attempt) = running.get(&run_id).map(|h| h.attempt) else {
+                return Err(QueueError::Lost(run_id));
+            };
             let now = db::now_ms();
             let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-            let cancel_requested: Option<bool> =
-                sqlx::query_scalar("select cancel_requested from runs where id = ? and status = 'running'")
-                    .bind(run_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let cancel_requested: Option<bool> = sqlx::query_scalar(
+                "select cancel_requested from runs where id = ? and status = 'running' and worker = ? and attempts = ?",
+            )
+            .bind(run_id)
+            .bind(&self.worker)
+            .bind(attempt)
+            .fetch_optional(&mut *tx)
+            .await?;
             let Some(cancel_requested) = cancel_requested else {
-                return Err(QueueError::NotFound(run_id));
+                running.remove(&run_id);
+                return Err(QueueError::Lost(run_id));
             };
             let (status, error) = match outcome {
                 Outcome::Finished => (RunStatus::Finished, None),
@@ -207,22 +391,20 @@ impl RunQueue for SqliteQueue {
                 Outcome::Stopped => (RunStatus::Queued, None),
             };
             let finished_at = status.is_terminal().then_some(now);
-            sqlx::query(
-                "update runs set status = ?, error = ?, finished_at = ?, heartbeat_at = ?, worker = null
-                 where id = ? and status = 'running'",
-            )
-            .bind(status.as_str())
-            .bind(&error)
-            .bind(finished_at)
-            .bind(now)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
+            // The write lock is ours since the check above (BEGIN IMMEDIATE): it still holds.
+            sqlx::query("update runs set status = ?, error = ?, finished_at = ?, worker = null where id = ?")
+                .bind(status.as_str())
+                .bind(&error)
+                .bind(finished_at)
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
             if status.is_terminal() {
                 db::metrics::summarize(&mut tx, run_id).await?;
             }
             tx.commit().await?;
-            self.running.lock().await.remove(&run_id);
+            running.remove(&run_id);
+            drop(running);
             self.announce(run_id, status, error);
             Ok(status)
         })
@@ -250,8 +432,9 @@ impl RunQueue for SqliteQueue {
                 .await?
                 .rows_affected();
             if requested > 0 {
-                if let Some(flag) = running.get(&run_id) {
-                    flag.store(true, Ordering::SeqCst);
+                // Held elsewhere, the holder's next heartbeat passes it on.
+                if let Some(held) = running.get(&run_id) {
+                    held.stop.store(true, Ordering::SeqCst);
                 }
                 return Ok(Cancelled::Requested);
             }
@@ -296,32 +479,56 @@ impl RunQueue for SqliteQueue {
         })
     }
 
-    fn requeue_orphans(&self) -> BoxFuture<'_, Result<Vec<i64>>> {
+    fn heartbeat(&self) -> BoxFuture<'_, Result<Beat>> {
         Box::pin(async move {
-            // A cancel that arrived before the crash still counts.
-            let cancelled: Vec<i64> = sqlx::query_scalar(
-                "update runs set status = 'cancelled', finished_at = ?, worker = null
-                 where status = 'running' and cancel_requested = 1 returning id",
-            )
-            .bind(db::now_ms())
-            .fetch_all(&self.pool)
-            .await?;
-            for id in cancelled {
-                self.announce(id, RunStatus::Cancelled, None);
+            let mut running = self.running.lock().await;
+            if running.is_empty() {
+                return Ok(Beat::default());
             }
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "update runs set status = 'queued', worker = null where status = 'running' returning id",
-            )
-            .fetch_all(&self.pool)
-            .await?;
-            for id in &ids {
-                self.announce(*id, RunStatus::Queued, None);
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("update runs set heartbeat_at = ");
+            q.push_bind(db::now_ms())
+                .push(" where status = 'running' and worker = ")
+                .push_bind(&self.worker)
+                .push(" and (id, attempts) in (values ");
+            push_leases(&mut q, running.iter().map(|(id, h)| Lease { run_id: *id, attempt: h.attempt }));
+            q.push(") returning id, cancel_requested");
+            let rows: HashMap<i64, bool> =
+                q.build_query_as::<(i64, bool)>().fetch_all(&self.pool).await?.into_iter().collect();
+            let mut beat = Beat { renewed: rows.len(), ..Beat::default() };
+            for (id, held) in running.iter() {
+                match rows.get(id) {
+                    Some(false) => {}
+                    Some(true) => {
+                        held.stop.store(true, Ordering::SeqCst);
+                        beat.cancelled.push(*id);
+                    }
+                    None => {
+                        held.stop.store(true, Ordering::SeqCst);
+                        beat.lost.push(*id);
+                    }
+                }
             }
-            if !ids.is_empty() {
-                self.work.notify_one();
+            for id in &beat.lost {
+                running.remove(id);
+                tracing::warn!(
+                    run_id = id,
+                    worker = %self.worker,
+                    "this worker no longer holds the run (it was reclaimed after a stale heartbeat): stopping its trainer"
+                );
             }
-            Ok(ids)
+            beat.cancelled.sort_unstable();
+            beat.lost.sort_unstable();
+            Ok(beat)
         })
+    }
+
+    fn requeue_orphans(&self) -> BoxFuture<'_, Result<Reclaimed>> {
+        Box::pin(self.reclaim(Reclaim::Orphans(&self.worker)))
+    }
+
+    fn reclaim_stale(&self, stale_after: Duration) -> BoxFuture<'_, Result<Reclaimed>> {
+        let stale_after = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+        Box::pin(self.reclaim(Reclaim::StaleBefore(db::now_ms().saturating_sub(stale_after))))
     }
 }
 
@@ -334,24 +541,42 @@ mod tests {
     use super::*;
     use crate::jobs::events::event_bus;
 
+    /// A database file and one worker's queue on it.
     async fn queue() -> (tempfile::TempDir, Arc<SqliteQueue>) {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::connect(&format!("sqlite://{}", dir.path().join("q.db").display())).await.unwrap();
-        (dir, Arc::new(SqliteQueue::new(pool, event_bus())))
+        let q = worker(&dir, "w").await;
+        (dir, q)
     }
+
+    /// Another worker (or a later process of the same one) on the database in `dir`.
+    async fn worker(dir: &tempfile::TempDir, id: &str) -> Arc<SqliteQueue> {
+        let pool = db::connect(&format!("sqlite://{}", dir.path().join("q.db").display())).await.unwrap();
+        Arc::new(SqliteQueue::new(pool, event_bus(), id))
+    }
+
+    async fn run(q: &SqliteQueue, id: i64) -> db::runs::Run {
+        db::runs::get(&q.pool, id).await.unwrap().unwrap()
+    }
+
+    /// Lets the heartbeats written so far age past a `stale_after` of 20 ms.
+    async fn age() {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+
+    const STALE: Duration = Duration::from_millis(20);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_workers_never_claim_the_same_run() {
-        let (_dir, q) = queue().await;
+        let (dir, q) = queue().await;
         for _ in 0..40 {
             q.enqueue(json!({}), None).await.unwrap();
         }
         let mut workers = Vec::new();
         for w in 0..8 {
-            let q = q.clone();
+            let q = worker(&dir, &format!("w{w}")).await;
             workers.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
-                while let Some(c) = q.claim(&format!("w{w}")).await.unwrap() {
+                while let Some(c) = q.claim().await.unwrap() {
                     mine.push(c.run_id);
                 }
                 mine
@@ -370,32 +595,123 @@ mod tests {
         let (_dir, q) = queue().await;
         let a = q.enqueue(json!({}), None).await.unwrap();
         let b = q.enqueue(json!({}), None).await.unwrap();
-        let ca = q.claim("w").await.unwrap().unwrap();
-        let cb = q.claim("w").await.unwrap().unwrap();
+        let ca = q.claim().await.unwrap().unwrap();
+        let cb = q.claim().await.unwrap().unwrap();
         assert_eq!((ca.run_id, cb.run_id), (a, b));
         assert_eq!(q.cancel(b).await.unwrap(), Cancelled::Requested);
-        assert!(cb.cancel.load(Ordering::SeqCst), "the trainer sees the cancel");
+        assert!(cb.stop.load(Ordering::SeqCst), "the trainer sees the cancel");
         assert_eq!(q.finish(a, Outcome::Stopped).await.unwrap(), RunStatus::Queued);
         assert_eq!(q.finish(b, Outcome::Stopped).await.unwrap(), RunStatus::Cancelled);
-        let again = q.claim("w").await.unwrap().unwrap();
+        let again = q.claim().await.unwrap().unwrap();
         assert_eq!((again.run_id, again.attempt), (a, 2));
-        assert!(
-            matches!(q.finish(b, Outcome::Finished).await, Err(QueueError::NotFound(_))),
-            "only running runs finish"
-        );
+        assert!(matches!(q.finish(b, Outcome::Finished).await, Err(QueueError::Lost(_))), "only held runs finish");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn runs_left_running_by_a_crash_are_requeued_and_a_pending_cancel_still_counts() {
-        let (_dir, q) = queue().await;
-        let a = q.enqueue(json!({}), None).await.unwrap();
-        let b = q.enqueue(json!({}), None).await.unwrap();
-        q.claim("w").await.unwrap().unwrap();
-        q.claim("w").await.unwrap().unwrap();
-        q.cancel(b).await.unwrap();
-        assert_eq!(q.requeue_orphans().await.unwrap(), vec![a]);
-        assert_eq!(q.status_of(a).await.unwrap(), RunStatus::Queued);
-        assert_eq!(q.status_of(b).await.unwrap(), RunStatus::Cancelled);
+    async fn a_restarted_worker_requeues_its_runs_at_once_and_a_pending_cancel_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = worker(&dir, "w").await;
+        let a = before.enqueue(json!({}), None).await.unwrap();
+        let b = before.enqueue(json!({}), None).await.unwrap();
+        before.claim().await.unwrap().unwrap();
+        before.claim().await.unwrap().unwrap();
+        before.cancel(b).await.unwrap();
+        // The process died; the same worker id starts again, long before the heartbeat is stale.
+        let after = worker(&dir, "w").await;
+        let reclaimed = after.requeue_orphans().await.unwrap();
+        assert_eq!(reclaimed, Reclaimed { requeued: vec![a], cancelled: vec![b] });
+        assert_eq!(after.status_of(a).await.unwrap(), RunStatus::Queued);
+        assert_eq!(after.status_of(b).await.unwrap(), RunStatus::Cancelled);
+        let resumed = after.claim().await.unwrap().unwrap();
+        assert_eq!((resumed.run_id, resumed.attempt), (a, 2), "attempts keep counting");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_workers_runs_are_left_alone_when_another_worker_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (worker(&dir, "a").await, worker(&dir, "b").await);
+        let id = a.enqueue(json!({}), None).await.unwrap();
+        a.claim().await.unwrap().unwrap();
+        assert!(b.requeue_orphans().await.unwrap().is_empty(), "not b's run");
+        assert!(b.reclaim_stale(Duration::from_secs(60)).await.unwrap().is_empty(), "a's heartbeat is fresh");
+        age().await;
+        assert_eq!(a.heartbeat().await.unwrap(), Beat { renewed: 1, ..Beat::default() });
+        assert!(b.reclaim_stale(STALE).await.unwrap().is_empty(), "the beat renewed it");
+        let held = run(&a, id).await;
+        assert_eq!((held.status.as_str(), held.attempts), ("running", 1));
+        assert_eq!(a.finish(id, Outcome::Finished).await.unwrap(), RunStatus::Finished);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_run_of_a_dead_worker_is_reclaimed_and_resumes_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dead, live) = (worker(&dir, "dead").await, worker(&dir, "live").await);
+        let id = dead.enqueue(json!({}), None).await.unwrap();
+        dead.claim().await.unwrap().unwrap();
+        age().await;
+        // The live worker's own claims are renewed, never reclaimed by itself.
+        let other = live.enqueue(json!({}), None).await.unwrap();
+        live.claim().await.unwrap().unwrap();
+        assert_eq!(live.reclaim_stale(STALE).await.unwrap(), Reclaimed { requeued: vec![id], cancelled: vec![] });
+        let again = live.claim().await.unwrap().unwrap();
+        assert_eq!((again.run_id, again.attempt), (id, 2), "attempts keep counting");
+        assert_eq!(run(&live, id).await.status, "running");
+        assert_eq!(run(&live, other).await.status, "running");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_sent_through_another_worker_stops_the_run_at_its_holders_next_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let (holder, other) = (worker(&dir, "holder").await, worker(&dir, "other").await);
+        let id = holder.enqueue(json!({}), None).await.unwrap();
+        let claim = holder.claim().await.unwrap().unwrap();
+        assert_eq!(other.cancel(id).await.unwrap(), Cancelled::Requested);
+        assert!(!claim.stop.load(Ordering::SeqCst), "nothing reached the holder yet");
+        let beat = holder.heartbeat().await.unwrap();
+        assert_eq!(beat, Beat { renewed: 1, cancelled: vec![id], lost: vec![] });
+        assert!(claim.stop.load(Ordering::SeqCst), "the trainer sees the cancel");
+        assert_eq!(holder.finish(id, Outcome::Stopped).await.unwrap(), RunStatus::Cancelled);
+    }
+
+    /// `slow` claims a run, goes quiet past `STALE`, and `fast` reclaims and claims it.
+    async fn taken_over(dir: &tempfile::TempDir) -> (Arc<SqliteQueue>, Claim, Arc<SqliteQueue>, Claim) {
+        let (slow, fast) = (worker(dir, "slow").await, worker(dir, "fast").await);
+        slow.enqueue(json!({}), None).await.unwrap();
+        let old = slow.claim().await.unwrap().unwrap();
+        age().await;
+        fast.reclaim_stale(STALE).await.unwrap();
+        let new = fast.claim().await.unwrap().unwrap();
+        assert_eq!((new.run_id, new.attempt), (old.run_id, 2));
+        (slow, old, fast, new)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_that_lost_its_run_cannot_finish_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slow, old, fast, new) = taken_over(&dir).await;
+        // Back from a pause, its trainer done: it must not end the run the other worker runs.
+        assert!(
+            matches!(slow.finish(old.run_id, Outcome::Finished).await, Err(QueueError::Lost(id)) if id == old.run_id)
+        );
+        let now = run(&fast, new.run_id).await;
+        assert_eq!((now.status.as_str(), now.attempts, now.finished_at), ("running", 2, None));
+        assert_eq!(fast.finish(new.run_id, Outcome::Finished).await.unwrap(), RunStatus::Finished);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_run_is_stopped_by_its_old_holders_next_heartbeat_which_renews_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slow, old, fast, new) = taken_over(&dir).await;
+        let renewed_by_fast = run(&fast, new.run_id).await.heartbeat_at;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let beat = slow.heartbeat().await.unwrap();
+        assert_eq!(beat, Beat { renewed: 0, cancelled: vec![], lost: vec![old.run_id] });
+        assert!(old.stop.load(Ordering::SeqCst), "the old trainer stops");
+        assert!(!new.stop.load(Ordering::SeqCst), "the new one carries on");
+        assert_eq!(run(&fast, new.run_id).await.heartbeat_at, renewed_by_fast, "not renewed by the old holder");
+        assert!(matches!(slow.finish(old.run_id, Outcome::Stopped).await, Err(QueueError::Lost(_))));
+        assert_eq!(run(&fast, new.run_id).await.status, "running", "a stop does not requeue it either");
+        assert_eq!(slow.heartbeat().await.unwrap(), Beat::default(), "the lost claim is forgotten");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,7 +719,7 @@ mod tests {
         let (_dir, q) = queue().await;
         let a = q.enqueue(json!({"beta": 0.2}), None).await.unwrap();
         assert!(matches!(q.retry(a).await, Err(QueueError::Conflict { .. })));
-        q.claim("w").await.unwrap().unwrap();
+        q.claim().await.unwrap().unwrap();
         assert!(matches!(q.delete(a).await, Err(QueueError::Conflict { .. })));
         q.finish(a, Outcome::Failed("boom".into())).await.unwrap();
         assert_eq!(q.retry(a).await.unwrap(), json!({"beta": 0.2}).to_string());

@@ -2,11 +2,16 @@
 //! every message to the one [`MetricWriter`] task, which commits whatever has queued up in a
 //! single transaction and then tells live subscribers.
 //!
+//! Fencing rule: every message names the claim ([`Lease`]) it is written for, and a batch
+//! stores only what belongs to claims still held (`queue::still_held`, in the same
+//! transaction): a trainer whose run was reclaimed cannot overwrite what the run's new holder
+//! logs, nor delete it with a resume, in the step or two before it notices and stops.
+//!
 //! Durability rule: before a checkpoint is written the metrics it covers are committed (the sink
 //! flushes on checkpoint steps and before stopping), so a run resumed from that checkpoint after
 //! a crash has every earlier step stored, and its later steps are deleted and logged again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 use trainer::metrics::{MetricSink, Metrics};
 
 use super::events::{metrics_json, EventBus, RunEvent};
-use crate::db::{self, checkpoints::CheckpointFile, metrics::MetricRow};
+use super::queue::{self, Lease};
+use crate::db::{self, checkpoints::CheckpointFile, metrics::MetricRow, Pool};
 
 /// The most messages one transaction takes.
 const MAX_BATCH: usize = 4096;
@@ -27,22 +32,22 @@ const MAX_BATCH: usize = 4096;
 #[derive(Debug)]
 pub enum WriteMsg {
     Metrics {
-        run_id: i64,
+        lease: Lease,
         step: i64,
         values: Vec<(String, Option<f64>)>,
     },
     Progress {
-        run_id: i64,
+        lease: Lease,
         step: i64,
         total: i64,
     },
     /// Forget everything after `step` (metrics and checkpoints).
     ResumedAt {
-        run_id: i64,
+        lease: Lease,
         step: i64,
     },
     Checkpoint {
-        run_id: i64,
+        lease: Lease,
         step: i64,
         path: String,
         sha256: String,
@@ -63,7 +68,7 @@ pub struct MetricWriter {
 
 impl MetricWriter {
     /// Starts the writer task; it ends when every handle is dropped and the queue is drained.
-    pub fn spawn(pool: SqlitePool, events: EventBus) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn spawn(pool: Pool, events: EventBus) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(65_536);
         let failure = Arc::new(Mutex::new(None));
         let task = tokio::spawn(write_loop(pool, events, rx, failure.clone()));
@@ -98,7 +103,7 @@ impl MetricWriter {
 }
 
 async fn write_loop(
-    pool: SqlitePool,
+    pool: Pool,
     events: EventBus,
     mut rx: mpsc::Receiver<WriteMsg>,
     failure: Arc<Mutex<Option<String>>>,
@@ -109,7 +114,7 @@ async fn write_loop(
         for attempt in 0..5u32 {
             result = commit(&pool, &batch).await.map_err(|e| e.to_string());
             match &result {
-                Ok(()) => break,
+                Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(attempt, error = %e, "metrics batch failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
@@ -120,17 +125,20 @@ async fn write_loop(
             tracing::error!(error = %e, "metrics batch lost");
             *failure.lock().expect("failure lock") = Some(e.clone());
         }
+        let held = result.as_ref().ok();
+        // Subscribers hear only what was stored.
+        let stored = |lease: &Lease| held.is_some_and(|h| h.contains(lease));
         for msg in batch.drain(..) {
             match msg {
                 WriteMsg::Flush(ack) => {
-                    let _ = ack.send(result.clone());
+                    let _ = ack.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
                 }
-                WriteMsg::Metrics { run_id, step, values } if result.is_ok() => {
+                WriteMsg::Metrics { lease, step, values } if stored(&lease) => {
                     let data = metrics_json(step, values.iter().map(|(k, v)| (k, v)));
-                    let _ = events.send(RunEvent::Metrics { run_id, step, data: data.into() });
+                    let _ = events.send(RunEvent::Metrics { run_id: lease.run_id, step, data: data.into() });
                 }
-                WriteMsg::Checkpoint { run_id, step, .. } if result.is_ok() => {
-                    let _ = events.send(RunEvent::Checkpoint { run_id, step });
+                WriteMsg::Checkpoint { lease, step, .. } if stored(&lease) => {
+                    let _ = events.send(RunEvent::Checkpoint { run_id: lease.run_id, step });
                 }
                 _ => {}
             }
@@ -138,53 +146,66 @@ async fn write_loop(
     }
 }
 
-/// One transaction for the whole batch, applied in order.
-async fn commit(pool: &SqlitePool, batch: &[WriteMsg]) -> sqlx::Result<()> {
-    let mut tx = pool.begin_with(crate::db::BEGIN_WRITE).await?;
+impl WriteMsg {
+    fn lease(&self) -> Option<Lease> {
+        match self {
+            Self::Metrics { lease, .. }
+            | Self::Progress { lease, .. }
+            | Self::ResumedAt { lease, .. }
+            | Self::Checkpoint { lease, .. } => Some(*lease),
+            Self::Flush(_) => None,
+        }
+    }
+}
+
+/// One transaction for the whole batch, applied in order, of the messages whose claims are
+/// still held; answers those claims.
+async fn commit(pool: &Pool, batch: &[WriteMsg]) -> sqlx::Result<HashSet<Lease>> {
+    let mut tx = pool.begin_with(db::BEGIN_WRITE).await?;
+    let leases: Vec<Lease> = batch.iter().filter_map(WriteMsg::lease).collect::<HashSet<_>>().into_iter().collect();
+    let held = queue::still_held(&mut tx, &leases).await?;
+    if held.len() < leases.len() {
+        let lost: Vec<i64> = leases.iter().filter(|l| !held.contains(l)).map(|l| l.run_id).collect();
+        tracing::warn!(?lost, "dropped metrics of runs whose claim is no longer held");
+    }
     let mut rows: Vec<MetricRow> = Vec::new();
     let mut progress: HashMap<i64, (i64, i64)> = HashMap::new();
-    for msg in batch {
+    for msg in batch.iter().filter(|m| m.lease().is_some_and(|l| held.contains(&l))) {
         match msg {
-            WriteMsg::Metrics { run_id, step, values } => rows.extend(values.iter().map(|(name, value)| MetricRow {
-                run_id: *run_id,
+            WriteMsg::Metrics { lease, step, values } => rows.extend(values.iter().map(|(name, value)| MetricRow {
+                run_id: lease.run_id,
                 name: name.clone(),
                 step: *step,
                 value: *value,
             })),
-            WriteMsg::Progress { run_id, step, total } => {
-                progress.insert(*run_id, (*step, *total));
+            WriteMsg::Progress { lease, step, total } => {
+                progress.insert(lease.run_id, (*step, *total));
             }
-            WriteMsg::ResumedAt { run_id, step } => {
+            WriteMsg::ResumedAt { lease, step } => {
                 db::metrics::upsert(&mut tx, &std::mem::take(&mut rows)).await?;
-                db::metrics::delete_after(&mut tx, *run_id, *step).await?;
-                db::checkpoints::delete_after(&mut tx, *run_id, *step).await?;
+                db::metrics::delete_after(&mut tx, lease.run_id, *step).await?;
+                db::checkpoints::delete_after(&mut tx, lease.run_id, *step).await?;
             }
-            WriteMsg::Checkpoint { run_id, step, path, sha256, files } => {
-                db::checkpoints::upsert(&mut tx, *run_id, *step, path, sha256, files, db::now_ms()).await?;
+            WriteMsg::Checkpoint { lease, step, path, sha256, files } => {
+                db::checkpoints::upsert(&mut tx, lease.run_id, *step, path, sha256, files, db::now_ms()).await?;
             }
             WriteMsg::Flush(_) => {}
         }
     }
     db::metrics::upsert(&mut tx, &rows).await?;
-    let now = db::now_ms();
     for (run_id, (step, total)) in progress {
-        sqlx::query("update runs set step = ?, total_steps = ?, heartbeat_at = ? where id = ?")
-            .bind(step)
-            .bind(total)
-            .bind(now)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
+        db::runs::set_progress(&mut tx, run_id, step, total).await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(held)
 }
 
 /// The trainer's sink for a queued run.
 pub struct DbSink {
-    run_id: i64,
+    lease: Lease,
     writer: MetricWriter,
-    /// This run was cancelled.
-    cancel: Arc<AtomicBool>,
+    /// This run was cancelled, or this worker lost it ([`super::queue::Claim::stop`]).
+    stop: Arc<AtomicBool>,
     /// The server is shutting down: every run checkpoints and stops.
     shutdown: Arc<AtomicBool>,
     save_steps: u64,
@@ -193,13 +214,13 @@ pub struct DbSink {
 
 impl DbSink {
     pub fn new(
-        run_id: i64,
+        lease: Lease,
         writer: MetricWriter,
-        cancel: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
         shutdown: Arc<AtomicBool>,
         save_steps: u64,
     ) -> Self {
-        Self { run_id, writer, cancel, shutdown, save_steps, total: 0 }
+        Self { lease, writer, stop, shutdown, save_steps, total: 0 }
     }
 
     pub fn flush(&self) -> trainer::Result<()> {
@@ -225,7 +246,7 @@ fn step_i64(step: u64) -> i64 {
 impl MetricSink for DbSink {
     fn log(&mut self, step: u64, metrics: &Metrics) -> trainer::Result<()> {
         let values = metrics.iter().map(|(k, v)| (k.clone(), v.is_finite().then_some(*v))).collect();
-        self.send(WriteMsg::Metrics { run_id: self.run_id, step: step_i64(step), values })?;
+        self.send(WriteMsg::Metrics { lease: self.lease, step: step_i64(step), values })?;
         // The trainer writes a checkpoint right after logging these steps: commit first.
         if (self.save_steps > 0 && step.is_multiple_of(self.save_steps)) || step == self.total {
             self.flush()?;
@@ -234,14 +255,14 @@ impl MetricSink for DbSink {
     }
 
     fn resumed_at(&mut self, step: u64) -> trainer::Result<()> {
-        self.send(WriteMsg::ResumedAt { run_id: self.run_id, step: step_i64(step) })?;
+        self.send(WriteMsg::ResumedAt { lease: self.lease, step: step_i64(step) })?;
         self.flush()
     }
 
     fn checkpoint_saved(&mut self, step: u64, dir: &Path) -> trainer::Result<()> {
         let (sha256, files) = hash_dir(dir)?;
         self.send(WriteMsg::Checkpoint {
-            run_id: self.run_id,
+            lease: self.lease,
             step: step_i64(step),
             path: dir.to_string_lossy().into_owned(),
             sha256,
@@ -253,15 +274,15 @@ impl MetricSink for DbSink {
     fn progress(&mut self, step: u64, total: u64) {
         self.total = total;
         // A lost progress tick is harmless; the next one or the metrics carry on.
-        let _ = self.send(WriteMsg::Progress { run_id: self.run_id, step: step_i64(step), total: step_i64(total) });
+        let _ = self.send(WriteMsg::Progress { lease: self.lease, step: step_i64(step), total: step_i64(total) });
     }
 
     fn memory_plan(&mut self, plan: &trainer::memory::MemoryPlan) {
-        tracing::info!(run_id = self.run_id, total_bytes = plan.total(), "memory estimate: {plan}");
+        tracing::info!(run_id = self.lease.run_id, total_bytes = plan.total(), "memory estimate: {plan}");
     }
 
     fn should_stop(&mut self) -> bool {
-        let stop = self.cancel.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst);
+        let stop = self.stop.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst);
         if stop {
             // The trainer checkpoints next; the metrics before it must be committed first.
             let _ = self.flush();
@@ -316,11 +337,17 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use serde_json::json;
 
     use super::*;
     use crate::jobs::events::event_bus;
     use crate::jobs::queue::{RunQueue, SqliteQueue};
+
+    fn loss(value: f64) -> Metrics {
+        [("loss".to_string(), value)].into_iter().collect()
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_resume_replaces_later_steps_so_each_step_is_stored_once_and_subscribers_hear_commits() {
@@ -328,18 +355,20 @@ mod tests {
         let pool = db::connect(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap();
         let events = event_bus();
         let mut rx = events.subscribe();
-        let run_id = SqliteQueue::new(pool.clone(), events.clone()).enqueue(json!({}), None).await.unwrap();
+        let queue = SqliteQueue::new(pool.clone(), events.clone(), "w");
+        let run_id = queue.enqueue(json!({}), None).await.unwrap();
+        let lease = queue.claim().await.unwrap().unwrap().lease();
         let (writer, task) = MetricWriter::spawn(pool.clone(), events);
         let w = writer.clone();
         tokio::task::spawn_blocking(move || {
-            let mut sink = DbSink::new(run_id, w, Arc::default(), Arc::default(), 0);
+            let mut sink = DbSink::new(lease, w, Arc::default(), Arc::default(), 0);
             for step in 1..=10 {
-                sink.log(step, &[("loss".to_string(), 1.0 / step as f64)].into_iter().collect()).unwrap();
+                sink.log(step, &loss(1.0 / step as f64)).unwrap();
             }
             // Crashed after step 10, resumed from a checkpoint at step 6, and logged 7..=10 again.
             sink.resumed_at(6).unwrap();
             for step in 7..=10 {
-                sink.log(step, &[("loss".to_string(), -(step as f64))].into_iter().collect()).unwrap();
+                sink.log(step, &loss(-(step as f64))).unwrap();
             }
             sink.flush().unwrap();
         })
@@ -357,6 +386,55 @@ mod tests {
             heard += usize::from(matches!(event, RunEvent::Metrics { .. }));
         }
         assert_eq!(heard, 14);
+        drop(writer);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trainer_whose_run_was_reclaimed_can_neither_log_nor_resume_over_the_new_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let pool = db::connect(&url).await.unwrap();
+        let events = event_bus();
+        let mut rx = events.subscribe();
+        let slow = SqliteQueue::new(pool.clone(), events.clone(), "slow");
+        let fast = SqliteQueue::new(db::connect(&url).await.unwrap(), event_bus(), "fast");
+        let run_id = slow.enqueue(json!({}), None).await.unwrap();
+        let old = slow.claim().await.unwrap().unwrap().lease();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        fast.reclaim_stale(Duration::from_millis(20)).await.unwrap();
+        let new = fast.claim().await.unwrap().unwrap().lease();
+        let (writer, task) = MetricWriter::spawn(pool.clone(), events);
+        let w = writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let (mut old, mut new) = (
+                DbSink::new(old, w.clone(), Arc::default(), Arc::default(), 0),
+                DbSink::new(new, w, Arc::default(), Arc::default(), 0),
+            );
+            for step in 1..=3 {
+                new.log(step, &loss(1.0)).unwrap();
+                new.progress(step, 10);
+            }
+            // The old trainer, back from a pause at step 50, before its heartbeat tells it.
+            old.log(2, &loss(-1.0)).unwrap();
+            old.log(51, &loss(-1.0)).unwrap();
+            old.progress(51, 100);
+            old.resumed_at(0).unwrap();
+            old.flush().unwrap();
+        })
+        .await
+        .unwrap();
+        let series = db::metrics::series(&pool, run_id, &[]).await.unwrap();
+        assert_eq!(series, vec![("loss".to_string(), vec![(1, Some(1.0)), (2, Some(1.0)), (3, Some(1.0))])]);
+        let run = db::runs::get(&pool, run_id).await.unwrap().unwrap();
+        assert_eq!((run.step, run.total_steps), (3, Some(10)), "progress is the new holder's");
+        let mut heard = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            if let RunEvent::Metrics { step, .. } = event {
+                heard.push(step);
+            }
+        }
+        assert_eq!(heard, vec![1, 2, 3], "subscribers hear only what was stored");
         drop(writer);
         task.await.unwrap();
     }

@@ -152,7 +152,7 @@ pub async fn lab_with(edit: impl FnOnce(&mut server::http::Settings)) -> Lab {
         server::db::connect(&format!("sqlite://{}", dir.path().join("goodhart.db").display())).await.expect("db");
     let mut settings = serve_config(dir.path()).settings();
     edit(&mut settings);
-    let state = server::http::AppState::new(pool.clone(), settings);
+    let state = server::http::AppState::new(pool.clone(), settings, "test".into());
     let (writer, _task) = server::jobs::sink::MetricWriter::spawn(pool, state.events.clone());
     Lab { state, writer, dir }
 }
@@ -189,11 +189,11 @@ impl Lab {
     /// checkpoints at `checkpoints`), then leaves it `running`.
     pub async fn train_next(&self, to_step: i64, total: i64, k: f64, checkpoints: &[i64]) -> i64 {
         use server::jobs::sink::WriteMsg;
-        let claim = self.state.queue.claim("test").await.expect("claim").expect("a queued run");
-        let run_id = claim.run_id;
+        let claim = self.state.queue.claim().await.expect("claim").expect("a queued run");
+        let (run_id, lease) = (claim.run_id, claim.lease());
         for step in (0..=to_step).step_by(25) {
-            self.writer.send(WriteMsg::Metrics { run_id, step, values: toy_metrics(step, k) }).await.unwrap();
-            self.writer.send(WriteMsg::Progress { run_id, step, total }).await.unwrap();
+            self.writer.send(WriteMsg::Metrics { lease, step, values: toy_metrics(step, k) }).await.unwrap();
+            self.writer.send(WriteMsg::Progress { lease, step, total }).await.unwrap();
             if checkpoints.contains(&step) {
                 let dir = self.state.settings.data_dir.join(format!("runs/{run_id}/checkpoint-{step}"));
                 std::fs::create_dir_all(&dir).unwrap();
@@ -201,13 +201,7 @@ impl Lab {
                 std::fs::write(dir.join("model.safetensors"), vec![7u8; 1000]).unwrap();
                 let (sha256, files) = server::jobs::sink::hash_dir(&dir).unwrap();
                 self.writer
-                    .send(WriteMsg::Checkpoint {
-                        run_id,
-                        step,
-                        path: dir.to_string_lossy().into_owned(),
-                        sha256,
-                        files,
-                    })
+                    .send(WriteMsg::Checkpoint { lease, step, path: dir.to_string_lossy().into_owned(), sha256, files })
                     .await
                     .unwrap();
             }

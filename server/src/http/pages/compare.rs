@@ -62,7 +62,7 @@ pub async fn load(state: &AppState, selection: &Selection) -> Result<Vec<Compare
     };
     let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
     let names: Vec<String> = report::EVAL_METRICS.iter().map(|s| (*s).to_string()).collect();
-    let mut series = state.series_cache.series(&state.pool, &runs, &names).await?;
+    let mut series = state.ended_runs.series(&state.pool, &runs, &names).await?;
     let mut checkpoints = db::checkpoints::steps_of_runs(&state.pool, &ids).await?;
     Ok(runs
         .iter()

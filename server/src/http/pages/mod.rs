@@ -3,7 +3,6 @@
 //! without JavaScript: forms post and redirect, options are query parameters, charts are SVG
 //! drawn here. The script only adds live updates, legend toggling and tooltips.
 
-pub mod cache;
 pub mod compare;
 pub mod demo;
 pub mod fields;

@@ -74,7 +74,7 @@ async fn chart_series(state: &AppState, run: &Run) -> Result<BTreeMap<String, Se
     let mut names: Vec<String> = RunChart::ALL.iter().flat_map(|c| c.metrics()).map(|s| (*s).to_string()).collect();
     names.sort();
     names.dedup();
-    let mut read = state.series_cache.series(&state.pool, std::slice::from_ref(run), &names).await?;
+    let mut read = state.ended_runs.series(&state.pool, std::slice::from_ref(run), &names).await?;
     Ok(read.remove(&run.id).map(|s| (*s).clone()).unwrap_or_default())
 }
 

@@ -109,7 +109,7 @@ async fn show(State(state): State<AppState>, RawQuery(query): RawQuery) -> PageR
     let runs = db::runs::list(&state.pool, None, None, db::runs::Sort::Newest).await?;
     let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
     let names: Vec<String> = report::EVAL_METRICS.iter().map(|s| (*s).to_string()).collect();
-    let series = state.series_cache.series(&state.pool, &runs, &names).await?;
+    let series = state.ended_runs.series(&state.pool, &runs, &names).await?;
     let checkpoints = db::checkpoints::steps_of_runs(&state.pool, &ids).await?;
     let all: Vec<RunRow> = runs
         .iter()

@@ -1,0 +1,88 @@
+//! Two servers on one database, each its own worker (their data dirs differ, so their default
+//! worker ids do): a server that starts leaves the other's live runs alone, a cancel sent to
+//! either stops a run wherever it trains, and a run's ended metrics answer is kept in memory.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config, lab, serve_config, toy_config, wait_for};
+use serde_json::{json, Value};
+use server::jobs::queue::Outcome;
+use server::serve::{default_worker_id, start, ServeConfig};
+
+/// A server over `root/goodhart.db` with its own data dir `root/<name>`.
+async fn server_on(root: &std::path::Path, name: &str) -> (server::serve::Server, String) {
+    let mut config: ServeConfig = serve_config(root);
+    config.data_dir = root.join(name);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.stale_after = Duration::from_secs(30);
+    let server = start(config).await.expect("server starts");
+    let base = format!("http://{}", server.addr);
+    (server, base)
+}
+
+async fn get(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_one_server_stops_a_run_that_another_server_is_training() {
+    let root = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let (a, a_base) = server_on(root.path(), "a").await;
+    let r = client.post(format!("{a_base}/api/runs")).json(&config(100_000, 0)).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    wait_for(&client, &a_base, id, "step 5", |r| r["step"].as_i64().unwrap_or(0) >= 5).await;
+
+    // Another server starts on the same database: not the same worker, and a's run is alive.
+    let (b, b_base) = server_on(root.path(), "b").await;
+    assert_ne!(default_worker_id(&root.path().join("a")).unwrap(), default_worker_id(&root.path().join("b")).unwrap());
+    let seen_by_b = get(&client, format!("{b_base}/api/runs/{id}")).await;
+    assert_eq!((seen_by_b["status"].as_str(), seen_by_b["attempts"].as_i64()), (Some("running"), Some(1)));
+
+    let sent = Instant::now();
+    let r = client.post(format!("{b_base}/api/runs/{id}/cancel")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let run = wait_for(&client, &b_base, id, "cancelled", |r| r["status"] == "cancelled").await;
+    let took = sent.elapsed();
+    assert_eq!(run["attempts"], 1, "a stopped it; b never ran it: {run}");
+    assert!(took < Duration::from_secs(10), "cancelled after {took:?}");
+    // a checkpointed where it stopped, as for a cancel sent to it.
+    let listed = get(&client, format!("{b_base}/api/runs/{id}/checkpoints")).await;
+    assert_eq!(listed["checkpoints"][0]["step"], run["step"], "{listed}");
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_ended_runs_metrics_answer_is_kept_in_memory_and_a_running_runs_is_read_afresh() {
+    let lab = lab().await;
+    let ended = lab.state.queue.enqueue(toy_config(json!({})), None).await.unwrap();
+    let running = lab.state.queue.enqueue(toy_config(json!({})), None).await.unwrap();
+    lab.train_next(100, 1000, 1.0, &[]).await;
+    lab.finish(ended, Outcome::Finished).await;
+    lab.train_next(100, 1000, 1.0, &[]).await;
+    let uri = |id: i64, query: &str| format!("/api/runs/{id}/metrics?{query}");
+    let (_, _, ended_first) = lab.request("GET", &uri(ended, "names=loss"), None).await;
+    let (_, _, running_first) = lab.request("GET", &uri(running, "names=loss"), None).await;
+    assert!(ended_first.contains("\"points\":5") && running_first.contains("\"points\":5"), "{ended_first}");
+
+    // Every stored value disappears behind the server's back.
+    let mut conn = lab.state.pool.acquire().await.unwrap();
+    for id in [ended, running] {
+        server::db::metrics::delete_after(&mut conn, id, -1).await.unwrap();
+    }
+    drop(conn);
+    let (status, headers, ended_again) = lab.request("GET", &uri(ended, "names=loss"), None).await;
+    assert_eq!((status, headers["content-type"].to_str().unwrap()), (200, "application/json"));
+    assert_eq!(ended_again, ended_first, "from memory");
+    let (_, _, running_again) = lab.request("GET", &uri(running, "names=loss"), None).await;
+    assert!(running_again.contains("\"points\":0"), "read again: {running_again}");
+    // The same request spelled differently is the same answer; another request is another.
+    let (_, _, respelled) = lab.request("GET", &uri(ended, "names=%20loss,&format=json"), None).await;
+    assert_eq!(respelled, ended_first);
+    let (_, headers, csv) = lab.request("GET", &uri(ended, "names=loss&format=csv"), None).await;
+    assert_eq!((headers["content-type"].to_str().unwrap(), csv.as_str()), ("text/csv", "step,name,value\n"));
+}
