@@ -148,11 +148,6 @@ pub async fn set_progress(conn: &mut SqliteConnection, id: i64, step: i64, total
     Ok(())
 }
 
-/// Removes the run and (by cascade) its metrics, summaries and checkpoint rows.
-pub async fn delete(pool: &Pool, id: i64) -> sqlx::Result<bool> {
-    Ok(sqlx::query("delete from runs where id = ?").bind(id).execute(pool).await?.rows_affected() > 0)
-}
-
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
 pub struct SummaryRow {
     pub name: String,
