@@ -82,3 +82,45 @@ async fn a_reward_model_must_be_a_sequence_classifier_inside_the_models_director
     }
     t.server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_a_gold_reward_model_logs_kl_gold_reward_and_length_at_every_evaluation() {
+    let models = models_dir();
+    trainer::data::synthetic::write_reward_model_dir(
+        &models.path().join("rm/tiny-llama-rm"),
+        "llama",
+        7,
+        &fixtures().join("tiny-llama"),
+    )
+    .unwrap();
+    let root = models.path().to_path_buf();
+    let t = spawn_with(move |c| c.models_dir = root).await;
+    let mut run = config(4, 0);
+    run["reward_model_path"] = json!("rm/tiny-llama-rm");
+    run["eval_steps"] = json!(2);
+    run["max_new_tokens"] = json!(5);
+    let id = t.create_run(&run).await;
+    let finished = t.wait_for_status(id, "finished").await;
+    assert_eq!(finished["error"], Value::Null, "{finished}");
+
+    let names = ["eval/gold_reward", "eval/gold_reward_se", "eval/kl_init", "eval/kl_ref", "eval/length"];
+    let (status, body) = t.get(&format!("/api/runs/{id}/metrics?names={}", names.join(","))).await;
+    assert_eq!(status, 200, "{body}");
+    for name in names {
+        let points = body["series"][name].as_array().unwrap_or_else(|| panic!("no {name} in {body}"));
+        let steps: Vec<i64> = points.iter().map(|p| p[0].as_i64().unwrap()).collect();
+        assert_eq!(steps, vec![0, 2, 4], "{name} at step 0, every eval_steps and the last step");
+        assert!(points.iter().all(|p| p[1].as_f64().is_some_and(f64::is_finite)), "{name}: {points:?}");
+    }
+    // The policy starts as the initial policy: its samples' KL to it is zero there, up to the
+    // rounding between scoring the samples and sampling them.
+    let kl_at_start = body["series"]["eval/kl_init"][0][1].as_f64().unwrap();
+    assert!(kl_at_start.abs() < 1e-5, "{kl_at_start}");
+    let lengths: Vec<f64> =
+        body["series"]["eval/length"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
+    assert!(lengths.iter().all(|&l| (1.0..=5.0).contains(&l)), "1 to max_new_tokens tokens: {lengths:?}");
+    // The run's summary carries the gold reward too.
+    let (_, run_view) = t.get(&format!("/api/runs/{id}")).await;
+    assert!(run_view["summary"].to_string().contains("eval/gold_reward"), "{run_view}");
+    t.server.stop().await.unwrap();
+}

@@ -43,6 +43,12 @@ pub struct DataBenchArgs {
     /// Where the generated model and data go (default: a temporary directory).
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Train with `gradient_checkpointing = true`.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Train with `bf16 = true` (mixed precision).
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 /// ~10M parameters: 8.1M in 10 layers of width 256, 2.1M in the untied 4096-token embeddings.
@@ -100,6 +106,8 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<()> {
         "learning_rate": 1e-5,
         "save_steps": 0,
         "num_threads": args.threads,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "bf16": args.bf16,
     }))
     .map_err(|e| anyhow::anyhow!("bench config: {}", trainer::config::FieldError::join(&e)))?;
     let setup = Setup::from_config(&cfg, &Device::Cpu)?;
@@ -116,7 +124,7 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<()> {
     };
     println!(
         "bench data: {} parameters, vocab {} ({} trained), {} examples, mean {mean_len:.0} tokens per sequence \
-         (max_length {}), batch {} ({rows_per_step} sequences per step), {} worker threads, loss {}{}; setup {:.1}s",
+         (max_length {}), batch {} ({rows_per_step} sequences per step), {} worker threads, loss {}{}{}{}; setup {:.1}s",
         setup.initial.num_parameters(),
         setup.model.config.vocab_size,
         vocab,
@@ -126,6 +134,8 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<()> {
         args.threads,
         args.loss_type,
         if args.sync_ref_model { " with TR (α 0.6 every step)" } else { "" },
+        if args.gradient_checkpointing { ", gradient checkpointing" } else { "" },
+        if args.bf16 { ", bf16" } else { "" },
         started.elapsed().as_secs_f64()
     );
 

@@ -51,6 +51,51 @@ impl LlamaShape {
     };
 }
 
+/// A tiny reward model of one family (`llama`, `qwen2` or `gpt_neox`) written as transformers
+/// lays out `*ForSequenceClassification`: the backbone's weights, a bias-free `score.weight`,
+/// and the tokenizer files of `tokenizer_from` (whose pad id must be 0 and EOS id 2, as in the
+/// TRL fixtures). Every tensor is random, norms and biases included, so a misplaced weight
+/// cannot hide.
+pub fn write_reward_model_dir(dir: &Path, model_type: &str, seed: u64, tokenizer_from: &Path) -> Result<()> {
+    use crate::model::{param_specs, registry, ModelConfig};
+    use candle_core::{Device, Tensor};
+
+    let class = match model_type {
+        "llama" => "LlamaForSequenceClassification",
+        "qwen2" => "Qwen2ForSequenceClassification",
+        _ => "GPTNeoXForSequenceClassification",
+    };
+    let config = json!({
+        "model_type": model_type, "architectures": [class], "vocab_size": 64, "hidden_size": 16,
+        "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "max_position_embeddings": 128, "tie_word_embeddings": false, "num_labels": 1, "torch_dtype": "float32",
+        "pad_token_id": 0, "eos_token_id": 2, "bos_token_id": 1,
+    });
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let write = |name: &str, contents: &[u8]| {
+        std::fs::write(dir.join(name), contents).map_err(|e| Error::io(dir.join(name), e))
+    };
+    write("config.json", config.to_string().as_bytes())?;
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        let from = tokenizer_from.join(file);
+        std::fs::copy(&from, dir.join(file)).map_err(|e| Error::io(&from, e))?;
+    }
+    let cfg = ModelConfig::from_hf_json(&config)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut random = |shape: Vec<usize>, scale: f32| {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu)
+    };
+    let mut tensors = std::collections::HashMap::new();
+    for (name, shape) in param_specs(&cfg).into_iter().filter(|(name, _)| !registry::is_lm_head(name)) {
+        tensors.insert(name, random(shape, 0.5)?);
+    }
+    tensors.insert("score.weight".to_string(), random(vec![1, 16], 1.0)?);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    Ok(())
+}
+
 /// Trains a byte-level BPE tokenizer of at most `vocab_size` tokens on `texts` and writes a
 /// model directory: `tokenizer.json`, `tokenizer_config.json` (`<s>`, `</s>`, `<pad>`, and
 /// `chat_template` when given) and a Llama `config.json`. Returns the vocabulary size.

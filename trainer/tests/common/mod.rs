@@ -41,46 +41,10 @@ pub fn assert_close_rel(actual: f64, expected: f64, rel: f64, what: &str) {
     );
 }
 
-/// A tiny reward model of one family (`llama`, `qwen2` or `gpt_neox`) written as transformers
-/// lays out `*ForSequenceClassification`: the backbone's weights, a bias-free `score.weight`,
-/// and the TRL fixtures' tokenizer (pad id 0, EOS id 2). Every tensor is random, norms and
-/// biases included, so a misplaced weight cannot hide.
+/// A tiny random reward model of one family (`llama`, `qwen2` or `gpt_neox`) with the TRL
+/// fixtures' tokenizer.
 pub fn write_tiny_reward_model(dir: &Path, model_type: &str, seed: u64) {
-    use candle_core::{Device, Tensor};
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-    use trainer::model::{param_specs, registry, ModelConfig};
-
-    let class = match model_type {
-        "llama" => "LlamaForSequenceClassification",
-        "qwen2" => "Qwen2ForSequenceClassification",
-        _ => "GPTNeoXForSequenceClassification",
-    };
-    let config = serde_json::json!({
-        "model_type": model_type, "architectures": [class], "vocab_size": 64, "hidden_size": 16,
-        "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-        "max_position_embeddings": 128, "tie_word_embeddings": false, "num_labels": 1, "torch_dtype": "float32",
-        "pad_token_id": 0, "eos_token_id": 2, "bos_token_id": 1,
-    });
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    for file in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(fixtures().join("tiny-llama").join(file), dir.join(file)).unwrap();
-    }
-    let cfg = ModelConfig::from_hf_json(&config).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut random = |shape: Vec<usize>, scale: f32| {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    };
-    let mut tensors: std::collections::HashMap<String, Tensor> = param_specs(&cfg)
-        .into_iter()
-        .filter(|(name, _)| !registry::is_lm_head(name))
-        .map(|(name, shape)| (name, random(shape, 0.5)))
-        .collect();
-    tensors.insert("score.weight".into(), random(vec![1, 16], 1.0));
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    trainer::data::synthetic::write_reward_model_dir(dir, model_type, seed, &fixtures().join("tiny-llama")).unwrap();
 }
 
 /// Prepended to every script [`run_in_transformers`] runs: collects what transformers warns or

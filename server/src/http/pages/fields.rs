@@ -130,7 +130,10 @@ pub const FIELDS: &[Field] = &[
     Field { name: "num_threads", group: Logging, kind: Int, help: "Worker threads per micro-batch; 0: one per core." },
     Field { name: "max_new_tokens", group: Logging, kind: Int, help: "Tokens the policy samples per evaluation prompt (temperature 1) for KL, gold reward and length (dataset runs)." },
     Field { name: "device", group: Logging, kind: Choice(DEVICES), help: "Where the model trains: cpu, or cuda in a build with --features cuda (cuda:N through the API)." },
-    Field { name: "export_dtype", group: Logging, kind: Choice(DTYPES), help: "Dtype of the exported checkpoint weights; training stays float32, and a float32 copy is kept for resuming." },
+    Field { name: "bf16", group: Optimization, kind: Bool, help: "Mixed precision as transformers' bf16: bfloat16 matmuls and activations on float32 weights; norms, softmaxes and the loss stay float32. For GPUs: on the CPU it is slower." },
+    Field { name: "fp16", group: Optimization, kind: Bool, help: "The same in float16, with dynamic loss scaling (an overflowing step is skipped and the scale halves). Not with bf16." },
+    Field { name: "gradient_checkpointing", group: Optimization, kind: Bool, help: "Keep only each layer's input and recompute the layer in the backward pass: about half the memory at 6 layers, for one more policy forward pass per step." },
+    Field { name: "export_dtype", group: Logging, kind: Choice(DTYPES), help: "Dtype of the exported checkpoint weights; the trained weights stay float32 (also with bf16/fp16), and a float32 copy is kept for resuming." },
 ];
 
 pub fn field(name: &str) -> Option<&'static Field> {
