@@ -86,3 +86,36 @@ async fn an_ended_runs_metrics_answer_is_kept_in_memory_and_a_running_runs_is_re
     let (_, headers, csv) = lab.request("GET", &uri(ended, "names=loss&format=csv"), None).await;
     assert_eq!((headers["content-type"].to_str().unwrap(), csv.as_str()), ("text/csv", "step,name,value\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_stream_opened_on_one_server_follows_a_run_that_another_server_trains_to_its_end() {
+    let root = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let (a, a_base) = server_on(root.path(), "a").await;
+    let r = client.post(format!("{a_base}/api/runs")).json(&config(1000, 0)).send().await.unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    wait_for(&client, &a_base, id, "step 5", |r| r["step"].as_i64().unwrap_or(0) >= 5).await;
+    // b starts once a trains the run, so b never hears of it from its own trainers.
+    let (b, b_base) = server_on(root.path(), "b").await;
+
+    let mut stream = client.get(format!("{b_base}/api/runs/{id}/events")).send().await.unwrap().bytes_stream();
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match tokio::time::timeout_at(deadline.into(), futures_util::StreamExt::next(&mut stream)).await {
+            Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+            Ok(None) => break,
+            Err(_) => {
+                let run = get(&client, format!("{a_base}/api/runs/{id}")).await;
+                let tail: String = text.chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("the stream on b did not end with a's run ({}, step {}): …{tail}", run["status"], run["step"]);
+            }
+        }
+    }
+    let steps: Vec<i64> = text.lines().filter_map(|l| l.strip_prefix("id: ")).map(|s| s.parse().unwrap()).collect();
+    assert_eq!(steps, (1..=1000).collect::<Vec<i64>>(), "every step once, in order");
+    let last_status = text.lines().rfind(|l| l.starts_with("data: {\"error\"") || l.contains("\"status\""));
+    assert!(last_status.is_some_and(|l| l.contains("\"finished\"")), "ends with the final status: {last_status:?}");
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}

@@ -2,7 +2,9 @@
 //!
 //! `metrics` events carry the step as their id, so a client reconnecting with `Last-Event-ID`
 //! gets every step after it from the database and then the live ones, each step once. The
-//! stream ends when the run reaches a final status or the server shuts down.
+//! stream ends when the run reaches a final status or the server shuts down. Live events come
+//! from this process's trainers; when none arrive for a while the stream reads the database, so
+//! it also follows a run that another server sharing the database trains.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -33,6 +35,10 @@ pub fn router() -> Router<AppState> {
 /// How long a live stream lets events gather before sending them in one write: a subscriber
 /// then costs the server a few wake-ups per second, not one per training step.
 const LIVE_BATCH: Duration = Duration::from_millis(250);
+
+/// After this long without an event, the stream reads the database: the run may be training on
+/// another server sharing it, whose events this process never hears.
+const IDLE_POLL: Duration = Duration::from_secs(2);
 
 /// A comment line after this much silence keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -67,6 +73,10 @@ impl Frames {
 
     fn len(&self) -> usize {
         self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The text so far as one chunk, or nothing when there is none.
@@ -113,12 +123,40 @@ async fn events(State(state): State<AppState>, Path(id): Path<String>, headers: 
         if run.status().is_terminal() {
             return;
         }
+        let mut silent_since = tokio::time::Instant::now();
         loop {
-            let Ok(first) = tokio::time::timeout(KEEP_ALIVE, rx.recv()).await else {
-                out.keep_alive();
-                yield out.take().expect("a keep-alive");
+            let Ok(first) = tokio::time::timeout(IDLE_POLL, rx.recv()).await else {
+                // What was stored meanwhile (by any server), and whether the run has ended.
+                let now = crate::db::runs::get(&pool, run_id).await.ok().flatten();
+                if let Ok(rows) = metrics::after_step(&pool, run_id, last_sent).await {
+                    for (step, values) in group_by_step(rows) {
+                        last_sent = step;
+                        out.metrics(step, &metrics_json(step, &values));
+                    }
+                }
+                let ended = match &now {
+                    Some(run) if run.status().is_terminal() => {
+                        out.status(run.status(), run.error.as_deref());
+                        true
+                    }
+                    Some(_) => false,
+                    None => true,
+                };
+                if !out.is_empty() {
+                    silent_since = tokio::time::Instant::now();
+                } else if silent_since.elapsed() >= KEEP_ALIVE {
+                    out.keep_alive();
+                    silent_since = tokio::time::Instant::now();
+                }
+                if let Some(chunk) = out.take() {
+                    yield chunk;
+                }
+                if ended {
+                    return;
+                }
                 continue;
             };
+            silent_since = tokio::time::Instant::now();
             let mut batch = vec![first];
             tokio::time::sleep(LIVE_BATCH).await;
             loop {
