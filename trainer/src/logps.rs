@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::data::Collated;
 use crate::error::Result;
-use crate::model::{target_log_probs, CausalLm, ForwardInput, LayerInputs, ParamSet, Weights};
+use crate::model::{add_grads, target_log_probs, CausalLm, ForwardInput, LayerInputs, ParamSet, Weights};
 
 /// Completion log-prob sums `(rows,)`.
 #[derive(Debug, Clone)]
@@ -107,13 +107,7 @@ impl Checkpointed {
         let w = params.trainable();
         let mut grads: Vec<Option<Tensor>> = vec![None; params.vars().len()];
         let mut accumulate = |store: &candle_core::backprop::GradStore| -> Result<()> {
-            for (sum, g) in grads.iter_mut().zip(params.grads_from(store)) {
-                *sum = match (sum.take(), g) {
-                    (Some(a), Some(b)) => Some((a + b)?),
-                    (a, b) => a.or(b),
-                };
-            }
-            Ok(())
+            add_grads(&mut grads, params.grads_from(store))
         };
         // Each segment's input becomes a leaf, so its gradient is what the segment below needs.
         let layers = model.config.num_hidden_layers;

@@ -15,7 +15,7 @@ use crate::logps::{sequence_logps, Checkpointed};
 use crate::loss::{self, LossOutput, Pair};
 use crate::memory::MemoryPlan;
 use crate::metrics::{MetricSink, MetricWindow, Metrics};
-use crate::model::{CausalLm, ModelConfig, ParamSet};
+use crate::model::{add_grads, CausalLm, ModelConfig, ParamSet};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 use crate::trust_region::TrustRegion;
 
@@ -453,17 +453,6 @@ pub fn micro_batch_grads(
         add_grads(&mut grads, shard)?;
     }
     Ok(MicroBatchGrads { metrics: out.metrics, grads })
-}
-
-/// Adds `more` into `acc`, parameter by parameter (`None`: no gradient reached it).
-fn add_grads(acc: &mut [Option<Tensor>], more: Vec<Option<Tensor>>) -> Result<()> {
-    for (sum, g) in acc.iter_mut().zip(more) {
-        *sum = match (sum.take(), g) {
-            (Some(a), Some(b)) => Some((a + b)?),
-            (a, b) => a.or(b),
-        };
-    }
-    Ok(())
 }
 
 /// What one micro-batch contributes to an optimizer step.

@@ -264,6 +264,17 @@ impl ParamSet {
     }
 }
 
+/// Adds `more` into `acc`, parameter by parameter (`None`: no gradient reached it).
+pub fn add_grads(acc: &mut [Option<Tensor>], more: Vec<Option<Tensor>>) -> Result<()> {
+    for (sum, g) in acc.iter_mut().zip(more) {
+        *sum = match (sum.take(), g) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(())
+}
+
 fn standard_normal(rng: &mut impl Rng) -> f64 {
     // Box-Muller: two uniforms in (0, 1] give one standard normal.
     let u1: f64 = 1.0 - rng.random::<f64>();
