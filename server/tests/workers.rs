@@ -41,6 +41,7 @@ async fn a_cancel_sent_to_one_server_stops_a_run_that_another_server_is_training
     assert_ne!(default_worker_id(&root.path().join("a")).unwrap(), default_worker_id(&root.path().join("b")).unwrap());
     let seen_by_b = get(&client, format!("{b_base}/api/runs/{id}")).await;
     assert_eq!((seen_by_b["status"].as_str(), seen_by_b["attempts"].as_i64()), (Some("running"), Some(1)));
+    assert_eq!(seen_by_b["worker"], json!(default_worker_id(&root.path().join("a")).unwrap()), "b shows who trains it");
 
     let sent = Instant::now();
     let r = client.post(format!("{b_base}/api/runs/{id}/cancel")).send().await.unwrap();

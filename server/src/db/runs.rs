@@ -54,6 +54,8 @@ pub struct Run {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub heartbeat_at: Option<i64>,
+    /// The worker (server) holding the run while it runs.
+    pub worker: Option<String>,
 }
 
 impl Run {
@@ -67,7 +69,7 @@ impl Run {
 }
 
 const COLUMNS: &str = "id, sweep_id, config, status, cancel_requested, step, total_steps, error, attempts, \
-                       parent_id, created_at, started_at, finished_at, heartbeat_at";
+                       parent_id, created_at, started_at, finished_at, heartbeat_at, worker";
 
 pub async fn get(pool: &Pool, id: i64) -> sqlx::Result<Option<Run>> {
     sqlx::query_as(&format!("select {COLUMNS} from runs where id = ?")).bind(id).fetch_optional(pool).await

@@ -218,6 +218,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             heartbeat_at: None,
+            worker: None,
         };
         let cache = EndedRunCache::default();
         let (ended, running, other) = (run(1, "cancelled"), run(2, "running"), run(3, "finished"));

@@ -54,6 +54,7 @@ pub fn view(run: &Run) -> Value {
         "started_at": run.started_at,
         "finished_at": run.finished_at,
         "heartbeat_at": run.heartbeat_at,
+        "worker": run.worker,
     })
 }
 

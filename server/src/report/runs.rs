@@ -226,6 +226,7 @@ mod tests {
             started_at: Some(0),
             finished_at: None,
             heartbeat_at: Some(5_000),
+            worker: None,
         };
         let evals: Vec<Eval> = peak
             .map(|p| {
