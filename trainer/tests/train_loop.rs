@@ -343,3 +343,29 @@ fn gradient_checkpointing_changes_nothing_but_rounding_for_every_loss() {
         assert!(moved <= 1e-5, "{loss_type}: the weights differ by {moved} after 3 steps");
     }
 }
+
+#[test]
+fn an_fp16_step_whose_gradients_overflow_is_skipped_and_the_loss_scale_halves() {
+    let cfg = config(json!({"fp16": true, "max_steps": 4, "save_steps": 2}));
+    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = StopAfter { inner: MemorySink::default(), stop_at: 2, done: 0 };
+    train_with(&cfg, &setup, dir.path(), false, &mut first, None).unwrap();
+    // A scale no float16 gradient survives: the next steps must be skipped, not trained on.
+    let state_file = dir.path().join("checkpoint-2").join("trainer_state.json");
+    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    assert_eq!(state["loss_scaler"]["scale"], json!(65_536.0));
+    state["loss_scaler"]["scale"] = json!(1e30);
+    std::fs::write(&state_file, state.to_string()).unwrap();
+
+    let mut sink = MemorySink::default();
+    let outcome = train_with(&cfg, &setup, dir.path(), true, &mut sink, None).unwrap();
+    assert_eq!(outcome.global_step, 4, "skipped steps still count");
+    let before = weights(&dir.path().join("checkpoint-2"), "model.safetensors", &setup);
+    let after = weights(&dir.path().join("checkpoint-4"), "model.safetensors", &setup);
+    assert_eq!(before.max_abs_diff(&after).unwrap(), 0.0, "no update from overflowed gradients");
+    assert!(sink.series("grad_norm").is_empty(), "an overflowed step logs no gradient norm");
+    let scales: Vec<f64> = sink.series("loss_scale").iter().map(|(_, s)| *s).collect();
+    assert_eq!(scales, vec![5e29, 2.5e29], "halved at each skipped step");
+    assert!(sink.series("loss").iter().all(|(_, l)| l.is_finite()), "the forward pass did not overflow");
+}
