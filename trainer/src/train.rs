@@ -184,7 +184,7 @@ pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn Me
         task.setup.model = task.setup.model.with_compute_dtype(cfg.compute_dtype());
         return train_with(cfg, &task.setup, output_dir, resume, sink, Some(task.evaluator.as_mut()));
     }
-    let setup = Setup::from_config(cfg, &device)?;
+    let mut setup = Setup::from_config(cfg, &device)?;
     sink.memory_plan(&MemoryPlan::for_run(cfg, &setup.model.config, &setup.data)?);
     // The prompts the policy answers at each evaluation: the held-out ones when the config
     // holds some out (`eval_split_ratio`, `eval_dataset_path`), else the training prompts.
@@ -193,13 +193,34 @@ pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn Me
         None => eval_prompts(setup.data.prompts()),
     };
     let mut evaluator = PolicySampleEvaluator::for_run(cfg, &setup.model, prompts)?;
-    train_with(cfg, &setup, output_dir, resume, sink, evaluator.as_mut().map(|e| e as &mut dyn Evaluator))
+    // A fresh vanilla run with precomputed reference log-probs and no evaluation reads the
+    // initial weights only to score the reference once and to start the policy: they become
+    // the policy rather than stay beside a copy of it, one set of weights fewer in memory.
+    let starts_fresh = !resume || checkpoint::latest(output_dir)?.is_none();
+    let initial_policy = (cfg.precompute_ref_log_probs && !cfg.sync_ref_model && evaluator.is_none() && starts_fresh)
+        .then(|| std::mem::replace(&mut setup.initial, ParamSet::empty()));
+    let evaluator = evaluator.as_mut().map(|e| e as &mut dyn Evaluator);
+    train_loop(cfg, &setup, initial_policy, output_dir, resume, sink, evaluator)
 }
 
 /// The loop itself, on an already loaded [`Setup`].
 pub fn train_with(
     cfg: &RunConfig,
     setup: &Setup,
+    output_dir: &Path,
+    resume: bool,
+    sink: &mut dyn MetricSink,
+    evaluator: Option<&mut dyn Evaluator>,
+) -> Result<TrainOutcome> {
+    train_loop(cfg, setup, None, output_dir, resume, sink, evaluator)
+}
+
+/// [`train_with`], where `initial_policy`, when given, holds the initial weights that
+/// `setup.initial` gave up (see [`train`]): a fresh run starts from it instead of a copy.
+fn train_loop(
+    cfg: &RunConfig,
+    setup: &Setup,
+    initial_policy: Option<ParamSet>,
     output_dir: &Path,
     resume: bool,
     sink: &mut dyn MetricSink,
@@ -248,7 +269,10 @@ pub fn train_with(
             (r.policy, r.reference, r.optimizer, r.state)
         }
         None => {
-            let policy = setup.initial.deep_clone()?;
+            let policy = match initial_policy {
+                Some(weights) => weights,
+                None => setup.initial.deep_clone()?,
+            };
             let optimizer = AdamW::new(&policy, adam)?;
             let state = TrainerState {
                 global_step: 0,
@@ -271,7 +295,9 @@ pub fn train_with(
                 "cannot be used with sync_ref_model: the reference moves during training",
             )]));
         }
-        Some(ReferenceLogps::compute(cfg, setup, &setup.initial)?)
+        // Before the first step the policy holds the initial weights, wherever they live.
+        let initial = if state.global_step == 0 { &policy } else { &setup.initial };
+        Some(ReferenceLogps::compute(cfg, setup, initial)?)
     } else {
         None
     };

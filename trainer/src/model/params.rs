@@ -172,6 +172,12 @@ impl ParamSet {
         Ok(Self { names, vars })
     }
 
+    /// A set of no weights: what a [`crate::train::Setup`] keeps once it has handed its
+    /// initial weights to the policy.
+    pub(crate) fn empty() -> Self {
+        Self { names: Vec::new(), vars: Vec::new() }
+    }
+
     /// A deep copy: the new set shares no storage with this one.
     pub fn deep_clone(&self) -> Result<Self> {
         let vars =
