@@ -26,6 +26,7 @@ use super::runs::find;
 use super::AppState;
 use crate::db::metrics::{self, MetricRow};
 use crate::db::runs::RunStatus;
+use crate::db::Pool;
 use crate::jobs::events::{metrics_json, RunEvent};
 
 pub fn router() -> Router<AppState> {
@@ -85,6 +86,29 @@ impl Frames {
     }
 }
 
+/// Writes what the database holds that the stream has not sent (the steps after `last_sent`,
+/// and the final status if the run has ended); answers whether the stream is over (the run
+/// ended or is gone). For a stream that missed live events, or never hears them because
+/// another server trains the run.
+async fn catch_up(pool: &Pool, run_id: i64, last_sent: &mut i64, out: &mut Frames) -> bool {
+    // The status is read first: if it is final, every step was stored before it.
+    let now = crate::db::runs::get(pool, run_id).await.ok().flatten();
+    if let Ok(rows) = metrics::after_step(pool, run_id, *last_sent).await {
+        for (step, values) in group_by_step(rows) {
+            *last_sent = step;
+            out.metrics(step, &metrics_json(step, &values));
+        }
+    }
+    match now {
+        Some(run) if run.status().is_terminal() => {
+            out.status(run.status(), run.error.as_deref());
+            true
+        }
+        Some(_) => false,
+        None => true,
+    }
+}
+
 /// Stored points after `step`, one map per step, in step order.
 fn group_by_step(rows: Vec<MetricRow>) -> BTreeMap<i64, BTreeMap<String, Option<f64>>> {
     let mut out: BTreeMap<i64, BTreeMap<String, Option<f64>>> = BTreeMap::new();
@@ -126,22 +150,7 @@ async fn events(State(state): State<AppState>, Path(id): Path<String>, headers: 
         let mut silent_since = tokio::time::Instant::now();
         loop {
             let Ok(first) = tokio::time::timeout(IDLE_POLL, rx.recv()).await else {
-                // What was stored meanwhile (by any server), and whether the run has ended.
-                let now = crate::db::runs::get(&pool, run_id).await.ok().flatten();
-                if let Ok(rows) = metrics::after_step(&pool, run_id, last_sent).await {
-                    for (step, values) in group_by_step(rows) {
-                        last_sent = step;
-                        out.metrics(step, &metrics_json(step, &values));
-                    }
-                }
-                let ended = match &now {
-                    Some(run) if run.status().is_terminal() => {
-                        out.status(run.status(), run.error.as_deref());
-                        true
-                    }
-                    Some(_) => false,
-                    None => true,
-                };
+                let ended = catch_up(&pool, run_id, &mut last_sent, &mut out).await;
                 if !out.is_empty() {
                     silent_since = tokio::time::Instant::now();
                 } else if silent_since.elapsed() >= KEEP_ALIVE {
@@ -185,27 +194,12 @@ async fn events(State(state): State<AppState>, Path(id): Path<String>, headers: 
                         }
                     }
                     Ok(RunEvent::Checkpoint { step, .. }) => out.checkpoint(step),
-                    // Too slow to keep up: catch up from the database instead.
+                    // Too slow to keep up: catch up from the database instead, final status
+                    // included (a missed one would leave the stream open forever).
                     Err(RecvError::Lagged(_)) => {
-                        let now = crate::db::runs::get(&pool, run_id).await.ok().flatten();
-                        if let Ok(rows) = metrics::after_step(&pool, run_id, last_sent).await {
-                            for (step, values) in group_by_step(rows) {
-                                last_sent = step;
-                                out.metrics(step, &metrics_json(step, &values));
-                            }
-                        }
-                        // A missed final status would leave the stream open forever.
-                        match now {
-                            Some(run) if run.status().is_terminal() => {
-                                out.status(run.status(), run.error.as_deref());
-                                ended = true;
-                                break;
-                            }
-                            None => {
-                                ended = true;
-                                break;
-                            }
-                            Some(_) => {}
+                        if catch_up(&pool, run_id, &mut last_sent, &mut out).await {
+                            ended = true;
+                            break;
                         }
                     }
                     Err(RecvError::Closed) => {
