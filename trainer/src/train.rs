@@ -95,9 +95,7 @@ impl Setup {
     /// A toy `task` builds its model, π_init and data in code instead (see [`crate::tasks`]).
     pub fn from_config(cfg: &RunConfig, device: &Device) -> Result<Self> {
         if cfg.task.is_toy() {
-            let mut setup = crate::tasks::build(cfg, device)?.setup;
-            setup.model = setup.model.with_compute_dtype(cfg.compute_dtype());
-            return Ok(setup);
+            return Ok(crate::tasks::build(cfg, device)?.setup);
         }
         cfg.validate().map_err(Error::Config)?;
         let dir = cfg.model_name_or_path.as_deref().expect("validated: model_name_or_path is set");
@@ -180,8 +178,6 @@ pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn Me
     let device = cfg.candle_device()?;
     if cfg.task.is_toy() {
         let mut task = crate::tasks::build(cfg, &device)?;
-        // π_init was fitted in float32; only the runs' own training uses bf16/fp16.
-        task.setup.model = task.setup.model.with_compute_dtype(cfg.compute_dtype());
         return train_with(cfg, &task.setup, output_dir, resume, sink, Some(task.evaluator.as_mut()));
     }
     let mut setup = Setup::from_config(cfg, &device)?;

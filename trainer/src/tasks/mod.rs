@@ -28,11 +28,14 @@ impl std::fmt::Debug for TaskSetup {
 /// Builds the toy task the config names (π_init comes from the cache when present).
 pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
     cfg.validate().map_err(Error::Config)?;
-    match cfg.task {
-        Task::ToyTree => toy_tree::build(cfg, device),
-        Task::ToyLength => toy_length::build(cfg, device),
-        Task::Dataset => Err(Error::model("task \"dataset\" is not a toy task")),
-    }
+    let mut task = match cfg.task {
+        Task::ToyTree => toy_tree::build(cfg, device)?,
+        Task::ToyLength => toy_length::build(cfg, device)?,
+        Task::Dataset => return Err(Error::model("task \"dataset\" is not a toy task")),
+    };
+    // π_init was fitted in float32; only the run's own training uses bf16/fp16.
+    task.setup.model = task.setup.model.with_compute_dtype(cfg.compute_dtype());
+    Ok(task)
 }
 
 /// A small Llama for the toy tasks: the vocabulary is the task's, the sizes come from the config.
