@@ -10,7 +10,7 @@
 //! prompt's lowest gold reward (a malformed answer is as bad as the worst answer).
 //! `eval/invalid_mass` reports how much mass sits there.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, D};
@@ -347,8 +347,9 @@ impl ToyPairs {
     }
 
     /// Which responses of each prompt occur in the data (either side of a pair).
-    pub fn support(&self, tree: &ToyTree) -> Vec<HashSet<usize>> {
-        let mut support = vec![HashSet::new(); tree.num_prompts()];
+    /// Ordered, so that the OOD mass sums its terms in the same order in every process.
+    pub fn support(&self, tree: &ToyTree) -> Vec<BTreeSet<usize>> {
+        let mut support = vec![BTreeSet::new(); tree.num_prompts()];
         for &(x, w, l) in &self.pairs {
             support[x].insert(w);
             support[x].insert(l);
@@ -428,7 +429,7 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
 pub struct ToyTreeEvaluator {
     tree: Arc<ToyTree>,
     pairs: ToyPairs,
-    support: Vec<HashSet<usize>>,
+    support: Vec<BTreeSet<usize>>,
     beta: f64,
     /// π_init never moves: its tree is computed once.
     initial: Option<TreeLogProbs>,
@@ -645,7 +646,8 @@ mod tests {
             assert!((tree.behaviour(x).iter().sum::<f64>() - 1.0).abs() < 1e-9);
         }
         // Distinct prompts get distinct token strings.
-        let prompts: HashSet<Vec<u32>> = (0..tree.num_prompts()).map(|x| tree.prompt_tokens(x)).collect();
+        let prompts: std::collections::HashSet<Vec<u32>> =
+            (0..tree.num_prompts()).map(|x| tree.prompt_tokens(x)).collect();
         assert_eq!(prompts.len(), tree.num_prompts());
     }
 
