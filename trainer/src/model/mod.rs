@@ -24,6 +24,7 @@ use candle_core::{DType, Device, Tensor, D};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use fused::{apply_rope, rms_norm, scaled_masked_softmax, swiglu, target_log_probs};
 pub use ops::{layer_norm, linear, softmax_last_dim};
+pub(crate) use params::standard_normal;
 pub use params::{add_grads, param_specs, ParamSet, Weights};
 
 use crate::error::{Error, Result};

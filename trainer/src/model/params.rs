@@ -281,7 +281,8 @@ pub fn add_grads(acc: &mut [Option<Tensor>], more: Vec<Option<Tensor>>) -> Resul
     Ok(())
 }
 
-fn standard_normal(rng: &mut impl Rng) -> f64 {
+/// One draw from N(0, 1), the same sequence for a given rng everywhere (weights, toy tasks).
+pub(crate) fn standard_normal(rng: &mut impl Rng) -> f64 {
     // Box-Muller: two uniforms in (0, 1] give one standard normal.
     let u1: f64 = 1.0 - rng.random::<f64>();
     let u2: f64 = rng.random::<f64>();

@@ -53,12 +53,7 @@ pub fn toy_model_config(cfg: &RunConfig, vocab_size: usize, max_positions: usize
     }))
 }
 
-pub(crate) fn standard_normal(rng: &mut impl Rng) -> f64 {
-    // Box–Muller: two uniforms in (0, 1] give one standard normal.
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
+pub(crate) use crate::model::standard_normal;
 
 /// Draws an index from unnormalised probabilities.
 pub(crate) fn sample_index(probs: &[f64], rng: &mut impl Rng) -> usize {
