@@ -45,7 +45,8 @@ tail -n 1 "$out/toy-run/metrics.jsonl"
 
 if python3 -c 'import torch, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
   echo "== the same step in PyTorch on the same GPU"
-  python3 scripts/cuda/torch_trdpo_step.py --configs "${CONFIGS:-tiny,small,pythia-160m}" | tee "$out/torch.jsonl"
+  python3 scripts/cuda/torch_trdpo_step.py --configs "${CONFIGS:-tiny,small,pythia-160m}" \
+    --dtypes "${DTYPES:-float32,bfloat16,float16}" | tee "$out/torch.jsonl"
 else
   echo "NOTE: no python3 with CUDA torch + transformers: PyTorch side skipped"
 fi

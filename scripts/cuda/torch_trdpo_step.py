@@ -3,7 +3,12 @@ written with transformers, on the same GPU, so the two are measured side by side
 
 One TR-DPO step: a random-init fp32 model, 8 pairs of 16 prompt + 48 completion tokens, the
 policy's and the reference's completion log-probs, the DPO loss, backward, AdamW (lr 1e-6,
-no clipping), then the soft reference update with alpha 0.6. Prints one JSON line per config.
+no clipping), then the soft reference update with alpha 0.6. Prints one JSON line per config
+and dtype.
+
+`--dtypes bfloat16,float16` runs the forward passes under `torch.autocast`, as transformers'
+Trainer does for `bf16=True` / `fp16=True`: float32 master weights and optimizer state, and for
+float16 a `GradScaler` (the same mixed precision as Goodhart's `bf16` / `fp16`).
 """
 
 from __future__ import annotations
@@ -54,7 +59,10 @@ def completion_logps(model, input_ids):
     return torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
-def bench(name: str, warmup: int, steps: int, device: str) -> dict:
+def bench(name: str, dtype: str, warmup: int, steps: int, device: str) -> dict:
+    half = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    autocast = lambda: torch.autocast(device.split(":")[0], dtype=half, enabled=half is not None)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=half is torch.float16)
     policy = make_model(name).to(device).train()
     reference = copy.deepcopy(policy).eval()
     for p in reference.parameters():
@@ -72,15 +80,17 @@ def bench(name: str, warmup: int, steps: int, device: str) -> dict:
         ids = torch.cat([torch.cat([prompt, chosen], 1), torch.cat([prompt, rejected], 1)], 0).to(device)
         sync()
         t0 = time.perf_counter()
-        pol = completion_logps(policy, ids)
-        with torch.no_grad():
-            ref = completion_logps(reference, ids)
-        pc, pr = pol.chunk(2)
-        rc, rr = ref.chunk(2)
+        with autocast():
+            pol = completion_logps(policy, ids)
+            with torch.no_grad():
+                ref = completion_logps(reference, ids)
+        pc, pr = pol.float().chunk(2)
+        rc, rr = ref.float().chunk(2)
         loss = -F.logsigmoid(BETA * ((pc - rc) - (pr - rr))).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         with torch.no_grad():
             torch._foreach_mul_(rp, 1.0 - ALPHA)
             torch._foreach_add_(rp, pp, alpha=ALPHA)
@@ -90,7 +100,7 @@ def bench(name: str, warmup: int, steps: int, device: str) -> dict:
         if i >= warmup:
             times.append((t1 - t0) * 1e3)
     n_params = sum(p.numel() for p in policy.parameters())
-    return dict(config=name, n_params=n_params, device=torch.cuda.get_device_name() if device.startswith("cuda") else device, torch=torch.__version__,
+    return dict(config=name, dtype=dtype, n_params=n_params, device=torch.cuda.get_device_name() if device.startswith("cuda") else device, torch=torch.__version__,
                 median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times), steps=steps,
                 first_loss=losses[0], last_loss=losses[-1])
 
@@ -101,9 +111,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtypes", default="float32")
     args = ap.parse_args()
     for name in args.configs.split(","):
-        print(json.dumps(bench(name, args.warmup, args.steps, args.device)), flush=True)
+        for dtype in args.dtypes.split(","):
+            print(json.dumps(bench(name, dtype, args.warmup, args.steps, args.device)), flush=True)
 
 
 if __name__ == "__main__":
