@@ -11,13 +11,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::RunConfig;
-use crate::data::{Collated, PairedExample, Sequence};
+use crate::data::{Collated, Dataset, PairedExample, Sequence};
 use crate::error::Result;
 use crate::logps::sequence_logps;
 use crate::loss::{dpo_loss, Pair};
 use crate::model::{CausalLm, ModelConfig, ParamSet};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::train::{micro_batch_grads, MicroBatchGrads, ReferenceSource, Setup, TrainData};
+use crate::train::{micro_batch_grads, MicroBatchGrads, ReferenceSource, Setup};
 use crate::trust_region::soft_update;
 
 pub const PROMPT_LEN: usize = 16;
@@ -190,7 +190,7 @@ fn random_pairs_setup(cfg: &ModelConfig, dev: &Device, dtype: DType, batches: us
     Ok(Setup {
         model: CausalLm::new(cfg.clone(), dev).with_compute_dtype(dtype),
         initial: ParamSet::random(cfg, 0, 0.02, dev)?,
-        data: TrainData::Paired(examples),
+        data: Dataset::Paired(examples),
         eval: None,
         pad_token_id: 0,
         side_files: Vec::new(),

@@ -13,10 +13,10 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::config::RunConfig;
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::registry::{self, ModelKind};
 use crate::model::{param_specs, ModelConfig};
-use crate::train::TrainData;
 
 const F32: u64 = 4;
 
@@ -44,12 +44,12 @@ pub struct MemoryPlan {
 
 impl MemoryPlan {
     /// The plan for `cfg` on a model with `model` as its config and `data` as its examples.
-    pub fn for_run(cfg: &RunConfig, model: &ModelConfig, data: &TrainData) -> Result<Self> {
+    pub fn for_run(cfg: &RunConfig, model: &ModelConfig, data: &Dataset) -> Result<Self> {
         let n: u64 = param_specs(model).iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum();
         let weights = n * F32;
         let rows = match data {
-            TrainData::Paired(_) => 2 * cfg.per_device_train_batch_size,
-            TrainData::Unpaired(_) => cfg.per_device_train_batch_size,
+            Dataset::Paired(_) => 2 * cfg.per_device_train_batch_size,
+            Dataset::Unpaired(_) => cfg.per_device_train_batch_size,
         };
         let (longest, longest_completion) = data.longest_sequences();
         // A GPU run takes the whole micro-batch on one worker (see `train::micro_batch_grads`).
@@ -237,9 +237,9 @@ mod tests {
         .unwrap()
     }
 
-    fn data() -> TrainData {
+    fn data() -> Dataset {
         let seq = |p: usize, c: usize| Sequence { prompt: vec![1; p], completion: vec![2; c] };
-        TrainData::Paired(vec![
+        Dataset::Paired(vec![
             PairedExample { chosen: seq(3, 5), rejected: seq(3, 9) },
             PairedExample { chosen: seq(7, 2), rejected: seq(7, 4) },
         ])
@@ -271,7 +271,7 @@ mod tests {
         let wide = RunConfig { per_device_train_batch_size: 16, ..RunConfig::default() };
         assert!(MemoryPlan::for_run(&wide, &cfg, &data()).unwrap().activations > small);
         let seq = |p: usize, c: usize| Sequence { prompt: vec![1; p], completion: vec![2; c] };
-        let long = TrainData::Paired(vec![PairedExample { chosen: seq(3, 50), rejected: seq(3, 5) }]);
+        let long = Dataset::Paired(vec![PairedExample { chosen: seq(3, 50), rejected: seq(3, 5) }]);
         assert!(MemoryPlan::for_run(&RunConfig::default(), &cfg, &long).unwrap().activations > small);
     }
 

@@ -19,61 +19,23 @@ use crate::model::{add_grads, CausalLm, ModelConfig, ParamSet};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 use crate::trust_region::TrustRegion;
 
-/// The examples a run trains on, already in the shape its loss needs.
-#[derive(Debug, Clone)]
-pub enum TrainData {
-    Paired(Vec<PairedExample>),
-    Unpaired(Vec<UnpairedExample>),
-}
-
-impl TrainData {
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Paired(v) => v.len(),
-            Self::Unpaired(v) => v.len(),
+/// The examples in the shape the loss needs: KTO trains on unpaired examples (pairs are
+/// split, each with a mismatched completion for its KL estimate); DPO and IPO need pairs.
+pub fn dataset_for_loss(dataset: Dataset, cfg: &RunConfig) -> Result<Dataset> {
+    match (cfg.loss_type, dataset) {
+        (LossType::Kto, d) => {
+            let mut examples = d.into_unpaired();
+            data::assign_mismatched_completions(&mut examples, cfg.per_device_train_batch_size);
+            Ok(Dataset::Unpaired(examples))
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Every example's prompt, in dataset order.
-    pub fn prompts(&self) -> Vec<Vec<u32>> {
-        match self {
-            Self::Paired(v) => v.iter().map(|e| e.chosen.prompt.clone()).collect(),
-            Self::Unpaired(v) => v.iter().map(|e| e.sequence.prompt.clone()).collect(),
-        }
-    }
-
-    /// The longest prompt + completion and the longest completion, in tokens.
-    pub fn longest_sequences(&self) -> (usize, usize) {
-        let seqs: Vec<&crate::data::Sequence> = match self {
-            Self::Paired(v) => v.iter().flat_map(|e| [&e.chosen, &e.rejected]).collect(),
-            Self::Unpaired(v) => v.iter().map(|e| &e.sequence).collect(),
-        };
-        let total = seqs.iter().map(|s| s.prompt.len() + s.completion.len()).max().unwrap_or(0);
-        let completion = seqs.iter().map(|s| s.completion.len()).max().unwrap_or(0);
-        (total, completion)
-    }
-
-    /// KTO trains on unpaired examples (pairs are split); DPO and IPO need pairs.
-    pub fn for_loss(dataset: Dataset, cfg: &RunConfig) -> Result<Self> {
-        match (cfg.loss_type, dataset) {
-            (LossType::Kto, d) => {
-                let mut examples = d.into_unpaired();
-                data::assign_mismatched_completions(&mut examples, cfg.per_device_train_batch_size);
-                Ok(Self::Unpaired(examples))
-            }
-            (_, Dataset::Paired(p)) => Ok(Self::Paired(p)),
-            (other, Dataset::Unpaired(_)) => Err(Error::Config(vec![crate::config::FieldError::new(
-                "loss_type",
-                format!(
-                    "{:?} needs paired {{prompt, chosen, rejected}} data; the dataset is unpaired (use \"kto\")",
-                    other.as_str()
-                ),
-            )])),
-        }
+        (_, Dataset::Paired(p)) => Ok(Dataset::Paired(p)),
+        (other, Dataset::Unpaired(_)) => Err(Error::Config(vec![crate::config::FieldError::new(
+            "loss_type",
+            format!(
+                "{:?} needs paired {{prompt, chosen, rejected}} data; the dataset is unpaired (use \"kto\")",
+                other.as_str()
+            ),
+        )])),
     }
 }
 
@@ -82,7 +44,7 @@ impl TrainData {
 pub struct Setup {
     pub model: CausalLm,
     pub initial: ParamSet,
-    pub data: TrainData,
+    pub data: Dataset,
     /// Held-out prompts and their rows (`eval_split_ratio` or `eval_dataset_path`), never trained on.
     pub eval: Option<EvalSet>,
     pub pad_token_id: u32,
@@ -111,7 +73,7 @@ impl Setup {
             seed: cfg.seed,
         };
         let loaded = data::load(dataset_path, cfg.eval_dataset_path.as_deref(), &tokenizer, &options)?;
-        let data = TrainData::for_loss(loaded.train, cfg)?;
+        let data = dataset_for_loss(loaded.train, cfg)?;
         // Refuse before loading any weights: a run that cannot fit fails now, not at step 1.
         let memory = MemoryPlan::for_run(cfg, &model_config, &data)?;
         // The plan counts host memory; on a GPU the weights live in device memory, which candle
@@ -562,10 +524,10 @@ fn shard_forward(
         ReferenceSource::Weights(w) => sequence_logps(model, &w.frozen(), &rows)?.sums,
         ReferenceSource::Precomputed(table) => match &setup.data {
             // Rows are [chosen…, rejected…].
-            TrainData::Paired(_) => {
+            Dataset::Paired(_) => {
                 Tensor::cat(&[table.gather(indices, 0, model.device())?, table.gather(indices, 1, model.device())?], 0)?
             }
-            TrainData::Unpaired(_) => table.gather(indices, 0, model.device())?,
+            Dataset::Unpaired(_) => table.gather(indices, 0, model.device())?,
         },
     };
     let token_counts = rows.completion_token_counts();
@@ -583,12 +545,12 @@ fn shard_forward(
 fn collate(setup: &Setup, indices: &[usize]) -> (crate::data::Collated, Vec<bool>, Option<crate::data::Collated>) {
     let pad = setup.pad_token_id;
     match &setup.data {
-        TrainData::Paired(examples) => {
+        Dataset::Paired(examples) => {
             let picked: Vec<&PairedExample> = indices.iter().map(|&i| &examples[i]).collect();
             let Batch::Paired(rows) = data::collate_paired(&picked, pad) else { unreachable!("paired collation") };
             (rows, Vec::new(), None)
         }
-        TrainData::Unpaired(examples) => {
+        Dataset::Unpaired(examples) => {
             let picked: Vec<&UnpairedExample> = indices.iter().map(|&i| &examples[i]).collect();
             let Batch::Unpaired { rows, labels, kl_rows } = data::collate_unpaired(&picked, pad) else {
                 unreachable!("unpaired collation")

@@ -169,7 +169,7 @@ fn a_conversational_dataset_trains_with_the_models_chat_template() {
     lab.train(&path, json!({"sync_ref_model": true, "ref_model_sync_steps": 1}));
     // The rows were rendered with the template: prompts end with the generation header.
     let setup = Setup::from_config(&lab.config(&path, json!({})), &Device::Cpu).unwrap();
-    let trainer::train::TrainData::Paired(pairs) = &setup.data else { panic!("paired") };
+    let trainer::data::Dataset::Paired(pairs) = &setup.data else { panic!("paired") };
     let tokenizer = trainer::data::TextTokenizer::from_dir(&lab.model(), None, None).unwrap();
     let prompt = tokenizer.decode(&pairs[0].chosen.prompt).unwrap();
     assert!(prompt.starts_with("<|im_start|>user\n") && prompt.ends_with("<|im_start|>assistant\n"), "{prompt:?}");
@@ -182,7 +182,7 @@ fn an_hh_raw_dataset_trains_on_its_extracted_prompts() {
     let path = lab.write("hh.jsonl", &synthetic::hh_rows(12, 30, 5));
     lab.train(&path, json!({}));
     let setup = Setup::from_config(&lab.config(&path, json!({})), &Device::Cpu).unwrap();
-    let trainer::train::TrainData::Paired(pairs) = &setup.data else { panic!("paired") };
+    let trainer::data::Dataset::Paired(pairs) = &setup.data else { panic!("paired") };
     let tokenizer = trainer::data::TextTokenizer::from_dir(&lab.model(), None, None).unwrap();
     let prompt = tokenizer.decode(&pairs[0].chosen.prompt).unwrap();
     assert!(prompt.starts_with("\n\nHuman: ") && prompt.ends_with("\n\nAssistant:"), "{prompt:?}");
@@ -235,8 +235,8 @@ fn held_out_prompts_are_never_trained_on_and_are_chosen_by_the_seed() {
     assert_eq!(eval.examples.len(), 10, "both rows of each held-out prompt");
     assert_eq!(a.data.len(), 30);
     let trained: Vec<Vec<u32>> = match &a.data {
-        trainer::train::TrainData::Paired(p) => p.iter().map(|e| e.chosen.prompt.clone()).collect(),
-        trainer::train::TrainData::Unpaired(_) => panic!("paired"),
+        trainer::data::Dataset::Paired(p) => p.iter().map(|e| e.chosen.prompt.clone()).collect(),
+        trainer::data::Dataset::Unpaired(_) => panic!("paired"),
     };
     for p in &eval.prompts {
         assert!(p.text.starts_with("Question "), "{:?}", p.text);

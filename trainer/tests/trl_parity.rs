@@ -107,12 +107,12 @@ fn the_collated_batch_is_identical_to_trls_for_every_case() {
             seed: cfg.seed,
         };
         let loaded = data::load(cfg.dataset_path.as_deref().unwrap(), None, &tokenizer, &options).unwrap();
-        let train_data = trainer::train::TrainData::for_loss(loaded.train, &cfg).unwrap();
+        let train_data = trainer::train::dataset_for_loss(loaded.train, &cfg).unwrap();
         let batch = match &train_data {
-            trainer::train::TrainData::Paired(p) => {
+            trainer::data::Dataset::Paired(p) => {
                 data::collate_paired(&p.iter().collect::<Vec<_>>(), tokenizer.pad_token_id)
             }
-            trainer::train::TrainData::Unpaired(u) => {
+            trainer::data::Dataset::Unpaired(u) => {
                 data::collate_unpaired(&u.iter().collect::<Vec<_>>(), tokenizer.pad_token_id)
             }
         };

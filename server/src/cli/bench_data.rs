@@ -12,8 +12,9 @@ use serde_json::json;
 use trainer::bench::median;
 use trainer::config::RunConfig;
 use trainer::data::synthetic::{self, LlamaShape};
+use trainer::data::Dataset;
 use trainer::metrics::{MetricSink, Metrics};
-use trainer::train::{train_with, Setup, TrainData};
+use trainer::train::{train_with, Setup};
 
 #[derive(Debug, clap::Args)]
 pub struct DataBenchArgs {
@@ -112,15 +113,15 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("bench config: {}", trainer::config::FieldError::join(&e)))?;
     let setup = Setup::from_config(&cfg, &Device::Cpu)?;
     let lengths: Vec<usize> = match &setup.data {
-        TrainData::Paired(p) => {
+        Dataset::Paired(p) => {
             p.iter().flat_map(|e| [&e.chosen, &e.rejected]).map(|s| s.prompt.len() + s.completion.len()).collect()
         }
-        TrainData::Unpaired(u) => u.iter().map(|e| e.sequence.prompt.len() + e.sequence.completion.len()).collect(),
+        Dataset::Unpaired(u) => u.iter().map(|e| e.sequence.prompt.len() + e.sequence.completion.len()).collect(),
     };
     let mean_len = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
     let rows_per_step = match &setup.data {
-        TrainData::Paired(_) => 2 * args.batch_size,
-        TrainData::Unpaired(_) => 2 * args.batch_size, // each example and its KL (mismatched) row
+        Dataset::Paired(_) => 2 * args.batch_size,
+        Dataset::Unpaired(_) => 2 * args.batch_size, // each example and its KL (mismatched) row
     };
     println!(
         "bench data: {} parameters, vocab {} ({} trained), {} examples, mean {mean_len:.0} tokens per sequence \

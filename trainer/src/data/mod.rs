@@ -87,6 +87,25 @@ impl Dataset {
         self.len() == 0
     }
 
+    /// Every example's prompt, in dataset order.
+    pub fn prompts(&self) -> Vec<Vec<u32>> {
+        match self {
+            Self::Paired(v) => v.iter().map(|e| e.chosen.prompt.clone()).collect(),
+            Self::Unpaired(v) => v.iter().map(|e| e.sequence.prompt.clone()).collect(),
+        }
+    }
+
+    /// The longest prompt + completion and the longest completion, in tokens.
+    pub fn longest_sequences(&self) -> (usize, usize) {
+        let seqs: Vec<&Sequence> = match self {
+            Self::Paired(v) => v.iter().flat_map(|e| [&e.chosen, &e.rejected]).collect(),
+            Self::Unpaired(v) => v.iter().map(|e| &e.sequence).collect(),
+        };
+        let total = seqs.iter().map(|s| s.prompt.len() + s.completion.len()).max().unwrap_or(0);
+        let completion = seqs.iter().map(|s| s.completion.len()).max().unwrap_or(0);
+        (total, completion)
+    }
+
     /// KTO's view: each pair becomes a desirable and an undesirable example, in that order.
     pub fn into_unpaired(self) -> Vec<UnpairedExample> {
         match self {

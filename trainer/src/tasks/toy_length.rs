@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::model::sampling::{generate, SamplingConfig};
 use crate::model::{CausalLm, Weights};
 use crate::sft::{self, SftTarget};
-use crate::train::{EvalWeights, Evaluator, Setup, TrainData};
+use crate::train::{dataset_for_loss, EvalWeights, Evaluator, Setup};
 
 const PROMPT_TOKENS: usize = 3;
 const GOOD_PER_PROMPT: usize = 8;
@@ -185,7 +185,7 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
     let setup = Setup {
         model,
         initial: cached.params,
-        data: TrainData::for_loss(Dataset::Paired(pairs), cfg)?,
+        data: dataset_for_loss(Dataset::Paired(pairs), cfg)?,
         eval: None,
         pad_token_id: task.eos(),
         side_files: Vec::new(),

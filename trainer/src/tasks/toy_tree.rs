@@ -25,7 +25,7 @@ use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::model::{CausalLm, ForwardInput, ModelConfig, Weights};
 use crate::sft::{self, SftTarget};
-use crate::train::{EvalWeights, Evaluator, Setup, TrainData};
+use crate::train::{dataset_for_loss, EvalWeights, Evaluator, Setup};
 
 /// Everything that determines the task, its π_init and its data (the cache key includes it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -416,7 +416,7 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
     let setup = Setup {
         model,
         initial: cached.params,
-        data: TrainData::for_loss(pairs.dataset(&tree), cfg)?,
+        data: dataset_for_loss(pairs.dataset(&tree), cfg)?,
         eval: None,
         pad_token_id: 0,
         side_files: Vec::new(),
@@ -662,8 +662,8 @@ mod tests {
         // Built separately (no shared cache), bit-identical.
         assert_eq!(a.initial.max_abs_diff(&b.initial).unwrap(), 0.0);
         let pairs = |s: &Setup| match &s.data {
-            TrainData::Paired(p) => p.clone(),
-            TrainData::Unpaired(_) => unreachable!("DPO data is paired"),
+            Dataset::Paired(p) => p.clone(),
+            Dataset::Unpaired(_) => unreachable!("DPO data is paired"),
         };
         assert_eq!(pairs(&a), pairs(&b));
         assert_ne!(pairs(&a), pairs(&c));
@@ -677,7 +677,7 @@ mod tests {
         let kto = RunConfig { loss_type: crate::config::LossType::Kto, ..cfg.clone() };
         let paired = crate::tasks::build(&cfg, &Device::Cpu).unwrap().setup.data;
         let unpaired = crate::tasks::build(&kto, &Device::Cpu).unwrap().setup.data;
-        let (TrainData::Paired(p), TrainData::Unpaired(u)) = (paired, unpaired) else { panic!("wrong views") };
+        let (Dataset::Paired(p), Dataset::Unpaired(u)) = (paired, unpaired) else { panic!("wrong views") };
         assert_eq!(u.len(), 2 * p.len());
         for pair in &p {
             assert!(u.iter().any(|e| e.label && e.sequence == pair.chosen));
