@@ -20,6 +20,21 @@ if [ -z "$bin" ]; then
   cargo build --release --features cuda -p server
   bin=target/release/goodhart
 fi
+# The binary links cuBLAS, cuRAND and the CUDA runtime. Where the loader cannot find them, use
+# the CUDA toolkit's copies or those PyTorch's NVIDIA wheels installed.
+missing() { ldd "$bin" | awk '/not found/ {print $1}'; }
+if [ -n "$(missing)" ]; then
+  dirs=$( (ls -d /usr/local/nvidia/lib64 /usr/local/cuda*/lib64 /usr/local/cuda*/targets/*/lib 2>/dev/null
+           python3 -c 'import glob, os, site
+for sp in site.getsitepackages():
+    for lib in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True):
+        print(os.path.dirname(lib))' 2>/dev/null) | sort -u | paste -sd:)
+  export LD_LIBRARY_PATH="${dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  if [ -n "$(missing)" ]; then
+    echo "error: $bin needs libraries the loader cannot find: $(missing | paste -sd' ')" >&2
+    exit 1
+  fi
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
 echo "== CPU vs GPU, one TR-DPO step; GPU step times"
