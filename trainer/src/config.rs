@@ -606,7 +606,6 @@ impl RunConfig {
         self.sync_ref_model
     }
 
-    /// The candle device `device` names (checked by [`Self::validate`]).
     /// The dtype the policy computes in (`bf16`, `fp16`, else float32).
     pub fn compute_dtype(&self) -> candle_core::DType {
         match (self.bf16, self.fp16) {
@@ -616,6 +615,7 @@ impl RunConfig {
         }
     }
 
+    /// The candle device `device` names (checked by [`Self::validate`]).
     pub fn candle_device(&self) -> Result<candle_core::Device> {
         let spec = DeviceSpec::parse(&self.device)
             .and_then(DeviceSpec::available)

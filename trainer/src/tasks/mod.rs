@@ -53,8 +53,6 @@ pub fn toy_model_config(cfg: &RunConfig, vocab_size: usize, max_positions: usize
     }))
 }
 
-pub(crate) use crate::model::standard_normal;
-
 /// Draws an index from unnormalised probabilities.
 pub(crate) fn sample_index(probs: &[f64], rng: &mut impl Rng) -> usize {
     let total: f64 = probs.iter().sum();

@@ -18,12 +18,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::{sample_index, sigmoid, standard_normal, toy_model_config, TaskSetup};
+use super::{sample_index, sigmoid, toy_model_config, TaskSetup};
 use crate::config::RunConfig;
 use crate::data::{Dataset, PairedExample, Sequence};
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::model::{CausalLm, ForwardInput, ModelConfig, Weights};
+use crate::model::{standard_normal, CausalLm, ForwardInput, ModelConfig, Weights};
 use crate::sft::{self, SftTarget};
 use crate::train::{dataset_for_loss, EvalWeights, Evaluator, Setup};
 
