@@ -267,12 +267,13 @@ pub fn compare_step_across_devices(cfg: &ModelConfig, device: &Device, dtype: DT
         let MicroBatchGrads { metrics, grads } =
             micro_batch_grads(&run, &setup, &policy, ReferenceSource::Weights(&reference), &indices, loss_scale)?;
         let mut grads = policy.dense_grads(grads)?;
-        if let Some(scaler) = scaler.as_mut() {
-            if !scaler.unscale(&mut grads)? {
-                return Err(crate::Error::NonFinite { step: 1, what: "float16 gradients".into() });
-            }
-        }
-        let grad_norm = crate::optim::clip_grad_norm(&mut grads, 1.0)?;
+        let grad_norm = match scaler.as_mut() {
+            Some(scaler) => scaler
+                .unscale(&mut grads)?
+                .ok_or_else(|| crate::Error::NonFinite { step: 1, what: "float16 gradients".into() })?,
+            None => crate::optim::global_grad_norm(&grads)?,
+        };
+        crate::optim::clip_to_max_norm(&mut grads, grad_norm, 1.0)?;
         let before: Vec<Tensor> =
             policy.vars().iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
         let mut optimizer =

@@ -172,6 +172,12 @@ pub fn global_grad_norm(grads: &[Tensor]) -> Result<f64> {
 /// that is below 1. Returns the norm before clipping. `max_norm = 0` disables clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let norm = global_grad_norm(grads)?;
+    clip_to_max_norm(grads, norm, max_norm)?;
+    Ok(norm)
+}
+
+/// [`clip_grad_norm`] for gradients whose global norm is already known.
+pub fn clip_to_max_norm(grads: &mut [Tensor], norm: f64, max_norm: f64) -> Result<()> {
     if max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
@@ -180,7 +186,7 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
             }
         }
     }
-    Ok(norm)
+    Ok(())
 }
 
 /// Dynamic loss scaling for float16 training, with the rules of torch's `GradScaler`: the loss
@@ -203,14 +209,16 @@ impl Default for LossScaler {
 impl LossScaler {
     pub const GROWTH_INTERVAL: u64 = 2000;
 
-    /// Divides the gradients by the scale. Answers whether they are all finite, that is whether
-    /// the optimizer may step; the scale is updated either way.
-    pub fn unscale(&mut self, grads: &mut [Tensor]) -> Result<bool> {
+    /// Divides the gradients by the scale. Answers their global norm when they are all finite,
+    /// `None` when they overflowed and the optimizer must skip the step; the scale is updated
+    /// either way.
+    pub fn unscale(&mut self, grads: &mut [Tensor]) -> Result<Option<f64>> {
         let inv = 1.0 / self.scale;
         for g in grads.iter_mut() {
             *g = (&*g * inv)?;
         }
-        let finite = global_grad_norm(grads)?.is_finite();
+        let norm = global_grad_norm(grads)?;
+        let finite = norm.is_finite();
         if finite {
             self.good_steps += 1;
             if self.good_steps == Self::GROWTH_INTERVAL {
@@ -221,7 +229,7 @@ impl LossScaler {
             self.scale *= 0.5;
             self.good_steps = 0;
         }
-        Ok(finite)
+        Ok(finite.then_some(norm))
     }
 }
 
@@ -262,16 +270,16 @@ mod tests {
         let dev = Device::Cpu;
         let mut scaler = LossScaler::default();
         let mut grads = [Tensor::new(&[65_536f32, -131_072.0], &dev).unwrap()];
-        assert!(scaler.unscale(&mut grads).unwrap());
+        assert_eq!(scaler.unscale(&mut grads).unwrap(), Some(5f64.sqrt()), "the unscaled gradients' norm");
         assert_eq!(grads[0].to_vec1::<f32>().unwrap(), vec![1.0, -2.0], "gradients come back unscaled");
         let mut overflowed = [Tensor::new(&[f32::INFINITY, 1.0], &dev).unwrap()];
-        assert!(!scaler.unscale(&mut overflowed).unwrap(), "an overflow skips the step");
+        assert_eq!(scaler.unscale(&mut overflowed).unwrap(), None, "an overflow skips the step");
         assert_eq!(scaler, LossScaler { scale: 32_768.0, good_steps: 0 });
         for _ in 0..LossScaler::GROWTH_INTERVAL - 1 {
-            assert!(scaler.unscale(&mut [Tensor::new(&[1f32], &dev).unwrap()]).unwrap());
+            assert!(scaler.unscale(&mut [Tensor::new(&[1f32], &dev).unwrap()]).unwrap().is_some());
         }
         assert_eq!(scaler.scale, 32_768.0);
-        assert!(scaler.unscale(&mut [Tensor::new(&[1f32], &dev).unwrap()]).unwrap());
+        assert!(scaler.unscale(&mut [Tensor::new(&[1f32], &dev).unwrap()]).unwrap().is_some());
         assert_eq!(scaler, LossScaler { scale: 65_536.0, good_steps: 0 });
     }
 

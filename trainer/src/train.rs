@@ -16,7 +16,7 @@ use crate::loss::{self, LossOutput, Pair};
 use crate::memory::MemoryPlan;
 use crate::metrics::{MetricSink, MetricWindow, Metrics};
 use crate::model::{add_grads, CausalLm, ModelConfig, ParamSet};
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::optim::{clip_to_max_norm, global_grad_norm, AdamW, AdamWConfig, LrSchedule};
 use crate::trust_region::TrustRegion;
 
 /// The examples in the shape the loss needs: KTO trains on unpaired examples (pairs are
@@ -340,18 +340,18 @@ fn train_loop(
             add_grads(&mut grads, micro_grads)?;
         }
         let mut grads = policy.dense_grads(grads)?;
-        // A float16 step whose gradients overflowed is skipped, as torch's GradScaler skips it.
-        let finite = match state.loss_scaler.as_mut() {
+        // A float16 step whose gradients overflowed is skipped (no norm), as torch's GradScaler
+        // skips it.
+        let grad_norm = match state.loss_scaler.as_mut() {
             Some(scaler) => scaler.unscale(&mut grads)?,
-            None => true,
+            None => Some(global_grad_norm(&grads)?),
         };
-        let grad_norm = if finite { Some(clip_grad_norm(&mut grads, cfg.max_grad_norm)?) } else { None };
-        if grad_norm.is_some_and(|n| !n.is_finite()) {
-            return Err(Error::NonFinite { step, what: "grad_norm".into() });
-        }
-
-        // Optimizer step, then the trust-region reference update (TRL's callback order).
-        if finite {
+        if let Some(norm) = grad_norm {
+            if !norm.is_finite() {
+                return Err(Error::NonFinite { step, what: "grad_norm".into() });
+            }
+            clip_to_max_norm(&mut grads, norm, cfg.max_grad_norm)?;
+            // Optimizer step, then the trust-region reference update (TRL's callback order).
             optimizer.step(policy.vars(), &grads, schedule.lr_at(state.global_step))?;
         }
         state.global_step = step;
