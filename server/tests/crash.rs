@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{config, fixtures, full_series, wait_for};
+use common::{config, create_run, fixtures, full_series, wait_for};
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -65,19 +65,13 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     }
 }
 
-async fn create(client: &reqwest::Client, base: &str, body: &Value) -> i64 {
-    let r = client.post(format!("{base}/api/runs")).json(body).send().await.unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_with_sigkill_resumes_at_the_next_start_with_complete_duplicate_free_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let (total, save_steps) = (600, 50);
     let (mut first, base) = start_server(dir.path());
-    let id = create(&client, &base, &config(total, save_steps)).await;
+    let id = create_run(&client, &base, &config(total, save_steps)).await;
     let before = wait_for(&client, &base, id, "step 120", |r| r["step"].as_i64().unwrap_or(0) >= 120).await;
     first.kill().unwrap(); // SIGKILL: no chance to checkpoint or flush
     first.wait().unwrap();
@@ -125,7 +119,7 @@ async fn sigterm_checkpoints_running_trainers_ends_live_streams_and_the_run_resu
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let (mut first, base) = start_server(dir.path());
-    let id = create(&client, &base, &config(100_000, 0)).await;
+    let id = create_run(&client, &base, &config(100_000, 0)).await;
     wait_for(&client, &base, id, "step 5", |r| r["step"].as_i64().unwrap_or(0) >= 5).await;
     // A live stream is open when the signal arrives; it must not hold the shutdown up.
     let stream = client.get(format!("{base}/api/runs/{id}/events")).send().await.unwrap();
@@ -166,7 +160,7 @@ async fn a_dead_servers_run_is_left_alone_until_its_heartbeat_is_stale_then_anot
     let stale_after = Duration::from_secs(5);
     let beats = [("GOODHART_HEARTBEAT_INTERVAL", "200ms"), ("GOODHART_STALE_AFTER", "5s")];
     let (mut first, base) = start_server_with(dir.path(), &[&beats[..], &[("GOODHART_WORKER_ID", "first")]].concat());
-    let id = create(&client, &base, &config(total, save_steps)).await;
+    let id = create_run(&client, &base, &config(total, save_steps)).await;
     wait_for(&client, &base, id, "step 120", |r| r["step"].as_i64().unwrap_or(0) >= 120).await;
     first.kill().unwrap();
     first.wait().unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config, lab, serve_config, toy_config, wait_for};
+use common::{config, create_run, lab, serve_config, toy_config, wait_for};
 use serde_json::{json, Value};
 use server::jobs::queue::Outcome;
 use server::serve::{default_worker_id, start, ServeConfig};
@@ -31,9 +31,7 @@ async fn a_cancel_sent_to_one_server_stops_a_run_that_another_server_is_training
     let root = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let (a, a_base) = server_on(root.path(), "a").await;
-    let r = client.post(format!("{a_base}/api/runs")).json(&config(100_000, 0)).send().await.unwrap();
-    assert_eq!(r.status(), 201);
-    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let id = create_run(&client, &a_base, &config(100_000, 0)).await;
     wait_for(&client, &a_base, id, "step 5", |r| r["step"].as_i64().unwrap_or(0) >= 5).await;
 
     // Another server starts on the same database: not the same worker, and a's run is alive.
@@ -93,8 +91,7 @@ async fn a_live_stream_opened_on_one_server_follows_a_run_that_another_server_tr
     let root = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let (a, a_base) = server_on(root.path(), "a").await;
-    let r = client.post(format!("{a_base}/api/runs")).json(&config(1000, 0)).send().await.unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let id = create_run(&client, &a_base, &config(1000, 0)).await;
     wait_for(&client, &a_base, id, "step 5", |r| r["step"].as_i64().unwrap_or(0) >= 5).await;
     // b starts once a trains the run, so b never hears of it from its own trainers.
     let (b, b_base) = server_on(root.path(), "b").await;

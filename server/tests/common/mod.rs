@@ -73,9 +73,7 @@ impl TestServer {
     }
 
     pub async fn create_run(&self, config: &Value) -> i64 {
-        let (status, body) = self.post("/api/runs", config).await;
-        assert_eq!(status, 201, "{body}");
-        body["id"].as_i64().expect("id")
+        create_run(&self.client, &self.base, config).await
     }
 
     pub async fn wait_for(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -85,6 +83,15 @@ impl TestServer {
     pub async fn wait_for_status(&self, id: i64, status: &str) -> Value {
         self.wait_for(id, status, |run| run["status"] == status).await
     }
+}
+
+/// `POST /api/runs` on the server at `base`, which must answer 201; the new run's id.
+pub async fn create_run(client: &reqwest::Client, base: &str, config: &Value) -> i64 {
+    let r = client.post(format!("{base}/api/runs")).json(config).send().await.expect("POST");
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_i64().expect("id")
 }
 
 /// Polls `GET /api/runs/{id}` until `done` holds (at most two minutes).
