@@ -10,6 +10,8 @@ use rand::Rng;
 
 use crate::config::{RunConfig, Task};
 use crate::error::{Error, Result};
+use crate::metrics::MetricSink;
+use crate::sft::SftStep;
 use crate::model::ModelConfig;
 use crate::train::{Evaluator, Setup};
 
@@ -27,10 +29,16 @@ impl std::fmt::Debug for TaskSetup {
 
 /// Builds the toy task the config names (π_init comes from the cache when present).
 pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
+    build_reporting(cfg, device, &mut crate::metrics::MemorySink::default())
+}
+
+/// [`build`], reporting π_init's SFT steps to the run's sink (`sft/loss`, `sft/kl_behaviour`).
+pub fn build_reporting(cfg: &RunConfig, device: &Device, sink: &mut dyn MetricSink) -> Result<TaskSetup> {
     cfg.validate().map_err(Error::Config)?;
+    let mut progress = |step: &SftStep, max_steps: u64| sink.sft(step.step, max_steps, &step.metrics());
     let mut task = match cfg.task {
-        Task::ToyTree => toy_tree::build(cfg, device)?,
-        Task::ToyLength => toy_length::build(cfg, device)?,
+        Task::ToyTree => toy_tree::build(cfg, device, &mut progress)?,
+        Task::ToyLength => toy_length::build(cfg, device, &mut progress)?,
         Task::Dataset => return Err(Error::model("task \"dataset\" is not a toy task")),
     };
     // π_init was fitted in float32; only the run's own training uses bf16/fp16.
