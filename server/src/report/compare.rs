@@ -111,8 +111,8 @@ impl Aggregate {
     pub fn label(self) -> &'static str {
         match self {
             Self::Runs => "each run",
-            Self::Seeds => "mean over seeds (same task), ± 95%",
-            Self::Tasks => "mean over seeds and task seeds, ± 95%",
+            Self::Seeds => "mean over seeds, same task (± 95%)",
+            Self::Tasks => "mean over seeds and tasks (± 95%)",
         }
     }
 
