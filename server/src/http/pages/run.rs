@@ -296,9 +296,8 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
         parent: run.parent_id,
         created: when(run.created_at),
         summary,
-        charts: RunChart::ALL
+        charts: charts_in_order(meta.config.task.is_toy(), sft.is_some())
             .into_iter()
-            .filter(|c| *c != RunChart::Sft || meta.config.task.is_toy())
             .map(|c| ChartView { slug: c.slug(), title: c.title(), svg: figure(meta, style, &series, c, &steps).to_svg() })
             .collect(),
         pareto,
@@ -307,6 +306,15 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
         toml: toml::to_string(&meta.config).unwrap_or_default(),
     };
     page(StatusCode::OK, &page_data)
+}
+
+/// The charts a run page shows: π_init's SFT for toy tasks only, and first while it runs.
+fn charts_in_order(toy: bool, building_initial_policy: bool) -> Vec<RunChart> {
+    let mut charts: Vec<RunChart> = RunChart::ALL.into_iter().filter(|c| *c != RunChart::Sft || toy).collect();
+    if building_initial_policy {
+        charts.sort_by_key(|c| *c != RunChart::Sft);
+    }
+    charts
 }
 
 /// `/runs/{id}/charts/<chart>.svg|png`
