@@ -178,11 +178,14 @@ async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path)
         (n == json!(1)).then_some(())
     })
     .await;
-    let queued = js(&client, &format!("return document.querySelector('tr[data-run=\"{extra}\"] .progress-text').textContent;")).await;
+    let queued =
+        js(&client, &format!("return document.querySelector('tr[data-run=\"{extra}\"] .progress-text').textContent;"))
+            .await;
     assert!(queued.as_str().unwrap().contains("in the queue"), "a queued run shows its place: {queued}");
     let first = ids[0];
     eventually("the first run's status to change in the table", 120, || async {
-        let s = js(&client, &format!("return document.querySelector('tr[data-run=\"{first}\"]').dataset.status;")).await;
+        let s =
+            js(&client, &format!("return document.querySelector('tr[data-run=\"{first}\"]').dataset.status;")).await;
         (s != json!("queued")).then_some(())
     })
     .await;
@@ -268,14 +271,22 @@ async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path)
     // The paired analysis: every TR variant against vanilla on the same seeds.
     let paired = js(&client, "return document.querySelectorAll('#paired tbody tr').length;").await;
     assert_eq!(paired, json!(6), "six TR variants, each paired with the vanilla run");
-    assert!(js(&client, "return document.querySelectorAll('#chart-forest svg .marker').length;").await.as_u64().unwrap() >= 6);
+    assert!(
+        js(&client, "return document.querySelectorAll('#chart-forest svg .marker').length;").await.as_u64().unwrap()
+            >= 6
+    );
     // Every run's peak policy is downloadable from here.
     for id in &ids {
         let n = js(&client, &format!("return document.querySelectorAll('#best a[data-peak=\"{id}\"]').length;")).await;
         assert_eq!(n, json!(1), "run {id}'s peak has its weights");
     }
-    let href = js(&client, &format!("return document.querySelector('#best a[data-peak=\"{}\"]').getAttribute('href');", ids[0])).await;
-    let step: i64 = href.as_str().unwrap().split("/checkpoints/").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
+    let href = js(
+        &client,
+        &format!("return document.querySelector('#best a[data-peak=\"{}\"]').getAttribute('href');", ids[0]),
+    )
+    .await;
+    let step: i64 =
+        href.as_str().unwrap().split("/checkpoints/").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
     let gold = common::full_series(&t.client, &t.base, ids[0], "eval/gold_reward").await;
     let at = gold.iter().position(|p| p.0 == step).expect("an evaluated step");
     let peak = gold.iter().enumerate().fold(0, |b, (i, p)| if p.1 > gold[b].1 { i } else { b });
@@ -292,17 +303,27 @@ async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path)
         .click()
         .await
         .unwrap();
-    let gone = format!("return document.querySelectorAll('#chart-overoptimization svg .run-line[data-key=\"run-{}\"]').length;", ids[0]);
-    eventually("the hidden run to leave the chart", 30, || async { (js(&client, &gone).await == json!(0)).then_some(()) }).await;
+    let gone = format!(
+        "return document.querySelectorAll('#chart-overoptimization svg .run-line[data-key=\"run-{}\"]').length;",
+        ids[0]
+    );
+    eventually("the hidden run to leave the chart", 30, || async {
+        (js(&client, &gone).await == json!(0)).then_some(())
+    })
+    .await;
     let row = format!("return document.querySelectorAll('#summary-table tr[data-key=\"run-{}\"]').length;", ids[0]);
     assert_eq!(js(&client, &row).await, json!(0), "and the summary table");
     let url = client.current_url().await.unwrap();
     assert!(url.query().unwrap_or("").contains(&format!("hide=run-{}", ids[0])), "{url}");
-    let svg_link = js(&client, "return document.querySelector('#chart-overoptimization figcaption a').getAttribute('href');").await;
+    let svg_link =
+        js(&client, "return document.querySelector('#chart-overoptimization figcaption a').getAttribute('href');")
+            .await;
     assert!(svg_link.as_str().unwrap().contains(&format!("hide=run-{}", ids[0])), "downloads follow: {svg_link}");
     client.refresh().await.unwrap();
     assert_eq!(js(&client, &gone).await, json!(0), "still hidden after a reload");
-    let unticked = js(&client, &format!("return document.querySelector(\"input[data-toggle-key='run-{}']\").checked;", ids[0])).await;
+    let unticked =
+        js(&client, &format!("return document.querySelector(\"input[data-toggle-key='run-{}']\").checked;", ids[0]))
+            .await;
     assert_eq!(unticked, json!(false));
     // The page fits a phone-width screen: wide tables scroll inside their box.
     client.set_window_size(390, 844).await.unwrap();
@@ -355,7 +376,8 @@ async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path)
     let tau = client.find(Locator::Css("#f-ref_model_sync_steps")).await.unwrap();
     tau.clear().await.unwrap();
     tau.send_keys("64").await.unwrap();
-    js(&client, "document.getElementById('f-ref_model_sync_steps').dispatchEvent(new Event('change')); return null;").await;
+    js(&client, "document.getElementById('f-ref_model_sync_steps').dispatchEvent(new Event('change')); return null;")
+        .await;
     assert_eq!(js(&client, "return document.getElementById('f-method').value;").await, json!(""), "now custom");
     client.set_window_size(390, 844).await.unwrap();
     assert_fits_phone(&client, "the New run form").await;

@@ -198,7 +198,10 @@ async fn a_hundred_runs_fill_the_table_and_the_sweep_chart_has_one_path_each() {
     assert!(fewer.contains(&format!("/compare/summary.csv?sweep={sweep}&")) && fewer.contains(&hide));
     let (_, _, csv) = lab.request("GET", &format!("/compare/summary.csv?sweep={sweep}&{hide}"), None).await;
     assert_eq!(csv.lines().count(), 1 + 98);
-    assert!(fewer.contains(&format!("download=\"sweep-{sweep}-overoptimization.svg\"")), "downloads carry the sweep id");
+    assert!(
+        fewer.contains(&format!("download=\"sweep-{sweep}-overoptimization.svg\"")),
+        "downloads carry the sweep id"
+    );
     // Smoothed, against KL, log x: raw data stays faint underneath.
     let (_, smoothed) = lab.get(&format!("/sweeps/{sweep}?opts=1&smooth=0.8&x=kl&log_x=1")).await;
     assert!(count(&smoothed, "class=\"run-raw\"") >= 100);

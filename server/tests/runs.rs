@@ -136,8 +136,10 @@ async fn retry_resumes_the_run_from_its_checkpoint_start_over_and_clone_make_new
     let (status, body) = t.post(&format!("/api/runs/{id}/retry"), &json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!((body["id"].as_i64(), body["resumes_from_step"].as_i64()), (Some(id), Some(stopped_at)));
-    t.wait_for(id, "steps past the checkpoint", |r| r["status"] == "running" && r["step"].as_i64().unwrap_or(0) > stopped_at)
-        .await;
+    t.wait_for(id, "steps past the checkpoint", |r| {
+        r["status"] == "running" && r["step"].as_i64().unwrap_or(0) > stopped_at
+    })
+    .await;
     let (_, loss) = t.get(&format!("/api/runs/{id}/metrics?names=loss&max_points=100000")).await;
     let steps: Vec<i64> = loss["series"]["loss"].as_array().unwrap().iter().map(|p| p[0].as_i64().unwrap()).collect();
     assert_eq!(steps[0], 1, "the steps before the checkpoint are kept: {steps:?}");

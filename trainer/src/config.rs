@@ -401,7 +401,8 @@ impl RunConfig {
     /// A toy `task` first fills the keys it has defaults for (see [`Task`]) where they are absent.
     pub fn from_json_value(mut value: Value) -> Result<Self, Vec<FieldError>> {
         if let Some(map) = value.as_object_mut() {
-            let task = map.get("task").cloned().and_then(|t| serde_json::from_value::<Task>(t).ok()).unwrap_or_default();
+            let task =
+                map.get("task").cloned().and_then(|t| serde_json::from_value::<Task>(t).ok()).unwrap_or_default();
             for (key, default) in task.default_overrides() {
                 map.entry(key).or_insert(default);
             }
@@ -554,10 +555,14 @@ impl RunConfig {
             ));
         }
         if self.save_total_limit == Some(0) {
-            errors.push(FieldError::new("save_total_limit", "must be >= 1 (or unset to keep every periodic checkpoint)"));
+            errors
+                .push(FieldError::new("save_total_limit", "must be >= 1 (or unset to keep every periodic checkpoint)"));
         }
         if self.metric_for_best_model.as_deref().is_some_and(|m| m.trim().is_empty() || m.trim() == "eval/") {
-            errors.push(FieldError::new("metric_for_best_model", "must name an evaluation metric, e.g. eval/gold_reward"));
+            errors.push(FieldError::new(
+                "metric_for_best_model",
+                "must name an evaluation metric, e.g. eval/gold_reward",
+            ));
         }
         let strategy = self.save_strategy.as_str();
         if self.save_strategy != SaveStrategy::Steps {
@@ -994,8 +999,8 @@ mod tests {
         let plain = RunConfig::from_json_value(base()).unwrap();
         assert_eq!((plain.save_strategy, plain.best_metric()), (SaveStrategy::Steps, None));
         // transformers' conventions: a bare name gets the prefix, a loss is better smaller.
-        let c = RunConfig::from_json_value(json!({"task": "toy-tree", "metric_for_best_model": "kl_ref_loss"}))
-            .unwrap();
+        let c =
+            RunConfig::from_json_value(json!({"task": "toy-tree", "metric_for_best_model": "kl_ref_loss"})).unwrap();
         assert_eq!(c.best_metric(), Some(("eval/kl_ref_loss".to_string(), false)));
     }
 

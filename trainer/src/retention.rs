@@ -78,9 +78,8 @@ impl Retention {
         match policy.strategy {
             SaveStrategy::Steps => false,
             SaveStrategy::Best => {
-                let better = self
-                    .best
-                    .is_none_or(|b| point.metric > b.metric || (point.metric == b.metric && point.kl < b.kl));
+                let better =
+                    self.best.is_none_or(|b| point.metric > b.metric || (point.metric == b.metric && point.kl < b.kl));
                 if better {
                     self.best = Some(point);
                 }
@@ -228,7 +227,10 @@ mod tests {
         for &step in &kept {
             let e = evals.iter().find(|e| e.step == step).unwrap();
             let dominated = evals.iter().any(|o| o.dominates(e));
-            assert!(!dominated || step.is_multiple_of(500) || step == 2000, "step {step} is dominated and not periodic");
+            assert!(
+                !dominated || step.is_multiple_of(500) || step == 2000,
+                "step {step} is dominated and not periodic"
+            );
         }
         for periodic in [500, 1000, 1500, 2000] {
             assert!(kept.contains(&periodic), "periodic {periodic} kept: {kept:?}");

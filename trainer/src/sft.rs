@@ -218,7 +218,10 @@ mod tests {
                             // Slow enough that the other threads arrive while it builds.
                             std::thread::sleep(std::time::Duration::from_millis(300));
                             let params = ParamSet::random(&model.config, 9, 0.02, model.device())?;
-                            Ok((params, SftReport { steps: 1, kl_behaviour: 0.0, seconds: 0.0, ..SftReport::default() }))
+                            Ok((
+                                params,
+                                SftReport { steps: 1, kl_behaviour: 0.0, seconds: 0.0, ..SftReport::default() },
+                            ))
                         })
                         .unwrap()
                     })

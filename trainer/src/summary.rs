@@ -85,7 +85,8 @@ impl FitForm {
 
     /// The fitted curve's interior maximum `(d*, R*)`, when it has one (`b > 0`).
     fn peak(self, a: f64, b: f64) -> Option<(f64, f64)> {
-        if !(b > 0.0) {
+        // Also refuses a NaN b.
+        if b.is_nan() || b <= 0.0 {
             return None;
         }
         let d = match self {
@@ -321,7 +322,8 @@ fn fit_warning(peak: Option<(f64, f64)>, observed: &ObservedPeak) -> Option<Stri
     let (dr, dd) = (r - observed.r, d - observed.d);
     let mut reasons = Vec::new();
     if dr.abs() > tolerance {
-        let what = if observed.se > 0.0 && 2.0 * observed.se >= 0.2 * observed.rise { "2 SE" } else { "20% of the rise" };
+        let what =
+            if observed.se > 0.0 && 2.0 * observed.se >= 0.2 * observed.rise { "2 SE" } else { "20% of the rise" };
         reasons.push(format!("R* is {dr:+.3} from the observed peak's (more than {what}, {tolerance:.3})"));
     }
     if dd.abs() > 0.2 * observed.d {

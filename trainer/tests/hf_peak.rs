@@ -45,8 +45,8 @@ print(json.dumps({"gold": total / P, "warnings": [str(w.message) for w in caught
 #[test]
 #[ignore = "needs GOODHART_PYTHON: a Python with torch + transformers (see ../shared/bench/peer)"]
 fn the_default_runs_peak_checkpoint_loads_in_transformers_and_scores_the_logged_gold_reward() {
-    let cfg = RunConfig::from_json_value(json!({"task": "toy-tree", "loss_type": "sigmoid", "max_steps": 400}))
-        .unwrap();
+    let cfg =
+        RunConfig::from_json_value(json!({"task": "toy-tree", "loss_type": "sigmoid", "max_steps": 400})).unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut sink = MemorySink::default();
     trainer::train::train(&cfg, out.path(), false, &mut sink).unwrap();

@@ -83,7 +83,8 @@ fn a_pareto_run_keeps_its_front_and_periodic_checkpoints_and_nothing_dominated()
     assert_eq!(pareto_kept, 3, "save_pareto_limit: {on_disk:?}");
     assert!(on_disk.contains(&0) && on_disk.contains(&peak.step), "π_init and the peak: {on_disk:?}");
     // The peak's checkpoint holds the weights that were evaluated there.
-    let state = std::fs::read_to_string(out.path().join(format!("checkpoint-{}/trainer_state.json", peak.step))).unwrap();
+    let state =
+        std::fs::read_to_string(out.path().join(format!("checkpoint-{}/trainer_state.json", peak.step))).unwrap();
     assert!(state.contains(&format!("\"global_step\": {}", peak.step)));
 }
 
@@ -108,7 +109,8 @@ fn a_stopped_and_resumed_pareto_run_ends_with_the_checkpoints_of_an_uninterrupte
     trainer::train::train(&cfg, split.path(), true, &mut second).unwrap();
     assert!(second.deleted.contains(&stray), "the stray checkpoint-{stray} was deleted: {:?}", second.deleted);
     assert_eq!(checkpoint::steps(split.path()).unwrap(), checkpoint::steps(whole.path()).unwrap());
-    let gold = |s: &StopAfter| s.inner.series(summary::GOLD).into_iter().filter(|(step, _)| *step > 12).collect::<Vec<_>>();
+    let gold =
+        |s: &StopAfter| s.inner.series(summary::GOLD).into_iter().filter(|(step, _)| *step > 12).collect::<Vec<_>>();
     assert_eq!(gold(&second), gold(&uninterrupted), "the resumed run evaluated the same policies");
 }
 

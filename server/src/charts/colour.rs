@@ -149,7 +149,8 @@ pub enum MarkShape {
 }
 
 impl MarkShape {
-    pub const ALL: [MarkShape; 6] = [Self::Circle, Self::Square, Self::Triangle, Self::Diamond, Self::Cross, Self::Plus];
+    pub const ALL: [MarkShape; 6] =
+        [Self::Circle, Self::Square, Self::Triangle, Self::Diamond, Self::Cross, Self::Plus];
 }
 
 #[cfg(test)]
@@ -174,7 +175,8 @@ mod tests {
             }
         }
         let eight = AlphaScale::new((1..=8).map(|i| f64::from(i) / 10.0));
-        let all: std::collections::HashSet<String> = (1..=8).map(|i| hex(eight.colour(Some(f64::from(i) / 10.0)))).collect();
+        let all: std::collections::HashSet<String> =
+            (1..=8).map(|i| hex(eight.colour(Some(f64::from(i) / 10.0)))).collect();
         assert_eq!(all.len(), 8);
     }
 

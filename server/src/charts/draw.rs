@@ -261,21 +261,27 @@ where
                     hover: false,
                 },
             );
-            match line.dash.pattern().filter(|_| marks.is_none()) {
-                None => {
-                    chart.draw_series(LineSeries::new(points.iter().copied(), style)).map_err(err)?;
-                }
-                Some(pattern) => {
-                    // PNG: the pattern walked along the path in pixels, segment by segment.
-                    let path: Vec<(i32, i32)> = points
-                        .iter()
-                        .map(|&p| {
-                            let (x, y) = chart.backend_coord(&p);
-                            (x - origin.0, y - origin.1)
-                        })
-                        .collect();
-                    for segment in dash_segments(&path, pattern) {
-                        pixels.draw(&PathElement::new(segment, style)).map_err(err)?;
+            if marks.is_some() {
+                // SVG: one polyline, dashed natively.
+                chart.draw_series(LineSeries::new(points.iter().copied(), style)).map_err(err)?;
+            } else {
+                // PNG: the bitmap backend draws a wide polyline with mitred joins, which spike far
+                // out where a noisy path turns back; pieces of two points each have no joins. A
+                // dash pattern is walked along the path in pixels.
+                let path: Vec<(i32, i32)> = points
+                    .iter()
+                    .map(|&p| {
+                        let (x, y) = chart.backend_coord(&p);
+                        (x - origin.0, y - origin.1)
+                    })
+                    .collect();
+                let segments = match line.dash.pattern() {
+                    None => vec![path],
+                    Some(pattern) => dash_segments(&path, pattern),
+                };
+                for segment in segments {
+                    for piece in segment.windows(2) {
+                        pixels.draw(&PathElement::new(piece.to_vec(), style)).map_err(err)?;
                     }
                 }
             }
@@ -346,7 +352,9 @@ fn dash_segments(path: &[(i32, i32)], pattern: &[u32]) -> Vec<Vec<(i32, i32)>> {
         while done < length {
             let step = left.min(length - done);
             let on = index.is_multiple_of(2);
-            let at = |t: f64| ((a.0 + (b.0 - a.0) * t / length).round() as i32, (a.1 + (b.1 - a.1) * t / length).round() as i32);
+            let at = |t: f64| {
+                ((a.0 + (b.0 - a.0) * t / length).round() as i32, (a.1 + (b.1 - a.1) * t / length).round() as i32)
+            };
             if on {
                 if current.is_empty() {
                     current.push(at(done));

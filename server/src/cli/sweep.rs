@@ -168,7 +168,8 @@ fn write_figures(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     let has_ood = runs.iter().any(|r| r.evals.iter().any(|e| e.ood.is_some()));
     // With several seeds of a configuration, also its mean and 95% band over them: over training
     // seeds on one problem (`mean_`), and over task seeds too (`task_mean_`) when those vary.
-    let distinct = |key: fn(&Finished) -> u64| finished.iter().map(key).collect::<std::collections::HashSet<u64>>().len();
+    let distinct =
+        |key: fn(&Finished) -> u64| finished.iter().map(key).collect::<std::collections::HashSet<u64>>().len();
     let mut variants = vec![("", Aggregate::Runs)];
     if distinct(|f| f.run.config.seed) > 1 {
         variants.push(("mean_", Aggregate::Seeds));

@@ -121,15 +121,10 @@ pub fn write(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
         PAIRED.map(|i| format!("Δ {}", STAT_NAMES[i])).join(" | "),
         "---|".repeat(PAIRED.len())
     ));
-    let metas: Vec<RunMeta> = finished
-        .iter()
-        .map(|f| RunMeta::new(0, &serde_json::to_value(&f.run.config).unwrap_or_default()))
-        .collect();
-    let stats: Vec<(&RunMeta, [f64; 6])> = finished
-        .iter()
-        .zip(&metas)
-        .filter_map(|(f, m)| run_stats(f).map(|s| (m, PAIRED.map(|i| s[i]))))
-        .collect();
+    let metas: Vec<RunMeta> =
+        finished.iter().map(|f| RunMeta::new(0, &serde_json::to_value(&f.run.config).unwrap_or_default())).collect();
+    let stats: Vec<(&RunMeta, [f64; 6])> =
+        finished.iter().zip(&metas).filter_map(|(f, m)| run_stats(f).map(|s| (m, PAIRED.map(|i| s[i])))).collect();
     // The drop is PAIRED's third column.
     for row in paired(&stats, 2) {
         let cells: Vec<String> = row.deltas.iter().map(|d| d.map_or("–".into(), |c| format!("{c:+.3}"))).collect();

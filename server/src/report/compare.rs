@@ -316,7 +316,10 @@ impl Comparison {
         }
         let mut legend = self.styles.legend();
         legend.extend([
-            LegendEntry { marker: None, ..LegendEntry::line("✕ Pareto front, downloadable", FRONT_COLOUR, Dash::Solid) },
+            LegendEntry {
+                marker: None,
+                ..LegendEntry::line("✕ Pareto front, downloadable", FRONT_COLOUR, Dash::Solid)
+            },
             LegendEntry::line("○ front, weights not kept", NOT_KEPT, Dash::Solid),
         ]);
         let against = if opts.x == XAxis::Step { "step" } else { "distance from π_init" };
@@ -360,7 +363,8 @@ impl Comparison {
     /// Out-of-domain probability mass against step; a probability, so its bands stay in [0, 1].
     pub fn ood_mass(&self) -> Figure {
         let all = self.visible();
-        let (lines, bands) = self.lines(&all, |e| Some((e.step as f64, e.ood?)), ("step", "OOD mass"), Some((0.0, 1.0)));
+        let (lines, bands) =
+            self.lines(&all, |e| Some((e.step as f64, e.ood?)), ("step", "OOD mass"), Some((0.0, 1.0)));
         Figure {
             title: "Out-of-domain probability mass".into(),
             size: (1000, 500),
@@ -417,7 +421,8 @@ impl Comparison {
             let style = self.styles.of(&group[0].meta);
             if group.len() == 1 {
                 let r = group[0];
-                let lines = run_lines(&r.meta, self.key_of(r), style, &raw(r), &track(r), self.opts.smooth > 0.0, names);
+                let lines =
+                    run_lines(&r.meta, self.key_of(r), style, &raw(r), &track(r), self.opts.smooth > 0.0, names);
                 out.extend(lines);
                 continue;
             }
@@ -485,9 +490,14 @@ impl Comparison {
         for r in self.visible() {
             by_problem.entry(problem(&r.meta)).or_default().push(r);
         }
+        let short: Vec<String> = by_problem.values().map(|runs| problem_name(&runs[0].meta)).collect();
         by_problem
             .into_iter()
-            .map(|(problem, runs)| {
+            .enumerate()
+            .map(|(i, (problem, runs))| {
+                // The short name, unless another problem here has the same one.
+                let name =
+                    if short.iter().filter(|s| **s == short[i]).count() > 1 { problem } else { short[i].clone() };
                 let candidates: Vec<(&CompareRun, EvalPoint)> =
                     runs.iter().flat_map(|r| super::eval_points(&r.evals).into_iter().map(move |p| (*r, p))).collect();
                 let points: Vec<EvalPoint> = candidates.iter().map(|(_, p)| *p).collect();
@@ -505,7 +515,7 @@ impl Comparison {
                         })
                     })
                     .collect();
-                Front { problem, points: front }
+                Front { problem: name, points: front }
             })
             .collect()
     }
@@ -652,6 +662,19 @@ fn facet_title(loss: LossType) -> String {
     format!("{name} and TR-{name}")
 }
 
+/// A problem as people name it: "toy-tree · task seed 42", or "model on data".
+fn problem_name(meta: &RunMeta) -> String {
+    let c = &meta.config;
+    if c.task.is_toy() {
+        format!("{} · task seed {}", c.task.as_str(), c.task_seed)
+    } else {
+        let file = |p: &Option<std::path::PathBuf>| {
+            p.as_ref().and_then(|p| p.file_name()).map_or(String::new(), |n| n.to_string_lossy().into_owned())
+        };
+        format!("{} on {}", file(&c.model_name_or_path), file(&c.dataset_path))
+    }
+}
+
 /// What makes two runs the same problem: the task, its seed and parameters, or the model and
 /// data. Their Pareto fronts can be compared; others' cannot.
 fn problem(meta: &RunMeta) -> String {
@@ -666,12 +689,7 @@ fn problem(meta: &RunMeta) -> String {
         format!("{} task seed {} {}", c.task.as_str(), c.task_seed, toy.join(" "))
     } else {
         let path = |p: &Option<std::path::PathBuf>| p.as_ref().map_or(String::new(), |p| p.display().to_string());
-        format!(
-            "{} on {} (rewards {})",
-            path(&c.model_name_or_path),
-            path(&c.dataset_path),
-            path(&c.reward_model_path)
-        )
+        format!("{} on {} (rewards {})", path(&c.model_name_or_path), path(&c.dataset_path), path(&c.reward_model_path))
     }
 }
 
@@ -1119,13 +1137,15 @@ mod tests {
 
     #[test]
     fn hidden_runs_leave_the_axes_the_table_and_the_downloads_but_keep_their_colours() {
-        let runs = vec![run(1, "sigmoid", None, 1, 40), run(2, "sigmoid", Some(0.1), 1, 40), run(3, "ipo", Some(0.6), 1, 40)];
+        let runs =
+            vec![run(1, "sigmoid", None, 1, 40), run(2, "sigmoid", Some(0.1), 1, 40), run(3, "ipo", Some(0.6), 1, 40)];
         let all = compare(runs.clone(), Options::default());
         let hidden = compare(runs, Options { hidden: ["run-3".to_string()].into(), ..Options::default() });
         assert_eq!(hidden.overoptimization().panels.len(), 1, "IPO's panel goes with its only run");
         assert_eq!(hidden.summary_table(false).rows.len(), 2);
         assert_eq!(series_csv(&hidden.visible()).lines().filter(|l| l.starts_with("3,")).count(), 0);
-        let colour = |c: &Comparison| c.summary_table(false).rows.iter().find(|r| r.run_id == 2).unwrap().colour.clone();
+        let colour =
+            |c: &Comparison| c.summary_table(false).rows.iter().find(|r| r.run_id == 2).unwrap().colour.clone();
         assert_eq!(colour(&all), colour(&hidden));
         assert!(!hidden.legend_items().iter().find(|i| i.key == "run-3").unwrap().shown);
     }

@@ -120,8 +120,7 @@ pub struct Eval {
 }
 
 /// The metrics evaluations log, as [`evals`] reads them.
-pub const EVAL_METRICS: [&str; 5] =
-    [summary::KL_INIT, "eval/kl_ref", summary::GOLD, summary::GOLD_SE, "eval/ood_mass"];
+pub const EVAL_METRICS: [&str; 5] = [summary::KL_INIT, "eval/kl_ref", summary::GOLD, summary::GOLD_SE, "eval/ood_mass"];
 
 /// The steps at which any evaluation metric was logged, with what was logged there.
 pub fn evals(series: &BTreeMap<String, Series>) -> Vec<Eval> {

@@ -49,6 +49,9 @@ pub struct Paired<const K: usize> {
     pub better: usize,
 }
 
+/// A TR variant as it is gathered: its label, loss, parameters besides the method, and runs.
+type Variant<'a, const K: usize> = (String, LossType, BTreeMap<String, String>, Vec<(&'a RunMeta, [f64; K])>);
+
 /// Pairs every TR run with the vanilla run of the same loss, parameters, `task_seed` and `seed`.
 /// `stats` are each run's statistics, `better_at` the index of the one where smaller is better
 /// (the drop from the peak). Variants without any pair are left out.
@@ -67,7 +70,7 @@ pub fn paired<const K: usize>(runs: &[(&RunMeta, [f64; K])], better_at: usize) -
         keys.into_iter().filter(|k| all.iter().any(|r| r.get(*k) != all[0].get(*k))).cloned().collect()
     };
     let pair_key = |m: &RunMeta| (m.config.task_seed, m.config.seed);
-    let mut variants: Vec<(String, LossType, BTreeMap<String, String>, Vec<(&RunMeta, [f64; K])>)> = Vec::new();
+    let mut variants: Vec<Variant<'_, K>> = Vec::new();
     for &(meta, stats) in runs.iter().filter(|(m, _)| m.config.sync_ref_model) {
         let r = rest(meta);
         let mut label = meta.short_label();

@@ -141,7 +141,13 @@ fn step_panel(
 
 /// One of the run's charts, in its `style`; `kept` are its checkpoint steps (the Pareto points
 /// with weights).
-pub fn figure(meta: &RunMeta, style: Style, series: &BTreeMap<String, Series>, chart: RunChart, kept: &[i64]) -> Figure {
+pub fn figure(
+    meta: &RunMeta,
+    style: Style,
+    series: &BTreeMap<String, Series>,
+    chart: RunChart,
+    kept: &[i64],
+) -> Figure {
     let own = (style.colour, style.dash);
     let panels = match chart {
         RunChart::Loss => {
@@ -244,7 +250,8 @@ fn peak_marker(meta: &RunMeta, x: f64, y: f64, s: &RunSummary, kept: &[i64]) -> 
 /// tooltip says when it disagrees with the observed peak.
 fn path_panel(meta: &RunMeta, style: Style, series: &BTreeMap<String, Series>, kept: &[i64]) -> Panel {
     let evals = super::evals(series);
-    let points: Vec<(i64, f64, f64)> = super::eval_points(&evals).iter().map(|p| (p.step as i64, p.d(), p.gold)).collect();
+    let points: Vec<(i64, f64, f64)> =
+        super::eval_points(&evals).iter().map(|p| (p.step as i64, p.d(), p.gold)).collect();
     let mut panel = Panel {
         title: String::new(),
         x: Axis::new("d = sqrt(KL(π_θ ‖ π_init)) (√nats)"),
@@ -262,7 +269,13 @@ fn path_panel(meta: &RunMeta, style: Style, series: &BTreeMap<String, Series>, k
             Hover {
                 x: d,
                 y: g,
-                text: format!("run {} · step {step} · d {} √nats (KL {} nats) · gold {}", meta.id, number(d), number(d * d), number(g)),
+                text: format!(
+                    "run {} · step {step} · d {} √nats (KL {} nats) · gold {}",
+                    meta.id,
+                    number(d),
+                    number(d * d),
+                    number(g)
+                ),
             }
         })
         .collect();
@@ -310,7 +323,12 @@ fn path_panel(meta: &RunMeta, style: Style, series: &BTreeMap<String, Series>, k
                     y: s.start_gold + r,
                     colour: grey,
                     shape: Shape::Triangle,
-                    text: format!("{name}'s optimum · d* {} √nats (KL {} nats) · R* {}{caveat}", number(d), number(d * d), number(r)),
+                    text: format!(
+                        "{name}'s optimum · d* {} √nats (KL {} nats) · R* {}{caveat}",
+                        number(d),
+                        number(d * d),
+                        number(r)
+                    ),
                 });
             }
         }
@@ -336,7 +354,11 @@ fn path_panel(meta: &RunMeta, style: Style, series: &BTreeMap<String, Series>, k
     }
     panel.markers.push(peak_marker(meta, s.peak_d(), s.peak_gold, &s, kept));
     if !s.peaked {
-        panel.legend.push(LegendEntry::line("no peak yet: the fits' optima are not shown", RGBColor(110, 110, 110), Dash::Solid));
+        panel.legend.push(LegendEntry::line(
+            "no peak yet: the fits' optima are not shown",
+            RGBColor(110, 110, 110),
+            Dash::Solid,
+        ));
     }
     panel
 }

@@ -235,7 +235,8 @@ mod tests {
 
     #[test]
     fn a_four_value_alpha_sweep_gets_four_distinct_colours_and_taus_get_distinct_dashes() {
-        let runs: Vec<RunMeta> = [0.01, 0.1, 0.6, 1.0].iter().enumerate().map(|(i, a)| meta(i as i64, Some(*a), 1, 0.1)).collect();
+        let runs: Vec<RunMeta> =
+            [0.01, 0.1, 0.6, 1.0].iter().enumerate().map(|(i, a)| meta(i as i64, Some(*a), 1, 0.1)).collect();
         let styles = Styles::for_runs(&runs);
         let colours: BTreeSet<String> = runs.iter().map(|r| crate::charts::colour::hex(styles.of(r).colour)).collect();
         assert_eq!(colours.len(), 4);

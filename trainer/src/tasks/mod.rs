@@ -11,8 +11,8 @@ use rand::Rng;
 use crate::config::{RunConfig, Task};
 use crate::error::{Error, Result};
 use crate::metrics::MetricSink;
-use crate::sft::SftStep;
 use crate::model::ModelConfig;
+use crate::sft::SftStep;
 use crate::train::{Evaluator, Setup};
 
 /// What a toy task hands the training loop.

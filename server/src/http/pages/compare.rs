@@ -22,8 +22,7 @@ use crate::http::error::Error;
 use crate::http::runs::parse_id;
 use crate::http::AppState;
 use crate::report::compare::{
-    self, Aggregate, CompareRun, Comparison, LegendItem, Options, SummaryTable, XAxis, PAIRED_STATS,
-    SUMMARY_COLUMNS,
+    self, Aggregate, CompareRun, Comparison, LegendItem, Options, SummaryTable, XAxis, PAIRED_STATS, SUMMARY_COLUMNS,
 };
 use crate::report::runs::{estimate, RunRow};
 use crate::report::{self, duration, RunMeta};
@@ -141,10 +140,7 @@ fn options_query(opts: &Options, diff: bool) -> String {
 }
 
 /// The selection's runs as the options ask, hidden ones included (they keep their styles).
-async fn comparison(
-    state: &AppState,
-    q: &[(String, String)],
-) -> Result<(Selection, Comparison, bool), Error> {
+async fn comparison(state: &AppState, q: &[(String, String)]) -> Result<(Selection, Comparison, bool), Error> {
     let (opts, diff) = options(q);
     let selection = Selection::from_query(q)?;
     let runs = load(state, &selection).await?;
@@ -176,6 +172,8 @@ pub struct BestView {
 pub struct FrontView {
     pub problem: String,
     pub points: Vec<FrontPointView>,
+    /// How many of its points have weights to download.
+    pub downloadable: usize,
 }
 
 pub struct FrontPointView {
@@ -295,6 +293,7 @@ async fn render(state: &AppState, q: &[(String, String)], sweep: Option<SweepVie
             .into_iter()
             .map(|f| FrontView {
                 problem: f.problem,
+                downloadable: f.points.iter().filter(|p| p.downloadable).count(),
                 points: f
                     .points
                     .into_iter()

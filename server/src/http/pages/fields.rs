@@ -173,7 +173,12 @@ pub struct Preset {
 }
 
 impl Preset {
-    const fn new(id: &'static str, label: &'static str, loss_type: &'static str, trust_region: Option<(f64, u64)>) -> Self {
+    const fn new(
+        id: &'static str,
+        label: &'static str,
+        loss_type: &'static str,
+        trust_region: Option<(f64, u64)>,
+    ) -> Self {
         Self { id, label, loss_type, trust_region }
     }
 
@@ -354,10 +359,11 @@ mod tests {
 
     #[test]
     fn a_method_preset_fills_the_fields_left_blank_and_hand_edits_win() {
-        let mut form: Vec<(String, String)> = [("method", "tr-ipo-hard"), ("ref_model_sync_steps", "64"), ("loss_type", "")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut form: Vec<(String, String)> =
+            [("method", "tr-ipo-hard"), ("ref_model_sync_steps", "64"), ("loss_type", "")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         apply_preset(&mut form);
         let (config, errors) = config_from_form(&form);
         assert!(errors.is_empty());

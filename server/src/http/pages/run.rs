@@ -14,11 +14,11 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::{bytes, figure_file, num, page, see_other, when, PageResult};
+use crate::charts::colour::hex;
 use crate::db::{self, runs::Run, runs::RunStatus};
 use crate::http::error::Error;
 use crate::http::runs::{find, parse_id, RetryFrom};
 use crate::http::AppState;
-use crate::charts::colour::hex;
 use crate::report::compare::fit_cell;
 use crate::report::run::{figure, RunChart};
 use crate::report::runs::{estimate, RunRow};
@@ -298,7 +298,11 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
         summary,
         charts: charts_in_order(meta.config.task.is_toy(), sft.is_some())
             .into_iter()
-            .map(|c| ChartView { slug: c.slug(), title: c.title(), svg: figure(meta, style, &series, c, &steps).to_svg() })
+            .map(|c| ChartView {
+                slug: c.slug(),
+                title: c.title(),
+                svg: figure(meta, style, &series, c, &steps).to_svg(),
+            })
             .collect(),
         pareto,
         checkpoints: checkpoint_views,

@@ -13,9 +13,9 @@ use axum::routing::get;
 use axum::Router;
 
 use super::{num, page, pairs, value, PageResult};
+use crate::charts::colour::hex;
 use crate::db::{self, runs::RunStatus};
 use crate::http::AppState;
-use crate::charts::colour::hex;
 use crate::report::runs::{estimate, select, Column, Filter, RunRow};
 use crate::report::style::Styles;
 use crate::report::{self, duration};
@@ -233,7 +233,10 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
         headers,
         total,
         any_live,
-        src: format!("/runs/table{}", keep(&[("sort", column.as_str().into()), ("dir", dir.into())]).trim_start_matches('/')),
+        src: format!(
+            "/runs/table{}",
+            keep(&[("sort", column.as_str().into()), ("dir", dir.into())]).trim_start_matches('/')
+        ),
     };
     let choices = Choices {
         statuses: RunStatus::ALL.iter().map(|s| (s.as_str(), filter.status == Some(*s))).collect(),
