@@ -463,14 +463,13 @@ impl Comparison {
 
     fn best_policy(&self, run: &CompareRun) -> Option<BestPolicy> {
         let s = run.summary.as_ref()?;
-        let points = super::eval_points(&run.evals);
-        let at = points.iter().position(|p| p.step == s.peak_step)?;
+        let steps: Vec<i64> = run.evals.iter().filter(|e| e.kl.is_some() && e.gold.is_some()).map(|e| e.step).collect();
+        let at = steps.binary_search(&(s.peak_step as i64)).ok()?;
         // The peak's own weights, else the nearest evaluation either side that has them.
         let checkpoint = [Some(at), at.checked_sub(1), Some(at + 1)]
             .into_iter()
             .flatten()
-            .filter_map(|i| points.get(i))
-            .map(|p| p.step as i64)
+            .filter_map(|i| steps.get(i).copied())
             .find(|step| run.has_weights(*step));
         Some(BestPolicy {
             run_id: run.meta.id,
@@ -498,8 +497,15 @@ impl Comparison {
                 // The short name, unless another problem here has the same one.
                 let name =
                     if short.iter().filter(|s| **s == short[i]).count() > 1 { problem } else { short[i].clone() };
-                let candidates: Vec<(&CompareRun, EvalPoint)> =
-                    runs.iter().flat_map(|r| super::eval_points(&r.evals).into_iter().map(move |p| (*r, p))).collect();
+                // A point on the front of all the runs is on its own run's front: those few are
+                // the candidates, not every evaluation.
+                let candidates: Vec<(&CompareRun, EvalPoint)> = runs
+                    .iter()
+                    .flat_map(|r| {
+                        let own = r.summary.as_ref().map_or(&[][..], |s| s.pareto.as_slice());
+                        own.iter().map(move |p| (*r, EvalPoint::new(p.step, p.kl, p.gold)))
+                    })
+                    .collect();
                 let points: Vec<EvalPoint> = candidates.iter().map(|(_, p)| *p).collect();
                 let front = summary::pareto_front(&points)
                     .into_iter()
