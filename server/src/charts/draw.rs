@@ -191,10 +191,10 @@ where
         .y_label_area_size(y_label_width)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
-    let x_tick = move |v: &f64| number(if x_log { 10f64.powf(*v) } else { *v });
+    let x_tick = move |v: &f64| if x_log { number(10f64.powf(*v)) } else { tick(*v, x1 - x0) };
     let y_tick = move |v: &f64| {
         if categories.is_empty() {
-            return number(if y_log { 10f64.powf(*v) } else { *v });
+            return if y_log { number(10f64.powf(*v)) } else { tick(*v, y1 - y0) };
         }
         let i = v.round();
         if (v - i).abs() < 1e-6 && i >= 0.0 {
@@ -340,6 +340,28 @@ where
     Ok(())
 }
 
+/// A tick label on a linear axis spanning `span`: as many decimals as the ticks' spacing needs
+/// (two ticks 0.0003 apart are not both "0.693"), and 0 for what is zero but for rounding.
+fn tick(v: f64, span: f64) -> String {
+    let spacing = span / 6.0;
+    if !(spacing.is_finite() && spacing > 0.0 && v.is_finite()) {
+        return number(v);
+    }
+    if v.abs() < spacing * 1e-6 {
+        return "0".into();
+    }
+    if v.abs() >= 1e6 || v.abs() < 1e-4 {
+        return number(v);
+    }
+    let decimals = (1 - spacing.log10().floor() as i32).clamp(0, 8) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 /// The on-segments of `pattern` (alternating on and off lengths, in pixels) along a path.
 fn dash_segments(path: &[(i32, i32)], pattern: &[u32]) -> Vec<Vec<(i32, i32)>> {
     let mut out: Vec<Vec<(i32, i32)>> = Vec::new();
@@ -470,6 +492,14 @@ fn colour_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>) -> Result<(), D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels_have_the_decimals_their_spacing_needs() {
+        assert_eq!((tick(0.6932, 0.002), tick(0.6935, 0.002)), ("0.6932".to_string(), "0.6935".to_string()));
+        assert_eq!(tick(-5.55e-17, 2.0), "0");
+        assert_eq!(tick(1500.0, 2000.0), "1500");
+        assert_eq!(tick(0.25, 1.5), "0.25");
+    }
 
     #[test]
     fn dashes_walk_the_pattern_along_the_path() {
