@@ -20,7 +20,8 @@ use crate::model::{param_specs, ModelConfig};
 
 const F32: u64 = 4;
 
-/// Bytes per part of a run, all float32.
+/// Bytes per part of a run: float32 weights, moments and gradients, activations in the compute
+/// dtype where the forward pass keeps them so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MemoryPlan {
     pub num_parameters: u64,
@@ -34,6 +35,9 @@ pub struct MemoryPlan {
     pub adam_moments: u64,
     /// The summed gradient, plus one per worker thread while their shards are added up.
     pub gradients: u64,
+    /// bf16/fp16: the policy's weights cast to the compute dtype, which the forward pass keeps
+    /// for the backward (one layer's at a time with gradient checkpointing).
+    pub half_weights: u64,
     /// What a training micro-batch or an evaluation batch keeps alive at its peak.
     pub activations: u64,
     /// The gold reward model's weights.
@@ -70,8 +74,14 @@ impl MemoryPlan {
         } else {
             0
         };
+        let half_weights = match (cfg.bf16 || cfg.fp16, cfg.gradient_checkpointing) {
+            (false, _) => 0,
+            (true, false) => n * 2,
+            (true, true) => n * 2 / model.num_hidden_layers.max(1) as u64,
+        };
         let mut plan = Self {
             num_parameters: n,
+            half_weights,
             policy: weights,
             initial: weights,
             reference: if cfg.sync_ref_model { weights } else { 0 },
@@ -91,6 +101,7 @@ impl MemoryPlan {
             + self.reference
             + self.adam_moments
             + self.gradients
+            + self.half_weights
             + self.activations
             + self.reward_model
             + self.margin
@@ -118,13 +129,11 @@ impl fmt::Display for MemoryPlan {
         } else {
             write!(f, " (also the reference)")?;
         }
-        write!(
-            f,
-            " + Adam moments {} + gradients {} + activations {}",
-            human_bytes(self.adam_moments),
-            human_bytes(self.gradients),
-            human_bytes(self.activations)
-        )?;
+        write!(f, " + Adam moments {} + gradients {}", human_bytes(self.adam_moments), human_bytes(self.gradients),)?;
+        if self.half_weights > 0 {
+            write!(f, " + half-precision weights {}", human_bytes(self.half_weights))?;
+        }
+        write!(f, " + activations {}", human_bytes(self.activations))?;
         if self.reward_model > 0 {
             write!(f, " + reward model {}", human_bytes(self.reward_model))?;
         }
@@ -257,6 +266,7 @@ mod tests {
         let adam = AdamW::new(&policy, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }).unwrap();
         assert_eq!(plan.adam_moments, adam.num_bytes() as u64);
         assert_eq!(plan.gradients, 3 * actual, "two workers' gradients and their sum");
+        assert_eq!(plan.half_weights, 0, "float32 keeps no cast copy");
         let parts = plan.policy + plan.initial + plan.reference + plan.adam_moments + plan.gradients + plan.activations;
         assert_eq!(plan.margin, parts / 10);
         assert_eq!(plan.total(), parts + plan.margin);
@@ -282,6 +292,24 @@ mod tests {
         let run = RunConfig { gradient_checkpointing: true, ..RunConfig::default() };
         let checkpointed = MemoryPlan::for_run(&run, &cfg, &data()).unwrap().activations;
         assert!(checkpointed * 3 < plain, "{checkpointed} vs {plain} bytes");
+    }
+
+    /// The paper's scale: a TR-DPO run (policy, reference, π_init, AdamW, bf16 with gradient
+    /// checkpointing) of Pythia-1.4B fits one H100 or H200; Pythia-2.8B fits an H200 only.
+    #[test]
+    fn pythia_1_4b_fits_one_h100_and_pythia_2_8b_needs_an_h200() {
+        let (h100, h200) = (81_559u64 << 20, 143_771u64 << 20);
+        let plan = |name: &str| {
+            let cfg = crate::bench::peer_model_config(name).unwrap();
+            crate::bench::bench_memory_plan(&cfg, "cuda", candle_core::DType::BF16, true).unwrap()
+        };
+        let (small, large) = (plan("pythia-1.4b"), plan("pythia-2.8b"));
+        assert_eq!(small.num_parameters, 1_414_647_808);
+        assert_eq!(large.num_parameters, 2_775_208_960);
+        assert!(small.total() < h100, "{small}");
+        assert!(large.total() > h100 && large.total() < h200, "{large}");
+        // Three float32 weight copies (policy, reference, π_init) and two moments.
+        assert_eq!(large.policy + large.initial + large.reference + large.adam_moments, 20 * large.num_parameters);
     }
 
     #[test]

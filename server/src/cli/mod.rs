@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_data;
+mod bench_gpu;
 mod bench_server;
 mod bench_ui;
 mod serve;
