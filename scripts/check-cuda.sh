@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Checks a CUDA machine, start to finish, in one go (about 5 minutes on an H200 with a carried
 # binary; nothing is built there):
-#   0. takes the CUDA build of `goodhart` and the trainer's test binary from .device/ (made by
-#      scripts/cuda/build-device.sh on a machine without a GPU), else GOODHART_BIN /
-#      GOODHART_TESTS, else builds them (`cargo build --release --features cuda`);
+#   0. takes the CUDA build of `goodhart` from .device/ (made by scripts/cuda/build-device.sh on
+#      a machine without a GPU), else GOODHART_BIN, else builds it (`cargo build --release
+#      --features cuda`);
 #   1. the fused CUDA kernels against candle's composed ops on the GPU, values and gradients
-#      (`cuda_*` tests of the trainer: 1e-5 relative in float32, the half dtype's resolution in
-#      bf16/fp16);
+#      (`goodhart bench kernels`: the checks of the trainer's `cuda_*` tests; 1e-5 relative in
+#      float32, the half dtype's resolution in bf16/fp16);
 #   2. one TR-DPO step on the CPU (float32) and on the GPU from the same weights and batch, in
 #      float32, bf16 and fp16 (`goodhart bench device` exits non-zero outside tolerance); then
 #      TR-DPO step times for the tiny, small and Pythia-160M shapes in each dtype, and Pythia-160M
@@ -32,22 +32,13 @@ started=$SECONDS
 stamp() { echo "== [$((SECONDS - started)) s] $*"; }
 
 bin=${GOODHART_BIN:-}
-tests=${GOODHART_TESTS:-}
 if [ -z "$bin" ] && [ -f .device/goodhart.gz ]; then
   gunzip -c .device/goodhart.gz >"$work/goodhart" && chmod +x "$work/goodhart" && bin=$work/goodhart
-  if [ -f .device/trainer-tests.gz ]; then
-    gunzip -c .device/trainer-tests.gz >"$work/trainer-tests" && chmod +x "$work/trainer-tests" && tests=$work/trainer-tests
-  fi
   echo "carried build: $(cat .device/BUILT_FROM 2>/dev/null || echo '?')"
 fi
 if [ -z "$bin" ]; then
   cargo build --release --features cuda -p server
   bin=target/release/goodhart
-  tests=$(cargo test --release --features cuda -p trainer --lib --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("profile", {}).get("test") and m.get("executable"): print(m["executable"])' | tail -n 1)
 fi
 
 # The binaries link cuBLAS, cuRAND, NVRTC and the CUDA runtime. Where the loader cannot find
@@ -85,11 +76,7 @@ log() {
 }
 
 stamp "1. fused CUDA kernels against the composed ops (values and gradients)"
-if [ -n "$tests" ]; then
-  log "$out/kernel-tests.txt" "$tests" cuda_ --test-threads 1
-else
-  echo "NOTE: no trainer test binary (GOODHART_TESTS): kernel tests not run" | tee "$out/kernel-tests.txt"
-fi
+log "$out/kernel-checks.txt" "$bin" bench kernels --device "$device"
 
 stamp "2. CPU vs GPU, one TR-DPO step in each dtype; GPU step times, fused and composed"
 log "$out/bench-device.txt" "$bin" bench device --device "$device" --configs "$configs" --dtypes "$dtypes" "${steps[@]}"

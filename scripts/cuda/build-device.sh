@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds, on a machine without a GPU, everything scripts/check-cuda.sh runs on the GPU machine,
-# so that nothing is built there: the CUDA build of `goodhart` and the trainer's test binary (the
-# `cuda_*` kernel tests), stripped and gzipped into .device/ (git-ignored), with
+# Builds, on a machine without a GPU, what scripts/check-cuda.sh runs on the GPU machine, so
+# that nothing is built there: the CUDA build of `goodhart` (its `bench kernels` runs the checks
+# of the trainer's `cuda_*` tests), stripped and gzipped into .device/ (git-ignored), with
 # .device/BUILT_FROM naming the commit and the toolkit. Carry `.device` to the GPU machine.
 #
 # Needs a CUDA toolkit: scripts/cuda/install-toolkit.sh installs CUDA 13.0 from PyPI into
@@ -18,19 +18,12 @@ if [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
   echo "error: no nvcc in $CUDA_HOME: run scripts/cuda/install-toolkit.sh (or set CUDA_HOME)" >&2
   exit 1
 fi
+# (A test binary of the trainer would be a build of its own: cargo unifies features per
+# package selection, and `cargo test -p trainer` recompiles candle's CUDA kernels.)
 cargo build --release --features cuda -p server
-tests=$(cargo test --release --features cuda -p trainer --lib --no-run --message-format=json |
-  python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
-        print(m["executable"])' | tail -n 1)
 mkdir -p .device
-for pair in "goodhart:$CARGO_TARGET_DIR/release/goodhart" "trainer-tests:$tests"; do
-  name=${pair%%:*}
-  strip -o ".device/$name" "${pair#*:}"
-  gzip -9 -f ".device/$name"
-done
+strip -o .device/goodhart "$CARGO_TARGET_DIR/release/goodhart"
+gzip -9 -f .device/goodhart
 commit=$(git rev-parse HEAD)
 dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo " (with uncommitted changes)" || true)
 echo "$commit$dirty; $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/CUDA \1/p'), CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP" >.device/BUILT_FROM

@@ -395,21 +395,23 @@ extern "C" __global__ void target_log_probs_bwd_f32(const float* __restrict__ lo
 extern "C" __global__ void adamw_f32(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
                                      float* __restrict__ v, size_t n, float beta1, float beta2, float decay,
                                      float step_size, float bc2_sqrt, float eps) {
-    const float keep1 = 1.0f - beta1, keep2 = 1.0f - beta2;
+    // Rounded operation by operation (no fused multiply-add), in the CPU loop's order: Adam turns
+    // rounding differences in near-zero gradients into whole steps.
+    const float keep1 = __fsub_rn(1.0f, beta1), keep2 = __fsub_rn(1.0f, beta2);
     GRID_STRIDE(i, n) {
         const float gi = g[i];
-        const float mi = m[i] * beta1 + gi * keep1;
-        const float vi = v[i] * beta2 + (gi * gi) * keep2;
+        const float mi = __fadd_rn(__fmul_rn(m[i], beta1), __fmul_rn(gi, keep1));
+        const float vi = __fadd_rn(__fmul_rn(v[i], beta2), __fmul_rn(__fmul_rn(gi, gi), keep2));
         m[i] = mi;
         v[i] = vi;
-        const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        p[i] = p[i] * decay - (mi / denom) * step_size;
+        const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
+        p[i] = __fsub_rn(__fmul_rn(p[i], decay), __fmul_rn(__fdiv_rn(mi, denom), step_size));
     }
 }
 
 // The trust-region soft update in place: ref <- (1 - alpha) ref + alpha policy.
 extern "C" __global__ void trust_region_mix_f32(float* __restrict__ r, const float* __restrict__ p, size_t n,
                                                 float alpha) {
-    const float keep = 1.0f - alpha;
-    GRID_STRIDE(i, n) r[i] = r[i] * keep + p[i] * alpha;
+    const float keep = __fsub_rn(1.0f, alpha);
+    GRID_STRIDE(i, n) r[i] = __fadd_rn(__fmul_rn(r[i], keep), __fmul_rn(p[i], alpha));
 }

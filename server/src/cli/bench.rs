@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// One TR-DPO step on the CPU and on `--device` from the same weights and batch, compared
     /// (fails outside bf16 tolerance); then median ms per TR-DPO step on the device.
     Device(DeviceBenchArgs),
+    /// The fused kernels against candle's composed ops on `--device` (values and gradients):
+    /// the `cuda_*` tests of the trainer, from this binary.
+    Kernels(super::bench_gpu::KernelBenchArgs),
     /// One evaluation (64 prompts × 64 new tokens by default) through the trainer's own sampler
     /// and through candle-transformers, timed both ways.
     Eval(super::bench_gpu::EvalBenchArgs),
@@ -385,6 +388,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Trainer(args) => trainer_bench(&args),
         BenchCommand::Device(args) => device_bench(&args),
         BenchCommand::TrainerOnce(args) => once(&args),
+        BenchCommand::Kernels(args) => super::bench_gpu::kernels(&args),
         BenchCommand::Eval(args) => super::bench_gpu::eval(&args),
         BenchCommand::Scale(args) => super::bench_gpu::scale(&args),
         BenchCommand::Server(args) => super::bench_server::run(&args),

@@ -1,13 +1,49 @@
-//! `goodhart bench eval` (one evaluation both ways: the trainer's sampler against
-//! candle-transformers) and `goodhart bench scale` (the memory plan of a TR-DPO run at the
-//! paper's scale and, where it fits, step times on the GPU). `scripts/check-cuda.sh` runs both
-//! on the GPU machine; both also run on the CPU.
+//! `goodhart bench kernels` (the fused kernels against the composed ops), `goodhart bench eval`
+//! (one evaluation both ways: the trainer's sampler against candle-transformers) and `goodhart
+//! bench scale` (the memory plan of a TR-DPO run at the paper's scale and, where it fits, step
+//! times on the GPU). `scripts/check-cuda.sh` runs them on the GPU machine; all also run on the
+//! CPU.
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use trainer::bench::{
     bench_memory_plan, gpu_memory, median, peer_model_config, run_trainer_step_with, time_evaluation,
 };
 use trainer::memory::human_bytes;
+
+#[derive(Debug, clap::Args)]
+pub struct KernelBenchArgs {
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+}
+
+/// The checks of `trainer::model::kernel_check` (the `cuda_*` tests) on `--device`.
+pub fn kernels(args: &KernelBenchArgs) -> anyhow::Result<()> {
+    if std::env::var("GOODHART_FUSED_OPS").is_ok_and(|v| v == "0") {
+        bail!("GOODHART_FUSED_OPS=0 turns the fused kernels off: there would be nothing to check");
+    }
+    let run = trainer::config::RunConfig { device: args.device.clone(), ..Default::default() };
+    let device = run.candle_device().context("--device")?;
+    let checks = trainer::model::kernel_check::all(&device)?;
+    let mut failed = 0;
+    for c in &checks {
+        println!(
+            "{}: {} {} {}: values {:.2e}, gradients {:.2e} relative (tolerance {:.0e})",
+            if c.passed() { "PASS" } else { "FAIL" },
+            c.kernel,
+            c.case,
+            c.dtype,
+            c.values,
+            c.gradients,
+            c.tolerance
+        );
+        failed += usize::from(!c.passed());
+    }
+    println!("{} kernel checks on {}: {} passed, {failed} failed", checks.len(), args.device, checks.len() - failed);
+    if failed > 0 {
+        bail!("{failed} fused kernel checks failed on {}", args.device);
+    }
+    Ok(())
+}
 
 #[derive(Debug, clap::Args)]
 pub struct EvalBenchArgs {

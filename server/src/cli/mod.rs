@@ -27,7 +27,7 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
     /// The web server: a run queue, background trainers and the JSON API.
     Serve(serve::ServeArgs),
-    /// Benchmarks: `goodhart bench trainer`, `goodhart bench server`, `goodhart bench ui`.
+    /// Benchmarks: `goodhart bench trainer`, `device`, `kernels`, `eval`, `scale`, `server`, `data`, `ui`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }

@@ -5,7 +5,7 @@
 //! Each replaces several composed candle ops (each its own pass over memory and its own
 //! allocation, forward and backward) by one loop on the CPU or one kernel on a CUDA GPU
 //! (`cuda.rs`, `kernels/fused.cu`). The composed versions in `ops.rs` stay as the reference:
-//! tests compare values and gradients of both (`cuda_tests.rs` on a GPU). On the CPU the fused
+//! tests compare values and gradients of both (`kernel_check.rs` on a GPU). On the CPU the fused
 //! versions take float32 (LayerNorm and GELU stay composed there: their fused CPU loops exist as
 //! the reference for the GPU kernels); on a GPU the element-wise ones (rotary, SwiGLU, GELU) also
 //! take bf16 and fp16, and the rest run where the model keeps float32 (norms, softmax, logits).

@@ -12,10 +12,9 @@
 mod config;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
-#[cfg(test)]
-mod cuda_tests;
 pub(crate) mod fused;
 pub mod inference;
+pub mod kernel_check;
 mod ops;
 mod params;
 pub mod registry;

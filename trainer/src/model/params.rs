@@ -179,8 +179,7 @@ impl ParamSet {
     }
 
     /// A deep copy: the new set shares no storage with this one.
-    /// Named variables as they are (tests of single weights).
-    #[cfg(test)]
+    /// Named variables as they are (checks of single weights).
     pub(crate) fn from_vars(names: Vec<String>, vars: Vec<Var>) -> Self {
         Self { names, vars }
     }
