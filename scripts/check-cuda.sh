@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Checks a CUDA machine, start to finish, in one go (about 5 minutes on an H200 with a carried
-# binary; nothing is built there):
+# Checks a CUDA machine, start to finish, in one go (estimated at about 5 minutes on an H200 with
+# a carried binary; nothing is built there):
 #   0. takes the CUDA build of `goodhart` from .device/ (made by scripts/cuda/build-device.sh on
 #      a machine without a GPU), else GOODHART_BIN, else builds it (`cargo build --release
 #      --features cuda`);
