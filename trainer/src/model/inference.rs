@@ -44,8 +44,14 @@ pub fn supports(cfg: &ModelConfig) -> bool {
 
 /// One candle-transformers model on one weight set, with its KV cache.
 enum Net {
-    Llama { model: llama::Llama, config: llama::Config, cache: llama::Cache },
+    Llama(Box<LlamaNet>),
     Qwen2 { model: qwen2::Model, head: candle_nn::Linear },
+}
+
+struct LlamaNet {
+    model: llama::Llama,
+    config: llama::Config,
+    cache: llama::Cache,
 }
 
 struct InferenceLm {
@@ -71,7 +77,7 @@ impl InferenceLm {
                 let config = llama_config(cfg);
                 let model = llama::Llama::load(vb, &config)?;
                 let cache = llama::Cache::new(true, dtype, &config, device)?;
-                Net::Llama { model, config, cache }
+                Net::Llama(Box::new(LlamaNet { model, config, cache }))
             }
             Architecture::Qwen2 => {
                 let model = qwen2::Model::new(&qwen2_config(cfg), vb)?;
@@ -85,7 +91,7 @@ impl InferenceLm {
     /// Empties the KV cache for a new batch.
     fn reset(&mut self) -> Result<()> {
         match &mut self.net {
-            Net::Llama { config, cache, .. } => *cache = llama::Cache::new(true, self.dtype, config, &self.device)?,
+            Net::Llama(l) => l.cache = llama::Cache::new(true, self.dtype, &l.config, &self.device)?,
             Net::Qwen2 { model, .. } => model.clear_kv_cache(),
         }
         Ok(())
@@ -95,7 +101,10 @@ impl InferenceLm {
     /// `past` cached positions.
     fn next_logits(&mut self, ids: &Tensor, past: usize) -> Result<Tensor> {
         let logits = match &mut self.net {
-            Net::Llama { model, cache, .. } => model.forward(ids, past, cache)?,
+            Net::Llama(l) => {
+                let LlamaNet { model, cache, .. } = &mut **l;
+                model.forward(ids, past, cache)?
+            }
             Net::Qwen2 { model, head } => {
                 let hidden = model.forward(ids, past, None)?;
                 let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?;
