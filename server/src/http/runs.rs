@@ -70,7 +70,7 @@ async fn create(
 /// Validates a config and queues it as a new run (`parent`: the run it retries or clones).
 pub async fn launch(state: &AppState, config: Value, parent: Option<i64>) -> Result<i64> {
     let (config, stored) = prepare(config, &state.settings).map_err(Error::Invalid)?;
-    check_datasets(std::slice::from_ref(&config)).await?;
+    check_datasets(std::slice::from_ref(&config), &state.settings).await?;
     Ok(state.queue.enqueue(stored, parent).await?)
 }
 

@@ -46,11 +46,11 @@ pub async fn launch(state: &AppState, base: Value, grid: Value) -> Result<(i64, 
         .map(|c| serde_json::from_value(c.clone()))
         .collect::<Result<Vec<RunConfig>, _>>()
         .map_err(|e| Error::Internal(format!("a validated config no longer parses: {e}")))?;
-    check_datasets(&run_configs).await?;
+    check_datasets(&run_configs, &state.settings).await?;
     Ok(state.queue.enqueue_sweep(base, grid, configs).await?)
 }
 
-/// The stored config of every grid point, or every problem (each grid value named).
+/// The stored config of every distinct grid point, or every problem (each grid value named).
 pub fn validate(state: &AppState, base: &Value, grid: &Value) -> Result<Vec<Value>, Vec<FieldError>> {
     let Value::Object(base_map) = base else {
         return Err(vec![FieldError::new("base", "must be a JSON object (a run config)")]);
@@ -62,6 +62,8 @@ pub fn validate(state: &AppState, base: &Value, grid: &Value) -> Result<Vec<Valu
         let mut config = base_map.clone();
         config.extend(point.iter().map(|(k, v)| (k.clone(), v.clone())));
         match prepare(Value::Object(config), &state.settings) {
+            // A union of grids may reach one config twice: it is run once, as `goodhart sweep` does.
+            Ok((_, stored)) if configs.contains(&stored) => {}
             Ok((_, stored)) => configs.push(stored),
             Err(errs) => {
                 for e in errs {
