@@ -251,7 +251,7 @@ pub fn bounds(cfg: &RunConfig, machine: u64) -> Vec<FieldError> {
         return vec![FieldError::new(
             model_field,
             format!(
-                "the model needs at least {} ({least}), more than this machine's {machine_text}",
+                "the model needs at least {} ({least}), more than this machine's {machine_text} of memory",
                 human_bytes(least.total())
             ),
         )];
@@ -263,8 +263,8 @@ pub fn bounds(cfg: &RunConfig, machine: u64) -> Vec<FieldError> {
         errors.push(FieldError::new(
             "per_device_train_batch_size",
             format!(
-                "must be <= {most} on this machine ({machine_text}): a batch of {batch} needs at least {} even \
-                 for the shortest sequences",
+                "must be <= {most} with this machine's {machine_text} of memory: a batch of {batch} needs at \
+                 least {} even for the shortest sequences",
                 human_bytes(plan(batch, 2).total())
             ),
         ));
@@ -274,7 +274,8 @@ pub fn bounds(cfg: &RunConfig, machine: u64) -> Vec<FieldError> {
         errors.push(FieldError::new(
             "max_length",
             format!(
-                "must be <= {most} on this machine ({machine_text}): one example of {length} tokens needs at least {}",
+                "must be <= {most} with this machine's {machine_text} of memory: one example of {length} tokens \
+                 needs at least {}",
                 human_bytes(plan(1, length).total())
             ),
         ));

@@ -250,6 +250,19 @@ impl Lab {
     }
 }
 
+/// A toy-tree run small enough to train in a few seconds in a test build, with `edits`.
+pub fn tiny_toy(edits: Value) -> Value {
+    let mut config = json!({
+        "task": "toy-tree", "max_steps": 2, "eval_steps": 1, "save_steps": 0,
+        "toy_num_prompts": 2, "toy_alphabet_size": 3, "toy_response_length": 2, "toy_pairs_per_prompt": 4,
+        "toy_hidden_size": 8, "toy_num_layers": 1, "toy_num_heads": 2, "num_threads": 1,
+    });
+    if let (Some(c), Value::Object(e)) = (config.as_object_mut(), edits) {
+        c.extend(e);
+    }
+    config
+}
+
 /// The demo sweep's grid on a toy tree small enough to train in seconds in a test build (π_init
 /// cached in the server's data directory, as every toy run's).
 pub fn fast_demo() -> Value {
