@@ -10,14 +10,19 @@ use std::path::{Component, Path, PathBuf};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
 use serde_json::Value;
 use trainer::config::{FieldError, RunConfig};
 
 use super::error::Error;
 use super::Settings;
 
-/// The body as JSON, or the error a client can act on.
-pub fn parse_body(body: Result<Bytes, BytesRejection>, max_bytes: usize) -> Result<Value, Error> {
+/// The body as JSON, or the error a client can act on. Only a body sent as `application/json`
+/// is read (see [`super::security`]).
+pub fn parse_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, max_bytes: usize) -> Result<Value, Error> {
+    if let Some(problem) = super::security::json_problem(headers) {
+        return Err(Error::UnsupportedMediaType(problem));
+    }
     let body = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             Error::TooLarge { limit: max_bytes, flag: "--max-body-bytes" }

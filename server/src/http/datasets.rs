@@ -196,8 +196,12 @@ impl Drop for PartialFile {
 /// `--max-upload-bytes`, 422 with every bad row.
 async fn upload(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     multipart: std::result::Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
+    if let Some(problem) = super::security::multipart_problem(&headers) {
+        return Err(Error::UnsupportedMediaType(problem));
+    }
     let settings = state.settings.clone();
     let limit = settings.max_upload_bytes;
     let mut multipart = multipart.map_err(|e| Error::BadRequest(format!("multipart body: {}", e.body_text())))?;

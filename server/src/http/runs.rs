@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -60,9 +60,10 @@ pub fn view(run: &Run) -> Value {
 
 async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let value = parse_body(body, state.settings.max_body_bytes)?;
+    let value = parse_body(&headers, body, state.settings.max_body_bytes)?;
     let id = launch(&state, value, None).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
 }
@@ -83,7 +84,8 @@ struct ListQuery {
 
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>> {
     let mut errors = Vec::new();
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+    // Strict where the runs page is lenient: that page leaves out a filter sent blank.
+    let status = match q.status.as_deref() {
         None => None,
         Some(s) => RunStatus::parse(s).or_else(|| {
             errors.push(trainer::config::FieldError::new(
@@ -93,14 +95,14 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
             None
         }),
     };
-    let sweep = match q.sweep.as_deref().filter(|s| !s.is_empty()) {
+    let sweep = match q.sweep.as_deref() {
         None => None,
         Some(s) => s.parse::<i64>().ok().or_else(|| {
             errors.push(trainer::config::FieldError::new("sweep", "must be a sweep id"));
             None
         }),
     };
-    let sort = match q.sort.as_deref().filter(|s| !s.is_empty()) {
+    let sort = match q.sort.as_deref() {
         None => Sort::Newest,
         Some(s) => Sort::parse(s).unwrap_or_else(|| {
             errors.push(trainer::config::FieldError::new("sort", "must be one of -id (newest), id (oldest), status"));
@@ -156,13 +158,14 @@ pub async fn retry_run(state: &AppState, id: i64) -> Result<i64> {
 async fn clone_with_edits(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let run = find(&state, &id).await?;
-    let edits = if body.as_ref().is_ok_and(Bytes::is_empty) {
+    let edits = if body.as_ref().is_ok_and(Bytes::is_empty) && headers.get(header::CONTENT_TYPE).is_none() {
         Value::Object(serde_json::Map::new())
     } else {
-        parse_body(body, state.settings.max_body_bytes)?
+        parse_body(&headers, body, state.settings.max_body_bytes)?
     };
     let Value::Object(edits) = edits else {
         return Err(Error::field("(body)", "must be a JSON object of config keys to change"));

@@ -10,7 +10,8 @@
 //!   neither header.
 //! - **API bodies** must be `application/json` (`multipart/form-data` for uploads): a page can
 //!   send other sites only form encodings and `text/plain` without asking first (CORS), and this
-//!   server answers no such question.
+//!   server answers no such question. The routes that read a body check it ([`json_problem`],
+//!   [`multipart_problem`]), so a method a route does not take still answers 405.
 //! - **Page forms** carry a token that must equal the `goodhart_csrf` cookie (double submit):
 //!   a page elsewhere can neither read the cookie nor set the field to match it.
 
@@ -31,7 +32,7 @@ pub const CSRF_COOKIE: &str = "goodhart_csrf";
 /// The form field that repeats it.
 pub const CSRF_FIELD: &str = "csrf_token";
 
-/// `Host`, `Origin` and `Sec-Fetch-Site`, and the content type of API bodies; see the module.
+/// `Host`, and `Origin` and `Sec-Fetch-Site` of mutating requests; see the module.
 pub async fn same_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let settings = &state.settings;
     let headers = request.headers();
@@ -51,9 +52,6 @@ pub async fn same_origin(State(state): State<AppState>, request: Request, next: 
                 "{problem}: a page may change this server's state only from this server's own pages"
             ))
             .into_response();
-        }
-        if let Some(problem) = content_type_problem(request.method(), request.uri().path(), headers) {
-            return Error::UnsupportedMediaType(problem).into_response();
         }
     }
     next.run(request).await
@@ -121,31 +119,36 @@ fn cross_site(headers: &HeaderMap, host: Option<&str>) -> Option<String> {
     (!same).then(|| format!("`Origin: {origin}` is not this server's origin"))
 }
 
-/// API bodies are JSON, uploads multipart; page forms are checked by [`csrf`] instead.
-fn content_type_problem(method: &Method, path: &str, headers: &HeaderMap) -> Option<String> {
-    if !path.starts_with("/api/") {
-        return None;
-    }
+/// Why a request's body is not JSON, if it is not: its `Content-Type` is another one, or it
+/// has a body but no `Content-Type`. A request without a body needs none.
+pub fn json_problem(headers: &HeaderMap) -> Option<String> {
     let sent = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
-    let essence = sent.map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-    if super::datasets::is_upload(method, path) {
-        return (essence.as_deref() != Some("multipart/form-data")).then(|| {
-            format!(
-                "an upload is `multipart/form-data` (a `file` field), not {}",
-                sent.map_or("a body without a Content-Type".to_string(), |s| format!("`{s}`"))
-            )
-        });
-    }
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|len| len.trim() != "0");
-    match essence.as_deref() {
+    match sent.map(essence).as_deref() {
         None if !has_body => None,
         Some(json) if json == "application/json" || json.ends_with("+json") => None,
         _ => Some(format!(
             "the API reads JSON bodies only: send `Content-Type: application/json`, not {}",
-            sent.map_or("a body without a Content-Type".to_string(), |s| format!("`{s}`"))
+            described(sent)
         )),
     }
+}
+
+/// Why an upload is not `multipart/form-data`, if it is not.
+pub fn multipart_problem(headers: &HeaderMap) -> Option<String> {
+    let sent = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    (sent.map(essence).as_deref() != Some("multipart/form-data"))
+        .then(|| format!("an upload is `multipart/form-data` (a `file` field), not {}", described(sent)))
+}
+
+/// `type/subtype` of a `Content-Type`, without its parameters.
+fn essence(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn described(content_type: Option<&str>) -> String {
+    content_type.map_or("a body without a Content-Type".to_string(), |s| format!("`{s}`"))
 }
 
 /// This browser's form token, for a page to put in its forms (`<input name="csrf_token">`).
@@ -270,20 +273,19 @@ mod tests {
 
     #[test]
     fn api_bodies_must_be_json_and_uploads_multipart() {
-        let post = Method::POST;
         let json = headers(&[("content-type", "application/json; charset=utf-8"), ("content-length", "2")]);
-        assert_eq!(content_type_problem(&post, "/api/runs", &json), None);
+        assert_eq!(json_problem(&json), None);
+        assert_eq!(json_problem(&headers(&[("content-type", "application/merge-patch+json")])), None);
         let text = headers(&[("content-type", "text/plain"), ("content-length", "2")]);
-        assert!(content_type_problem(&post, "/api/runs", &text).unwrap().contains("text/plain"));
-        let form = headers(&[("content-type", "application/x-www-form-urlencoded")]);
-        assert!(content_type_problem(&post, "/api/sweeps", &form).is_some());
-        assert!(content_type_problem(&post, "/api/runs", &headers(&[("content-length", "2")])).is_some());
-        assert_eq!(content_type_problem(&post, "/api/runs/1/cancel", &headers(&[])), None, "no body, no type");
+        assert!(json_problem(&text).unwrap().contains("text/plain"));
+        assert!(json_problem(&headers(&[("content-type", "application/x-www-form-urlencoded")])).is_some());
+        assert!(json_problem(&headers(&[("content-length", "2")])).is_some(), "a body without a type");
+        assert_eq!(json_problem(&headers(&[("content-length", "0")])), None, "no body, no type");
         let multipart = headers(&[("content-type", "multipart/form-data; boundary=x")]);
-        assert_eq!(content_type_problem(&post, "/api/datasets", &multipart), None);
-        assert!(content_type_problem(&post, "/api/datasets", &json).is_some());
-        assert!(content_type_problem(&post, "/api/runs", &multipart).is_some());
-        assert_eq!(content_type_problem(&post, "/runs/new", &form), None, "page forms: see csrf");
+        assert_eq!(multipart_problem(&multipart), None);
+        assert!(json_problem(&multipart).is_some());
+        assert!(multipart_problem(&json).is_some());
+        assert!(multipart_problem(&headers(&[])).is_some());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
@@ -23,9 +23,10 @@ pub fn router() -> Router<AppState> {
 
 async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let value = parse_body(body, state.settings.max_body_bytes)?;
+    let value = parse_body(&headers, body, state.settings.max_body_bytes)?;
     let Value::Object(mut body) = value else {
         return Err(Error::field("(body)", "must be {\"base\": {...}, \"grid\": {...}}"));
     };
