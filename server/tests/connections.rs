@@ -26,9 +26,9 @@ async fn dribble_headers(addr: SocketAddr, give_up: Duration) -> bool {
         if stream.write_all(b"X-Slow: 1\r\n").await.is_err() {
             return true;
         }
-        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) | Err(_) => {}
+        // End of stream or an error: the server closed it. A timeout: still open.
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            return true;
         }
     }
     false
