@@ -79,6 +79,8 @@ async fn a_rebound_host_name_is_refused_even_for_reads() {
     let page = t.client.get(t.url("/")).header("host", "rebind.evil.example").send().await.unwrap();
     assert_eq!(page.status(), 403);
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("is not a name of this server") && !html.contains("\"fields\""), "{html}");
 
     for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("lab.example.org:{port}")] {
         let r = t.client.get(t.url("/api/runs")).header("host", host.as_str()).send().await.unwrap();

@@ -172,8 +172,14 @@ pub async fn uniform(State(state): State<AppState>, request: Request, next: Next
     reshape(parts, public, api)
 }
 
-/// What a 4xx without a text of its own says.
+/// What a 4xx says: the `error` of a JSON answer (a page shows it), the text of another, or,
+/// without either, what its status means here.
 fn describe(status: StatusCode, text: String) -> String {
+    if let Ok(serde_json::Value::Object(answer)) = serde_json::from_str::<serde_json::Value>(&text) {
+        if let Some(serde_json::Value::String(error)) = answer.get("error") {
+            return error.clone();
+        }
+    }
     match (status, text.is_empty()) {
         (StatusCode::NOT_FOUND, true) => "no such page or API route".to_string(),
         (StatusCode::METHOD_NOT_ALLOWED, true) => {
