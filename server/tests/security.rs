@@ -200,9 +200,14 @@ async fn config_paths_stay_in_the_servers_directories_and_answers_reveal_nothing
         .file_name()
         .to_string_lossy()
         .starts_with("pi_init")));
-    // The worker is named, but not by the server's absolute data directory.
-    let worker = run["worker"].as_str().map(str::to_string).unwrap_or_default();
-    assert!(!worker.contains(t.dir.path().to_str().unwrap()), "{worker}");
+    // A running run names its worker, but not by the server's absolute data directory.
+    let mut long = toy("my-cache");
+    long["max_steps"] = json!(1_000_000);
+    let id = t.create_run(&long).await;
+    let run = t.wait_for(id, "a worker", |r| r["worker"].is_string()).await;
+    let worker = run["worker"].as_str().unwrap();
+    assert!(worker.contains(":data-") && !worker.contains(t.dir.path().to_str().unwrap()), "{worker}");
+    t.post(&format!("/api/runs/{id}/cancel"), &json!({})).await;
     t.server.stop().await.unwrap();
 }
 

@@ -86,8 +86,9 @@ mod tests {
             let squares = in_parallel(&items[..n], |&i| Ok(i * i)).unwrap();
             assert_eq!(squares, items[..n].iter().map(|i| i * i).collect::<Vec<_>>(), "in order");
         }
-        // Other tests of this binary run beside this one; none starts more than a few threads.
-        assert!(threads() <= before + 4, "{before} threads before, {} after", threads());
+        // Other tests of this binary run beside this one, each on a thread of its own; a pool per
+        // worker count would have added 2 + 3 + … + 64 = 2079.
+        assert!(threads() <= before + 32, "{before} threads before, {} after", threads());
     }
 
     #[test]

@@ -54,8 +54,21 @@ pub fn view(run: &Run) -> Value {
         "started_at": run.started_at,
         "finished_at": run.finished_at,
         "heartbeat_at": run.heartbeat_at,
-        "worker": run.worker,
+        "worker": run.worker.as_deref().map(public_worker),
     })
+}
+
+/// A worker id as anyone may read it. Ids are `<host>:<data dir name>-<digest>` now; one stored
+/// in the old form, `<host>:<absolute data dir>`, is shown with the directory's name only.
+fn public_worker(id: &str) -> String {
+    match id.split_once(':') {
+        Some((host, dir)) if dir.starts_with('/') => {
+            let name =
+                std::path::Path::new(dir).file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            format!("{host}:{name}")
+        }
+        _ => id.to_string(),
+    }
 }
 
 async fn create(
@@ -191,4 +204,16 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result
         Err(e) => return Err(Error::Internal(format!("run {id} deleted, but removing {} failed: {e}", dir.display()))),
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_is_shown_without_an_absolute_data_dir() {
+        assert_eq!(public_worker("lab1:goodhart-data-3f2a9c1b"), "lab1:goodhart-data-3f2a9c1b");
+        assert_eq!(public_worker("lab1:/home/me/goodhart-data"), "lab1:goodhart-data");
+        assert_eq!(public_worker("gpu-box-2"), "gpu-box-2");
+    }
 }
