@@ -26,7 +26,7 @@ pub enum Command {
     /// Train a grid of runs (`[base]` + `[[grid]]`), then write sweep.csv and the figures.
     Sweep(sweep::SweepArgs),
     /// The web server: a run queue, background trainers and the JSON API.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Benchmarks: `goodhart bench trainer`, `device`, `kernels`, `eval`, `scale`, `server`, `data`, `ui`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -36,7 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
         Command::Sweep(args) => sweep::run(&args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
