@@ -82,14 +82,13 @@ pub fn eval(args: &EvalBenchArgs) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(&t)?);
     let (own, ct) = (median(&mut t.trainer_ms), median(&mut t.candle_transformers_ms));
     println!(
-        "evaluation of {} prompts x {} new tokens ({}, {}, {} on {}): trainer's sampler + training-path scoring {own:.0} ms, \
+        "evaluation of {} prompts x {} new tokens ({}, {}, policy + pi_init on {}): trainer's sampler + training-path scoring {own:.0} ms, \
          candle-transformers sampling + scoring {ct:.0} ms (median of {}; ratio {:.2}); |log pi_theta - log pi_init| at \
          step 0: {:.1e} vs {:.1e}",
         args.prompts,
         args.new_tokens,
         args.config,
         args.dtype.as_str(),
-        "policy + pi_init",
         args.device,
         args.repeats,
         ct / own,
