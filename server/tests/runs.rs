@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::Read;
 
-use common::{config, full_series, spawn};
+use common::{config, full_series, spawn, spawn_with};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -219,6 +219,13 @@ async fn the_openapi_document_lists_every_route() {
     ] {
         assert!(paths.get(route).is_some(), "{route} missing from the OpenAPI document");
     }
+    // The document describes this server: without a token no route asks for one.
+    assert!(!doc.to_string().contains("\"security\""), "{doc}");
+    t.server.stop().await.unwrap();
+    let t = spawn_with(|c| c.auth_token = Some("t".into())).await;
+    let (_, doc) = t.get("/api/openapi.json").await;
+    assert_eq!(doc["paths"]["/api/runs"]["post"]["security"], json!([{"bearer": []}]));
+    assert!(doc["paths"]["/api/runs"]["post"]["responses"]["401"].is_object());
     t.server.stop().await.unwrap();
 }
 
@@ -240,13 +247,12 @@ async fn a_run_that_diverges_to_nan_fails_with_the_reason_and_the_next_run_still
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_toy_run_records_exactly_the_pareto_checkpoints_it_keeps_and_its_pi_init_sft() {
     let t = spawn().await;
-    let cache = t.dir.path().join("cache");
     let id = t
         .create_run(&json!({
             "task": "toy-tree", "toy_num_prompts": 3, "toy_alphabet_size": 3, "toy_response_length": 3,
             "toy_hidden_size": 16, "toy_num_layers": 1, "toy_num_heads": 2, "toy_pairs_per_prompt": 4,
             "learning_rate": 1e-4, "max_steps": 120, "eval_steps": 5, "logging_steps": 5, "save_steps": 50,
-            "save_pareto_limit": 3, "num_threads": 1, "toy_cache_dir": cache,
+            "save_pareto_limit": 3, "num_threads": 1,
         }))
         .await;
     let run = t.wait_for_status(id, "finished").await;

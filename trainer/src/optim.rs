@@ -53,6 +53,19 @@ impl AdamW {
         let bias_correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
         let step_size = lr / bias_correction1;
         for (((var, grad), m), v) in vars.iter().zip(grads).zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+            #[cfg(feature = "cuda")]
+            if crate::model::fused::fused_in_place_on_gpu(var) {
+                let scalars = crate::model::cuda::AdamWScalars {
+                    beta1: beta1 as f32,
+                    beta2: beta2 as f32,
+                    decay: (1.0 - lr * weight_decay) as f32,
+                    step_size: step_size as f32,
+                    bias_correction2_sqrt: bias_correction2_sqrt as f32,
+                    eps: eps as f32,
+                };
+                crate::model::cuda::adamw_step(var.as_tensor(), grad, m, v, scalars)?;
+                continue;
+            }
             if var.device().is_cpu() && var.dtype() == DType::F32 {
                 // In place, three passes, no allocation: what torch's fused AdamW does on CPU.
                 let grad = grad.contiguous()?;

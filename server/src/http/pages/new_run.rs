@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use askama::Template;
-use axum::extract::{Query, RawQuery, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -16,6 +16,7 @@ use super::fields::{self, Group, Kind, FIELDS};
 use super::{page, pairs, see_other, value, PageError, PageResult};
 use crate::http::config::prepare;
 use crate::http::error::Error;
+use crate::http::security::CsrfToken;
 use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -61,6 +62,7 @@ struct NewRunPage {
     /// Problems not tied to one field, and every field problem, for the summary at the top.
     summary: Vec<(String, String)>,
     preview: Option<Preview>,
+    csrf: String,
 }
 
 /// The form's groups with `values` filled in and `errors` next to their fields.
@@ -172,7 +174,7 @@ struct ShowQuery {
     from: Option<String>,
 }
 
-async fn show(State(state): State<AppState>, Query(q): Query<ShowQuery>) -> PageResult {
+async fn show(State(state): State<AppState>, csrf: CsrfToken, Query(q): Query<ShowQuery>) -> PageResult {
     let (values, parent) = match q.from.as_deref().filter(|s| !s.is_empty()) {
         None => (BTreeMap::new(), None),
         Some(raw) => {
@@ -188,11 +190,12 @@ async fn show(State(state): State<AppState>, Query(q): Query<ShowQuery>) -> Page
         parent,
         summary: Vec::new(),
         preview: None,
+        csrf: csrf.0,
     };
     page(StatusCode::OK, &page_data)
 }
 
-async fn submit(State(state): State<AppState>, RawQuery(_): RawQuery, body: String) -> PageResult {
+async fn submit(State(state): State<AppState>, csrf: CsrfToken, body: String) -> PageResult {
     let mut form = pairs(&body);
     fields::apply_preset(&mut form);
     let values: BTreeMap<String, String> = form.iter().cloned().collect();
@@ -204,6 +207,7 @@ async fn submit(State(state): State<AppState>, RawQuery(_): RawQuery, body: Stri
             parent,
             summary: summary(&errors),
             preview,
+            csrf: csrf.0.clone(),
         };
         page(status, &page_data)
     };

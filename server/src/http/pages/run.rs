@@ -18,6 +18,7 @@ use crate::charts::colour::hex;
 use crate::db::{self, runs::Run, runs::RunStatus};
 use crate::http::error::Error;
 use crate::http::runs::{find, parse_id, RetryFrom};
+use crate::http::security::CsrfToken;
 use crate::http::AppState;
 use crate::report::compare::fit_cell;
 use crate::report::run::{figure, RunChart};
@@ -102,6 +103,7 @@ struct RunPage {
     checkpoints: Vec<CheckpointView>,
     config: Vec<(String, String)>,
     toml: String,
+    csrf: String,
 }
 
 /// Every metric the charts read, by name.
@@ -152,7 +154,7 @@ fn summary_items(s: &RunSummary) -> Vec<SummaryItem> {
     out
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
+async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<String>) -> PageResult {
     let run = find(&state, &id).await?;
     let series = chart_series(&state, &run).await?;
     let evals = report::evals(&series);
@@ -308,6 +310,7 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
         checkpoints: checkpoint_views,
         config,
         toml: toml::to_string(&meta.config).unwrap_or_default(),
+        csrf: csrf.0,
     };
     page(StatusCode::OK, &page_data)
 }

@@ -15,6 +15,7 @@ use axum::Router;
 use super::{num, page, pairs, value, PageResult};
 use crate::charts::colour::hex;
 use crate::db::{self, runs::RunStatus};
+use crate::http::security::CsrfToken;
 use crate::http::AppState;
 use crate::report::runs::{estimate, select, Column, Filter, RunRow};
 use crate::report::style::Styles;
@@ -113,6 +114,7 @@ pub struct HeaderView {
 #[template(path = "runs.html")]
 struct RunsPage {
     t: RunsTable,
+    csrf: String,
     statuses: Vec<(&'static str, bool)>,
     methods: Vec<(String, bool)>,
     sweeps: Vec<(i64, bool)>,
@@ -136,9 +138,10 @@ struct RunsTable {
     src: String,
 }
 
-async fn show(State(state): State<AppState>, RawQuery(query): RawQuery) -> PageResult {
+async fn show(State(state): State<AppState>, csrf: CsrfToken, RawQuery(query): RawQuery) -> PageResult {
     let (t, choices) = build(&state, query.as_deref().unwrap_or("")).await?;
     let page_data = RunsPage {
+        csrf: csrf.0,
         statuses: choices.statuses,
         methods: choices.methods,
         sweeps: choices.sweeps,
