@@ -109,6 +109,25 @@ async fn a_running_run_cancels_within_a_step_and_a_queued_one_never_starts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_building_its_pi_init_cancels_without_waiting_for_the_sft_to_end() {
+    let t = spawn().await;
+    // The default toy-tree π_init takes minutes of SFT on this machine; the cancel must not.
+    let id = t.create_run(&json!({"task": "toy-tree", "num_threads": 1})).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while full_series(&t.client, &t.base, id, "sft/loss").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no SFT step reported within two minutes");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, _) = t.post(&format!("/api/runs/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+    let run = t.wait_for_status(id, "cancelled").await;
+    assert_eq!(run["step"].as_i64(), Some(0), "it never trained: {run}");
+    let (_, listed) = t.get(&format!("/api/runs/{id}/checkpoints")).await;
+    assert_eq!(listed["checkpoints"].as_array().map(Vec::len), Some(0), "π_init unfinished, nothing saved");
+    t.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_resumes_the_run_from_its_checkpoint_start_over_and_clone_make_new_runs_and_delete_removes_it() {
     let t = spawn().await;
     let id = t.create_run(&config(100_000, 0)).await;

@@ -141,7 +141,20 @@ pub fn total_steps(cfg: &RunConfig, examples: usize) -> u64 {
 pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn MetricSink) -> Result<TrainOutcome> {
     let device = cfg.candle_device()?;
     if cfg.task.is_toy() {
-        let mut task = crate::tasks::build_reporting(cfg, &device, sink)?;
+        let mut task = match crate::tasks::build_reporting(cfg, &device, sink) {
+            Err(Error::StoppedBeforeTraining) => {
+                // Where a resumed run still stands: its latest checkpoint, untouched.
+                let last = if resume { checkpoint::steps(output_dir)?.last().copied() } else { None };
+                let global_step = last.unwrap_or(0);
+                return Ok(TrainOutcome {
+                    global_step,
+                    total_steps: cfg.max_steps.unwrap_or(global_step),
+                    stopped_early: true,
+                    last_checkpoint: last.map(|step| checkpoint::checkpoint_dir(output_dir, step)),
+                });
+            }
+            built => built?,
+        };
         return train_with(cfg, &task.setup, output_dir, resume, sink, Some(task.evaluator.as_mut()));
     }
     let mut setup = Setup::from_config(cfg, &device)?;

@@ -35,7 +35,14 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
 /// [`build`], reporting π_init's SFT steps to the run's sink (`sft/loss`, `sft/kl_behaviour`).
 pub fn build_reporting(cfg: &RunConfig, device: &Device, sink: &mut dyn MetricSink) -> Result<TaskSetup> {
     cfg.validate().map_err(Error::Config)?;
-    let mut progress = |step: &SftStep, max_steps: u64| sink.sft(step.step, max_steps, &step.metrics());
+    // SFT takes minutes for a new task_seed: a cancel or a shutdown must not wait for it.
+    let mut progress = |step: &SftStep, max_steps: u64| {
+        sink.sft(step.step, max_steps, &step.metrics())?;
+        if sink.should_stop() {
+            return Err(Error::StoppedBeforeTraining);
+        }
+        Ok(())
+    };
     let mut task = match cfg.task {
         Task::ToyTree => toy_tree::build(cfg, device, &mut progress)?,
         Task::ToyLength => toy_length::build(cfg, device, &mut progress)?,
