@@ -56,6 +56,9 @@ pub struct TrainerState {
     /// Which checkpoints the run keeps (the Pareto front or best evaluation so far among them).
     #[serde(default)]
     pub retention: crate::retention::Retention,
+    /// The overoptimization detector: the running peak and whether the run is past it.
+    #[serde(default)]
+    pub overopt: crate::overopt::Detector,
 }
 
 /// What to write.
@@ -130,6 +133,35 @@ pub fn save(output_dir: &Path, c: &CheckpointContents<'_>) -> Result<PathBuf> {
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// Where `load_best_model_at_end` puts the final model.
+pub const FINAL_MODEL_DIR: &str = "final-model";
+
+/// Copies the HF model of `checkpoint-<step>` (config, weights, tokenizer and generation files;
+/// not the state a resume needs) to `final-model/`, replacing what was there; answers its path.
+pub fn export_model(output_dir: &Path, step: u64) -> Result<PathBuf> {
+    let from = checkpoint_dir(output_dir, step);
+    let to = output_dir.join(FINAL_MODEL_DIR);
+    let tmp = output_dir.join(format!(".{FINAL_MODEL_DIR}.tmp-{}", std::process::id()));
+    let io = |p: &Path, e| Error::io(p, e);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    for entry in std::fs::read_dir(&from).map_err(|e| io(&from, e))? {
+        let entry = entry.map_err(|e| io(&from, e))?;
+        let name = entry.file_name();
+        if [STATE_FILE, OPTIMIZER_FILE, REFERENCE_FILE, POLICY_F32_FILE].iter().any(|f| name == *f) {
+            continue;
+        }
+        std::fs::copy(entry.path(), tmp.join(&name)).map_err(|e| io(&entry.path(), e))?;
+    }
+    if to.exists() {
+        std::fs::remove_dir_all(&to).map_err(|e| io(&to, e))?;
+    }
+    std::fs::rename(&tmp, &to).map_err(|e| io(&to, e))?;
+    Ok(to)
 }
 
 /// The highest-step complete checkpoint in `output_dir`, if any.

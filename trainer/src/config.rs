@@ -309,6 +309,21 @@ pub struct RunConfig {
     pub save_pareto_limit: u64,
     /// Weights in checkpoints' `model.safetensors`: `float32`, `bfloat16` or `float16`.
     pub export_dtype: ExportDtype,
+    /// At the end, export the best evaluation's weights (`metric_for_best_model`; the peak of
+    /// the gold reward by default) as the final model, `final-model/`, as transformers loads the
+    /// best model at the end. Needs `save_strategy` `best` or `pareto`, which keep those weights.
+    pub load_best_model_at_end: bool,
+
+    // --- overoptimization alarm (see `overopt`); detection runs whenever there is a gold reward
+    /// Stop the run, as finished, once it is past its peak (the alarm fired). Needs a gold reward.
+    pub early_stopping: bool,
+    /// Evaluations in a row whose `metric_for_best_model` is below its running peak before the
+    /// run counts as past its peak. The default, 8, keeps false alarms on a flat curve of 41
+    /// Monte Carlo evaluations under 5%.
+    pub early_stopping_patience: u64,
+    /// The least drop below the peak that counts, in the metric's units (Monte Carlo estimates
+    /// must also drop by more than 2 standard errors of the difference).
+    pub early_stopping_threshold: f64,
 
     // --- toy tasks (SPEC §4); ignored by `task = "dataset"`
     /// Number of prompts P.
@@ -384,6 +399,10 @@ impl Default for RunConfig {
             save_total_limit: None,
             save_pareto_limit: 8,
             export_dtype: ExportDtype::Float32,
+            load_best_model_at_end: false,
+            early_stopping: false,
+            early_stopping_patience: 8,
+            early_stopping_threshold: 0.0,
             task: Task::Dataset,
             toy_num_prompts: 8,
             toy_alphabet_size: 6,
@@ -587,6 +606,25 @@ impl RunConfig {
                 "must name an evaluation metric, e.g. eval/gold_reward",
             ));
         }
+        if self.early_stopping_patience == 0 {
+            errors.push(FieldError::new("early_stopping_patience", "must be >= 1"));
+        }
+        if !(self.early_stopping_threshold.is_finite() && self.early_stopping_threshold >= 0.0) {
+            errors.push(FieldError::new("early_stopping_threshold", "must be >= 0"));
+        }
+        if self.early_stopping && !(self.has_gold_reward() && self.metric_for_best_model.is_some()) {
+            errors.push(FieldError::new(
+                "early_stopping",
+                "needs a gold reward to tell when the run is past its peak (a toy task or reward_model_path); \
+                 this run has none",
+            ));
+        }
+        if self.load_best_model_at_end && self.save_strategy == SaveStrategy::Steps {
+            errors.push(FieldError::new(
+                "load_best_model_at_end",
+                "needs save_strategy \"best\" or \"pareto\", which keep the best evaluation's weights",
+            ));
+        }
         let strategy = self.save_strategy.as_str();
         if self.save_strategy != SaveStrategy::Steps {
             if self.metric_for_best_model.is_none() {
@@ -611,6 +649,11 @@ impl RunConfig {
     /// with `eval_steps` or a gold reward model.
     pub fn evaluates(&self) -> bool {
         self.task.is_toy() || self.eval_steps.is_some() || self.reward_model_path.is_some()
+    }
+
+    /// The run scores its policy with a gold reward: a toy task's, or `reward_model_path`.
+    pub fn has_gold_reward(&self) -> bool {
+        self.task.is_toy() || self.reward_model_path.is_some()
     }
 
     /// The metric `best` and `pareto` rank by, as logged (`eval/…`), and whether larger is better.
@@ -1043,6 +1086,26 @@ mod tests {
         }
         let errors = RunConfig::from_json_value(json!({"task": "toy-tree", "save_strategy": "epoch"})).unwrap_err();
         assert_eq!(fields(&errors), vec!["save_strategy"]);
+    }
+
+    #[test]
+    fn early_stopping_needs_a_gold_reward_and_load_best_model_at_end_kept_weights() {
+        let toy = RunConfig::from_json_value(json!({"task": "toy-tree"})).unwrap();
+        assert_eq!((toy.early_stopping, toy.early_stopping_patience, toy.early_stopping_threshold), (false, 8, 0.0));
+        assert!(!toy.load_best_model_at_end);
+        assert!(RunConfig::from_json_value(json!({"task": "toy-tree", "early_stopping": true})).is_ok());
+        let errors = RunConfig::from_json_value(with("early_stopping", json!(true))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["early_stopping"]);
+        assert!(errors[0].message.contains("gold reward"), "{}", errors[0].message);
+        for (key, value) in [("early_stopping_patience", json!(0)), ("early_stopping_threshold", json!(-0.1))] {
+            let errors = RunConfig::from_json_value(json!({"task": "toy-tree", key: value})).unwrap_err();
+            assert_eq!(fields(&errors), vec![key]);
+        }
+        let errors = RunConfig::from_json_value(
+            json!({"task": "toy-tree", "save_strategy": "steps", "load_best_model_at_end": true}),
+        )
+        .unwrap_err();
+        assert_eq!(fields(&errors), vec!["load_best_model_at_end"]);
     }
 
     #[test]

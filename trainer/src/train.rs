@@ -17,6 +17,7 @@ use crate::memory::MemoryPlan;
 use crate::metrics::{MetricSink, MetricWindow, Metrics};
 use crate::model::{add_grads, CausalLm, ModelConfig, ParamSet};
 use crate::optim::{clip_to_max_norm, global_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::overopt::{self, Alarm};
 use crate::retention::{self, Scored};
 use crate::trust_region::TrustRegion;
 use crate::workers;
@@ -117,13 +118,20 @@ pub struct EvalWeights<'a> {
     pub initial: &'a ParamSet,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TrainOutcome {
     pub global_step: u64,
     pub total_steps: u64,
     /// The sink asked to stop before the last step; a checkpoint was written.
     pub stopped_early: bool,
     pub last_checkpoint: Option<PathBuf>,
+    /// The overoptimization alarm at the end: the run is past its peak (see [`crate::overopt`]).
+    pub past_peak: Option<Alarm>,
+    /// Why a run that finished before its last step did (`early_stopping`): "stopped: past its
+    /// peak at step N …".
+    pub finish_reason: Option<String>,
+    /// `final-model/`, the best evaluation's weights (`load_best_model_at_end`).
+    pub final_model: Option<PathBuf>,
 }
 
 /// Optimizer steps a run takes: `max_steps`, or `num_train_epochs` as transformers counts them.
@@ -151,6 +159,7 @@ pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn Me
                     total_steps: cfg.max_steps.unwrap_or(global_step),
                     stopped_early: true,
                     last_checkpoint: last.map(|step| checkpoint::checkpoint_dir(output_dir, step)),
+                    ..TrainOutcome::default()
                 });
             }
             built => built?,
@@ -256,6 +265,7 @@ fn train_loop(
                 has_reference: false,
                 loss_scaler: None,
                 retention: retention::Retention::default(),
+                overopt: overopt::Detector::default(),
             };
             (policy, None, optimizer, state)
         }
@@ -324,17 +334,21 @@ fn train_loop(
         state.retention.evaluated(&keeping, Scored { step, kl, metric: if *greater { value } else { -value } })
     };
 
-    let mut evaluate = |step: u64, policy: &ParamSet, reference: &ParamSet| -> Result<Option<Metrics>> {
-        let due = step == 0 || step == total || cfg.eval_steps.is_some_and(|e| step.is_multiple_of(e));
-        match evaluator.as_deref_mut() {
-            Some(ev) if due => Ok(Some(
-                ev.evaluate(step, EvalWeights { model: &setup.model, policy, reference, initial: &setup.initial })?,
-            )),
-            _ => Ok(None),
-        }
-    };
+    // The evaluation's metrics, with the overoptimization alarm's (`overopt/*`) added.
+    let watch = overopt::Watch::from_config(cfg);
+    let mut evaluate =
+        |state: &mut TrainerState, step: u64, policy: &ParamSet, reference: &ParamSet| -> Result<Option<Metrics>> {
+            let due = step == 0 || step == total || cfg.eval_steps.is_some_and(|e| step.is_multiple_of(e));
+            let Some(ev) = evaluator.as_deref_mut().filter(|_| due) else { return Ok(None) };
+            let mut metrics =
+                ev.evaluate(step, EvalWeights { model: &setup.model, policy, reference, initial: &setup.initial })?;
+            if let Some(watch) = &watch {
+                watch.evaluated(&mut state.overopt, step, &mut metrics);
+            }
+            Ok(Some(metrics))
+        };
     if state.global_step == 0 {
-        if let Some(metrics) = evaluate(0, &policy, &setup.initial)? {
+        if let Some(metrics) = evaluate(&mut state, 0, &policy, &setup.initial)? {
             sink.log(0, &metrics)?;
             if worth_keeping(&mut state, 0, &metrics) {
                 last_checkpoint = Some(save(&mut state, &policy, None, &optimizer, sink, false)?);
@@ -351,6 +365,8 @@ fn train_loop(
                 total_steps: total,
                 stopped_early: true,
                 last_checkpoint: Some(dir),
+                past_peak: state.overopt.alarm,
+                ..TrainOutcome::default()
             });
         }
         let step = state.global_step + 1;
@@ -408,7 +424,9 @@ fn train_loop(
         sink.progress(step, total);
 
         let reference = moving_reference.as_ref().unwrap_or(&setup.initial);
-        let eval_metrics = evaluate(step, &policy, reference)?;
+        let eval_metrics = evaluate(&mut state, step, &policy, reference)?;
+        // `early_stopping`: the run ends at the evaluation that finds it past its peak.
+        let stop = cfg.early_stopping && eval_metrics.is_some() && state.overopt.alarm.is_some();
         let keep_weights = eval_metrics.as_ref().is_some_and(|m| worth_keeping(&mut state, step, m));
         if step % cfg.logging_steps == 0 || step == total {
             let mut metrics: Metrics = state.metric_window.drain();
@@ -427,16 +445,27 @@ fn train_loop(
         } else if let Some(metrics) = eval_metrics {
             sink.log(step, &metrics)?;
         }
-        let periodic = (cfg.save_steps > 0 && step % cfg.save_steps == 0) || step == total;
+        let periodic = (cfg.save_steps > 0 && step % cfg.save_steps == 0) || step == total || stop;
         if periodic || keep_weights {
             last_checkpoint = Some(save(&mut state, &policy, moving_reference.as_ref(), &optimizer, sink, periodic)?);
         }
+        if stop {
+            break;
+        }
     }
+    let finish_reason = (state.global_step < total).then(|| state.overopt.alarm.map(|a| a.stop_reason())).flatten();
+    let final_model = match state.retention.best.filter(|_| cfg.load_best_model_at_end) {
+        Some(best) => Some(checkpoint::export_model(output_dir, best.step)?),
+        None => None,
+    };
     Ok(TrainOutcome {
         global_step: state.global_step,
         total_steps: total,
         stopped_early: false,
         last_checkpoint: last_checkpoint.or(checkpoint::latest(output_dir)?),
+        past_peak: state.overopt.alarm,
+        finish_reason,
+        final_model,
     })
 }
 

@@ -312,7 +312,7 @@ mod tests {
     ) -> trainer::Result<TrainOutcome> {
         assert_ne!(cfg.seed, 13, "a deliberate panic in the trainer");
         sink.log(1, &[("loss".to_string(), 0.5)].into_iter().collect())?;
-        Ok(TrainOutcome { global_step: 1, total_steps: 1, stopped_early: false, last_checkpoint: None })
+        Ok(TrainOutcome { global_step: 1, total_steps: 1, ..TrainOutcome::default() })
     }
 
     /// The step at which [`steps_until_stopped`] was told to stop (0 until then).
@@ -332,7 +332,7 @@ mod tests {
                     global_step: step,
                     total_steps: 0,
                     stopped_early: true,
-                    last_checkpoint: None,
+                    ..TrainOutcome::default()
                 });
             }
             sink.progress(step, 100_000);
@@ -473,7 +473,7 @@ mod tests {
         _: &mut dyn MetricSink,
     ) -> trainer::Result<TrainOutcome> {
         RESUMES_FROM.lock().unwrap().push(trainer::checkpoint::latest(dir)?);
-        Ok(TrainOutcome { global_step: 1, total_steps: 1, stopped_early: false, last_checkpoint: None })
+        Ok(TrainOutcome { global_step: 1, total_steps: 1, ..TrainOutcome::default() })
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
