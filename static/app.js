@@ -101,6 +101,10 @@
     }
     source.addEventListener("metrics", (event) => {
       const step = Number(event.lastEventId);
+      // The overoptimization alarm fired (or a new peak cleared it): redraw its badge.
+      const past = (JSON.parse(event.data).values || {})["overopt/past_peak"];
+      const shown = !!document.querySelector("#run-overopt .past-peak");
+      if (past !== undefined && past !== null && (past >= 0.5) !== shown) refreshTables();
       lastStep = step;
       learnTotal();
       if (totalSteps > 0 && progress) {

@@ -48,6 +48,8 @@ pub struct Run {
     pub step: i64,
     pub total_steps: Option<i64>,
     pub error: Option<String>,
+    /// Why a finished run ended before its last step (`early_stopping`).
+    pub status_reason: Option<String>,
     pub attempts: i64,
     pub parent_id: Option<i64>,
     pub created_at: i64,
@@ -68,7 +70,8 @@ impl Run {
     }
 }
 
-const COLUMNS: &str = "id, sweep_id, config, status, cancel_requested, step, total_steps, error, attempts, \
+const COLUMNS: &str =
+    "id, sweep_id, config, status, cancel_requested, step, total_steps, error, status_reason, attempts, \
                        parent_id, created_at, started_at, finished_at, heartbeat_at, worker";
 
 pub async fn get(pool: &Pool, id: i64) -> sqlx::Result<Option<Run>> {

@@ -214,6 +214,7 @@ mod tests {
             step: 0,
             total_steps: None,
             error: None,
+            status_reason: None,
             attempts: 1,
             parent_id: None,
             created_at: 0,

@@ -47,6 +47,7 @@ pub fn view(run: &Run) -> Value {
         "total_steps": run.total_steps,
         "progress": progress,
         "error": run.error,
+        "status_reason": run.status_reason,
         "cancel_requested": run.cancel_requested,
         "attempts": run.attempts,
         "parent_id": run.parent_id,

@@ -97,6 +97,8 @@ impl Claim {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Finished,
+    /// Finished before its last step on its own (`early_stopping`), for the reason given.
+    FinishedEarly(String),
     Failed(String),
     /// The trainer checkpointed and stopped on request: cancelled if a cancel was asked for,
     /// otherwise (server shutdown) back to `queued` to resume at the next start.
@@ -389,21 +391,25 @@ impl RunQueue for SqliteQueue {
                 running.remove(&run_id);
                 return Err(QueueError::Lost(run_id));
             };
-            let (status, error) = match outcome {
-                Outcome::Finished => (RunStatus::Finished, None),
-                Outcome::Failed(reason) => (RunStatus::Failed, Some(reason)),
-                Outcome::Stopped if cancel_requested => (RunStatus::Cancelled, None),
-                Outcome::Stopped => (RunStatus::Queued, None),
+            let (status, error, reason) = match outcome {
+                Outcome::Finished => (RunStatus::Finished, None, None),
+                Outcome::FinishedEarly(reason) => (RunStatus::Finished, None, Some(reason)),
+                Outcome::Failed(reason) => (RunStatus::Failed, Some(reason), None),
+                Outcome::Stopped if cancel_requested => (RunStatus::Cancelled, None, None),
+                Outcome::Stopped => (RunStatus::Queued, None, None),
             };
             let finished_at = status.is_terminal().then_some(now);
             // The write lock is ours since the check above (BEGIN IMMEDIATE): it still holds.
-            sqlx::query("update runs set status = ?, error = ?, finished_at = ?, worker = null where id = ?")
-                .bind(status.as_str())
-                .bind(&error)
-                .bind(finished_at)
-                .bind(run_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "update runs set status = ?, error = ?, status_reason = ?, finished_at = ?, worker = null where id = ?",
+            )
+            .bind(status.as_str())
+            .bind(&error)
+            .bind(&reason)
+            .bind(finished_at)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
             if status.is_terminal() {
                 db::metrics::summarize(&mut tx, run_id).await?;
             }

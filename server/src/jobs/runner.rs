@@ -227,6 +227,7 @@ async fn train_blocking(
     let public: Vec<&Path> = dirs.public.iter().map(PathBuf::as_path).collect();
     let outcome = match result {
         Ok(Ok(outcome)) if outcome.stopped_early => Outcome::Stopped,
+        Ok(Ok(TrainOutcome { finish_reason: Some(reason), .. })) => Outcome::FinishedEarly(reason),
         Ok(Ok(_)) => Outcome::Finished,
         Ok(Err(e)) => {
             tracing::warn!(run_id = claim.run_id, error = %e, "the trainer failed");

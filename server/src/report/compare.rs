@@ -1079,7 +1079,7 @@ pub fn series_csv(runs: &[&CompareRun]) -> String {
     let mut out = String::from("run,step,metric,value\n");
     for r in runs {
         for e in &r.evals {
-            for (name, value) in super::EVAL_METRICS.iter().zip([e.kl, e.kl_ref, e.gold, e.gold_se, e.ood]) {
+            for (name, value) in super::EVAL_METRICS.iter().zip(e.values()) {
                 if let Some(v) = value {
                     out.push_str(&format!("{},{},{name},{v}\n", r.meta.id, e.step));
                 }

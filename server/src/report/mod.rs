@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use trainer::config::{LossType, RunConfig};
+use trainer::overopt;
 use trainer::summary::{self, EvalPoint, RunSummary};
 
 /// One metric's points in step order; `None` for a non-finite value.
@@ -117,10 +118,43 @@ pub struct Eval {
     /// The gold reward's standard error (Monte Carlo evaluations).
     pub gold_se: Option<f64>,
     pub ood: Option<f64>,
+    /// The overoptimization alarm's state after this evaluation (`overopt/*`; see
+    /// `trainer::overopt`): logged only by runs with a gold reward.
+    pub past_peak: Option<f64>,
+    pub peak_step: Option<f64>,
+    pub peak_kl: Option<f64>,
+    pub alarm_step: Option<f64>,
+}
+
+impl Eval {
+    /// The values of [`EVAL_METRICS`], in its order.
+    pub fn values(&self) -> [Option<f64>; 9] {
+        [
+            self.kl,
+            self.kl_ref,
+            self.gold,
+            self.gold_se,
+            self.ood,
+            self.past_peak,
+            self.peak_step,
+            self.peak_kl,
+            self.alarm_step,
+        ]
+    }
 }
 
 /// The metrics evaluations log, as [`evals`] reads them.
-pub const EVAL_METRICS: [&str; 5] = [summary::KL_INIT, "eval/kl_ref", summary::GOLD, summary::GOLD_SE, "eval/ood_mass"];
+pub const EVAL_METRICS: [&str; 9] = [
+    summary::KL_INIT,
+    "eval/kl_ref",
+    summary::GOLD,
+    summary::GOLD_SE,
+    "eval/ood_mass",
+    overopt::PAST_PEAK,
+    overopt::PEAK_STEP,
+    overopt::PEAK_KL,
+    overopt::ALARM_STEP,
+];
 
 /// The steps at which any evaluation metric was logged, with what was logged there.
 pub fn evals(series: &BTreeMap<String, Series>) -> Vec<Eval> {
@@ -133,12 +167,52 @@ pub fn evals(series: &BTreeMap<String, Series>) -> Vec<Eval> {
                 1 => &mut e.kl_ref,
                 2 => &mut e.gold,
                 3 => &mut e.gold_se,
-                _ => &mut e.ood,
+                4 => &mut e.ood,
+                5 => &mut e.past_peak,
+                6 => &mut e.peak_step,
+                7 => &mut e.peak_kl,
+                _ => &mut e.alarm_step,
             };
             *slot = value;
         }
     }
     by_step.into_values().collect()
+}
+
+/// A run past its peak: the overoptimization alarm fired at `alarm_step` and no later
+/// evaluation has beaten the peak since.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PastPeak {
+    pub alarm_step: i64,
+    pub peak_step: i64,
+    /// KL to π_init at the peak, in nats.
+    pub peak_kl: f64,
+}
+
+impl PastPeak {
+    /// What the latest evaluation that logged the alarm says; `None` while the run is not past
+    /// its peak, or never watched it (no gold reward).
+    pub fn of(evals: &[Eval]) -> Option<Self> {
+        let last = evals.iter().rev().find(|e| e.past_peak.is_some())?;
+        if last.past_peak? < 0.5 {
+            return None;
+        }
+        Some(Self { alarm_step: last.alarm_step? as i64, peak_step: last.peak_step? as i64, peak_kl: last.peak_kl? })
+    }
+
+    /// The badge: "past peak since step N (KL x)", N the peak's step and x its KL in nats.
+    pub fn badge(&self) -> String {
+        format!("past peak since step {} (KL {:.2})", self.peak_step, self.peak_kl)
+    }
+
+    /// The badge's explanation.
+    pub fn title(&self) -> String {
+        format!(
+            "The alarm fired at step {}: the gold reward stayed below its peak at step {} (KL to π_init {:.3} nats) \
+             for early_stopping_patience evaluations, by more than early_stopping_threshold and 2 standard errors",
+            self.alarm_step, self.peak_step, self.peak_kl
+        )
+    }
 }
 
 /// The overoptimization summary (start/peak/final gold reward, drop, Gao fit, Pareto front) of
@@ -209,6 +283,28 @@ mod tests {
         assert_eq!((e[1].step, e[1].kl, e[1].gold, e[1].ood), (25, Some(0.5), Some(1.2), None));
         let s = summarize(&e, &[25]).unwrap();
         assert_eq!((s.peak_step, s.peak_gold), (25, 1.2));
+    }
+
+    #[test]
+    fn a_run_is_past_its_peak_while_its_latest_alarm_says_so() {
+        let at = |step: i64, past: f64| Eval {
+            step,
+            kl: Some(0.1 * step as f64),
+            gold: Some(1.0),
+            past_peak: Some(past),
+            peak_step: Some(225.0),
+            peak_kl: Some(1.8123),
+            alarm_step: (past > 0.0).then_some(425.0),
+            ..Eval::default()
+        };
+        assert_eq!(PastPeak::of(&[at(0, 0.0), at(400, 0.0)]), None);
+        let past = PastPeak::of(&[at(0, 0.0), at(425, 1.0), at(450, 1.0)]).unwrap();
+        assert_eq!(past, PastPeak { alarm_step: 425, peak_step: 225, peak_kl: 1.8123 });
+        assert_eq!(past.badge(), "past peak since step 225 (KL 1.81)");
+        assert!(past.title().contains("fired at step 425"), "{}", past.title());
+        assert_eq!(PastPeak::of(&[at(425, 1.0), at(450, 0.0)]), None, "a new peak cleared it");
+        let without_gold = [Eval { step: 0, kl: Some(0.0), ..Eval::default() }];
+        assert_eq!(PastPeak::of(&without_gold), None, "no gold reward, no alarm");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct RunRow {
     pub pace: Option<f64>,
     pub summary: Option<RunSummary>,
     pub error: Option<String>,
+    /// The overoptimization alarm, while the run is past its peak.
+    pub past_peak: Option<super::PastPeak>,
 }
 
 impl RunRow {
@@ -42,8 +44,9 @@ impl RunRow {
             (RunStatus::Running, Some(started), Some(beat), _, _) if run.step > 0 && beat > started => {
                 Some((beat - started) as f64 / 1000.0 / run.step as f64)
             }
-            (RunStatus::Finished, Some(started), _, Some(finished), Some(total)) if total > 0 && finished > started => {
-                Some((finished - started) as f64 / 1000.0 / total as f64)
+            // Over the steps it took: `early_stopping` may end it before its total.
+            (RunStatus::Finished, Some(started), _, Some(finished), Some(_)) if run.step > 0 && finished > started => {
+                Some((finished - started) as f64 / 1000.0 / run.step as f64)
             }
             _ => None,
         };
@@ -64,6 +67,7 @@ impl RunRow {
             pace,
             summary: super::summarize(evals, checkpoint_steps),
             error: run.error.clone(),
+            past_peak: super::PastPeak::of(evals),
         }
     }
 
@@ -281,6 +285,7 @@ mod tests {
             step: 5,
             total_steps: Some(10),
             error: None,
+            status_reason: None,
             attempts: 1,
             parent_id: None,
             created_at: 0,

@@ -94,6 +94,13 @@ struct RunPage {
     percent: Option<u32>,
     progress_text: String,
     error: String,
+    /// Why a finished run ended before its last step.
+    status_reason: String,
+    /// The overoptimization alarm: "past peak since step N (KL x)" and its explanation, or empty.
+    past_peak: String,
+    past_peak_title: String,
+    /// What the alarm watches, or why there is none.
+    overopt_note: String,
     sweep: Option<i64>,
     parent: Option<i64>,
     created: String,
@@ -108,7 +115,12 @@ struct RunPage {
 
 /// Every metric the charts read, by name.
 async fn chart_series(state: &AppState, run: &Run) -> Result<BTreeMap<String, Series>, Error> {
-    let mut names: Vec<String> = RunChart::ALL.iter().flat_map(|c| c.metrics()).map(|s| (*s).to_string()).collect();
+    let mut names: Vec<String> = RunChart::ALL
+        .iter()
+        .flat_map(|c| c.metrics())
+        .chain(report::EVAL_METRICS.iter())
+        .map(|s| (*s).to_string())
+        .collect();
     names.sort();
     names.dedup();
     let mut read = state.ended_runs.series(&state.pool, std::slice::from_ref(run), &names).await?;
@@ -152,6 +164,33 @@ fn summary_items(s: &RunSummary) -> Vec<SummaryItem> {
         out.push(SummaryItem { name, value: cell.text, title: cell.title, warning: cell.warning });
     }
     out
+}
+
+/// What the overoptimization alarm watches on this run, or why it has none.
+fn overopt_note(cfg: &trainer::config::RunConfig, evals: &[report::Eval], past: bool) -> String {
+    let patience = cfg.early_stopping_patience;
+    let stops = if cfg.early_stopping { "; early_stopping stops the run when it fires" } else { "" };
+    if !cfg.has_gold_reward() {
+        return "No overoptimization alarm: this run has no gold reward (set reward_model_path to a judge), and \
+                without one nothing measured here says when the policy passed its best. Implicit-reward accuracy \
+                and margins are proxies the policy itself optimizes, not evidence of quality."
+            .into();
+    }
+    if past {
+        return format!("Past its peak{stops}.");
+    }
+    match evals.iter().rev().find(|e| e.peak_step.is_some()) {
+        Some(e) => format!(
+            "Not past its peak: the best gold reward so far is at step {} (KL {}); the alarm fires after {patience} \
+             evaluations in a row below it by more than 2 standard errors{stops}.",
+            e.peak_step.unwrap_or_default(),
+            num(e.peak_kl),
+        ),
+        None => format!(
+            "The alarm watches the gold reward from the first evaluation: it fires after {patience} evaluations in a \
+             row below its peak{stops}."
+        ),
+    }
 }
 
 async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<String>) -> PageResult {
@@ -294,6 +333,10 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         percent: row.progress.map(|p| (p * 100.0).round() as u32),
         progress_text,
         error: run.error.clone().unwrap_or_default(),
+        status_reason: run.status_reason.clone().filter(|_| status == RunStatus::Finished).unwrap_or_default(),
+        past_peak: row.past_peak.map(|p| p.badge()).unwrap_or_default(),
+        past_peak_title: row.past_peak.map(|p| p.title()).unwrap_or_default(),
+        overopt_note: overopt_note(&meta.config, &evals, row.past_peak.is_some()),
         sweep: run.sweep_id,
         parent: run.parent_id,
         created: when(run.created_at),

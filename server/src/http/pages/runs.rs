@@ -47,6 +47,9 @@ pub struct RowView {
     pub peak_kl: String,
     pub drop: String,
     pub error: String,
+    /// "past peak since step N (KL x)", and its explanation; empty unless the run is past its peak.
+    pub past_peak: String,
+    pub past_peak_title: String,
 }
 
 impl RowView {
@@ -73,6 +76,8 @@ impl RowView {
             peak_kl: num(s.map(|s| s.peak_kl)),
             drop: num(s.map(|s| s.drop)),
             error: r.error.clone().unwrap_or_default(),
+            past_peak: r.past_peak.map(|p| p.badge()).unwrap_or_default(),
+            past_peak_title: r.past_peak.map(|p| p.title()).unwrap_or_default(),
         }
     }
 }
