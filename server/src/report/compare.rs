@@ -30,6 +30,8 @@ const BINS: usize = 30;
 const FEW_SEEDS: usize = 3;
 const FRONT_COLOUR: RGBColor = RGBColor(200, 30, 30);
 const NOT_KEPT: RGBColor = RGBColor(120, 120, 120);
+/// The overoptimization alarm's triangle: black, apart from every run colour and the front's.
+const ALARM_COLOUR: RGBColor = RGBColor(20, 20, 20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum XAxis {
@@ -269,6 +271,7 @@ impl Comparison {
                 let mut markers = Vec::new();
                 if opts.aggregate == Aggregate::Runs {
                     markers.extend(members.iter().filter_map(|r| self.peak_marker(r)));
+                    markers.extend(members.iter().filter_map(|r| self.alarm_marker(r)));
                 }
                 for point in fronts.iter().flat_map(|f| &f.points) {
                     let Some(run) = members.iter().find(|r| r.meta.id == point.run_id) else { continue };
@@ -321,6 +324,7 @@ impl Comparison {
                 ..LegendEntry::line("✕ Pareto front, downloadable", FRONT_COLOUR, Dash::Solid)
             },
             LegendEntry::line("○ front, weights not kept", NOT_KEPT, Dash::Solid),
+            LegendEntry::line("▲ past its peak: the alarm fired", ALARM_COLOUR, Dash::Solid),
         ]);
         let against = if opts.x == XAxis::Step { "step" } else { "distance from π_init" };
         let width = if panels.len() > 1 { 1200 } else { 1000 };
@@ -358,6 +362,54 @@ impl Comparison {
                 number(best.gold)
             ),
         })
+    }
+
+    /// Where a run's overoptimization alarm fired: its evaluation at the alarm step, while the run
+    /// is past its peak.
+    fn alarm_marker(&self, run: &CompareRun) -> Option<Marker> {
+        let past = super::PastPeak::of(&run.evals)?;
+        let at = run.evals.iter().find(|e| e.step == past.alarm_step)?;
+        Some(Marker {
+            key: self.key_of(run),
+            x: self.opts.x.of(at)?,
+            y: at.gold?,
+            colour: ALARM_COLOUR,
+            shape: Shape::Triangle,
+            text: format!(
+                "alarm · {} · past its peak at step {} · peak at step {}, KL {} nats · gold here {}",
+                run.meta.label(),
+                past.alarm_step,
+                past.peak_step,
+                number(past.peak_kl),
+                number(at.gold?)
+            ),
+        })
+    }
+
+    /// How many runs are past their peak, and at what KL, for each method, α and τ.
+    pub fn past_peak_counts(&self) -> Vec<PastPeakCount> {
+        let mut groups: BTreeMap<(String, String, String), Vec<Option<super::PastPeak>>> = BTreeMap::new();
+        for r in self.visible().into_iter().filter(|r| r.meta.config.has_gold_reward()) {
+            let key = (
+                r.meta.method(),
+                r.meta.alpha().map(number).unwrap_or_default(),
+                r.meta.tau().map(|t| t.to_string()).unwrap_or_default(),
+            );
+            groups.entry(key).or_default().push(super::PastPeak::of(&r.evals));
+        }
+        groups
+            .into_iter()
+            .map(|((method, alpha, tau), alarms)| {
+                let mut kls: Vec<f64> = alarms.iter().flatten().map(|p| p.peak_kl).collect();
+                kls.sort_by(f64::total_cmp);
+                let kl = match kls.as_slice() {
+                    [] => String::new(),
+                    [one] => number(*one),
+                    [lo, .., hi] => format!("{} (range {} – {})", number(kls[kls.len() / 2]), number(*lo), number(*hi)),
+                };
+                PastPeakCount { method, alpha, tau, past: kls.len(), runs: alarms.len(), peak_kl: kl }
+            })
+            .collect()
     }
 
     /// Out-of-domain probability mass against step; a probability, so its bands stay in [0, 1].
@@ -920,6 +972,19 @@ pub const SUMMARY_CSV_COLUMNS: [&str; 18] = [
     "bon_r_star",
 ];
 
+/// The alarm's count for one method, α and τ (blank where the reference does not move).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PastPeakCount {
+    pub method: String,
+    pub alpha: String,
+    pub tau: String,
+    /// Runs past their peak, of `runs` with a gold reward.
+    pub past: usize,
+    pub runs: usize,
+    /// KL to π_init at the peak of those past it, in nats: the median and range.
+    pub peak_kl: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SummaryTable {
     /// Config keys shown: all of them, or those whose values differ between the runs.
@@ -1139,6 +1204,44 @@ mod tests {
         assert!(fig.legend.iter().any(|e| e.label == "α = 0.1"));
         let svg = fig.to_svg();
         assert_eq!(svg.matches("class=\"run-line\"").count(), 3);
+    }
+
+    /// Marks `run`'s evaluations from `alarm` on as past the peak at `peak`.
+    fn alarmed(mut run: CompareRun, peak: i64, alarm: i64) -> CompareRun {
+        let peak_kl = run.evals.iter().find(|e| e.step == peak).and_then(|e| e.kl);
+        for e in &mut run.evals {
+            let past = e.step >= alarm;
+            (e.past_peak, e.peak_step, e.peak_kl) = (Some(f64::from(u8::from(past))), Some(peak as f64), peak_kl);
+            e.alarm_step = past.then_some(alarm as f64);
+        }
+        run
+    }
+
+    #[test]
+    fn each_runs_alarm_is_marked_on_the_chart_and_counted_per_alpha_and_tau() {
+        let runs = vec![
+            alarmed(run(1, "sigmoid", None, 1, 40), 225, 425),
+            alarmed(run(2, "sigmoid", None, 2, 40), 250, 450),
+            alarmed(run(3, "sigmoid", Some(0.1), 1, 40), 900, 10_000),
+        ];
+        let c = compare(runs, Options::default());
+        let fig = c.overoptimization();
+        let alarms: Vec<&Marker> = fig.panels[0].markers.iter().filter(|m| m.shape == Shape::Triangle).collect();
+        assert_eq!(alarms.len(), 2, "run 3 never fired");
+        assert_eq!(alarms[0].key, "run-1");
+        let at = c.runs[0].evals.iter().find(|e| e.step == 425).unwrap();
+        assert_eq!((alarms[0].x, alarms[0].y), (at.kl.unwrap().sqrt(), at.gold.unwrap()));
+        assert!(alarms[0].text.starts_with("alarm · run 1"), "{}", alarms[0].text);
+        assert!(fig.legend.iter().any(|e| e.label.starts_with("▲ past its peak")));
+        assert!(fig.to_svg().contains("past its peak at step 425"));
+
+        let counts = c.past_peak_counts();
+        assert_eq!(counts.len(), 2);
+        let vanilla = counts.iter().find(|p| p.alpha.is_empty()).unwrap();
+        assert_eq!((vanilla.method.as_str(), vanilla.past, vanilla.runs), ("DPO", 2, 2));
+        assert!(vanilla.peak_kl.contains("range"), "{}", vanilla.peak_kl);
+        let tr = counts.iter().find(|p| p.alpha == "0.1").unwrap();
+        assert_eq!((tr.tau.as_str(), tr.past, tr.runs, tr.peak_kl.as_str()), ("1", 0, 1, ""));
     }
 
     #[test]

@@ -223,6 +223,7 @@ struct ComparePage {
     fronts: Vec<FrontView>,
     paired: Vec<PairedView>,
     paired_columns: Vec<String>,
+    past_peak: Vec<crate::report::compare::PastPeakCount>,
 }
 
 async fn render(state: &AppState, q: &[(String, String)], sweep: Option<SweepView>) -> PageResult {
@@ -318,6 +319,7 @@ async fn render(state: &AppState, q: &[(String, String)], sweep: Option<SweepVie
             })
             .collect(),
         paired_columns: PAIRED_STATS.iter().map(|s| format!("Δ {s}")).collect(),
+        past_peak: c.past_peak_counts(),
     };
     page(StatusCode::OK, &page_data)
 }
