@@ -139,6 +139,98 @@ async fn a_user_launches_the_demo_watches_it_live_compares_fixes_a_form_and_down
     }
 }
 
+/// The overoptimization alarm, as a user watching a run sees it: a run page opened while the run
+/// waits in the queue shows no badge; as the run trains, "past peak since step N (KL x)" appears
+/// without a reload, and `early_stopping` finishes the run there, saying why. The runs table shows
+/// the badge, and the compare page marks where the alarm fired and counts the run as past its peak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_past_peak_badge_appears_live_and_the_compare_page_marks_the_alarm() {
+    let scratch = tempfile::tempdir().unwrap();
+    let t = common::spawn_with(|c| c.max_concurrent_runs = 1).await;
+    let driver = start_driver().await;
+    let client = browser(&driver, &scratch.path().join("downloads"), &scratch.path().join("profile")).await;
+    let outcome = std::panic::AssertUnwindSafe(alarm_journey(&t, &client)).catch_unwind().await;
+    let _ = client.close().await;
+    t.server.stop().await.unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn alarm_journey(t: &common::TestServer, client: &Client) {
+    // A run that holds the only trainer until it is cancelled, so the next one waits its turn.
+    let blocker = t.create_run(&common::tiny_toy(json!({"max_steps": 1_000_000, "eval_steps": 100_000}))).await;
+    // A small toy tree whose gold reward peaks within its first 100 steps, then falls.
+    let peaking = t
+        .create_run(&json!({
+            "task": "toy-tree", "max_steps": 400, "eval_steps": 5, "logging_steps": 5, "save_steps": 0,
+            "learning_rate": 1e-4, "toy_num_prompts": 3, "toy_alphabet_size": 3, "toy_response_length": 3,
+            "toy_hidden_size": 16, "toy_num_layers": 1, "toy_num_heads": 2, "toy_pairs_per_prompt": 4,
+            "num_threads": 1, "early_stopping": true, "early_stopping_patience": 3,
+        }))
+        .await;
+    client.goto(&t.url(&format!("/runs/{peaking}"))).await.unwrap();
+    let (_, run) = t.get(&format!("/api/runs/{peaking}")).await;
+    assert_eq!(run["status"], "queued", "the page opened before the run started: {run}");
+    js(client, "window.__sameDocument = 'yes'; return null;").await;
+    let badge = "const b = document.querySelector('#run-overopt .past-peak'); return b ? b.textContent : null;";
+    assert_eq!(js(client, badge).await, Value::Null, "no badge before the run trains");
+    let note = js(client, "return document.querySelector('#run-overopt .overopt-note').textContent;").await;
+    assert!(note.as_str().unwrap().contains("watches the gold reward"), "{note}");
+    let (status, _) = t.post(&format!("/api/runs/{blocker}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+
+    let text =
+        eventually("the past-peak badge", 300, || async { js(client, badge).await.as_str().map(String::from) }).await;
+    assert!(text.starts_with("past peak since step ") && text.contains("(KL "), "{text}");
+    assert_eq!(js(client, "return window.__sameDocument || null;").await, json!("yes"), "shown without a reload");
+
+    // early_stopping finished it there, and the page says why.
+    let run = t.wait_for_status(peaking, "finished").await;
+    let reason = run["status_reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.starts_with("stopped: past its peak at step "), "{run}");
+    assert!(run["step"].as_i64().unwrap() < 400, "{run}");
+    let shown = eventually("the stop reason on the run page", 60, || async {
+        js(client, "const r = document.querySelector('#run-overopt .status-reason'); return r ? r.textContent : null;")
+            .await
+            .as_str()
+            .map(String::from)
+    })
+    .await;
+    assert_eq!(shown, reason);
+    screenshot(client, "run-past-peak.png").await;
+
+    // The runs table carries the same badge.
+    client.goto(&t.url("/")).await.unwrap();
+    let row = js(
+        client,
+        &format!("const b = document.querySelector('tr[data-run=\"{peaking}\"] .past-peak'); return b ? b.textContent : null;"),
+    )
+    .await;
+    assert_eq!(row.as_str(), Some(text.as_str()));
+
+    // The compare page marks where the alarm fired and counts the run as past its peak.
+    client.goto(&t.url(&format!("/compare?runs={blocker},{peaking}"))).await.unwrap();
+    let marker = js(
+        client,
+        "return Array.from(document.querySelectorAll('#overoptimization-live svg .marker > title'))\
+           .map((t) => t.textContent).filter((t) => t.startsWith('alarm')).join('\\n');",
+    )
+    .await;
+    let marker = marker.as_str().unwrap();
+    assert!(marker.contains(&format!("run {peaking}")) && marker.contains("past its peak at step"), "{marker}");
+    let counts = js(client, "return document.querySelector('#past-peak tbody').textContent;").await;
+    assert!(counts.as_str().unwrap().contains("1 of 2"), "both DPO runs, one past its peak: {counts}");
+    screenshot(client, "compare-alarm.png").await;
+}
+
+/// Saves what the browser shows into `$GOODHART_SCREENSHOTS`, when it is set.
+async fn screenshot(client: &Client, name: &str) {
+    let Some(dir) = std::env::var_os("GOODHART_SCREENSHOTS") else { return };
+    let png = client.screenshot().await.expect("a screenshot");
+    std::fs::write(Path::new(&dir).join(name), png).expect("the screenshot is written");
+}
+
 async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path) {
     let client = client.clone();
     // The runs table, empty; the demo button launches the sweep and lands on its page.

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::RunConfig;
-use crate::data::{Collated, Sequence, TextTokenizer};
+use crate::data::{self, Batch, Collated, PairedExample, Sequence, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::logps::sequence_logps;
 use crate::metrics::Metrics;
@@ -161,6 +161,58 @@ pub struct PolicySampleEvaluator {
     /// Prompts sampled at once.
     batch_size: usize,
     seed: u64,
+    held_out: Option<HeldOutPairs>,
+}
+
+/// Held-out preference pairs (`eval_split_ratio`, `eval_dataset_path`) on which each evaluation
+/// scores DPO's implicit reward `β (log π_θ − log π_ref)`, as TRL's evaluation does:
+/// `eval/rewards/accuracies`, `eval/rewards/margins` (with `_se`) and `eval/logps/chosen` and
+/// `/rejected`. Without a gold reward these are the overoptimization proxies the run page shows,
+/// labelled as such: the policy optimizes this very quantity on its training pairs.
+#[derive(Debug)]
+pub struct HeldOutPairs {
+    examples: Vec<PairedExample>,
+    beta: f64,
+    pad: u32,
+}
+
+impl HeldOutPairs {
+    /// At most this many pairs are scored at each evaluation.
+    pub const MAX_PAIRS: usize = 128;
+
+    pub fn new(mut examples: Vec<PairedExample>, beta: f64, pad: u32) -> Option<Self> {
+        examples.truncate(Self::MAX_PAIRS);
+        (!examples.is_empty()).then_some(Self { examples, beta, pad })
+    }
+
+    fn score(&self, w: &EvalWeights<'_>, batch_size: usize) -> Result<Metrics> {
+        let (policy_weights, reference_weights) = (w.policy.frozen(), w.reference.frozen());
+        let (mut margins, mut correct, mut chosen, mut rejected) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for chunk in self.examples.chunks(batch_size) {
+            let picked: Vec<&PairedExample> = chunk.iter().collect();
+            let Batch::Paired(rows) = data::collate_paired(&picked, self.pad) else { unreachable!("paired collation") };
+            let policy: Vec<f32> = sequence_logps(w.model, &policy_weights, &rows)?.sums.to_vec1()?;
+            let reference: Vec<f32> = sequence_logps(w.model, &reference_weights, &rows)?.sums.to_vec1()?;
+            let n = chunk.len();
+            for i in 0..n {
+                let reward = |k: usize| self.beta * f64::from(policy[k] - reference[k]);
+                let margin = reward(i) - reward(n + i);
+                margins.push(margin);
+                correct.push(if margin > 0.0 { 1.0 } else { 0.0 });
+                chosen.push(f64::from(policy[i]));
+                rejected.push(f64::from(policy[n + i]));
+            }
+        }
+        let (margin, accuracy) = (Estimate::of(&margins), Estimate::of(&correct));
+        Ok(Metrics::from([
+            ("eval/rewards/accuracies".to_string(), accuracy.mean),
+            ("eval/rewards/accuracies_se".to_string(), accuracy.se),
+            ("eval/rewards/margins".to_string(), margin.mean),
+            ("eval/rewards/margins_se".to_string(), margin.se),
+            ("eval/logps/chosen".to_string(), Estimate::of(&chosen).mean),
+            ("eval/logps/rejected".to_string(), Estimate::of(&rejected).mean),
+        ]))
+    }
 }
 
 impl PolicySampleEvaluator {
@@ -198,7 +250,13 @@ impl PolicySampleEvaluator {
         let path = model_dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        Ok(Self { prompts, tokenizer, reward_model, sampling, batch_size: batch_size.max(1), seed })
+        Ok(Self { prompts, tokenizer, reward_model, sampling, batch_size: batch_size.max(1), seed, held_out: None })
+    }
+
+    /// Also scores the implicit reward on these held-out pairs at each evaluation.
+    pub fn with_held_out(mut self, pairs: Option<HeldOutPairs>) -> Self {
+        self.held_out = pairs;
+        self
     }
 
     /// What the reward model reads: prompt and answer decoded together (so no word boundary is
@@ -273,6 +331,9 @@ impl Evaluator for PolicySampleEvaluator {
             let gold = Estimate::of(&gold);
             metrics.insert("eval/gold_reward".into(), gold.mean);
             metrics.insert("eval/gold_reward_se".into(), gold.se);
+        }
+        if let Some(pairs) = &self.held_out {
+            metrics.extend(pairs.score(&w, self.batch_size)?);
         }
         Ok(metrics)
     }

@@ -10,7 +10,7 @@ use crate::data::{
     self, Batch, BatchSampler, DataCursor, Dataset, EvalSet, LoadOptions, PairedExample, TextTokenizer, UnpairedExample,
 };
 use crate::error::{Error, Result};
-use crate::eval::{eval_prompts, PolicySampleEvaluator};
+use crate::eval::{eval_prompts, HeldOutPairs, PolicySampleEvaluator};
 use crate::logps::{sequence_logps, Checkpointed};
 use crate::loss::{self, LossOutput, Pair};
 use crate::memory::MemoryPlan;
@@ -174,7 +174,11 @@ pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn Me
         Some(held_out) => eval_prompts(held_out.prompts.iter().map(|p| p.ids.clone())),
         None => eval_prompts(setup.data.prompts()),
     };
-    let mut evaluator = PolicySampleEvaluator::for_run(cfg, &setup.model, prompts)?;
+    let held_out = match setup.eval.as_ref().map(|e| &e.examples) {
+        Some(Dataset::Paired(pairs)) => HeldOutPairs::new(pairs.clone(), cfg.beta, setup.pad_token_id),
+        _ => None,
+    };
+    let mut evaluator = PolicySampleEvaluator::for_run(cfg, &setup.model, prompts)?.map(|e| e.with_held_out(held_out));
     // A fresh vanilla run with precomputed reference log-probs and no evaluation reads the
     // initial weights only to score the reference once and to start the policy: they become
     // the policy rather than stay beside a copy of it, one set of weights fewer in memory.

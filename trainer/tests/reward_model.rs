@@ -137,6 +137,23 @@ fn a_dataset_run_logs_kl_gold_reward_and_length_of_policy_samples_at_every_evalu
 }
 
 #[test]
+fn held_out_pairs_give_the_implicit_reward_proxies_at_every_evaluation() {
+    let sink = dataset_run(&json!({"eval_split_ratio": 0.25}));
+    let accuracy = sink.series("eval/rewards/accuracies");
+    let margin = sink.series("eval/rewards/margins");
+    assert_eq!(accuracy.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0, 2, 4]);
+    assert_eq!((accuracy[0].1, margin[0].1), (0.0, 0.0), "the policy is its reference at step 0");
+    assert!(margin[2].1 != 0.0 && margin[2].1.is_finite(), "training moved the implicit reward: {margin:?}");
+    assert!(accuracy.iter().all(|(_, a)| (0.0..=1.0).contains(a)));
+    for name in ["eval/rewards/margins_se", "eval/logps/chosen", "eval/logps/rejected"] {
+        assert_eq!(sink.series(name).len(), 3, "{name}");
+    }
+    assert!(sink.series("eval/logps/chosen").iter().all(|(_, l)| *l < 0.0));
+    let no_split = dataset_run(&json!({}));
+    assert!(no_split.series("eval/rewards/margins").is_empty(), "nothing held out, nothing scored");
+}
+
+#[test]
 fn without_a_reward_model_the_evaluation_still_measures_kl_and_length() {
     let sink = dataset_run(&json!({"reward_model_path": null}));
     assert_eq!(sink.series("eval/kl_init").len(), 3);

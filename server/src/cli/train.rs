@@ -103,6 +103,17 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         outcome.total_steps,
         args.output_dir.join("metrics.jsonl").display()
     );
+    match (&outcome.finish_reason, outcome.past_peak) {
+        (Some(reason), _) => eprintln!("{reason}"),
+        (None, Some(alarm)) => eprintln!(
+            "past its peak since step {} (KL to π_init {:.3} nats): the alarm fired at step {}",
+            alarm.peak_step, alarm.peak_kl, alarm.step
+        ),
+        (None, None) => {}
+    }
+    if let Some(dir) = &outcome.final_model {
+        eprintln!("final model (load_best_model_at_end: the best evaluation's weights): {}", dir.display());
+    }
     // Runs with evaluations (the toy tasks) also get their overoptimization summary.
     if let Some(s) = trainer::summary::write_run_summary(&args.output_dir)? {
         eprintln!(

@@ -30,8 +30,8 @@ const BINS: usize = 30;
 const FEW_SEEDS: usize = 3;
 const FRONT_COLOUR: RGBColor = RGBColor(200, 30, 30);
 const NOT_KEPT: RGBColor = RGBColor(120, 120, 120);
-/// The overoptimization alarm's triangle: black, apart from every run colour and the front's.
-const ALARM_COLOUR: RGBColor = RGBColor(20, 20, 20);
+/// The overoptimization alarm's triangle: orange, apart from the runs' colours (black, viridis) and the front's red.
+const ALARM_COLOUR: RGBColor = RGBColor(230, 100, 0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum XAxis {

@@ -26,11 +26,15 @@ pub enum RunChart {
     Gold,
     Ood,
     Path,
+    /// Held-out implicit reward against KL to π_init: the overoptimization proxies of a run
+    /// without a gold reward.
+    Proxies,
     Sft,
 }
 
 impl RunChart {
-    pub const ALL: [RunChart; 7] = [Self::Path, Self::Gold, Self::Kl, Self::Loss, Self::Rewards, Self::Ood, Self::Sft];
+    pub const ALL: [RunChart; 8] =
+        [Self::Path, Self::Gold, Self::Kl, Self::Loss, Self::Rewards, Self::Proxies, Self::Ood, Self::Sft];
 
     /// Its name in URLs and element ids.
     pub fn slug(self) -> &'static str {
@@ -41,6 +45,7 @@ impl RunChart {
             Self::Gold => "gold",
             Self::Ood => "ood",
             Self::Path => "path",
+            Self::Proxies => "proxies",
             Self::Sft => "sft",
         }
     }
@@ -57,6 +62,7 @@ impl RunChart {
             Self::Gold => "Gold reward",
             Self::Ood => "Out-of-domain probability mass",
             Self::Path => "Gold reward against sqrt(KL to π_init)",
+            Self::Proxies => "Proxies, not the gold reward: held-out implicit reward against KL to π_init",
             Self::Sft => "π_init's SFT (before training)",
         }
     }
@@ -72,9 +78,61 @@ impl RunChart {
             Self::Gold => &["eval/gold_reward"],
             Self::Ood => &["eval/ood_mass"],
             Self::Path => &["eval/kl_init", "eval/gold_reward", "eval/gold_reward_se"],
+            Self::Proxies => {
+                &["eval/kl_init", PROXY_MARGIN, "eval/rewards/margins_se", PROXY_ACCURACY, PROXY_CHOSEN_LOGP]
+            }
             Self::Sft => &["sft/loss", "sft/kl_behaviour"],
         }
     }
+}
+
+/// The held-out implicit reward's margin, accuracy and chosen log-probability (`trainer::eval`).
+pub const PROXY_MARGIN: &str = "eval/rewards/margins";
+pub const PROXY_ACCURACY: &str = "eval/rewards/accuracies";
+pub const PROXY_CHOSEN_LOGP: &str = "eval/logps/chosen";
+
+/// A metric against KL to π_init, joined by step, as a line of this run.
+fn kl_panel(meta: &RunMeta, series: &BTreeMap<String, Series>, name: &str, y_label: &str, colour: RGBColor) -> Panel {
+    let kl: BTreeMap<i64, f64> =
+        series.get("eval/kl_init").map_or(&[][..], Vec::as_slice).iter().filter_map(|&(s, v)| Some((s, v?))).collect();
+    let points: Vec<(i64, f64, f64)> = series
+        .get(name)
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter_map(|&(s, v)| Some((s, *kl.get(&s)?, v?)))
+        .filter(|p| p.1.is_finite() && p.2.is_finite())
+        .collect();
+    let mut panel = Panel {
+        title: String::new(),
+        x: Axis::new("KL(π_θ ‖ π_init) (nats)"),
+        y: Axis::new(y_label),
+        empty_note: "no held-out pairs scored: set eval_split_ratio or eval_dataset_path, and eval_steps".into(),
+        ..Panel::default()
+    };
+    if points.is_empty() {
+        return panel;
+    }
+    let hover = hover_indices(points.len())
+        .map(|i| {
+            let (step, kl, v) = points[i];
+            Hover {
+                x: kl,
+                y: v,
+                text: format!("run {} · step {step} · KL {} nats · {name} {}", meta.id, number(kl), number(v)),
+            }
+        })
+        .collect();
+    panel.lines.push(Line {
+        key: format!("{}-{}", meta.key(), name.replace('/', "-")),
+        label: format!("run {} · {name}", meta.id),
+        kind: LineKind::Main,
+        colour,
+        dash: Dash::Solid,
+        marker: None,
+        points: points.iter().map(|p| (p.1, p.2)).collect(),
+        hover,
+    });
+    panel
 }
 
 /// A metric against step as a line of this run.
@@ -198,6 +256,11 @@ pub fn figure(
             vec![step_panel(meta, series, "eval/ood_mass", &[("eval/ood_mass", "OOD mass", own.0, own.1)], NO_EVALS)]
         }
         RunChart::Path => vec![path_panel(meta, style, series, kept)],
+        RunChart::Proxies => vec![
+            kl_panel(meta, series, PROXY_MARGIN, "held-out implicit-reward margin", own.0),
+            kl_panel(meta, series, PROXY_ACCURACY, "held-out implicit-reward accuracy", own.0),
+            kl_panel(meta, series, PROXY_CHOSEN_LOGP, "held-out chosen log-prob (nats)", own.0),
+        ],
         RunChart::Sft => vec![sft_panel(meta, series, own.0)],
     };
     Figure { title: chart.title().into(), size: SIZE, panels, colour_bar: false, legend: Vec::new() }
@@ -385,8 +448,24 @@ mod tests {
             ("eval/kl_init".to_string(), evals.iter().map(|&s| (s, Some(kl(s)))).collect()),
             ("eval/kl_ref".to_string(), evals.iter().map(|&s| (s, Some(kl(s) / 2.0))).collect()),
             ("eval/gold_reward".to_string(), evals.iter().map(|&s| (s, Some(gold(s)))).collect()),
+            (PROXY_MARGIN.to_string(), evals.iter().map(|&s| (s, Some(s as f64 / 100.0))).collect()),
+            (PROXY_ACCURACY.to_string(), evals.iter().map(|&s| (s, Some(0.5 + s as f64 / 2500.0))).collect()),
+            (PROXY_CHOSEN_LOGP.to_string(), evals.iter().map(|&s| (s, Some(-5.0 - s as f64 / 100.0))).collect()),
         ]
         .into()
+    }
+
+    #[test]
+    fn the_proxies_chart_draws_the_held_out_implicit_reward_against_kl_to_pi_init() {
+        let meta = RunMeta::new(7, &json!({}));
+        let fig = figure(&meta, style(&meta), &series(), RunChart::Proxies, &[]);
+        assert_eq!(fig.panels.len(), 3);
+        for panel in &fig.panels {
+            assert_eq!(panel.x.label, "KL(π_θ ‖ π_init) (nats)");
+            assert_eq!(panel.lines[0].points.len(), 41);
+        }
+        assert_eq!(fig.panels[0].lines[0].points[40], (1000.0 / 200.0, 10.0), "(KL, margin) joined by step");
+        assert!(fig.title.starts_with("Proxies, not the gold reward"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::http::runs::{find, parse_id, RetryFrom};
 use crate::http::security::CsrfToken;
 use crate::http::AppState;
 use crate::report::compare::fit_cell;
-use crate::report::run::{figure, RunChart};
+use crate::report::run::{figure, RunChart, PROXY_CHOSEN_LOGP, PROXY_MARGIN};
 use crate::report::runs::{estimate, RunRow};
 use crate::report::style::{Style, Styles};
 use crate::report::{self, duration, Series};
@@ -101,6 +101,8 @@ struct RunPage {
     past_peak_title: String,
     /// What the alarm watches, or why there is none.
     overopt_note: String,
+    /// The peak's checkpoint, when its weights were kept: (step, archive link).
+    best_policy: Option<(i64, String)>,
     sweep: Option<i64>,
     parent: Option<i64>,
     created: String,
@@ -167,14 +169,22 @@ fn summary_items(s: &RunSummary) -> Vec<SummaryItem> {
 }
 
 /// What the overoptimization alarm watches on this run, or why it has none.
-fn overopt_note(cfg: &trainer::config::RunConfig, evals: &[report::Eval], past: bool) -> String {
+fn overopt_note(
+    cfg: &trainer::config::RunConfig,
+    evals: &[report::Eval],
+    series: &BTreeMap<String, Series>,
+    past: bool,
+) -> String {
     let patience = cfg.early_stopping_patience;
     let stops = if cfg.early_stopping { "; early_stopping stops the run when it fires" } else { "" };
     if !cfg.has_gold_reward() {
-        return "No overoptimization alarm: this run has no gold reward (set reward_model_path to a judge), and \
-                without one nothing measured here says when the policy passed its best. Implicit-reward accuracy \
-                and margins are proxies the policy itself optimizes, not evidence of quality."
-            .into();
+        let mut note = "No overoptimization alarm: this run has no gold reward (set reward_model_path to a judge), \
+                        and without one nothing measured here says when the policy passed its best. The proxies \
+                        chart shows the held-out implicit reward against KL to π_init: proxies the policy itself \
+                        optimizes, not evidence of quality."
+            .to_string();
+        note.push_str(&proxy_warning(series));
+        return note;
     }
     if past {
         return format!("Past its peak{stops}.");
@@ -190,6 +200,28 @@ fn overopt_note(cfg: &trainer::config::RunConfig, evals: &[report::Eval], past: 
             "The alarm watches the gold reward from the first evaluation: it fires after {patience} evaluations in a \
              row below its peak{stops}."
         ),
+    }
+}
+
+/// " The held-out chosen log-probability fell … while the margin grew …", when it did between the
+/// first and the latest evaluation: the pattern the overoptimization literature reads as the
+/// policy pushing probability off both answers.
+fn proxy_warning(series: &BTreeMap<String, Series>) -> String {
+    let ends = |name: &str| -> Option<(f64, f64)> {
+        let values: Vec<f64> = series.get(name)?.iter().filter_map(|(_, v)| *v).filter(|v| v.is_finite()).collect();
+        Some((*values.first()?, *values.last()?)).filter(|_| values.len() >= 2)
+    };
+    match (ends(PROXY_CHOSEN_LOGP), ends(PROXY_MARGIN)) {
+        (Some((c0, c1)), Some((m0, m1))) if c1 < c0 && m1 > m0 => format!(
+            " ⚠ The held-out chosen log-probability fell from {} to {} nats while the margin grew from {} to {}: \
+             the policy is pushing probability off the preferred answers too, a sign (not proof) of \
+             overoptimization.",
+            num(Some(c0)),
+            num(Some(c1)),
+            num(Some(m0)),
+            num(Some(m1))
+        ),
+        _ => String::new(),
     }
 }
 
@@ -336,7 +368,13 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         status_reason: run.status_reason.clone().filter(|_| status == RunStatus::Finished).unwrap_or_default(),
         past_peak: row.past_peak.map(|p| p.badge()).unwrap_or_default(),
         past_peak_title: row.past_peak.map(|p| p.title()).unwrap_or_default(),
-        overopt_note: overopt_note(&meta.config, &evals, row.past_peak.is_some()),
+        best_policy: row
+            .summary
+            .as_ref()
+            .map(|s| s.peak_step as i64)
+            .filter(|step| steps.contains(step))
+            .map(|step| (step, format!("/api/runs/{}/checkpoints/{step}/archive", run.id))),
+        overopt_note: overopt_note(&meta.config, &evals, &series, row.past_peak.is_some()),
         sweep: run.sweep_id,
         parent: run.parent_id,
         created: when(run.created_at),
@@ -360,7 +398,15 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
 
 /// The charts a run page shows: π_init's SFT for toy tasks only, and first while it runs.
 fn charts_in_order(toy: bool, building_initial_policy: bool) -> Vec<RunChart> {
-    let mut charts: Vec<RunChart> = RunChart::ALL.into_iter().filter(|c| *c != RunChart::Sft || toy).collect();
+    // Toy tasks have a gold reward; the held-out proxies are for runs on a dataset.
+    let mut charts: Vec<RunChart> = RunChart::ALL
+        .into_iter()
+        .filter(|c| match c {
+            RunChart::Sft => toy,
+            RunChart::Proxies => !toy,
+            _ => true,
+        })
+        .collect();
     if building_initial_policy {
         charts.sort_by_key(|c| *c != RunChart::Sft);
     }
