@@ -292,8 +292,10 @@ impl Evaluator for PolicySampleEvaluator {
         let others: Vec<&ParamSet> = if shared { vec![w.initial] } else { vec![w.initial, w.reference] };
         let mut samples = Vec::with_capacity(self.prompts.len());
         for (chunk_index, chunk) in self.prompts.chunks(self.batch_size).enumerate() {
-            let scored = if inference::supports(&w.model.config) {
-                // Llama and Qwen2: candle-transformers' models, one scoring path for all.
+            let scored = if w.model.device().is_cuda() && inference::supports(&w.model.config) {
+                // Llama and Qwen2 on a GPU: candle-transformers' models with their fused inference
+                // kernels, one scoring path for all. On the CPU it scores π_init token by token and
+                // took 1.9x the trainer's sampler (BENCHMARKS.md, "Evaluation"), so the CPU keeps that.
                 let seed = rng.random::<u64>();
                 sample_and_score_inference(w, &others, chunk, &self.sampling, seed)?
             } else {
