@@ -106,6 +106,37 @@ async fn a_running_run_shows_progress_eta_live_charts_and_its_checkpoints() {
     assert!(body.contains("cancel requested"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_without_a_gold_reward_shows_proxies_labelled_as_such_and_says_why_it_has_no_alarm() {
+    use server::jobs::sink::WriteMsg;
+    let lab = lab().await;
+    let mut config = common::config(100, 0);
+    config["eval_split_ratio"] = json!(0.25);
+    config["eval_steps"] = json!(25);
+    let id = lab.state.queue.enqueue(config, None).await.unwrap();
+    let claim = lab.state.queue.claim().await.unwrap().unwrap();
+    for step in [0i64, 25, 50] {
+        let x = step as f64 / 25.0;
+        let values = vec![
+            ("eval/kl_init".to_string(), Some(x)),
+            ("eval/rewards/margins".to_string(), Some(x)),
+            ("eval/rewards/accuracies".to_string(), Some(0.5 + 0.1 * x)),
+            ("eval/logps/chosen".to_string(), Some(-10.0 - x)),
+        ];
+        lab.writer.send(WriteMsg::Metrics { lease: claim.lease(), step, values }).await.unwrap();
+    }
+    lab.writer.flush().await.unwrap();
+    let (status, body) = lab.get(&format!("/runs/{id}")).await;
+    assert_eq!(status, 200);
+    let body = unescape(&body);
+    assert!(body.contains("No overoptimization alarm: this run has no gold reward"), "{body}");
+    assert!(body.contains("chosen log-probability fell from -10 to -12 nats while the margin grew from 0 to 2"));
+    assert!(body.contains("id=\"chart-proxies\"") && body.contains("Proxies, not the gold reward"));
+    assert!(!body.contains("past-peak"), "no alarm without a gold reward");
+    let (_, _, svg) = lab.request("GET", &format!("/runs/{id}/charts/proxies.svg"), None).await;
+    assert_eq!(count(&svg, "class=\"run-line\""), 3, "margin, accuracy and chosen log-prob against KL");
+}
+
 #[tokio::test]
 async fn a_failed_run_resumes_from_its_last_checkpoint_or_starts_over_as_a_new_run() {
     let lab = lab().await;
