@@ -30,8 +30,6 @@ const BINS: usize = 30;
 const FEW_SEEDS: usize = 3;
 const FRONT_COLOUR: RGBColor = RGBColor(200, 30, 30);
 const NOT_KEPT: RGBColor = RGBColor(120, 120, 120);
-/// The overoptimization alarm's triangle: orange, apart from the runs' colours (black, viridis) and the front's red.
-const ALARM_COLOUR: RGBColor = RGBColor(230, 100, 0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum XAxis {
@@ -324,7 +322,7 @@ impl Comparison {
                 ..LegendEntry::line("✕ Pareto front, downloadable", FRONT_COLOUR, Dash::Solid)
             },
             LegendEntry::line("○ front, weights not kept", NOT_KEPT, Dash::Solid),
-            LegendEntry::line("▲ past its peak: the alarm fired", ALARM_COLOUR, Dash::Solid),
+            LegendEntry::line("▲ past its peak: the alarm fired", super::ALARM_COLOUR, Dash::Solid),
         ]);
         let against = if opts.x == XAxis::Step { "step" } else { "distance from π_init" };
         let width = if panels.len() > 1 { 1200 } else { 1000 };
@@ -373,7 +371,7 @@ impl Comparison {
             key: self.key_of(run),
             x: self.opts.x.of(at)?,
             y: at.gold?,
-            colour: ALARM_COLOUR,
+            colour: super::ALARM_COLOUR,
             shape: Shape::Triangle,
             text: format!(
                 "alarm · {} · past its peak at step {} · peak at step {}, KL {} nats · gold here {}",

@@ -179,6 +179,10 @@ pub fn evals(series: &BTreeMap<String, Series>) -> Vec<Eval> {
     by_step.into_values().collect()
 }
 
+/// The overoptimization alarm's triangle on the charts: orange, apart from the runs' colours
+/// (black, viridis), the Pareto front's red and the fits' grey.
+pub const ALARM_COLOUR: plotters::style::RGBColor = plotters::style::RGBColor(230, 100, 0);
+
 /// A run past its peak: the overoptimization alarm fired at `alarm_step` and no later
 /// evaluation has beaten the peak since.
 #[derive(Debug, Clone, Copy, PartialEq)]

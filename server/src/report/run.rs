@@ -416,6 +416,26 @@ fn path_panel(meta: &RunMeta, style: Style, series: &BTreeMap<String, Series>, k
         });
     }
     panel.markers.push(peak_marker(meta, s.peak_d(), s.peak_gold, &s, kept));
+    if let Some(past) = super::PastPeak::of(&evals) {
+        if let Some((kl, gold)) = evals.iter().find(|e| e.step == past.alarm_step).and_then(|e| Some((e.kl?, e.gold?)))
+        {
+            panel.markers.push(Marker {
+                key: format!("{}-alarm", meta.key()),
+                x: kl.max(0.0).sqrt(),
+                y: gold,
+                colour: super::ALARM_COLOUR,
+                shape: Shape::Triangle,
+                text: format!(
+                    "alarm · run {} · past its peak at step {} · peak at step {}, KL {} nats",
+                    meta.id,
+                    past.alarm_step,
+                    past.peak_step,
+                    number(past.peak_kl)
+                ),
+            });
+            panel.legend.push(LegendEntry::line("▲ past its peak: the alarm fired", super::ALARM_COLOUR, Dash::Solid));
+        }
+    }
     if !s.peaked {
         panel.legend.push(LegendEntry::line(
             "no peak yet: the fits' optima are not shown",
@@ -453,6 +473,27 @@ mod tests {
             (PROXY_CHOSEN_LOGP.to_string(), evals.iter().map(|&s| (s, Some(-5.0 - s as f64 / 100.0))).collect()),
         ]
         .into()
+    }
+
+    #[test]
+    fn the_path_chart_marks_where_the_alarm_fired() {
+        let meta = RunMeta::new(7, &json!({"task": "toy-tree"}));
+        let mut with_alarm = series();
+        let steps: Vec<i64> = (0..=40).map(|i| i * 25).collect();
+        let metric = |f: &dyn Fn(i64) -> Option<f64>| steps.iter().map(|&s| (s, f(s))).collect::<Series>();
+        with_alarm.insert("overopt/past_peak".into(), metric(&|s| Some(if s >= 700 { 1.0 } else { 0.0 })));
+        with_alarm.insert("overopt/peak_step".into(), metric(&|_| Some(500.0)));
+        with_alarm.insert("overopt/peak_kl".into(), metric(&|_| Some(2.5)));
+        with_alarm.insert("overopt/alarm_step".into(), metric(&|s| (s >= 700).then_some(700.0)));
+        let alarm = |series: &BTreeMap<String, Series>| -> Vec<Marker> {
+            let fig = figure(&meta, style(&meta), series, RunChart::Path, &[]);
+            fig.panels[0].markers.iter().filter(|m| m.text.starts_with("alarm")).cloned().collect()
+        };
+        let marked = alarm(&with_alarm);
+        assert_eq!(marked.len(), 1);
+        assert_eq!(marked[0].x, (700.0f64 / 200.0).sqrt(), "at the alarm's evaluation");
+        assert!(marked[0].text.contains("past its peak at step 700 · peak at step 500"), "{}", marked[0].text);
+        assert!(alarm(&series()).is_empty(), "no alarm, no marker");
     }
 
     #[test]
