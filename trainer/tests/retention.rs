@@ -100,6 +100,10 @@ fn a_stopped_and_resumed_pareto_run_ends_with_the_checkpoints_of_an_uninterrupte
     let mut first = sink(12);
     assert!(trainer::train::train(&cfg, split.path(), false, &mut first).unwrap().stopped_early);
     assert_eq!(checkpoint::latest(split.path()).unwrap(), Some(split.path().join("checkpoint-12")));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(split.path().join("checkpoint-12/trainer_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["overopt"]["peak"]["step"], 10, "the detector's running peak travels in the checkpoint: {state}");
     // Interrupted between writing its checkpoint and deleting one it replaced: that directory
     // is still there. The resumed run finds it and removes it.
     let kept = checkpoint::steps(split.path()).unwrap();
@@ -112,6 +116,12 @@ fn a_stopped_and_resumed_pareto_run_ends_with_the_checkpoints_of_an_uninterrupte
     let gold =
         |s: &StopAfter| s.inner.series(summary::GOLD).into_iter().filter(|(step, _)| *step > 12).collect::<Vec<_>>();
     assert_eq!(gold(&second), gold(&uninterrupted), "the resumed run evaluated the same policies");
+    // The overoptimization detector's state travelled in the checkpoint: the same peak after resuming.
+    let peak = |s: &StopAfter| {
+        s.inner.series(trainer::overopt::PEAK_STEP).into_iter().filter(|(step, _)| *step > 12).collect::<Vec<_>>()
+    };
+    assert!(!peak(&second).is_empty());
+    assert_eq!(peak(&second), peak(&uninterrupted), "the resumed run remembers its peak");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
