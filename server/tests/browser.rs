@@ -208,6 +208,7 @@ async fn alarm_journey(t: &common::TestServer, client: &Client) {
     )
     .await;
     assert_eq!(row.as_str(), Some(text.as_str()));
+    screenshot(client, "runs-past-peak.png").await;
 
     // The compare page marks where the alarm fired and counts the run as past its peak.
     client.goto(&t.url(&format!("/compare?runs={blocker},{peaking}"))).await.unwrap();
@@ -222,6 +223,8 @@ async fn alarm_journey(t: &common::TestServer, client: &Client) {
     let counts = js(client, "return document.querySelector('#past-peak tbody').textContent;").await;
     assert!(counts.as_str().unwrap().contains("1 of 2"), "both DPO runs, one past its peak: {counts}");
     screenshot(client, "compare-alarm.png").await;
+    js(client, "document.getElementById('past-peak').scrollIntoView(); return null;").await;
+    screenshot(client, "compare-past-peak-table.png").await;
 }
 
 /// Saves what the browser shows into `$GOODHART_SCREENSHOTS`, when it is set.
