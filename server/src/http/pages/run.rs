@@ -174,6 +174,7 @@ fn overopt_note(
     evals: &[report::Eval],
     series: &BTreeMap<String, Series>,
     past: bool,
+    finished: bool,
 ) -> String {
     let patience = cfg.early_stopping_patience;
     let stops = if cfg.early_stopping { "; early_stopping stops the run when it fires" } else { "" };
@@ -187,7 +188,11 @@ fn overopt_note(
         return note;
     }
     if past {
-        return format!("Past its peak{stops}.");
+        return match (cfg.early_stopping, finished) {
+            (true, true) => "Past its peak: early_stopping ended the run when the alarm fired.".to_string(),
+            (true, false) => "Past its peak: early_stopping ends the run now.".to_string(),
+            (false, _) => "Past its peak; early_stopping is off, so the run goes on.".to_string(),
+        };
     }
     match evals.iter().rev().find(|e| e.peak_step.is_some()) {
         Some(e) => format!(
@@ -374,7 +379,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
             .map(|s| s.peak_step as i64)
             .filter(|step| steps.contains(step))
             .map(|step| (step, format!("/api/runs/{}/checkpoints/{step}/archive", run.id))),
-        overopt_note: overopt_note(&meta.config, &evals, &series, row.past_peak.is_some()),
+        overopt_note: overopt_note(&meta.config, &evals, &series, row.past_peak.is_some(), status.is_terminal()),
         sweep: run.sweep_id,
         parent: run.parent_id,
         created: when(run.created_at),

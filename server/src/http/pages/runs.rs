@@ -95,6 +95,8 @@ pub fn progress_text(r: &RunRow, sft: Option<&(i64, BTreeMap<String, f64>)>) -> 
             format!("building π_init: SFT step {step}{}", kl.unwrap_or_default())
         }
         (RunStatus::Running, None, None) if r.meta.config.task.is_toy() => "starting: π_init first".to_string(),
+        // Only `early_stopping` finishes a run before its total.
+        (RunStatus::Finished, Some(total), _) if r.step < total => format!("stopped at {} of {total}", r.step),
         (_, Some(total), _) => format!("{} / {total}", r.step),
         (_, None, _) => r.step.to_string(),
     };
@@ -254,4 +256,39 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
         dir,
     };
     Ok((table, choices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::runs::Run;
+
+    fn row(status: &str, step: i64) -> RunRow {
+        let run = Run {
+            id: 1,
+            sweep_id: None,
+            config: "{}".into(),
+            status: status.into(),
+            cancel_requested: false,
+            step,
+            total_steps: Some(400),
+            error: None,
+            status_reason: None,
+            attempts: 1,
+            parent_id: None,
+            created_at: 0,
+            started_at: Some(0),
+            finished_at: Some(1_000),
+            heartbeat_at: None,
+            worker: None,
+        };
+        RunRow::new(&run, &[], &[])
+    }
+
+    #[test]
+    fn a_run_that_finished_before_its_total_reads_as_stopped_there() {
+        assert_eq!(progress_text(&row("finished", 30), None), "stopped at 30 of 400");
+        assert_eq!(progress_text(&row("finished", 400), None), "400 / 400");
+        assert_eq!(progress_text(&row("cancelled", 30), None), "30 / 400");
+    }
 }
