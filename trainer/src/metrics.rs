@@ -35,6 +35,10 @@ pub trait MetricSink {
     /// Before the first step of a model run: the memory it was estimated to need.
     fn memory_plan(&mut self, _plan: &crate::memory::MemoryPlan) {}
 
+    /// Before the first step: something the user should know about the config, such as a key
+    /// that TRL (and so this run) ignores for the chosen loss or schedule.
+    fn warning(&mut self, _message: &str) {}
+
     /// Polled before every step: `true` makes the trainer checkpoint and return.
     fn should_stop(&mut self) -> bool {
         false
@@ -46,6 +50,7 @@ pub trait MetricSink {
 pub struct MemorySink {
     pub steps: Vec<(u64, Metrics)>,
     pub checkpoints: Vec<(u64, PathBuf)>,
+    pub warnings: Vec<String>,
 }
 
 impl MetricSink for MemorySink {
@@ -62,6 +67,10 @@ impl MetricSink for MemorySink {
     fn checkpoint_saved(&mut self, step: u64, dir: &Path) -> Result<()> {
         self.checkpoints.push((step, dir.to_path_buf()));
         Ok(())
+    }
+
+    fn warning(&mut self, message: &str) {
+        self.warnings.push(message.to_string());
     }
 }
 

@@ -32,7 +32,7 @@ use super::{Dataset, PairedExample, Sequence, UnpairedExample};
 use crate::error::{Error, Result};
 
 /// `datasets.map(batched=True)`'s default batch size, which fixes the order of unpaired rows.
-const UNPAIR_CHUNK: usize = 1000;
+pub(crate) const UNPAIR_CHUNK: usize = 1000;
 
 /// How a run wants its data.
 #[derive(Debug, Clone, PartialEq)]
