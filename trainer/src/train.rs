@@ -25,7 +25,7 @@ pub fn dataset_for_loss(dataset: Dataset, cfg: &RunConfig) -> Result<Dataset> {
     match (cfg.loss_type, dataset) {
         (LossType::Kto, d) => {
             let mut examples = d.into_unpaired();
-            data::assign_mismatched_completions(&mut examples, cfg.per_device_train_batch_size);
+            data::assign_mismatched_completions(&mut examples, cfg.per_device_train_batch_size, cfg.max_length);
             Ok(Dataset::Unpaired(examples))
         }
         (_, Dataset::Paired(p)) => Ok(Dataset::Paired(p)),
@@ -488,10 +488,7 @@ pub fn micro_batch_grads(
     indices: &[usize],
     scale: f64,
 ) -> Result<MicroBatchGrads> {
-    // A GPU parallelises inside each op; splitting the batch would only shrink its kernels.
-    let threads = if setup.model.device().is_cpu() { worker_threads(cfg.num_threads) } else { 1 };
-    let threads = threads.min(indices.len()).max(1);
-    let shards: Vec<&[usize]> = indices.chunks(indices.len().div_ceil(threads)).collect();
+    let shards = shards(cfg, setup, indices);
     let parts =
         in_parallel(&shards, |shard| shard_forward(setup, policy, reference, shard, cfg.gradient_checkpointing))?;
 
@@ -513,6 +510,14 @@ pub fn micro_batch_grads(
         add_grads(&mut grads, shard)?;
     }
     Ok(MicroBatchGrads { metrics: out.metrics, grads })
+}
+
+/// A micro-batch split into one shard per worker thread, each collated (padded) on its own.
+fn shards<'a>(cfg: &RunConfig, setup: &Setup, indices: &'a [usize]) -> Vec<&'a [usize]> {
+    // A GPU parallelises inside each op; splitting the batch would only shrink its kernels.
+    let threads = if setup.model.device().is_cpu() { worker_threads(cfg.num_threads) } else { 1 };
+    let threads = threads.min(indices.len()).max(1);
+    indices.chunks(indices.len().div_ceil(threads).max(1)).collect()
 }
 
 /// What one micro-batch contributes to an optimizer step.
@@ -653,12 +658,14 @@ pub struct ReferenceLogps {
 }
 
 impl ReferenceLogps {
-    /// In dataset order, `per_device_train_batch_size` examples at a time.
+    /// In dataset order, `per_device_train_batch_size` examples at a time (TRL's batches), each
+    /// split and padded as a training micro-batch is: read in order, the table then holds exactly
+    /// what a reference forward pass per step would compute.
     pub fn compute(cfg: &RunConfig, setup: &Setup, reference: &ParamSet) -> Result<Self> {
         let all: Vec<usize> = (0..setup.data.len()).collect();
         let frozen = reference.frozen();
         let mut per_example = Vec::with_capacity(all.len());
-        for batch in all.chunks(cfg.per_device_train_batch_size) {
+        for batch in all.chunks(cfg.per_device_train_batch_size).flat_map(|b| shards(cfg, setup, b)) {
             let (rows, _, kl_rows) = collate(setup, batch);
             let sums: Vec<f32> = sequence_logps(&setup.model, &frozen, &rows)?.sums.to_vec1()?;
             let second: Vec<f32> = match &kl_rows {

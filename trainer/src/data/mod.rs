@@ -65,6 +65,9 @@ pub struct UnpairedExample {
     /// Another example's completion, for KTO's mismatched-pair KL estimate z₀ (see
     /// [`assign_mismatched_completions`]).
     pub kl_completion: Vec<u32>,
+    /// This example's completion before `max_length` cut it, when it did: another example's KL
+    /// row borrows the whole of it (TRL cuts a KL row only once it is joined to its own prompt).
+    pub full_completion: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +110,8 @@ impl Dataset {
     /// KTO's view, in the order TRL's `unpair_preference_dataset` gives it: per 1000 pairs
     /// (`datasets.map`'s batch), every chosen completion (desirable), then every rejected one.
     pub fn into_unpaired(self) -> Vec<UnpairedExample> {
-        let unpaired = |sequence, label| UnpairedExample { sequence, label, kl_completion: Vec::new() };
+        let unpaired =
+            |sequence, label| UnpairedExample { sequence, label, kl_completion: Vec::new(), full_completion: None };
         match self {
             Self::Unpaired(v) => v,
             Self::Paired(pairs) => pairs
@@ -180,12 +184,18 @@ pub fn collate_paired(examples: &[&PairedExample], pad: u32) -> Batch {
 }
 
 /// TRL pairs each example with the completion of the previous one, in dataset order, within
-/// chunks of `chunk` examples (its dataset-preparation batches), rotating at chunk ends. The
-/// pairing is fixed before training, so no sampler changes it.
-pub fn assign_mismatched_completions(examples: &mut [UnpairedExample], chunk: usize) {
-    let completions: Vec<Vec<u32>> = examples.iter().map(|e| e.sequence.completion.clone()).collect();
+/// chunks of `chunk` examples (its dataset-preparation batches), rotating at chunk ends, and cuts
+/// each prompt + borrowed completion to `max_length`. The pairing is fixed before training, so
+/// no sampler changes it.
+pub fn assign_mismatched_completions(examples: &mut [UnpairedExample], chunk: usize, max_length: Option<usize>) {
+    let completions: Vec<Vec<u32>> =
+        examples.iter().map(|e| e.full_completion.clone().unwrap_or_else(|| e.sequence.completion.clone())).collect();
     for (i, e) in examples.iter_mut().enumerate() {
-        e.kl_completion = completions[mismatched_neighbour(i, completions.len(), chunk)].clone();
+        let mut borrowed = completions[mismatched_neighbour(i, completions.len(), chunk)].clone();
+        if let Some(m) = max_length {
+            borrowed.truncate(m.saturating_sub(e.sequence.prompt.len()));
+        }
+        e.kl_completion = borrowed;
     }
 }
 

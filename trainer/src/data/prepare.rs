@@ -352,7 +352,10 @@ fn tokenize_rows(
             Ok((prompt, mut completions)) => {
                 let sequence = Sequence { prompt, completion: completions.pop().expect("one completion") };
                 if fits(&sequence) {
-                    out.push(UnpairedExample { sequence: finish(sequence), label, kl_completion: Vec::new() });
+                    let whole = sequence.completion.clone();
+                    let sequence = finish(sequence);
+                    let full_completion = (sequence.completion.len() < whole.len()).then_some(whole);
+                    out.push(UnpairedExample { sequence, label, kl_completion: Vec::new(), full_completion });
                 } else {
                     dropped += 1;
                 }
