@@ -9,6 +9,13 @@ and dtype.
 `--dtypes bfloat16,float16` runs the forward passes under `torch.autocast`, as transformers'
 Trainer does for `bf16=True` / `fp16=True`: float32 master weights and optimizer state, and for
 float16 a `GradScaler` (the same mixed precision as Goodhart's `bf16` / `fp16`).
+
+`pythia-1.4b` and `pythia-2.8b` are EleutherAI's shapes (random init on the GPU, nothing is
+downloaded). `--gradient-checkpointing` and `--keep-initial` (a third weight copy, as Goodhart's
+π_init) make the step the one `goodhart bench scale` times. Peak GPU memory is read as Goodhart
+reads it: the device's used memory (cudaMemGetInfo) after the gradients and at the step's end;
+PyTorch's own allocator peak is reported beside it. A config that does not fit reports its
+out-of-memory error and the next one runs.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ CONFIGS = {
                                      rotary_pct=0.25, rotary_emb_base=10000, layer_norm_eps=1e-5,
                                      use_parallel_residual=True, tie_word_embeddings=False, hidden_act="gelu")),
 }
+for _name, (_hidden, _layers, _heads) in {"pythia-1.4b": (2048, 24, 16), "pythia-2.8b": (2560, 32, 32)}.items():
+    CONFIGS[_name] = ("gpt_neox", dict(CONFIGS["pythia-160m"][1], hidden_size=_hidden, intermediate_size=4 * _hidden,
+                                       num_hidden_layers=_layers, num_attention_heads=_heads))
 
 
 def make_model(name: str):
@@ -50,6 +60,10 @@ def make_model(name: str):
         cfg, cls = GPTNeoXConfig(**kwargs), GPTNeoXForCausalLM
     cfg.use_cache = False
     torch.manual_seed(0)
+    if name in ("pythia-1.4b", "pythia-2.8b"):
+        # Billions of parameters: initialise on the GPU itself.
+        with torch.device("cuda"):
+            return cls(cfg).to(torch.float32)
     return cls(cfg).to(torch.float32)
 
 
@@ -59,11 +73,21 @@ def completion_logps(model, input_ids):
     return torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
-def bench(name: str, dtype: str, warmup: int, steps: int, device: str) -> dict:
+def used_gpu_bytes(device: str):
+    if not device.startswith("cuda"):
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return total - free
+
+
+def bench(name: str, dtype: str, warmup: int, steps: int, device: str, checkpointing: bool, keep_initial: bool) -> dict:
     half = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     autocast = lambda: torch.autocast(device.split(":")[0], dtype=half, enabled=half is not None)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=half is torch.float16)
     policy = make_model(name).to(device).train()
+    if checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    initial = copy.deepcopy(policy).eval() if keep_initial else None
     reference = copy.deepcopy(policy).eval()
     for p in reference.parameters():
         p.requires_grad_(False)
@@ -72,7 +96,9 @@ def bench(name: str, dtype: str, warmup: int, steps: int, device: str) -> dict:
     g = torch.Generator().manual_seed(0)
     rp, pp = list(reference.parameters()), list(policy.parameters())
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times, losses = [], []
+    times, losses, peak = [], [], 0
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     for i in range(warmup + steps):
         prompt = torch.randint(0, vocab, (PAIRS, PROMPT_LEN), generator=g)
         chosen = torch.randint(0, vocab, (PAIRS, COMPLETION_LEN), generator=g)
@@ -89,6 +115,7 @@ def bench(name: str, dtype: str, warmup: int, steps: int, device: str) -> dict:
         loss = -F.logsigmoid(BETA * ((pc - rc) - (pr - rr))).mean()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        peak = max(peak, used_gpu_bytes(device) or 0)
         scaler.step(opt)
         scaler.update()
         with torch.no_grad():
@@ -96,12 +123,19 @@ def bench(name: str, dtype: str, warmup: int, steps: int, device: str) -> dict:
             torch._foreach_add_(rp, pp, alpha=ALPHA)
         sync()
         t1 = time.perf_counter()
+        peak = max(peak, used_gpu_bytes(device) or 0)
         losses.append(loss.item())
         if i >= warmup:
             times.append((t1 - t0) * 1e3)
     n_params = sum(p.numel() for p in policy.parameters())
+    median_ms = statistics.median(times)
+    tokens = 2 * PAIRS * (PROMPT_LEN + COMPLETION_LEN)
+    del initial
     return dict(config=name, dtype=dtype, n_params=n_params, device=torch.cuda.get_device_name() if device.startswith("cuda") else device, torch=torch.__version__,
-                median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times), steps=steps,
+                gradient_checkpointing=checkpointing, keep_initial=keep_initial,
+                median_ms=median_ms, min_ms=min(times), max_ms=max(times), steps=steps, tokens_per_s=tokens / median_ms * 1e3,
+                peak_gpu_bytes=peak or None,
+                torch_max_allocated_bytes=torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
                 first_loss=losses[0], last_loss=losses[-1])
 
 
@@ -112,10 +146,18 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtypes", default="float32")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--keep-initial", action="store_true", help="hold a third weight copy, as Goodhart's pi_init")
     args = ap.parse_args()
     for name in args.configs.split(","):
         for dtype in args.dtypes.split(","):
-            print(json.dumps(bench(name, dtype, args.warmup, args.steps, args.device)), flush=True)
+            try:
+                result = bench(name, dtype, args.warmup, args.steps, args.device, args.gradient_checkpointing, args.keep_initial)
+            except torch.OutOfMemoryError as e:
+                result = dict(config=name, dtype=dtype, error="out of memory", detail=str(e).splitlines()[0])
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

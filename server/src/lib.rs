@@ -5,6 +5,7 @@ pub mod cli;
 pub mod db;
 pub mod http;
 pub mod jobs;
+pub mod public;
 pub mod report;
 pub mod serve;
 

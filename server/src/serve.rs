@@ -15,6 +15,8 @@ use crate::jobs::sink::MetricWriter;
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub bind: SocketAddr,
+    /// Host names that reach this server besides its address and `localhost` (`--allowed-host`).
+    pub allowed_hosts: Vec<String>,
     pub database_url: String,
     pub data_dir: PathBuf,
     pub models_dir: PathBuf,
@@ -29,7 +31,14 @@ pub struct ServeConfig {
     pub max_sweep_runs: usize,
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
+    pub upload_idle_timeout: Duration,
     pub request_timeout: Duration,
+    /// How long a client may take to send a request head, or stay idle between requests.
+    pub header_read_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// The most worker threads a run may use (`num_threads`), and the size of their shared pool.
+    pub max_threads_per_run: usize,
     pub auth_token: Option<String>,
     /// Allow a non-loopback bind without a token.
     pub insecure: bool,
@@ -44,6 +53,8 @@ impl ServeConfig {
     /// What handlers see of this configuration.
     pub fn settings(&self) -> Settings {
         Settings {
+            bind: self.bind,
+            allowed_hosts: self.allowed_hosts.clone(),
             data_dir: self.data_dir.clone(),
             models_dir: self.models_dir.clone(),
             datasets_dir: self.datasets_dir.clone(),
@@ -51,6 +62,7 @@ impl ServeConfig {
             max_sweep_runs: self.max_sweep_runs,
             max_body_bytes: self.max_body_bytes,
             max_upload_bytes: self.max_upload_bytes,
+            upload_idle_timeout: self.upload_idle_timeout,
             request_timeout: self.request_timeout,
             static_dir: self.static_dir.clone(),
             demo_sweep: self.demo_sweep.clone(),
@@ -60,17 +72,26 @@ impl ServeConfig {
 
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The worker id of a server not given `--worker-id`: this host and the canonical data dir.
+/// The worker id of a server not given `--worker-id`: this host, the data dir's name and a
+/// digest of its canonical path (`lab1:goodhart-data-3f2a9c1b`).
 ///
 /// It must survive a restart, unlike a process id: at startup a server takes back at once the
 /// runs still `running` under its own id (its previous process died holding them) and leaves
 /// other workers' runs until their heartbeat is stale. And it must differ between servers that
 /// share a database: two on one host differ in their data dir, which holds each one's
-/// checkpoints (so it cannot be shared by two live servers anyway).
+/// checkpoints (so it cannot be shared by two live servers anyway). The id is shown to anyone
+/// who reads a run, so it names the directory without its absolute path.
 pub fn default_worker_id(data_dir: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
     let dir = data_dir.canonicalize()?;
-    Ok(format!("{}:{}", hostname(), dir.display()))
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let name = dir.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+    Ok(format!("{}:{name}-{short}", hostname()))
 }
 
 /// The kernel's host name, without a dependency or `unsafe` for `gethostname(2)`.
@@ -95,6 +116,7 @@ impl ServeConfig {
     pub fn for_dir(root: &std::path::Path) -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            allowed_hosts: Vec::new(),
             database_url: format!("sqlite://{}", root.join("goodhart.db").display()),
             data_dir: root.join("data"),
             models_dir: root.to_path_buf(),
@@ -106,7 +128,11 @@ impl ServeConfig {
             max_sweep_runs: 512,
             max_body_bytes: 1 << 20,
             max_upload_bytes: 1 << 30,
+            upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_threads_per_run: trainer::workers::cores(),
             auth_token: None,
             insecure: false,
             static_dir: default_static_dir(),
@@ -167,6 +193,19 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
             config.bind
         );
     }
+    if config.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    if config.header_read_timeout.is_zero() {
+        bail!("--header-read-timeout must be longer than 0");
+    }
+    if config.upload_idle_timeout.is_zero() {
+        bail!("--upload-idle-timeout must be longer than 0");
+    }
+    if config.max_threads_per_run == 0 {
+        bail!("--max-threads-per-run must be at least 1");
+    }
+    trainer::workers::set_max_threads(config.max_threads_per_run);
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let pool = crate::db::connect(&config.database_url)
         .await
@@ -202,6 +241,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         train: trainer::train::train,
         writer,
         data_dir: config.data_dir.clone(),
+        public_dirs: vec![config.data_dir.clone(), config.models_dir.clone(), config.datasets_dir.clone()],
         max_concurrent: config.max_concurrent_runs,
         heartbeat_interval: config.heartbeat_interval,
         stale_after: config.stale_after,
@@ -218,9 +258,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
     let app = crate::app(state.clone());
     let runner_task = tokio::spawn(runner.run());
-    let http_shutdown = shutdown.clone();
+    let limits = crate::http::listen::Limits {
+        header_read_timeout: config.header_read_timeout,
+        max_connections: config.max_connections,
+    };
+    let http = tokio::spawn(crate::http::listen::serve(listener, app, limits, shutdown.clone()));
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await;
+        let served = http.await;
         // Trainers checkpoint and their runs are requeued; then the writer drains and stops.
         runner_task.await.context("runner task")?;
         writer_task.await.context("metrics writer task")?;

@@ -69,10 +69,10 @@ async fn malformed_json_and_oversized_bodies_are_refused() {
     let mut big = config(5, 0);
     big["padding"] = json!("x".repeat(10_000));
     let r = t.client.post(t.url("/api/runs")).json(&big).send().await.unwrap();
-    assert_eq!(r.status(), 422);
+    assert_eq!(r.status(), 413);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["fields"][0]["field"], "(body)");
-    assert!(body["fields"][0]["message"].as_str().unwrap().contains("4096 bytes"), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("4096 bytes (--max-body-bytes)"), "{body}");
     assert_nothing_stored(&t).await;
     t.server.stop().await.unwrap();
 }

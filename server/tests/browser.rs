@@ -116,9 +116,8 @@ async fn js(client: &Client, script: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_launches_the_demo_watches_it_live_compares_fixes_a_form_and_downloads_a_checkpoint() {
     let scratch = tempfile::tempdir().unwrap();
-    let cache = scratch.path().join("cache");
     let t = common::spawn_with(|c| {
-        c.demo_sweep = common::fast_demo(&cache);
+        c.demo_sweep = common::fast_demo();
         c.max_concurrent_runs = 1;
     })
     .await;

@@ -69,7 +69,8 @@ async fn the_models_directory_is_listed_with_architecture_size_dtype_and_what_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reward_model_must_be_a_sequence_classifier_inside_the_models_directory() {
     let t = spawn_with(|_| {}).await;
-    for (path, needle) in [("tiny-llama", "not a reward model"), ("/etc", "outside"), ("no-such-rm", "does not exist")]
+    for (path, needle) in
+        [("tiny-llama", "not a reward model"), ("/etc", "must be inside"), ("no-such-rm", "does not exist")]
     {
         let mut run = config(2, 0);
         run["reward_model_path"] = json!(path);

@@ -326,10 +326,9 @@ async fn the_demo_button_queues_dpo_against_tr_dpo_on_toy_tree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_demo_queues_the_demo_sweep_into_an_empty_database_only() {
     let scratch = tempfile::tempdir().unwrap();
-    let cache = scratch.path().join("cache");
     let config = |dir: &std::path::Path| {
         let mut c = common::serve_config(dir);
-        c.demo_sweep = common::fast_demo(&cache);
+        c.demo_sweep = common::fast_demo();
         c.demo_if_empty = true;
         c
     };

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::Read;
 
-use common::{config, full_series, spawn};
+use common::{config, full_series, spawn, spawn_with};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -200,6 +200,13 @@ async fn the_openapi_document_lists_every_route() {
     ] {
         assert!(paths.get(route).is_some(), "{route} missing from the OpenAPI document");
     }
+    // The document describes this server: without a token no route asks for one.
+    assert!(!doc.to_string().contains("\"security\""), "{doc}");
+    t.server.stop().await.unwrap();
+    let t = spawn_with(|c| c.auth_token = Some("t".into())).await;
+    let (_, doc) = t.get("/api/openapi.json").await;
+    assert_eq!(doc["paths"]["/api/runs"]["post"]["security"], json!([{"bearer": []}]));
+    assert!(doc["paths"]["/api/runs"]["post"]["responses"]["401"].is_object());
     t.server.stop().await.unwrap();
 }
 

@@ -26,18 +26,23 @@ pub const PAIRS: usize = 8;
 pub const ALPHA: f64 = 0.6;
 
 /// The peer's `tiny` and `small` LlamaConfigs (untied, MHA, rope 1e4, rms eps 1e-6), and
-/// `pythia-160m`: EleutherAI's Pythia-160M shape (GPT-NeoX), for timing real sizes on a GPU.
+/// EleutherAI's Pythia shapes (GPT-NeoX, from their `config.json`; random init, nothing is
+/// downloaded): `pythia-160m` for timing real sizes on a GPU, `pythia-1.4b` and `pythia-2.8b`
+/// for the paper's scale.
 pub fn peer_model_config(name: &str) -> Option<ModelConfig> {
-    if name == "pythia-160m" {
-        return ModelConfig::from_hf_json(&json!({
-            "model_type": "gpt_neox", "vocab_size": 50304, "hidden_size": 768, "intermediate_size": 3072,
-            "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 2048,
+    let pythia = |hidden: usize, layers: usize, heads: usize| {
+        ModelConfig::from_hf_json(&json!({
+            "model_type": "gpt_neox", "vocab_size": 50304, "hidden_size": hidden, "intermediate_size": 4 * hidden,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "max_position_embeddings": 2048,
             "rotary_pct": 0.25, "rotary_emb_base": 10000, "layer_norm_eps": 1e-5, "use_parallel_residual": true,
             "tie_word_embeddings": false, "hidden_act": "gelu",
         }))
-        .ok();
-    }
+        .ok()
+    };
     let (vocab, hidden, inter, layers, heads, pos) = match name {
+        "pythia-160m" => return pythia(768, 12, 12),
+        "pythia-1.4b" => return pythia(2048, 24, 16),
+        "pythia-2.8b" => return pythia(2560, 32, 32),
         "tiny" => (256, 128, 344, 2, 4, 128),
         "small" => (512, 256, 688, 4, 8, 256),
         _ => return None,
@@ -49,6 +54,38 @@ pub fn peer_model_config(name: &str) -> Option<ModelConfig> {
         "rope_theta": 10000.0,
     }))
     .ok()
+}
+
+/// The bench step's run: TR-DPO (α = 0.6 every step) on 8 pairs of 16 + 48 tokens, computing in
+/// `dtype`, with or without gradient checkpointing; what the memory plan is asked about.
+pub fn bench_run_config(device: &str, dtype: DType, gradient_checkpointing: bool) -> RunConfig {
+    RunConfig {
+        device: device.to_string(),
+        beta: 0.1,
+        learning_rate: 1e-6,
+        per_device_train_batch_size: PAIRS,
+        sync_ref_model: true,
+        ref_model_mixup_alpha: ALPHA,
+        ref_model_sync_steps: 1,
+        bf16: dtype == DType::BF16,
+        fp16: dtype == DType::F16,
+        gradient_checkpointing,
+        ..RunConfig::default()
+    }
+}
+
+/// The memory plan of the bench step for `cfg` (see [`bench_run_config`]).
+pub fn bench_memory_plan(
+    cfg: &ModelConfig,
+    device: &str,
+    dtype: DType,
+    gradient_checkpointing: bool,
+) -> Result<crate::memory::MemoryPlan> {
+    let seq = |n: usize| Sequence { prompt: vec![0; PROMPT_LEN], completion: vec![0; n] };
+    let data = Dataset::Paired(
+        (0..PAIRS).map(|_| PairedExample { chosen: seq(COMPLETION_LEN), rejected: seq(COMPLETION_LEN) }).collect(),
+    );
+    crate::memory::MemoryPlan::for_run(&bench_run_config(device, dtype, gradient_checkpointing), cfg, &data)
 }
 
 /// Per-step phase times in milliseconds.
@@ -88,7 +125,15 @@ impl Recorder {
 
     fn report(self, config: &str, n_params: usize, threads: usize) -> BenchReport {
         let Self { steps, first_loss, last_loss, .. } = self;
-        BenchReport { config: config.to_string(), n_params, threads, steps, first_loss, last_loss }
+        BenchReport {
+            config: config.to_string(),
+            n_params,
+            threads,
+            steps,
+            first_loss,
+            last_loss,
+            peak_gpu_bytes: None,
+        }
     }
 }
 
@@ -104,6 +149,10 @@ pub struct BenchReport {
     pub steps: Vec<StepTimes>,
     pub first_loss: f64,
     pub last_loss: f64,
+    /// The most GPU memory in use (the whole device, as the driver reports it) at the two points
+    /// of a step where it is read: after the gradients, and at the step's end. `None` on the CPU.
+    #[serde(default)]
+    pub peak_gpu_bytes: Option<u64>,
 }
 
 fn random_batch(vocab: usize, rng: &mut ChaCha8Rng) -> Collated {
@@ -134,12 +183,29 @@ pub fn run_trainer_step(
     steps: usize,
     mut on_warm: impl FnMut(),
 ) -> Result<BenchReport> {
+    run_trainer_step_with(config_name, cfg, dev, dtype, false, num_threads, warmup, steps, &mut on_warm)
+}
+
+/// [`run_trainer_step`] with or without gradient checkpointing.
+#[allow(clippy::too_many_arguments)]
+pub fn run_trainer_step_with(
+    config_name: &str,
+    cfg: &ModelConfig,
+    dev: &Device,
+    dtype: DType,
+    gradient_checkpointing: bool,
+    num_threads: usize,
+    warmup: usize,
+    steps: usize,
+    on_warm: &mut dyn FnMut(),
+) -> Result<BenchReport> {
     let setup = random_pairs_setup(cfg, dev, dtype, warmup + steps)?;
-    let run = RunConfig { beta: 0.1, learning_rate: 1e-6, num_threads, ..RunConfig::default() };
+    let run = RunConfig { num_threads, ..bench_run_config("cpu", dtype, gradient_checkpointing) };
     let policy = setup.initial.deep_clone()?;
     let reference = setup.initial.deep_clone()?;
     let mut optimizer = AdamW::new(&policy, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
     let mut recorder = Recorder::new(warmup, steps);
+    let mut peak_gpu: Option<u64> = None;
     for i in 0..warmup + steps {
         if i == warmup {
             on_warm();
@@ -149,6 +215,7 @@ pub fn run_trainer_step(
         let MicroBatchGrads { metrics, grads } =
             micro_batch_grads(&run, &setup, &policy, ReferenceSource::Weights(&reference), &indices, 1.0)?;
         let grads = policy.dense_grads(grads)?;
+        peak_gpu = peak_gpu.max(gpu_memory(dev).map(|(used, _)| used));
         let t1 = Instant::now();
         optimizer.step(policy.vars(), &grads, 1e-6)?;
         let t2 = Instant::now();
@@ -156,6 +223,7 @@ pub fn run_trainer_step(
         // Kernels run asynchronously on a GPU: the step ends when its last one does.
         dev.synchronize()?;
         let t3 = Instant::now();
+        peak_gpu = peak_gpu.max(gpu_memory(dev).map(|(used, _)| used));
         let loss = metrics.iter().find(|(n, _)| *n == "loss").map_or(f64::NAN, |m| m.1);
         recorder.record(
             i,
@@ -170,7 +238,95 @@ pub fn run_trainer_step(
             },
         );
     }
-    Ok(recorder.report(config_name, policy.num_parameters(), num_threads))
+    Ok(BenchReport { peak_gpu_bytes: peak_gpu, ..recorder.report(config_name, policy.num_parameters(), num_threads) })
+}
+
+/// Bytes of GPU memory in use on `dev` (by every process, as the driver counts it) and its
+/// total; `None` on the CPU.
+pub fn gpu_memory(dev: &Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = dev.as_cuda_device() {
+        let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        return Some(((total - free) as u64, total as u64));
+    }
+    let _ = dev;
+    None
+}
+
+/// Wall times of one evaluation, both ways (see [`time_evaluation`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalTiming {
+    pub config: String,
+    pub dtype: String,
+    pub prompts: usize,
+    pub new_tokens: usize,
+    /// The trainer's own sampler, then its training path scoring π_init (`eval::sample_and_score`).
+    pub trainer_ms: Vec<f64>,
+    /// candle-transformers sampling and scoring in lock-step (`eval::sample_and_score_inference`).
+    pub candle_transformers_ms: Vec<f64>,
+    /// Largest |log π_θ(y) − log π_init(y)| over the answers at step 0 (π_θ = π_init): the KL
+    /// estimate's error from scoring through two paths (0 for one path).
+    pub trainer_max_abs_log_ratio: f64,
+    pub candle_transformers_max_abs_log_ratio: f64,
+}
+
+/// One evaluation of `prompts` random prompts of `prompt_len` tokens, `new_tokens` sampled
+/// tokens each (no EOS), scored under π_init too, at step 0 (π_θ = π_init): through the
+/// trainer's own sampler and through candle-transformers, `repeats` times each, alternating.
+#[allow(clippy::too_many_arguments)]
+pub fn time_evaluation(
+    config_name: &str,
+    cfg: &ModelConfig,
+    dev: &Device,
+    dtype: DType,
+    prompts: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    repeats: usize,
+) -> Result<EvalTiming> {
+    use crate::eval::{sample_and_score, sample_and_score_inference};
+    use crate::model::sampling::SamplingConfig;
+    let model = CausalLm::new(cfg.clone(), dev).with_compute_dtype(dtype);
+    let policy = ParamSet::random(cfg, 0, 0.02, dev)?;
+    let initial = policy.deep_clone()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let batch: Vec<Vec<u32>> =
+        (0..prompts).map(|_| (0..prompt_len).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect()).collect();
+    let sampling = SamplingConfig {
+        max_new_tokens: new_tokens,
+        temperature: 1.0,
+        top_k: None,
+        eos_token_id: None,
+        pad_token_id: 0,
+    };
+    let weights = crate::train::EvalWeights { model: &model, policy: &policy, reference: &initial, initial: &initial };
+    let worst = |samples: &[crate::eval::ScoredSample]| {
+        samples.iter().map(|s| (s.policy_logp - s.other_logps[0]).abs()).fold(0f64, f64::max)
+    };
+    let mut timing = EvalTiming {
+        config: config_name.to_string(),
+        dtype: format!("{dtype:?}"),
+        prompts,
+        new_tokens,
+        trainer_ms: Vec::new(),
+        candle_transformers_ms: Vec::new(),
+        trainer_max_abs_log_ratio: 0.0,
+        candle_transformers_max_abs_log_ratio: 0.0,
+    };
+    for repeat in 0..repeats {
+        let t0 = Instant::now();
+        let own = sample_and_score(&model, &policy, &[&initial], &batch, 1, &sampling, &|_| false, &mut rng)?;
+        dev.synchronize()?;
+        let t1 = Instant::now();
+        let ct = sample_and_score_inference(weights, &[&initial], &batch, &sampling, repeat as u64)?;
+        dev.synchronize()?;
+        let t2 = Instant::now();
+        timing.trainer_ms.push(ms(t0, t1));
+        timing.candle_transformers_ms.push(ms(t1, t2));
+        timing.trainer_max_abs_log_ratio = timing.trainer_max_abs_log_ratio.max(worst(&own));
+        timing.candle_transformers_max_abs_log_ratio = timing.candle_transformers_max_abs_log_ratio.max(worst(&ct));
+    }
+    Ok(timing)
 }
 
 /// Random-init weights of `cfg` and `batches` batches of random pairs, the same for every
@@ -187,9 +343,18 @@ fn random_pairs_setup(cfg: &ModelConfig, dev: &Device, dtype: DType, batches: us
             }
         })
         .collect();
+    // Billions of parameters are drawn on the GPU itself (the seeded CPU draw takes tens of
+    // seconds there); smaller models start from the same weights on every device.
+    let initial = if dev.is_cuda()
+        && crate::model::param_specs(cfg).iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>() > 500_000_000
+    {
+        ParamSet::random_on_device(cfg, 0.02, dev)?
+    } else {
+        ParamSet::random(cfg, 0, 0.02, dev)?
+    };
     Ok(Setup {
         model: CausalLm::new(cfg.clone(), dev).with_compute_dtype(dtype),
-        initial: ParamSet::random(cfg, 0, 0.02, dev)?,
+        initial,
         data: Dataset::Paired(examples),
         eval: None,
         pad_token_id: 0,

@@ -9,6 +9,10 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::model::registry::ModelKind;
 
+/// The most optimizer steps a run may ask for: 2^53, the largest integer that JSON readers
+/// (JavaScript's numbers, SQLite's REAL) hold exactly, so the count is shown as it was sent.
+pub const MAX_STEPS: u64 = 1 << 53;
+
 /// One invalid field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
@@ -468,6 +472,20 @@ impl RunConfig {
         check(finite(self.undesirable_weight) && self.undesirable_weight > 0.0, "undesirable_weight", "must be > 0");
         check(self.max_steps != Some(0), "max_steps", "must be >= 1 (or unset to train num_train_epochs)");
         check(
+            self.max_steps.is_none_or(|s| s <= MAX_STEPS),
+            "max_steps",
+            &format!("must be <= 2^53 ({MAX_STEPS}), the largest step count every JSON reader keeps exact"),
+        );
+        let max_threads = crate::workers::max_threads();
+        check(
+            self.num_threads <= max_threads,
+            "num_threads",
+            &format!(
+                "must be <= {max_threads}, the worker threads a run may use here (the cores, or the server's \
+                 --max-threads-per-run); 0 uses one per core"
+            ),
+        );
+        check(
             self.max_steps.is_some() || (finite(self.num_train_epochs) && self.num_train_epochs > 0.0),
             "num_train_epochs",
             "must be > 0",
@@ -535,6 +553,11 @@ impl RunConfig {
             self.validate_toy(&mut errors);
         } else {
             self.validate_paths(&mut errors);
+        }
+        if errors.is_empty() {
+            if let Some(machine) = crate::memory::machine_bytes() {
+                errors.extend(crate::memory::bounds(self, machine));
+            }
         }
         if errors.is_empty() {
             Ok(())

@@ -13,6 +13,7 @@ use crate::data::{Collated, Sequence, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::logps::sequence_logps;
 use crate::metrics::Metrics;
+use crate::model::inference;
 use crate::model::reward::RewardModel;
 use crate::model::sampling::{generate, Sample, SamplingConfig};
 use crate::model::{CausalLm, ParamSet};
@@ -95,6 +96,41 @@ pub fn sample_and_score(
         .zip(samples)
         .zip(other_logps)
         .map(|(((prompt, _), sample), other_logps)| ScoredSample {
+            prompt,
+            policy_logp: sample.logprobs.iter().sum(),
+            sample,
+            other_logps,
+        })
+        .collect())
+}
+
+/// [`sample_and_score`] through candle-transformers ([`inference::sample_and_score`]): one
+/// answer per prompt, the policy's log-probs from the same scoring path as the others'.
+pub fn sample_and_score_inference(
+    w: EvalWeights<'_>,
+    others: &[&ParamSet],
+    prompts: &[Vec<u32>],
+    sampling: &SamplingConfig,
+    seed: u64,
+) -> Result<Vec<ScoredSample>> {
+    let sampling = SamplingConfig { temperature: 1.0, top_k: None, ..sampling.clone() };
+    let model = w.model;
+    let scored = inference::sample_and_score(
+        &model.config,
+        model.compute_dtype(),
+        model.device(),
+        w.policy,
+        others,
+        prompts,
+        &sampling,
+        seed,
+    )?;
+    Ok(scored
+        .samples
+        .into_iter()
+        .zip(scored.other_logps)
+        .enumerate()
+        .map(|(prompt, (sample, other_logps))| ScoredSample {
             prompt,
             policy_logp: sample.logprobs.iter().sum(),
             sample,
@@ -198,7 +234,15 @@ impl Evaluator for PolicySampleEvaluator {
         let others: Vec<&ParamSet> = if shared { vec![w.initial] } else { vec![w.initial, w.reference] };
         let mut samples = Vec::with_capacity(self.prompts.len());
         for (chunk_index, chunk) in self.prompts.chunks(self.batch_size).enumerate() {
-            let scored = sample_and_score(w.model, w.policy, &others, chunk, 1, &self.sampling, &|_| false, &mut rng)?;
+            let scored = if w.model.device().is_cuda() && inference::supports(&w.model.config) {
+                // Llama and Qwen2 on a GPU: candle-transformers' models with their fused inference
+                // kernels, one scoring path for all. On the CPU it scores π_init token by token and
+                // took 1.9x the trainer's sampler (BENCHMARKS.md, "Evaluation"), so the CPU keeps that.
+                let seed = rng.random::<u64>();
+                sample_and_score_inference(w, &others, chunk, &self.sampling, seed)?
+            } else {
+                sample_and_score(w.model, w.policy, &others, chunk, 1, &self.sampling, &|_| false, &mut rng)?
+            };
             samples.extend(scored.into_iter().map(|mut s| {
                 s.prompt += chunk_index * self.batch_size;
                 s

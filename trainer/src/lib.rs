@@ -21,5 +21,6 @@ pub mod sweep;
 pub mod tasks;
 pub mod train;
 pub mod trust_region;
+pub mod workers;
 
 pub use error::{Error, Result};

@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::config::RunConfig;
+use crate::config::{FieldError, LossType, RunConfig};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::registry::{self, ModelKind};
@@ -20,7 +20,8 @@ use crate::model::{param_specs, ModelConfig};
 
 const F32: u64 = 4;
 
-/// Bytes per part of a run, all float32.
+/// Bytes per part of a run: float32 weights, moments and gradients, activations in the compute
+/// dtype where the forward pass keeps them so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MemoryPlan {
     pub num_parameters: u64,
@@ -34,6 +35,9 @@ pub struct MemoryPlan {
     pub adam_moments: u64,
     /// The summed gradient, plus one per worker thread while their shards are added up.
     pub gradients: u64,
+    /// bf16/fp16: the policy's weights cast to the compute dtype, which the forward pass keeps
+    /// for the backward (one layer's at a time with gradient checkpointing).
+    pub half_weights: u64,
     /// What a training micro-batch or an evaluation batch keeps alive at its peak.
     pub activations: u64,
     /// The gold reward model's weights.
@@ -45,55 +49,86 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// The plan for `cfg` on a model with `model` as its config and `data` as its examples.
     pub fn for_run(cfg: &RunConfig, model: &ModelConfig, data: &Dataset) -> Result<Self> {
-        let n: u64 = param_specs(model).iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum();
-        let weights = n * F32;
-        let rows = match data {
-            Dataset::Paired(_) => 2 * cfg.per_device_train_batch_size,
-            Dataset::Unpaired(_) => cfg.per_device_train_batch_size,
+        let rows_per_example = match data {
+            Dataset::Paired(_) => 2,
+            Dataset::Unpaired(_) => 1,
         };
         let (longest, longest_completion) = data.longest_sequences();
-        // A GPU run takes the whole micro-batch on one worker (see `train::micro_batch_grads`).
-        let workers = if cfg.device == "cpu" { crate::train::worker_threads(cfg.num_threads) } else { 1 };
-        let workers = workers.min(cfg.per_device_train_batch_size).max(1);
         let reward_model = match &cfg.reward_model_path {
             Some(dir) => reward_model_bytes(dir)?,
             None => 0,
         };
-        let training = training_activations(model, cfg, rows as u64, longest as u64, longest_completion as u64);
+        Ok(Self::for_shape(
+            cfg,
+            model,
+            cfg.per_device_train_batch_size,
+            rows_per_example,
+            longest,
+            longest_completion,
+            reward_model,
+        ))
+    }
+
+    /// The plan for micro-batches of `batch` examples of `rows_per_example` sequences each (2 for
+    /// pairs), of at most `longest` tokens of which at most `longest_completion` are completion.
+    /// Sums saturate: a plan too large to count is simply too large.
+    fn for_shape(
+        cfg: &RunConfig,
+        model: &ModelConfig,
+        batch: usize,
+        rows_per_example: usize,
+        longest: usize,
+        longest_completion: usize,
+        reward_model: u64,
+    ) -> Self {
+        let n: u64 =
+            param_specs(model).iter().map(|(_, s)| product(s.iter().map(|&d| d as u64))).fold(0, u64::saturating_add);
+        let weights = n.saturating_mul(F32);
+        let rows = (batch as u64).saturating_mul(rows_per_example as u64);
+        // A GPU run takes the whole micro-batch on one worker (see `train::micro_batch_grads`).
+        let workers = if cfg.device == "cpu" { crate::workers::worker_threads(cfg.num_threads) } else { 1 };
+        let workers = workers.min(batch).max(1);
+        let training = training_activations(model, cfg, rows, longest as u64, longest_completion as u64);
         let evaluation = if cfg.eval_steps.is_some() || cfg.reward_model_path.is_some() {
-            sampling_activations(
-                model,
-                (2 * cfg.per_device_train_batch_size) as u64,
-                cfg.max_new_tokens as u64,
-                longest,
-            )
+            sampling_activations(model, (batch as u64).saturating_mul(2), cfg.max_new_tokens as u64, longest)
         } else {
             0
         };
+        let half_weights = match (cfg.bf16 || cfg.fp16, cfg.gradient_checkpointing) {
+            (false, _) => 0,
+            (true, false) => n.saturating_mul(2),
+            (true, true) => n.saturating_mul(2) / model.num_hidden_layers.max(1) as u64,
+        };
         let mut plan = Self {
             num_parameters: n,
+            half_weights,
             policy: weights,
             initial: weights,
             reference: if cfg.sync_ref_model { weights } else { 0 },
-            adam_moments: 2 * weights,
-            gradients: (workers as u64 + 1) * weights,
+            adam_moments: weights.saturating_mul(2),
+            gradients: (workers as u64 + 1).saturating_mul(weights),
             activations: training.max(evaluation),
             reward_model,
             margin: 0,
         };
         plan.margin = plan.total() / 10;
-        Ok(plan)
+        plan
     }
 
     pub fn total(&self) -> u64 {
-        self.policy
-            + self.initial
-            + self.reference
-            + self.adam_moments
-            + self.gradients
-            + self.activations
-            + self.reward_model
-            + self.margin
+        [
+            self.policy,
+            self.initial,
+            self.reference,
+            self.adam_moments,
+            self.gradients,
+            self.half_weights,
+            self.activations,
+            self.reward_model,
+            self.margin,
+        ]
+        .into_iter()
+        .fold(0, u64::saturating_add)
     }
 
     /// Refuses a run whose estimate exceeds `available` bytes (`None`: unknown, so allowed).
@@ -118,13 +153,11 @@ impl fmt::Display for MemoryPlan {
         } else {
             write!(f, " (also the reference)")?;
         }
-        write!(
-            f,
-            " + Adam moments {} + gradients {} + activations {}",
-            human_bytes(self.adam_moments),
-            human_bytes(self.gradients),
-            human_bytes(self.activations)
-        )?;
+        write!(f, " + Adam moments {} + gradients {}", human_bytes(self.adam_moments), human_bytes(self.gradients))?;
+        if self.half_weights > 0 {
+            write!(f, " + half-precision weights {}", human_bytes(self.half_weights))?;
+        }
+        write!(f, " + activations {}", human_bytes(self.activations))?;
         if self.reward_model > 0 {
             write!(f, " + reward model {}", human_bytes(self.reward_model))?;
         }
@@ -150,6 +183,11 @@ fn reward_model_bytes(dir: &std::path::Path) -> Result<u64> {
     Ok(registry::num_parameters(&cfg, Some(ModelKind::SequenceClassification), registry::num_labels(&json)) * F32)
 }
 
+/// The product of `factors`, saturating.
+fn product(factors: impl IntoIterator<Item = u64>) -> u64 {
+    factors.into_iter().fold(1, u64::saturating_mul)
+}
+
 /// Floats one token keeps per layer for the backward pass: the block's inputs, norms,
 /// projections (before and after the head split and the rotary embedding), attention scores
 /// and probabilities over `keys`, and the MLP's three intermediate-width tensors.
@@ -159,7 +197,7 @@ fn per_token_per_layer(cfg: &ModelConfig, keys: u64) -> u64 {
     let kv = (cfg.num_key_value_heads * cfg.head_dim) as u64;
     let i = cfg.intermediate_size as u64;
     let heads = cfg.num_attention_heads as u64;
-    6 * h + 7 * q + 5 * kv + 3 * i + 2 * heads * keys
+    (6 * h + 7 * q + 5 * kv + 3 * i).saturating_add(product([2, heads, keys]))
 }
 
 /// The policy's forward graph over `rows` sequences of `len` tokens, plus the output
@@ -175,18 +213,18 @@ fn per_token_per_layer(cfg: &ModelConfig, keys: u64) -> u64 {
 /// activations, for the same model.
 fn training_activations(cfg: &ModelConfig, run: &RunConfig, rows: u64, len: u64, completion: u64) -> u64 {
     let layers = cfg.num_hidden_layers as u64;
-    let layer = rows * len * per_token_per_layer(cfg, len) * F32;
-    let head = rows * completion * 3 * cfg.vocab_size as u64 * F32;
+    let layer = product([rows, len, per_token_per_layer(cfg, len), F32]);
+    let head = product([rows, completion, 3, cfg.vocab_size as u64, F32]);
     let mixed = run.bf16 || run.fp16;
     if run.gradient_checkpointing {
         let bytes = if mixed { 2 } else { F32 };
-        let layer_inputs = rows * len * cfg.hidden_size as u64 * (layers + 1) * bytes;
-        layer_inputs + layer * 5 / 2 + head
+        let layer_inputs = product([rows, len, cfg.hidden_size as u64, layers + 1, bytes]);
+        layer_inputs.saturating_add(layer.saturating_mul(5) / 2).saturating_add(head)
     } else {
         // The backward pass holds about one layer's worth of activation gradients on top.
-        let all = layer * (layers + 1) + head;
+        let all = layer.saturating_mul(layers + 1).saturating_add(head);
         if mixed {
-            all * 123 / 100
+            all.saturating_mul(123) / 100
         } else {
             all
         }
@@ -196,11 +234,104 @@ fn training_activations(cfg: &ModelConfig, run: &RunConfig, rows: u64, len: u64,
 /// Sampling `rows` answers of `new_tokens` after prompts of up to `prompt` tokens: the KV cache
 /// and one step's logits.
 fn sampling_activations(cfg: &ModelConfig, rows: u64, new_tokens: u64, prompt: usize) -> u64 {
-    let keys = prompt as u64 + new_tokens;
+    let keys = (prompt as u64).saturating_add(new_tokens);
     let kv = (cfg.num_key_value_heads * cfg.head_dim) as u64;
-    let cache = 2 * cfg.num_hidden_layers as u64 * rows * keys * kv;
-    let prefill = rows * prompt as u64 * per_token_per_layer(cfg, prompt as u64);
-    (cache + prefill + rows * cfg.vocab_size as u64) * F32
+    let cache = product([2, cfg.num_hidden_layers as u64, rows, keys, kv]);
+    let prefill = product([rows, prompt as u64, per_token_per_layer(cfg, prompt as u64)]);
+    let logits = product([rows, cfg.vocab_size as u64]);
+    product([cache.saturating_add(prefill).saturating_add(logits), F32])
+}
+
+/// The largest sizes a run may ask for on a machine with `machine` bytes of memory: beyond
+/// them not even the shortest sequences (one prompt and one completion token) fit, whatever
+/// the data. Each is a field error naming the bound. The exact plan, with the data's real
+/// lengths, is checked when the run starts ([`MemoryPlan::check`]).
+pub fn bounds(cfg: &RunConfig, machine: u64) -> Vec<FieldError> {
+    let Some((model, model_field)) = least_model(cfg) else { return Vec::new() };
+    let reward_model = cfg.reward_model_path.as_deref().map_or(0, |dir| reward_model_bytes(dir).unwrap_or(0));
+    let rows_per_example = if cfg.loss_type == LossType::Kto { 1 } else { 2 };
+    let plan = |batch: usize, len: usize| {
+        MemoryPlan::for_shape(cfg, &model, batch, rows_per_example, len, len.saturating_sub(1).max(1), reward_model)
+    };
+    let fits = |batch: usize, len: usize| plan(batch, len).total() <= machine;
+    let machine_text = human_bytes(machine);
+    if !fits(1, 2) {
+        let least = plan(1, 2);
+        return vec![FieldError::new(
+            model_field,
+            format!(
+                "the model needs at least {} ({least}), more than this machine's {machine_text} of memory",
+                human_bytes(least.total())
+            ),
+        )];
+    }
+    let mut errors = Vec::new();
+    let batch = cfg.per_device_train_batch_size;
+    if !fits(batch, 2) {
+        let most = largest(batch, |b| fits(b, 2));
+        errors.push(FieldError::new(
+            "per_device_train_batch_size",
+            format!(
+                "must be <= {most} with this machine's {machine_text} of memory: a batch of {batch} needs at \
+                 least {} even for the shortest sequences",
+                human_bytes(plan(batch, 2).total())
+            ),
+        ));
+    }
+    if let Some(length) = cfg.max_length.filter(|&l| l > 2 && !fits(1, l)) {
+        let most = largest(length, |l| l < 2 || fits(1, l));
+        errors.push(FieldError::new(
+            "max_length",
+            format!(
+                "must be <= {most} with this machine's {machine_text} of memory: one example of {length} tokens \
+                 needs at least {}",
+                human_bytes(plan(1, length).total())
+            ),
+        ));
+    }
+    errors
+}
+
+/// The largest `n < above` for which `ok(n)` holds, `ok` being true up to some point and false
+/// from there (and true for 1).
+fn largest(above: usize, ok: impl Fn(usize) -> bool) -> usize {
+    let (mut good, mut bad) = (1, above);
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        if ok(mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    good
+}
+
+/// The smallest model the run can have, and the field that chose it: the model directory's
+/// config, or a toy task's sizes with its smallest vocabulary and context. `None` when the
+/// model's config cannot be read (its own error says why).
+fn least_model(cfg: &RunConfig) -> Option<(ModelConfig, &'static str)> {
+    if cfg.task.is_toy() {
+        let model = crate::tasks::toy_model_config(cfg, cfg.toy_alphabet_size, cfg.toy_response_length + 1).ok()?;
+        return Some((model, "toy_hidden_size"));
+    }
+    let dir = cfg.model_name_or_path.as_ref()?;
+    Some((ModelConfig::from_file(&dir.join("config.json")).ok()?, "model_name_or_path"))
+}
+
+/// All the memory of this machine (or its cgroup limit): what no run can exceed, however idle
+/// the machine. `None` where it cannot be read.
+pub fn machine_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Memory this process can still allocate: the kernel's `MemAvailable`, lowered to what the
@@ -257,6 +388,7 @@ mod tests {
         let adam = AdamW::new(&policy, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }).unwrap();
         assert_eq!(plan.adam_moments, adam.num_bytes() as u64);
         assert_eq!(plan.gradients, 3 * actual, "two workers' gradients and their sum");
+        assert_eq!(plan.half_weights, 0, "float32 keeps no cast copy");
         let parts = plan.policy + plan.initial + plan.reference + plan.adam_moments + plan.gradients + plan.activations;
         assert_eq!(plan.margin, parts / 10);
         assert_eq!(plan.total(), parts + plan.margin);
@@ -282,6 +414,24 @@ mod tests {
         let run = RunConfig { gradient_checkpointing: true, ..RunConfig::default() };
         let checkpointed = MemoryPlan::for_run(&run, &cfg, &data()).unwrap().activations;
         assert!(checkpointed * 3 < plain, "{checkpointed} vs {plain} bytes");
+    }
+
+    /// The paper's scale: a TR-DPO run (policy, reference, π_init, AdamW, bf16 with gradient
+    /// checkpointing) of Pythia-1.4B fits one H100 or H200; Pythia-2.8B fits an H200 only.
+    #[test]
+    fn pythia_1_4b_fits_one_h100_and_pythia_2_8b_needs_an_h200() {
+        let (h100, h200) = (81_559u64 << 20, 143_771u64 << 20);
+        let plan = |name: &str| {
+            let cfg = crate::bench::peer_model_config(name).unwrap();
+            crate::bench::bench_memory_plan(&cfg, "cuda", candle_core::DType::BF16, true).unwrap()
+        };
+        let (small, large) = (plan("pythia-1.4b"), plan("pythia-2.8b"));
+        assert_eq!(small.num_parameters, 1_414_647_808);
+        assert_eq!(large.num_parameters, 2_775_208_960);
+        assert!(small.total() < h100, "{small}");
+        assert!(large.total() > h100 && large.total() < h200, "{large}");
+        // Three float32 weight copies (policy, reference, π_init) and two moments.
+        assert_eq!(large.policy + large.initial + large.reference + large.adam_moments, 20 * large.num_parameters);
     }
 
     #[test]

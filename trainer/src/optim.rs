@@ -80,6 +80,19 @@ impl AdamW {
         let params = vars.iter().zip(grads).zip(&self.decay).zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq);
         for ((((var, grad), &decays), m), v) in params {
             let weight_decay = if decays { weight_decay } else { 0.0 };
+            #[cfg(feature = "cuda")]
+            if crate::model::fused::fused_in_place_on_gpu(var) {
+                let scalars = crate::model::cuda::AdamWScalars {
+                    beta1: beta1 as f32,
+                    beta2: beta2 as f32,
+                    decay: (1.0 - lr * weight_decay) as f32,
+                    step_size: step_size as f32,
+                    bias_correction2_sqrt: bias_correction2_sqrt as f32,
+                    eps: eps as f32,
+                };
+                crate::model::cuda::adamw_step(var.as_tensor(), grad, m, v, scalars)?;
+                continue;
+            }
             if var.device().is_cpu() && var.dtype() == DType::F32 {
                 // In place, three passes, no allocation: what torch's fused AdamW does on CPU.
                 let grad = grad.contiguous()?;

@@ -18,6 +18,7 @@ use crate::metrics::{MetricSink, MetricWindow, Metrics};
 use crate::model::{add_grads, CausalLm, ModelConfig, ParamSet};
 use crate::optim::{clip_to_max_norm, global_grad_norm, AdamW, AdamWConfig, LrSchedule};
 use crate::trust_region::TrustRegion;
+use crate::workers;
 
 /// The examples in the shape the loss needs: KTO trains on unpaired examples (pairs are
 /// split, each with a mismatched completion for its KL estimate); DPO and IPO need pairs.
@@ -489,8 +490,9 @@ pub fn micro_batch_grads(
     scale: f64,
 ) -> Result<MicroBatchGrads> {
     let shards = shards(cfg, setup, indices);
-    let parts =
-        in_parallel(&shards, |shard| shard_forward(setup, policy, reference, shard, cfg.gradient_checkpointing))?;
+    let parts = workers::in_parallel(&shards, |shard| {
+        shard_forward(setup, policy, reference, shard, cfg.gradient_checkpointing)
+    })?;
 
     let leaves: Vec<Var> =
         parts.iter().map(|p| Var::from_tensor(&p.policy.detach())).collect::<candle_core::Result<_>>()?;
@@ -498,7 +500,7 @@ pub fn micro_batch_grads(
     let upstream = (out.loss.clone() * scale)?.backward()?;
 
     let shard_ids: Vec<usize> = (0..parts.len()).collect();
-    let shard_grads = in_parallel(&shard_ids, |&k| {
+    let shard_grads = workers::in_parallel(&shard_ids, |&k| {
         let Some(d) = upstream.get(leaves[k].as_tensor()) else { return Ok(vec![None; policy.vars().len()]) };
         match &parts[k].checkpointed {
             Some((forward, rows)) => forward.backward(&setup.model, policy, rows, d),
@@ -515,7 +517,7 @@ pub fn micro_batch_grads(
 /// A micro-batch split into one shard per worker thread, each collated (padded) on its own.
 fn shards<'a>(cfg: &RunConfig, setup: &Setup, indices: &'a [usize]) -> Vec<&'a [usize]> {
     // A GPU parallelises inside each op; splitting the batch would only shrink its kernels.
-    let threads = if setup.model.device().is_cpu() { worker_threads(cfg.num_threads) } else { 1 };
+    let threads = if setup.model.device().is_cpu() { workers::worker_threads(cfg.num_threads) } else { 1 };
     let threads = threads.min(indices.len()).max(1);
     indices.chunks(indices.len().div_ceil(threads).max(1)).collect()
 }
@@ -527,46 +529,6 @@ pub struct MicroBatchGrads {
     pub metrics: Vec<(&'static str, f64)>,
     /// One entry per policy parameter, `None` where no gradient reached it.
     pub grads: Vec<Option<Tensor>>,
-}
-
-/// `num_threads = 0` means one worker per available core.
-pub(crate) fn worker_threads(configured: usize) -> usize {
-    if configured > 0 {
-        configured
-    } else {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    }
-}
-
-/// Runs `f` on every item, in order, on a persistent pool of `items.len()` workers. The
-/// workers live across steps: a fresh thread per step would start with a cold allocator heap,
-/// and the kernel would zero fresh pages for every buffer it allocates.
-pub(crate) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync + Send) -> Result<Vec<R>> {
-    use rayon::prelude::*;
-    match items {
-        [] => Ok(Vec::new()),
-        [only] => Ok(vec![f(only)?]),
-        _ => worker_pool(items.len())?.install(|| items.par_iter().map(&f).collect()),
-    }
-}
-
-/// One pool per worker count, created on first use.
-fn worker_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, OnceLock};
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(pool) = pools.get(&threads) {
-        return Ok(Arc::clone(pool));
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("goodhart-worker-{i}"))
-        .build()
-        .map_err(|e| Error::model(format!("cannot start {threads} worker threads: {e}")))?;
-    let pool = Arc::new(pool);
-    pools.insert(threads, Arc::clone(&pool));
-    Ok(pool)
 }
 
 /// One shard's sequence log-probs. Paired rows are `[chosen…, rejected…]`; unpaired rows are

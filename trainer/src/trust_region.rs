@@ -34,6 +34,11 @@ impl TrustRegion {
 /// `θ_ref ← α θ + (1 − α) θ_ref`, in TRL's order of operations: `ref.mul_(1 − α).add_(θ, α)`.
 pub fn soft_update(policy: &ParamSet, reference: &ParamSet, alpha: f64) -> Result<()> {
     for (p, r) in policy.vars().iter().zip(reference.vars()) {
+        #[cfg(feature = "cuda")]
+        if crate::model::fused::fused_in_place_on_gpu(r) {
+            crate::model::cuda::mix(r.as_tensor(), p.as_tensor(), alpha as f32)?;
+            continue;
+        }
         if r.device().is_cpu() && r.dtype() == DType::F32 {
             r.as_tensor().inplace_op2(p.as_tensor(), &Mix { alpha: alpha as f32 })?;
         } else {

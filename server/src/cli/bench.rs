@@ -23,6 +23,15 @@ pub enum BenchCommand {
     /// One TR-DPO step on the CPU and on `--device` from the same weights and batch, compared
     /// (fails outside bf16 tolerance); then median ms per TR-DPO step on the device.
     Device(DeviceBenchArgs),
+    /// The fused kernels against candle's composed ops on `--device` (values and gradients):
+    /// the `cuda_*` tests of the trainer, from this binary.
+    Kernels(super::bench_gpu::KernelBenchArgs),
+    /// One evaluation (64 prompts × 64 new tokens by default) through the trainer's own sampler
+    /// and through candle-transformers, timed both ways.
+    Eval(super::bench_gpu::EvalBenchArgs),
+    /// The memory plan of a TR-DPO run of Pythia-1.4B / -2.8B's shapes and, where it fits the
+    /// GPU, TR-DPO step times, tokens/s and peak GPU memory.
+    Scale(super::bench_gpu::ScaleBenchArgs),
     /// The server's load benchmark: metric ingestion, metrics GET latency, SSE fan-out cost.
     Server(super::bench_server::ServerBenchArgs),
     /// CPU steps per second of the training loop on generated HH-style data (~10M-parameter
@@ -379,6 +388,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Trainer(args) => trainer_bench(&args),
         BenchCommand::Device(args) => device_bench(&args),
         BenchCommand::TrainerOnce(args) => once(&args),
+        BenchCommand::Kernels(args) => super::bench_gpu::kernels(&args),
+        BenchCommand::Eval(args) => super::bench_gpu::eval(&args),
+        BenchCommand::Scale(args) => super::bench_gpu::scale(&args),
         BenchCommand::Server(args) => super::bench_server::run(&args),
         BenchCommand::Data(args) => super::bench_data::run(&args),
         BenchCommand::Ui(args) => super::bench_ui::run(&args),

@@ -6,6 +6,8 @@
 //!    request of each query alone (cold: nothing kept in the server yet), then p50 and p99 under
 //!    concurrent clients (warm: the run has ended, so its answers are kept in memory).
 //! 3. Training step time of a real run with and without 200 SSE subscribers, alternated.
+//! 4. `GET /api/runs` latency of a normal client (a fresh connection per request) while 64
+//!    slow-header clients dribble one header line a second, against the same without them.
 //!
 //! Everything runs in this one process (server, trainer and clients share the cores), which
 //! makes the numbers pessimistic rather than flattering.
@@ -48,7 +50,13 @@ pub struct ServerBenchArgs {
     /// Runs with and without subscribers each (alternated).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Run only these parts (default: all three).
+    /// Slow-header clients in the slow-headers part.
+    #[arg(long, default_value_t = 64)]
+    pub slow_connections: usize,
+    /// Requests the normal client makes in each half of the slow-headers part.
+    #[arg(long, default_value_t = 200)]
+    pub probes: usize,
+    /// Run only these parts (default: all four).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<ServerBenchPart>,
     /// The TRL fixture directory with `tiny-llama/` and `pairs.jsonl`.
@@ -61,6 +69,7 @@ pub enum ServerBenchPart {
     Ingest,
     Metrics,
     Sse,
+    SlowHeaders,
 }
 
 const METRIC_NAMES: [&str; 12] = [
@@ -110,6 +119,9 @@ pub fn run(args: &ServerBenchArgs) -> anyhow::Result<()> {
         }
         if runs(ServerBenchPart::Sse) {
             sse_overhead(args).await?;
+        }
+        if runs(ServerBenchPart::SlowHeaders) {
+            slow_headers(args).await?;
         }
         Ok(())
     })
@@ -320,6 +332,70 @@ async fn sse_overhead(args: &ServerBenchArgs) -> anyhow::Result<()> {
         (w / a - 1.0) * 100.0,
         args.rounds,
         args.train_steps
+    );
+    server.stop().await
+}
+
+/// Keeps one slow-header client connected until `stop`: it sends a request head one line a
+/// second, and connects again whenever the server closes it (the header-read timeout).
+async fn dribble(addr: std::net::SocketAddr, stop: tokio_util::sync::CancellationToken) {
+    use tokio::io::AsyncWriteExt;
+    while !stop.is_cancelled() {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut line: &[u8] = b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+        loop {
+            if stream.write_all(line).await.is_err() {
+                break;
+            }
+            line = b"X-Slow: 1\r\n";
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// `probes` requests of a normal client, each on a fresh connection: latencies in ms.
+async fn probe_latencies(base: &str, probes: usize) -> anyhow::Result<Vec<f64>> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let mut latencies = Vec::with_capacity(probes);
+    for _ in 0..probes {
+        let t = Instant::now();
+        client.get(format!("{base}/api/runs")).send().await?.error_for_status()?.bytes().await?;
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+async fn slow_headers(args: &ServerBenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start(ServeConfig::for_dir(dir.path())).await?;
+    let base = format!("http://{}", server.addr);
+    let alone = probe_latencies(&base, args.probes).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let slow: Vec<_> = (0..args.slow_connections).map(|_| tokio::spawn(dribble(server.addr, stop.clone()))).collect();
+    // Every slow client connected and past its first line.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let crowded = probe_latencies(&base, args.probes).await?;
+    stop.cancel();
+    for s in slow {
+        s.await?;
+    }
+    println!(
+        "GET /api/runs on a fresh connection while {} slow-header clients dribble a header line a second: median \
+         {:.2} ms, p99 {:.2} ms; without them: median {:.2} ms, p99 {:.2} ms ({} requests each)",
+        args.slow_connections,
+        percentile(&crowded, 50.0),
+        percentile(&crowded, 99.0),
+        percentile(&alone, 50.0),
+        percentile(&alone, 99.0),
+        args.probes
     );
     server.stop().await
 }

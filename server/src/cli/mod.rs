@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_data;
+mod bench_gpu;
 mod bench_server;
 mod bench_ui;
 mod serve;
@@ -25,8 +26,8 @@ pub enum Command {
     /// Train a grid of runs (`[base]` + `[[grid]]`), then write sweep.csv and the figures.
     Sweep(sweep::SweepArgs),
     /// The web server: a run queue, background trainers and the JSON API.
-    Serve(serve::ServeArgs),
-    /// Benchmarks: `goodhart bench trainer`, `goodhart bench server`, `goodhart bench ui`.
+    Serve(Box<serve::ServeArgs>),
+    /// Benchmarks: `goodhart bench trainer`, `device`, `kernels`, `eval`, `scale`, `server`, `data`, `ui`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -35,7 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
         Command::Sweep(args) => sweep::run(&args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

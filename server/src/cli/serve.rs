@@ -11,6 +11,11 @@ pub struct ServeArgs {
     /// Address to listen on. Anything but loopback needs --auth-token (or --insecure).
     #[arg(long, env = "GOODHART_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
+    /// A host name this server is reached by, besides its address and `localhost` (repeat it, or
+    /// separate names with commas; `.example.org` allows its subdomains, `*` any name). Requests
+    /// naming another host are refused, as a guard against DNS rebinding.
+    #[arg(long = "allowed-host", env = "GOODHART_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// SQLite database; created if missing, migrated at start.
     #[arg(long, env = "GOODHART_DATABASE_URL", default_value = "sqlite://goodhart.db")]
     pub database_url: String,
@@ -46,12 +51,26 @@ pub struct ServeArgs {
     /// The largest request body, in bytes.
     #[arg(long, env = "GOODHART_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
-    /// The largest dataset upload (`POST /api/datasets`), in bytes.
+    /// The largest dataset upload (`POST /api/datasets`, the whole request body), in bytes.
     #[arg(long, env = "GOODHART_MAX_UPLOAD_BYTES", default_value_t = 4 << 30)]
     pub max_upload_bytes: usize,
+    /// How long an upload may send nothing before it is refused (`30s`, `1m`, …).
+    #[arg(long, env = "GOODHART_UPLOAD_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upload_idle_timeout: Duration,
     /// Seconds a request may take until its response starts (streams may then run longer).
     #[arg(long, env = "GOODHART_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// How long a client may take to send a request's headers, and may stay idle between two
+    /// requests, before its connection is closed.
+    #[arg(long, env = "GOODHART_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Connections open at once; more wait until one closes.
+    #[arg(long, env = "GOODHART_MAX_CONNECTIONS", default_value_t = crate::serve::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// The most worker threads one run may use (its `num_threads`), and the size of the one
+    /// worker pool all runs share [default: the number of cores].
+    #[arg(long, env = "GOODHART_MAX_THREADS_PER_RUN")]
+    pub max_threads_per_run: Option<usize>,
     /// Require `Authorization: Bearer <token>` on every mutating route and every download.
     #[arg(long, env = "GOODHART_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
@@ -70,6 +89,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let config = ServeConfig {
         bind: args.bind,
+        allowed_hosts: args.allowed_hosts.into_iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect(),
         database_url: args.database_url,
         data_dir: args.data_dir,
         models_dir: args.models_dir,
@@ -81,7 +101,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_sweep_runs: args.max_sweep_runs,
         max_body_bytes: args.max_body_bytes,
         max_upload_bytes: args.max_upload_bytes,
+        upload_idle_timeout: args.upload_idle_timeout,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
+        header_read_timeout: args.header_read_timeout,
+        max_connections: args.max_connections,
+        max_threads_per_run: args.max_threads_per_run.unwrap_or_else(trainer::workers::cores),
         auth_token: args.auth_token,
         insecure: args.insecure,
         static_dir: args.static_dir.unwrap_or_else(crate::serve::default_static_dir),

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -14,8 +15,11 @@ use tokio::io::AsyncWriteExt;
 use trainer::config::{FieldError, LossType, RunConfig};
 use trainer::data::{self, DatasetReport, FileFormat, RowProblem, RowType};
 
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
 use super::error::{Error, Result};
-use super::AppState;
+use super::{AppState, Settings};
 
 /// Bad rows listed in one answer; a last entry counts the rest.
 pub const LISTED_PROBLEMS: usize = 1000;
@@ -29,15 +33,26 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `POST /api/datasets`: kept out of the request timeout (a large upload over a slow link takes
-/// longer than any response-head limit) and with its own body limit.
-pub fn upload_router(max_upload_bytes: usize) -> Router<AppState> {
-    Router::new().route("/api/datasets", post(upload).layer(DefaultBodyLimit::max(max_upload_bytes)))
+/// longer than any response-head limit), with its own body limit, refused at once when the
+/// declared length is over it, and refused when the client sends nothing for
+/// `--upload-idle-timeout`.
+pub fn upload_router(settings: &Settings) -> Router<AppState> {
+    Router::new()
+        .route("/api/datasets", post(upload))
+        .layer(DefaultBodyLimit::max(settings.max_upload_bytes))
+        .layer(RequestBodyTimeoutLayer::new(settings.upload_idle_timeout))
+        .layer(RequestBodyLimitLayer::new(settings.max_upload_bytes))
+}
+
+/// Whether a request is a dataset upload (which has its own limits and content type).
+pub fn is_upload(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::POST && path.trim_end_matches('/') == "/api/datasets"
 }
 
 /// Every bad row of the datasets `configs` name, checked against their models' chat templates,
 /// as field errors on `dataset_path` / `eval_dataset_path` ("line 3: missing `rejected`").
 /// Each (dataset, model) pair is read once.
-pub async fn check_datasets(configs: &[RunConfig]) -> Result<()> {
+pub async fn check_datasets(configs: &[RunConfig], settings: &Settings) -> Result<()> {
     let mut seen = BTreeSet::new();
     let mut errors = Vec::new();
     for cfg in configs.iter().filter(|c| !c.task.is_toy()) {
@@ -50,7 +65,7 @@ pub async fn check_datasets(configs: &[RunConfig]) -> Result<()> {
             let report = tokio::task::spawn_blocking(move || data::inspect(&path, model.as_deref()))
                 .await
                 .map_err(|e| Error::Internal(format!("dataset check: {e}")))?;
-            errors.extend(field_errors(field, &report.problems));
+            errors.extend(field_errors(field, &report.problems, settings));
             let unpaired = report.kind.is_some_and(|k| k.row_type == RowType::UnpairedPreference);
             if unpaired && cfg.loss_type != LossType::Kto {
                 errors.push(FieldError::new(
@@ -70,9 +85,13 @@ pub async fn check_datasets(configs: &[RunConfig]) -> Result<()> {
     }
 }
 
-fn field_errors(field: &str, problems: &[RowProblem]) -> Vec<FieldError> {
-    let mut errors: Vec<FieldError> =
-        problems.iter().take(LISTED_PROBLEMS).map(|p| FieldError::new(field, p.to_string())).collect();
+/// Each problem as an error on `field`, its paths relative to the server's directories.
+fn field_errors(field: &str, problems: &[RowProblem], settings: &Settings) -> Vec<FieldError> {
+    let mut errors: Vec<FieldError> = problems
+        .iter()
+        .take(LISTED_PROBLEMS)
+        .map(|p| FieldError::new(field, settings.redact(&p.to_string())))
+        .collect();
     if problems.len() > LISTED_PROBLEMS {
         errors.push(FieldError::new(field, format!("... and {} more bad rows", problems.len() - LISTED_PROBLEMS)));
     }
@@ -94,6 +113,7 @@ fn view(name: &str, path: &Path, report: &DatasetReport) -> Value {
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
     let root = state.settings.datasets_dir.clone();
+    let settings = state.settings.clone();
     let datasets = tokio::task::spawn_blocking(move || -> Vec<Value> {
         let mut files = Vec::new();
         collect_files(&root, &root, 0, &mut files);
@@ -112,7 +132,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
                 let mut v = view(name, path, &report);
                 // The first problem seen without a full check (uploads were checked in full).
                 if let Some(problem) = kind.err().or(rows.err()) {
-                    v["problem"] = Value::String(problem.to_string());
+                    v["problem"] = Value::String(settings.redact(&problem.to_string()));
                 }
                 v
             })
@@ -174,12 +194,23 @@ impl Drop for PartialFile {
 /// `model_name_or_path` (a model under `--models-dir` whose chat template conversational rows
 /// must render with). Answers 201 with the stored dataset, 409 if the name is taken, 413 past
 /// `--max-upload-bytes`, 422 with every bad row.
-async fn upload(State(state): State<AppState>, mut multipart: Multipart) -> Result<(StatusCode, Json<Value>)> {
+async fn upload(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    multipart: std::result::Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, Json<Value>)> {
+    if let Some(problem) = super::security::multipart_problem(&headers) {
+        return Err(Error::UnsupportedMediaType(problem));
+    }
     let settings = state.settings.clone();
     let limit = settings.max_upload_bytes;
-    let multipart_error = |e: axum::extract::multipart::MultipartError| {
+    let mut multipart = multipart.map_err(|e| Error::BadRequest(format!("multipart body: {}", e.body_text())))?;
+    let idle = settings.upload_idle_timeout;
+    let multipart_error = |e: MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Error::TooLarge(limit)
+            Error::TooLarge { limit, flag: "--max-upload-bytes" }
+        } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
+            Error::Timeout(format!("the upload sent nothing for {} s (--upload-idle-timeout)", idle.as_secs()))
         } else {
             Error::BadRequest(format!("multipart body: {}", e.body_text()))
         }
@@ -207,7 +238,7 @@ async fn upload(State(state): State<AppState>, mut multipart: Multipart) -> Resu
                 while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                     written += chunk.len();
                     if written > limit {
-                        return Err(Error::TooLarge(limit));
+                        return Err(Error::TooLarge { limit, flag: "--max-upload-bytes" });
                     }
                     out.write_all(&chunk).await.map_err(|e| Error::Internal(format!("writing the upload: {e}")))?;
                 }
@@ -216,7 +247,7 @@ async fn upload(State(state): State<AppState>, mut multipart: Multipart) -> Resu
             }
             Some("model_name_or_path") => {
                 let raw = field.text().await.map_err(multipart_error)?;
-                let path = super::config::contain(&raw, &settings.models_dir)
+                let path = super::config::contain(&raw, settings.models_root())
                     .map_err(|m| Error::field("model_name_or_path", m))?;
                 model = Some(path);
             }
@@ -240,7 +271,7 @@ async fn upload(State(state): State<AppState>, mut multipart: Multipart) -> Resu
             .map_err(|e| Error::Internal(format!("dataset check: {e}")))?
     };
     if !report.problems.is_empty() {
-        return Err(Error::Invalid(field_errors("file", &report.problems)));
+        return Err(Error::Invalid(field_errors("file", &report.problems, &settings)));
     }
     let target = root.join(&name);
     match std::fs::hard_link(&checked, &target) {
@@ -252,6 +283,18 @@ async fn upload(State(state): State<AppState>, mut multipart: Multipart) -> Resu
     }
     drop(checked_guard);
     Ok((StatusCode::CREATED, Json(view(&name, &target, &report))))
+}
+
+/// Whether `error` or anything it was caused by is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Unique enough for temporary names in one directory: time and a process-wide counter.
@@ -280,7 +323,8 @@ mod tests {
     fn past_the_listing_limit_the_rest_are_counted() {
         let problems: Vec<RowProblem> =
             (1..=LISTED_PROBLEMS + 5).map(|i| RowProblem::new(data::Location::Line(i), "bad")).collect();
-        let errors = field_errors("dataset_path", &problems);
+        let settings = crate::serve::ServeConfig::for_dir(Path::new("/nonexistent")).settings();
+        let errors = field_errors("dataset_path", &problems, &settings);
         assert_eq!(errors.len(), LISTED_PROBLEMS + 1);
         assert_eq!(errors[0].message, "line 1: bad");
         assert_eq!(errors.last().unwrap().message, "... and 5 more bad rows");

@@ -40,11 +40,11 @@ async fn series(
 ) -> Result<Response> {
     let run = find(&state, &id).await?;
     let csv = match q.format.as_deref() {
-        None | Some("" | "json") => false,
+        None | Some("json") => false,
         Some("csv") => true,
         Some(_) => return Err(Error::field("format", "must be json or csv")),
     };
-    let max_points = match q.max_points.as_deref().filter(|s| !s.is_empty()) {
+    let max_points = match q.max_points.as_deref() {
         None if csv => None,
         None => Some(DEFAULT_JSON_POINTS),
         Some(s) => match s.parse::<usize>() {

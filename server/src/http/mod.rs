@@ -1,5 +1,6 @@
 //! The JSON API (one router per resource) and the web pages ([`pages`]), one [`error::Error`],
-//! bearer auth on mutating routes and downloads.
+//! bearer auth on mutating routes and downloads, cross-site protection ([`security`]), and the
+//! HTTP/1 server with its connection limits ([`listen`]).
 
 pub mod cache;
 pub mod checkpoints;
@@ -7,12 +8,15 @@ pub mod config;
 pub mod datasets;
 pub mod error;
 pub mod events;
+pub mod listen;
 pub mod metrics;
 pub mod models;
 pub mod pages;
 pub mod runs;
+pub mod security;
 pub mod sweeps;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +28,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -34,6 +40,10 @@ use crate::jobs::queue::RunQueue;
 /// What the server was started with, as handlers need it.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The address the server listens on: a `Host` naming it is this server's own.
+    pub bind: SocketAddr,
+    /// Host names other than `localhost` and IP addresses that name this server (`--allowed-host`).
+    pub allowed_hosts: Vec<String>,
     pub data_dir: PathBuf,
     pub models_dir: PathBuf,
     pub datasets_dir: PathBuf,
@@ -42,6 +52,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// The largest dataset `POST /api/datasets` accepts, in bytes.
     pub max_upload_bytes: usize,
+    /// How long an upload may send nothing before it is refused (408).
+    pub upload_idle_timeout: Duration,
     pub request_timeout: Duration,
     /// CSS and JavaScript for the pages (`static/`).
     pub static_dir: PathBuf,
@@ -94,16 +106,42 @@ pub fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi))
         // Bounds the time to the response head; streamed bodies (SSE, downloads) may run longer.
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, settings.request_timeout))
-        // Uploads may take longer than any response-head limit.
-        .merge(datasets::upload_router(settings.max_upload_bytes))
+        // A declared length over the limit is refused before any of the body is read.
+        .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
+        // Uploads have their own limits (see `datasets::upload_router`).
+        .merge(datasets::upload_router(&settings))
+        .layer(middleware::from_fn_with_state(state.clone(), security::csrf))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), security::same_origin))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn_with_state(state.clone(), error::uniform))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+/// The API's OpenAPI document, as this server answers: without `--auth-token`, no route asks
+/// for one, so none lists the bearer requirement or its 401.
+async fn openapi(State(state): State<AppState>) -> Response {
+    const DOCUMENT: &str = include_str!("openapi.json");
+    if state.settings.auth_token.is_some() {
+        return ([(header::CONTENT_TYPE, "application/json")], DOCUMENT).into_response();
+    }
+    let mut document: serde_json::Value = match serde_json::from_str(DOCUMENT) {
+        Ok(document) => document,
+        Err(e) => return error::Error::Internal(format!("openapi.json: {e}")).into_response(),
+    };
+    if let Some(paths) = document["paths"].as_object_mut() {
+        for operation in paths.values_mut().filter_map(serde_json::Value::as_object_mut).flat_map(|p| p.values_mut()) {
+            if let Some(operation) = operation.as_object_mut() {
+                operation.remove("security");
+                if let Some(responses) = operation.get_mut("responses").and_then(serde_json::Value::as_object_mut) {
+                    responses.remove("401");
+                }
+            }
+        }
+    }
+    axum::Json(document).into_response()
 }
 
 /// With a token configured, everything that changes state or downloads files needs it.
@@ -118,22 +156,18 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     if !needs_token(request.method(), request.uri().path()) {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+    if security::constant_time_eq(bearer(request.headers()).unwrap_or("").as_bytes(), token.as_bytes()) {
         next.run(request).await
     } else {
         error::Error::Unauthorized.into_response()
     }
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of `Authorization: Bearer <token>`; the scheme's case does not matter (RFC 9110).
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 #[cfg(test)]
@@ -151,9 +185,16 @@ mod tests {
     }
 
     #[test]
-    fn tokens_compare_equal_only_when_identical() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
+    fn the_bearer_scheme_is_case_insensitive() {
+        let headers = |v: &'static str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::AUTHORIZATION, axum::http::HeaderValue::from_static(v));
+            h
+        };
+        assert_eq!(bearer(&headers("Bearer s3cret")), Some("s3cret"));
+        assert_eq!(bearer(&headers("bearer s3cret")), Some("s3cret"));
+        assert_eq!(bearer(&headers("BEARER  s3cret ")), Some("s3cret"));
+        assert_eq!(bearer(&headers("Basic czNjcmV0")), None);
+        assert_eq!(bearer(&headers("Bearer")), None);
     }
 }

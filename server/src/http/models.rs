@@ -14,14 +14,18 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Every checkpoint with its architecture, parameter count and dtype; unsupported ones carry
-/// an `error` naming their `model_type`. Only headers are read, never weights.
+/// an `error` naming their `model_type`. Only headers are read, never weights. Without a
+/// `--models-dir` the list is empty, as the datasets' is without a `--datasets-dir`.
 async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
     let dir = state.settings.models_dir.clone();
-    let models = tokio::task::spawn_blocking(move || registry::scan(&dir))
+    let scanned = tokio::task::spawn_blocking(move || registry::scan(&dir))
         .await
-        .map_err(|e| Error::Internal(format!("scanning models: {e}")))?
-        .map_err(|e| Error::Internal(format!("the models directory cannot be read: {e}")))?;
-    let root = state.settings.models_dir.canonicalize().unwrap_or_else(|_| state.settings.models_dir.clone());
+        .map_err(|e| Error::Internal(format!("scanning models: {e}")))?;
+    let models = match scanned {
+        Ok(models) => models,
+        Err(trainer::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::Internal(format!("the models directory cannot be read: {e}"))),
+    };
     let models: Vec<Value> = models
         .into_iter()
         .map(|m| {
@@ -34,7 +38,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
                 "num_parameters": m.num_parameters,
                 "dtype": m.dtype,
                 "supported": m.error.is_none(),
-                "error": m.error.map(|e| e.replace(&*root.to_string_lossy(), "<models-dir>")),
+                "error": m.error.map(|e| state.settings.redact(&e)),
             })
         })
         .collect();

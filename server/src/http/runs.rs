@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -54,15 +54,29 @@ pub fn view(run: &Run) -> Value {
         "started_at": run.started_at,
         "finished_at": run.finished_at,
         "heartbeat_at": run.heartbeat_at,
-        "worker": run.worker,
+        "worker": run.worker.as_deref().map(public_worker),
     })
+}
+
+/// A worker id as anyone may read it. Ids are `<host>:<data dir name>-<digest>` now; one stored
+/// in the old form, `<host>:<absolute data dir>`, is shown with the directory's name only.
+fn public_worker(id: &str) -> String {
+    match id.split_once(':') {
+        Some((host, dir)) if dir.starts_with('/') => {
+            let name =
+                std::path::Path::new(dir).file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            format!("{host}:{name}")
+        }
+        _ => id.to_string(),
+    }
 }
 
 async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let value = parse_body(body, state.settings.max_body_bytes)?;
+    let value = parse_body(&headers, body, state.settings.max_body_bytes)?;
     let id = launch(&state, value, None).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
 }
@@ -70,7 +84,7 @@ async fn create(
 /// Validates a config and queues it as a new run (`parent`: the run it retries or clones).
 pub async fn launch(state: &AppState, config: Value, parent: Option<i64>) -> Result<i64> {
     let (config, stored) = prepare(config, &state.settings).map_err(Error::Invalid)?;
-    check_datasets(std::slice::from_ref(&config)).await?;
+    check_datasets(std::slice::from_ref(&config), &state.settings).await?;
     Ok(state.queue.enqueue(stored, parent).await?)
 }
 
@@ -83,7 +97,8 @@ struct ListQuery {
 
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>> {
     let mut errors = Vec::new();
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+    // Strict where the runs page is lenient: that page leaves out a filter sent blank.
+    let status = match q.status.as_deref() {
         None => None,
         Some(s) => RunStatus::parse(s).or_else(|| {
             errors.push(trainer::config::FieldError::new(
@@ -93,14 +108,14 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
             None
         }),
     };
-    let sweep = match q.sweep.as_deref().filter(|s| !s.is_empty()) {
+    let sweep = match q.sweep.as_deref() {
         None => None,
         Some(s) => s.parse::<i64>().ok().or_else(|| {
             errors.push(trainer::config::FieldError::new("sweep", "must be a sweep id"));
             None
         }),
     };
-    let sort = match q.sort.as_deref().filter(|s| !s.is_empty()) {
+    let sort = match q.sort.as_deref() {
         None => Sort::Newest,
         Some(s) => Sort::parse(s).unwrap_or_else(|| {
             errors.push(trainer::config::FieldError::new("sort", "must be one of -id (newest), id (oldest), status"));
@@ -156,13 +171,14 @@ pub async fn retry_run(state: &AppState, id: i64) -> Result<i64> {
 async fn clone_with_edits(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let run = find(&state, &id).await?;
-    let edits = if body.as_ref().is_ok_and(Bytes::is_empty) {
+    let edits = if body.as_ref().is_ok_and(Bytes::is_empty) && headers.get(header::CONTENT_TYPE).is_none() {
         Value::Object(serde_json::Map::new())
     } else {
-        parse_body(body, state.settings.max_body_bytes)?
+        parse_body(&headers, body, state.settings.max_body_bytes)?
     };
     let Value::Object(edits) = edits else {
         return Err(Error::field("(body)", "must be a JSON object of config keys to change"));
@@ -188,4 +204,16 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result
         Err(e) => return Err(Error::Internal(format!("run {id} deleted, but removing {} failed: {e}", dir.display()))),
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_is_shown_without_an_absolute_data_dir() {
+        assert_eq!(public_worker("lab1:goodhart-data-3f2a9c1b"), "lab1:goodhart-data-3f2a9c1b");
+        assert_eq!(public_worker("lab1:/home/me/goodhart-data"), "lab1:goodhart-data");
+        assert_eq!(public_worker("gpu-box-2"), "gpu-box-2");
+    }
 }

@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
@@ -23,9 +23,10 @@ pub fn router() -> Router<AppState> {
 
 async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let value = parse_body(body, state.settings.max_body_bytes)?;
+    let value = parse_body(&headers, body, state.settings.max_body_bytes)?;
     let Value::Object(mut body) = value else {
         return Err(Error::field("(body)", "must be {\"base\": {...}, \"grid\": {...}}"));
     };
@@ -46,11 +47,11 @@ pub async fn launch(state: &AppState, base: Value, grid: Value) -> Result<(i64, 
         .map(|c| serde_json::from_value(c.clone()))
         .collect::<Result<Vec<RunConfig>, _>>()
         .map_err(|e| Error::Internal(format!("a validated config no longer parses: {e}")))?;
-    check_datasets(&run_configs).await?;
+    check_datasets(&run_configs, &state.settings).await?;
     Ok(state.queue.enqueue_sweep(base, grid, configs).await?)
 }
 
-/// The stored config of every grid point, or every problem (each grid value named).
+/// The stored config of every distinct grid point, or every problem (each grid value named).
 pub fn validate(state: &AppState, base: &Value, grid: &Value) -> Result<Vec<Value>, Vec<FieldError>> {
     let Value::Object(base_map) = base else {
         return Err(vec![FieldError::new("base", "must be a JSON object (a run config)")]);
@@ -62,6 +63,8 @@ pub fn validate(state: &AppState, base: &Value, grid: &Value) -> Result<Vec<Valu
         let mut config = base_map.clone();
         config.extend(point.iter().map(|(k, v)| (k.clone(), v.clone())));
         match prepare(Value::Object(config), &state.settings) {
+            // A union of grids may reach one config twice: it is run once, as `goodhart sweep` does.
+            Ok((_, stored)) if configs.contains(&stored) => {}
             Ok((_, stored)) => configs.push(stored),
             Err(errs) => {
                 for e in errs {

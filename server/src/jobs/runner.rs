@@ -33,6 +33,9 @@ pub struct Runner {
     pub train: TrainFn,
     pub writer: MetricWriter,
     pub data_dir: PathBuf,
+    /// The directories whose paths a failed run's public `error` shows relative to them (data,
+    /// models, datasets).
+    pub public_dirs: Vec<PathBuf>,
     pub max_concurrent: usize,
     /// How often this worker renews its claims (`--heartbeat-interval`).
     pub heartbeat_interval: Duration,
@@ -79,16 +82,11 @@ impl Runner {
                     () = self.shutdown.cancelled() => break 'claiming,
                 }
             };
-            let (queue, pool, writer, data_dir, stop_all, train) = (
-                self.queue.clone(),
-                self.pool.clone(),
-                self.writer.clone(),
-                self.data_dir.clone(),
-                stop_all.clone(),
-                self.train,
-            );
+            let (queue, pool, writer, stop_all, train) =
+                (self.queue.clone(), self.pool.clone(), self.writer.clone(), stop_all.clone(), self.train);
+            let dirs = Dirs { data: self.data_dir.clone(), public: self.public_dirs.clone() };
             trainers.spawn(async move {
-                run_one(claim, queue.as_ref(), &pool, train, writer, &data_dir, stop_all).await;
+                run_one(claim, queue.as_ref(), &pool, train, writer, &dirs, stop_all).await;
                 drop(permit);
             });
             // Reap finished trainers so the set does not grow forever.
@@ -150,21 +148,30 @@ async fn keep_alive(
     }
 }
 
+/// Where a run's files go, and which directories its public error names paths relative to.
+struct Dirs {
+    data: PathBuf,
+    public: Vec<PathBuf>,
+}
+
 async fn run_one(
     claim: Claim,
     queue: &dyn RunQueue,
     pool: &Pool,
     train: TrainFn,
     writer: MetricWriter,
-    data_dir: &std::path::Path,
+    dirs: &Dirs,
     stop_all: Arc<AtomicBool>,
 ) {
     let run_id = claim.run_id;
-    let output_dir = super::run_dir(data_dir, run_id);
+    let output_dir = super::run_dir(&dirs.data, run_id);
     tracing::info!(run_id, attempt = claim.attempt, dir = %output_dir.display(), "run started");
-    let outcome = match train_blocking(&claim, pool, train, writer, output_dir, stop_all).await {
+    let outcome = match train_blocking(&claim, pool, train, writer, output_dir, dirs, stop_all).await {
         Ok(outcome) => outcome,
-        Err(reason) => Outcome::Failed(reason),
+        Err(details) => {
+            tracing::error!(run_id, %details, "the server could not run it");
+            Outcome::Failed(format!("the server could not run it: {}", crate::public::internal(&details)))
+        }
     };
     match &outcome {
         Outcome::Failed(reason) => tracing::warn!(run_id, %reason, "run failed"),
@@ -186,15 +193,22 @@ async fn run_one(
     }
 }
 
+/// Trains the claimed run. `Err` holds the details of a failure of the server itself (for the
+/// log); a failure of the run is an [`Outcome::Failed`] with its public error.
 async fn train_blocking(
     claim: &Claim,
     pool: &Pool,
     train: TrainFn,
     writer: MetricWriter,
     output_dir: PathBuf,
+    dirs: &Dirs,
     stop_all: Arc<AtomicBool>,
 ) -> Result<Outcome, String> {
-    let cfg: RunConfig = serde_json::from_str(&claim.config).map_err(|e| format!("stored config: {e}"))?;
+    let mut cfg: RunConfig = serde_json::from_str(&claim.config).map_err(|e| format!("stored config: {e}"))?;
+    if cfg.task.is_toy() {
+        // Stored relative to the data directory: each server keeps the cache in its own.
+        cfg.toy_cache_dir = Some(super::toy_cache_dir(&cfg, &dirs.data));
+    }
     discard_unrecorded_checkpoints(pool, claim.run_id, &output_dir).await?;
     // Without a checkpoint the run starts over: forget anything an earlier attempt logged.
     let has_checkpoint = trainer::checkpoint::latest(&output_dir).map_err(|e| e.to_string())?.is_some();
@@ -210,16 +224,34 @@ async fn train_blocking(
     })
     .await;
     let (result, flushed) = joined.map_err(|e| format!("trainer thread: {e}"))?;
+    let public: Vec<&Path> = dirs.public.iter().map(PathBuf::as_path).collect();
     let outcome = match result {
         Ok(Ok(outcome)) if outcome.stopped_early => Outcome::Stopped,
         Ok(Ok(_)) => Outcome::Finished,
-        Ok(Err(e)) => Outcome::Failed(e.to_string()),
-        Err(panic) => Outcome::Failed(format!("trainer panicked: {}", panic_message(panic.as_ref()))),
+        Ok(Err(e)) => {
+            tracing::warn!(run_id = claim.run_id, error = %e, "the trainer failed");
+            Outcome::Failed(public_error(&e, &public))
+        }
+        Err(panic) => {
+            let details = format!("trainer panicked: {}", panic_message(panic.as_ref()));
+            Outcome::Failed(format!("the trainer crashed: {}", crate::public::internal(&details)))
+        }
     };
     match flushed {
-        Err(e) if !matches!(outcome, Outcome::Failed(_)) => Ok(Outcome::Failed(format!("storing metrics: {e}"))),
+        Err(e) if !matches!(outcome, Outcome::Failed(_)) => Err(format!("storing metrics: {e}")),
         _ => Ok(outcome),
     }
+}
+
+/// A trainer error in the user's terms: what failed, with paths relative to the server's
+/// directories; the OS's and the tensor library's own texts only in the log.
+fn public_error(error: &trainer::Error, dirs: &[&Path]) -> String {
+    let text = match error {
+        trainer::Error::Io { path, source } => format!("{}: {}", path.display(), crate::public::io_problem(source)),
+        trainer::Error::Tensor(e) => format!("a tensor operation failed: {}", crate::public::internal(&e.to_string())),
+        other => other.to_string(),
+    };
+    crate::public::redact(&text, dirs)
 }
 
 /// Removes the run's checkpoints in this worker's run directory that the database does not list
@@ -344,6 +376,7 @@ mod tests {
             train,
             writer,
             data_dir: dir.path().to_path_buf(),
+            public_dirs: vec![dir.path().to_path_buf()],
             max_concurrent: 1,
             heartbeat_interval,
             stale_after: Duration::from_secs(60),
@@ -378,7 +411,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_trainer_fails_its_run_with_the_reason_and_the_other_runs_carry_on() {
+    async fn a_panicking_trainer_fails_its_run_with_an_error_id_and_the_other_runs_carry_on() {
         let config = |seed: u64| json!({"task": "toy-tree", "seed": seed, "max_steps": 1});
         let r = start(panics_on_seed_13, Duration::from_secs(5), &[config(13), config(14)]).await;
         let (bad, good) = (1, 2);
@@ -386,7 +419,9 @@ mod tests {
         let failed = r.run(bad).await;
         assert_eq!(failed.status, RunStatus::Failed.as_str());
         let error = failed.error.unwrap();
-        assert!(error.contains("trainer panicked") && error.contains("a deliberate panic"), "{error}");
+        // The panic's text is the server's business: the log has it, under the id the error names.
+        assert!(error.starts_with("the trainer crashed: internal error "), "{error}");
+        assert!(!error.contains("a deliberate panic"), "{error}");
         r.stop().await;
     }
 

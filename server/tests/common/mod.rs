@@ -141,6 +141,9 @@ pub async fn full_series(client: &reqwest::Client, base: &str, id: i64, name: &s
         .collect()
 }
 
+/// The CSRF token [`Lab::request`] sends with forms, in the cookie and in the form.
+pub const FORM_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
 /// Application state on a fresh database with no runner: tests drive the queue and the metric
 /// writer themselves, so runs can be put in any state at once.
 pub struct Lab {
@@ -221,14 +224,19 @@ impl Lab {
         self.state.queue.finish(run_id, outcome).await.expect("finish");
     }
 
-    /// Answers (status, headers, body) of a request to the whole router.
+    /// Answers (status, headers, body) of a request to the whole router. A form (`body`) is
+    /// sent as a browser sends it from the page: with its CSRF token, the cookie's value.
     pub async fn request(&self, method: &str, uri: &str, body: Option<&str>) -> (u16, axum::http::HeaderMap, String) {
         use tower::ServiceExt;
-        let mut request = axum::http::Request::builder().method(method).uri(uri);
-        if body.is_some() {
-            request = request.header("content-type", "application/x-www-form-urlencoded");
+        let mut request = axum::http::Request::builder().method(method).uri(uri).header("host", "127.0.0.1");
+        let mut body = body.map(str::to_string);
+        if let Some(form) = &mut body {
+            request = request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", format!("goodhart_csrf={FORM_TOKEN}"));
+            form.push_str(&format!("{}csrf_token={FORM_TOKEN}", if form.is_empty() { "" } else { "&" }));
         }
-        let request = request.body(axum::body::Body::from(body.unwrap_or("").to_string())).unwrap();
+        let request = request.body(axum::body::Body::from(body.unwrap_or_default())).unwrap();
         let response = server::app(self.state.clone()).oneshot(request).await.unwrap();
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -242,15 +250,28 @@ impl Lab {
     }
 }
 
-/// The demo sweep's grid on a toy tree small enough to train in seconds in a test build.
-pub fn fast_demo(cache: &std::path::Path) -> Value {
+/// A toy-tree run small enough to train in a few seconds in a test build, with `edits`.
+pub fn tiny_toy(edits: Value) -> Value {
+    let mut config = json!({
+        "task": "toy-tree", "max_steps": 2, "eval_steps": 1, "save_steps": 0,
+        "toy_num_prompts": 2, "toy_alphabet_size": 3, "toy_response_length": 2, "toy_pairs_per_prompt": 4,
+        "toy_hidden_size": 8, "toy_num_layers": 1, "toy_num_heads": 2, "num_threads": 1,
+    });
+    if let (Some(c), Value::Object(e)) = (config.as_object_mut(), edits) {
+        c.extend(e);
+    }
+    config
+}
+
+/// The demo sweep's grid on a toy tree small enough to train in seconds in a test build (π_init
+/// cached in the server's data directory, as every toy run's).
+pub fn fast_demo() -> Value {
     let mut demo = server::http::pages::demo::sweep();
     demo["base"] = json!({
         "task": "toy-tree", "loss_type": "sigmoid",
         "max_steps": 300, "eval_steps": 10, "logging_steps": 10, "save_steps": 150,
         "toy_num_prompts": 4, "toy_alphabet_size": 4, "toy_response_length": 3, "toy_pairs_per_prompt": 16,
         "toy_hidden_size": 16, "toy_num_layers": 1, "toy_num_heads": 2, "num_threads": 1,
-        "toy_cache_dir": cache,
     });
     demo
 }

@@ -1,24 +1,57 @@
-//! Fused CPU kernels with a real backward pass, for the hot spots of a training step: scaled
-//! masked softmax, RMSNorm, rotary embeddings, and log-softmax + gather of the target token.
+//! Fused kernels with a real backward pass, for the hot spots of a training step: scaled
+//! masked softmax, RMSNorm, LayerNorm, rotary embeddings, SwiGLU, GELU, and log-softmax + gather
+//! of the target token.
 //!
 //! Each replaces several composed candle ops (each its own pass over memory and its own
-//! allocation, forward and backward) by one loop. The composed versions in `ops.rs` stay as
-//! the reference: tests compare values and gradients of both. On other devices, and for
-//! non-f32 tensors, the composed versions run.
+//! allocation, forward and backward) by one loop on the CPU or one kernel on a CUDA GPU
+//! (`cuda.rs`, `kernels/fused.cu`). The composed versions in `ops.rs` stay as the reference:
+//! tests compare values and gradients of both (`kernel_check.rs` on a GPU). On the CPU the fused
+//! versions take float32 (LayerNorm and GELU stay composed there: their fused CPU loops exist as
+//! the reference for the GPU kernels); on a GPU the element-wise ones (rotary, SwiGLU, GELU) also
+//! take bf16 and fp16, and the rest run where the model keeps float32 (norms, softmax, logits).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+
+#[cfg(feature = "cuda")]
+use super::cuda;
 
 use super::ops;
 use crate::error::Result;
 
-/// `GOODHART_FUSED_OPS=0` runs the composed ops instead, to measure what fusion buys.
-fn enabled() -> bool {
+/// `GOODHART_FUSED_OPS=0` runs the composed ops instead, to measure what fusion buys (on a GPU
+/// also the composed AdamW and trust-region mix).
+pub(crate) fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("GOODHART_FUSED_OPS").map_or(true, |v| v != "0"))
 }
 
+/// Whether the float32-only kernels (softmax, norms, log-probs) run for `t`.
 fn fused(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && enabled()
+    enabled() && t.dtype() == DType::F32 && (t.device().is_cpu() || t.device().is_cuda())
+}
+
+/// Whether the element-wise kernels (rotary, SwiGLU) run for `t`: float32 on the CPU, any
+/// float dtype on a GPU.
+fn fused_elementwise(t: &Tensor) -> bool {
+    enabled()
+        && match t.dtype() {
+            DType::F32 => t.device().is_cpu() || t.device().is_cuda(),
+            DType::BF16 | DType::F16 => t.device().is_cuda(),
+            _ => false,
+        }
+}
+
+/// Whether a float32 weight on a GPU takes the fused in-place AdamW and trust-region kernels.
+#[cfg(feature = "cuda")]
+pub(crate) fn fused_in_place_on_gpu(t: &Tensor) -> bool {
+    enabled() && t.device().is_cuda() && t.dtype() == DType::F32
+}
+
+/// LayerNorm and GELU: fused on a GPU only (see the module's doc).
+fn fused_on_gpu(t: &Tensor, any_float: bool) -> bool {
+    enabled() && t.device().is_cuda() && (t.dtype() == DType::F32 || (any_float && fused_elementwise(t)))
 }
 
 /// The contiguous f32 slice behind a storage/layout pair.
@@ -105,6 +138,17 @@ impl CustomOp2 for MaskedSoftmax {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::masked_softmax(s1, l1, s2, l2, self.scale)
+    }
+
     fn bwd(
         &self,
         _x: &Tensor,
@@ -145,6 +189,17 @@ impl CustomOp2 for SoftmaxBackward {
             }
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::masked_softmax_bwd(s1, l1, s2, l2, self.scale)
     }
 }
 
@@ -193,6 +248,17 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::rms_norm(s1, l1, s2, l2, self.eps)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -238,6 +304,19 @@ impl CustomOp3 for RmsNormBackwardX {
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::norm_bwd_x(s1, l1, s2, l2, s3, l3, self.eps, false)
+    }
 }
 
 /// `dw = Σ_rows g ⊙ x̂`.
@@ -268,6 +347,17 @@ impl CustomOp2 for RmsNormBackwardW {
         }
         Ok((CpuStorage::F32(out), Shape::from(d)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::norm_bwd_w(s1, l1, s2, l2, self.eps, false)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,7 +365,7 @@ impl CustomOp2 for RmsNormBackwardW {
 
 /// `x ⊙ cos + rotate_half(x) ⊙ sin` for `x (b, h, t, d)` and tables `(b or 1, 1, t, d)`.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if !fused(x) {
+    if !fused_elementwise(x) || cos.dtype() != x.dtype() {
         return ops::apply_rope(x, cos, sin);
     }
     Ok(x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { inverse: false })?)
@@ -329,6 +419,19 @@ impl CustomOp3 for Rope {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::rope(s1, l1, s2, l2, s3, l3, self.inverse)
+    }
+
     fn bwd(
         &self,
         _x: &Tensor,
@@ -347,7 +450,7 @@ impl CustomOp3 for Rope {
 
 /// `silu(gate) ⊙ up`, the Llama/Qwen2 MLP's gating.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if !fused(gate) {
+    if !fused_elementwise(gate) {
         return Ok((gate.silu()? * up)?);
     }
     Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
@@ -380,6 +483,17 @@ impl CustomOp2 for SwiGlu {
         let (g, u) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         let out = g.iter().zip(u).map(|(&g, &u)| silu(g) * u).collect();
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::swiglu(s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -425,6 +539,19 @@ impl CustomOp3 for SwiGluBackwardGate {
             .collect();
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::swiglu_bwd_gate(s1, l1, s2, l2, s3, l3)
+    }
 }
 
 /// `d up = grad ⊙ silu(g)`.
@@ -445,6 +572,17 @@ impl CustomOp2 for SwiGluBackwardUp {
         let (g, d) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         let out = g.iter().zip(d).map(|(&g, &d)| d * silu(g)).collect();
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::swiglu_bwd_up(s1, l1, s2, l2)
     }
 }
 
@@ -494,6 +632,17 @@ impl CustomOp2 for TargetLogProbs {
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::target_log_probs(s1, l1, s2, l2)
+    }
+
     fn bwd(
         &self,
         logits: &Tensor,
@@ -539,6 +688,269 @@ impl CustomOp3 for TargetLogProbsBackward {
             or[t as usize] += gr;
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::target_log_probs_bwd(s1, l1, s2, l2, s3, l3)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+/// GPT-NeoX's LayerNorm, `(x − mean) / sqrt(var + eps) ⊙ w + b` over the last dimension (biased
+/// variance, as PyTorch).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if !fused_on_gpu(x, false) {
+        return ops::layer_norm(x, weight, bias, eps);
+    }
+    Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps: eps as f32 })?)
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+/// `(mean, 1 / sqrt(var + eps))` of a row.
+fn mean_rstd(row: &[f32], eps: f32) -> (f32, f32) {
+    let d = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / d;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let (mean, r) = mean_rstd(xr, self.eps);
+            for j in 0..d {
+                or[j] = (xr[j] - mean) * r * w[j] + b[j];
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::layer_norm(s1, l1, s2, l2, s3, l3, self.eps)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = x.apply_op3_no_bwd(w, &grad, &LayerNormBackwardX { eps: self.eps })?;
+        let dw = x.apply_op2_no_bwd(&grad, &LayerNormBackwardW { eps: self.eps })?;
+        let rows = grad.elem_count() / w.elem_count().max(1);
+        let db = grad.reshape((rows, w.elem_count()))?.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `dx = r (g ⊙ w − mean(g ⊙ w) − x̂ · mean(g ⊙ w ⊙ x̂))` with `x̂ = r (x − mean)`.
+struct LayerNormBackwardX {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBackwardX {
+    fn name(&self) -> &'static str {
+        "layer-norm-backward-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        for ((xr, gr), or) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(out.chunks_exact_mut(d)) {
+            let (mean, r) = mean_rstd(xr, self.eps);
+            let m1 = (0..d).map(|j| gr[j] * w[j]).sum::<f32>() / d as f32;
+            let m2 = (0..d).map(|j| gr[j] * w[j] * (xr[j] - mean) * r).sum::<f32>() / d as f32;
+            for j in 0..d {
+                or[j] = r * (gr[j] * w[j] - m1 - (xr[j] - mean) * r * m2);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::norm_bwd_x(s1, l1, s2, l2, s3, l3, self.eps, true)
+    }
+}
+
+/// `dw = Σ_rows g ⊙ x̂`.
+struct LayerNormBackwardW {
+    eps: f32,
+}
+
+impl CustomOp2 for LayerNormBackwardW {
+    fn name(&self) -> &'static str {
+        "layer-norm-backward-w"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let d = l1.shape().dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; d];
+        for (xr, gr) in x.chunks_exact(d).zip(g.chunks_exact(d)) {
+            let (mean, r) = mean_rstd(xr, self.eps);
+            for j in 0..d {
+                out[j] += gr[j] * (xr[j] - mean) * r;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::norm_bwd_w(s1, l1, s2, l2, self.eps, true)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU (exact, erf): GPT-NeoX's MLP activation
+
+/// `x Φ(x)`, PyTorch's `gelu` (approximate = "none").
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if !fused_on_gpu(x, true) {
+        return Ok(x.gelu_erf()?);
+    }
+    Ok(x.contiguous()?.apply_op1(Gelu)?)
+}
+
+struct Gelu;
+
+fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// erf in float32, as candle's own CPU `gelu_erf` computes it.
+fn erf(x: f32) -> f32 {
+    candle_core::cpu::erf::erf_f32(x)
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        Ok((CpuStorage::F32(x.iter().map(|&v| gelu_erf(v)).collect()), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::gelu(s, l)
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?))
+    }
+}
+
+/// `dx = grad ⊙ (Φ(x) + x φ(x))`.
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "gelu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, d) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let pdf_scale = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+        let out = x
+            .iter()
+            .zip(d)
+            .map(|(&v, &d)| {
+                let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+                d * (cdf + v * pdf_scale * (-0.5 * v * v).exp())
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        cuda::gelu_bwd(s1, l1, s2, l2)
     }
 }
 
@@ -628,6 +1040,27 @@ mod tests {
         same_values_and_gradients(&[3, 7], |g| swiglu(g, &up), |g| Ok((g.silu()? * &up)?));
         let gate = Tensor::randn(0f32, 2.0, (3, 7), &dev).unwrap();
         same_values_and_gradients(&[3, 7], |u| swiglu(&gate, u), |u| Ok((gate.silu()? * u)?));
+    }
+
+    // LayerNorm and GELU run fused on a GPU only; their CPU loops are the reference the CUDA
+    // kernels mirror, so they are held to the composed ops here too.
+    #[test]
+    fn fused_layer_norm_loops_match_the_composed_ops_for_input_weight_and_bias() {
+        let dev = Device::Cpu;
+        let apply = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
+            Ok(x.contiguous()?.apply_op3(w, b, LayerNorm { eps: 1e-5 })?)
+        };
+        let w = (Tensor::randn(0f32, 0.2, 8, &dev).unwrap() + 1.0).unwrap();
+        let b = Tensor::randn(0f32, 0.2, 8, &dev).unwrap();
+        let x = (Tensor::randn(0f32, 1.0, (3, 4, 8), &dev).unwrap() + 0.5).unwrap();
+        same_values_and_gradients(&[3, 4, 8], |x| apply(x, &w, &b), |x| ops::layer_norm(x, &w, &b, 1e-5));
+        same_values_and_gradients(&[8], |w| apply(&x, w, &b), |w| ops::layer_norm(&x, w, &b, 1e-5));
+        same_values_and_gradients(&[8], |b| apply(&x, &w, b), |b| ops::layer_norm(&x, &w, b, 1e-5));
+    }
+
+    #[test]
+    fn fused_gelu_loop_matches_the_composed_op() {
+        same_values_and_gradients(&[5, 9], |x| Ok(x.apply_op1(Gelu)?), |x| Ok(x.gelu_erf()?));
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! the vocabulary run in float32, as autocast and HF's eager attention run them.
 
 mod config;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub(crate) mod fused;
+pub mod inference;
+pub mod kernel_check;
 mod ops;
 mod params;
 pub mod registry;
@@ -22,8 +26,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
-pub use fused::{apply_rope, rms_norm, scaled_masked_softmax, swiglu, target_log_probs};
-pub use ops::{layer_norm, linear, softmax_last_dim};
+pub use fused::{apply_rope, gelu, layer_norm, rms_norm, scaled_masked_softmax, swiglu, target_log_probs};
+pub use ops::{linear, softmax_last_dim};
 pub(crate) use params::standard_normal;
 pub use params::{add_grads, param_specs, ParamSet, Weights};
 
@@ -274,7 +278,7 @@ impl CausalLm {
         let v = qkv.narrow(D::Minus1, 2 * d, d)?.contiguous()?;
         let attn = proj("attention.dense", &self.attention(&q, &k, v, cos, sin, mask, cache)?)?;
         let mlp = |input: &Tensor| -> Result<Tensor> {
-            proj("mlp.dense_4h_to_h", &proj("mlp.dense_h_to_4h", input)?.gelu_erf()?)
+            proj("mlp.dense_4h_to_h", &gelu(&proj("mlp.dense_h_to_4h", input)?)?)
         };
         if cfg.use_parallel_residual {
             let m = mlp(&ln("post_attention_layernorm", x)?)?;

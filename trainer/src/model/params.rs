@@ -179,6 +179,31 @@ impl ParamSet {
     }
 
     /// A deep copy: the new set shares no storage with this one.
+    /// Named variables as they are (checks of single weights).
+    pub(crate) fn from_vars(names: Vec<String>, vars: Vec<Var>) -> Self {
+        Self { names, vars }
+    }
+
+    /// [`ParamSet::random`]'s distributions drawn by the device's own generator (cuRAND on a
+    /// GPU): not reproducible across devices, for timing models of billions of parameters.
+    pub fn random_on_device(cfg: &ModelConfig, initializer_range: f64, device: &Device) -> Result<Self> {
+        let mut names = Vec::new();
+        let mut vars = Vec::new();
+        for (name, shape) in param_specs(cfg) {
+            let is_norm = name.contains("norm") || name.contains("layernorm");
+            let t = if name.ends_with(".bias") {
+                Tensor::zeros(shape, candle_core::DType::F32, device)?
+            } else if is_norm {
+                Tensor::ones(shape, candle_core::DType::F32, device)?
+            } else {
+                Tensor::randn(0f32, initializer_range as f32, shape, device)?
+            };
+            vars.push(Var::from_tensor(&t)?);
+            names.push(name);
+        }
+        Ok(Self { names, vars })
+    }
+
     pub fn deep_clone(&self) -> Result<Self> {
         let vars =
             self.vars.iter().map(|v| Var::from_tensor(&v.as_tensor().copy()?)).collect::<candle_core::Result<_>>()?;

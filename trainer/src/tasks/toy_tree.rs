@@ -200,7 +200,7 @@ impl ToyTree {
         let n = ids.dim(0)?;
         let chunk = n.div_ceil(threads.clamp(1, n.max(1)));
         let starts: Vec<usize> = (0..n).step_by(chunk.max(1)).collect();
-        let parts = crate::train::in_parallel(&starts, |&start| {
+        let parts = crate::workers::in_parallel(&starts, |&start| {
             let rows = ids.narrow(0, start, chunk.min(n - start))?;
             Ok(self.response_logits(model, weights, &rows)?.to_vec3::<f32>()?)
         })?;
@@ -410,7 +410,7 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
     )?;
     let initial_tree = tree.tree_log_probs(&model, &cached.params.frozen())?;
     let pairs = ToyPairs::sample(&tree, &initial_tree);
-    let threads = if device.is_cpu() { crate::train::worker_threads(cfg.num_threads) } else { 1 };
+    let threads = if device.is_cpu() { crate::workers::worker_threads(cfg.num_threads) } else { 1 };
     let evaluator = ToyTreeEvaluator::new(Arc::clone(&tree), pairs.clone(), cfg.beta, threads);
     let setup = Setup {
         model,

@@ -69,19 +69,18 @@ struct ErrorPage<'a> {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let status = self.0.status();
-        if let Error::Internal(message) = &self.0 {
-            tracing::error!(%message, "page failed");
-        }
-        let page = ErrorPage {
-            status: status.as_u16(),
-            reason: status.canonical_reason().unwrap_or(""),
-            message: self.0.to_string(),
-        };
-        match page.render() {
-            Ok(html) => (status, Html(html)).into_response(),
-            Err(_) => (status, self.0.to_string()).into_response(),
-        }
+        error_page(self.0.public())
+    }
+}
+
+/// An error as a page, with its status.
+pub fn error_page(public: super::error::Public) -> Response {
+    let status = public.status;
+    let page =
+        ErrorPage { status: status.as_u16(), reason: status.canonical_reason().unwrap_or(""), message: public.message };
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(_) => (status, page.message).into_response(),
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use askama::Template;
-use axum::extract::{Query, RawQuery, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -16,6 +16,7 @@ use super::fields::{self, Group, Kind, FIELDS};
 use super::{page, pairs, see_other, value, PageError, PageResult};
 use crate::http::config::prepare;
 use crate::http::error::Error;
+use crate::http::security::CsrfToken;
 use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -59,6 +60,7 @@ struct NewRunPage {
     /// Problems not tied to one field, and every field problem, for the summary at the top.
     summary: Vec<(String, String)>,
     preview: Option<Preview>,
+    csrf: String,
 }
 
 /// The form's groups with `values` filled in and `errors` next to their fields.
@@ -157,7 +159,7 @@ struct ShowQuery {
     from: Option<String>,
 }
 
-async fn show(State(state): State<AppState>, Query(q): Query<ShowQuery>) -> PageResult {
+async fn show(State(state): State<AppState>, csrf: CsrfToken, Query(q): Query<ShowQuery>) -> PageResult {
     let (values, parent) = match q.from.as_deref().filter(|s| !s.is_empty()) {
         None => (BTreeMap::new(), None),
         Some(raw) => {
@@ -167,18 +169,28 @@ async fn show(State(state): State<AppState>, Query(q): Query<ShowQuery>) -> Page
             (values, Some(run.id))
         }
     };
-    let page_data =
-        NewRunPage { groups: groups(&state, &values, &[], None), parent, summary: Vec::new(), preview: None };
+    let page_data = NewRunPage {
+        groups: groups(&state, &values, &[], None),
+        parent,
+        summary: Vec::new(),
+        preview: None,
+        csrf: csrf.0,
+    };
     page(StatusCode::OK, &page_data)
 }
 
-async fn submit(State(state): State<AppState>, RawQuery(_): RawQuery, body: String) -> PageResult {
+async fn submit(State(state): State<AppState>, csrf: CsrfToken, body: String) -> PageResult {
     let form = pairs(&body);
     let values: BTreeMap<String, String> = form.iter().cloned().collect();
     let parent = value(&form, "parent").and_then(|p| p.parse::<i64>().ok());
     let render = |status: StatusCode, errors: Vec<FieldError>, preview: Option<Preview>| -> PageResult {
-        let page_data =
-            NewRunPage { groups: groups(&state, &values, &errors, None), parent, summary: summary(&errors), preview };
+        let page_data = NewRunPage {
+            groups: groups(&state, &values, &errors, None),
+            parent,
+            summary: summary(&errors),
+            preview,
+            csrf: csrf.0.clone(),
+        };
         page(status, &page_data)
     };
     let (config, errors) = fields::config_from_form(&form);

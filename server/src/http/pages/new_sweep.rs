@@ -17,6 +17,7 @@ use trainer::config::FieldError;
 use super::new_run::{groups, summary, GroupView};
 use super::{fields, flag, page, pairs, see_other, value, values, PageError, PageResult};
 use crate::http::error::Error;
+use crate::http::security::CsrfToken;
 use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -49,6 +50,7 @@ struct NewSweepPage {
     /// "N runs", once counted.
     runs: Option<usize>,
     limit: usize,
+    csrf: String,
 }
 
 /// The sweep a form describes: a base config and a union of grids.
@@ -148,6 +150,7 @@ fn build(form: &[(String, String)]) -> (Built, Vec<FieldError>) {
 
 fn render(
     state: &AppState,
+    csrf: &CsrfToken,
     form: &[(String, String)],
     errors: &[FieldError],
     runs: Option<usize>,
@@ -186,30 +189,31 @@ fn render(
         summary: summary(errors),
         runs,
         limit: state.settings.max_sweep_runs,
+        csrf: csrf.0.clone(),
     };
     page(status, &page_data)
 }
 
-async fn show(State(state): State<AppState>) -> PageResult {
-    render(&state, &[], &[], None, StatusCode::OK)
+async fn show(State(state): State<AppState>, csrf: CsrfToken) -> PageResult {
+    render(&state, &csrf, &[], &[], None, StatusCode::OK)
 }
 
-async fn submit(State(state): State<AppState>, body: String) -> PageResult {
+async fn submit(State(state): State<AppState>, csrf: CsrfToken, body: String) -> PageResult {
     let form = pairs(&body);
     let (built, errors) = build(&form);
     if !errors.is_empty() {
-        return render(&state, &form, &errors, None, StatusCode::UNPROCESSABLE_ENTITY);
+        return render(&state, &csrf, &form, &errors, None, StatusCode::UNPROCESSABLE_ENTITY);
     }
     let runs = crate::http::sweeps::count(&built.grid).ok();
     if value(&form, "action") == Some("count") {
         return match crate::http::sweeps::validate(&state, &built.base, &built.grid) {
-            Ok(configs) => render(&state, &form, &[], Some(configs.len()), StatusCode::OK),
-            Err(errors) => render(&state, &form, &errors, runs, StatusCode::UNPROCESSABLE_ENTITY),
+            Ok(configs) => render(&state, &csrf, &form, &[], Some(configs.len()), StatusCode::OK),
+            Err(errors) => render(&state, &csrf, &form, &errors, runs, StatusCode::UNPROCESSABLE_ENTITY),
         };
     }
     match crate::http::sweeps::launch(&state, built.base, built.grid).await {
         Ok((id, _)) => Ok(see_other(&format!("/sweeps/{id}"))),
-        Err(Error::Invalid(errors)) => render(&state, &form, &errors, runs, StatusCode::UNPROCESSABLE_ENTITY),
+        Err(Error::Invalid(errors)) => render(&state, &csrf, &form, &errors, runs, StatusCode::UNPROCESSABLE_ENTITY),
         Err(e) => Err(PageError(e)),
     }
 }

@@ -14,6 +14,7 @@ use super::{bytes, figure_file, num, page, see_other, when, PageResult};
 use crate::db::{self, runs::Run, runs::RunStatus};
 use crate::http::error::Error;
 use crate::http::runs::{find, parse_id};
+use crate::http::security::CsrfToken;
 use crate::http::AppState;
 use crate::report::run::{figure, RunChart};
 use crate::report::runs::RunRow;
@@ -67,6 +68,7 @@ struct RunPage {
     checkpoints: Vec<CheckpointView>,
     config: Vec<(String, String)>,
     toml: String,
+    csrf: String,
 }
 
 /// Every metric the charts read, by name.
@@ -78,7 +80,7 @@ async fn chart_series(state: &AppState, run: &Run) -> Result<BTreeMap<String, Se
     Ok(read.remove(&run.id).map(|s| (*s).clone()).unwrap_or_default())
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
+async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<String>) -> PageResult {
     let run = find(&state, &id).await?;
     let series = chart_series(&state, &run).await?;
     let evals = report::evals(&series);
@@ -181,6 +183,7 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> PageResu
         checkpoints: checkpoint_views,
         config,
         toml: toml::to_string(&meta.config).unwrap_or_default(),
+        csrf: csrf.0,
     };
     page(StatusCode::OK, &page_data)
 }

@@ -12,6 +12,7 @@ use axum::Router;
 
 use super::{num, page, pairs, value, PageResult};
 use crate::db::{self, runs::RunStatus};
+use crate::http::security::CsrfToken;
 use crate::http::AppState;
 use crate::report::runs::{select, Column, Filter, RunRow};
 use crate::report::{self, duration};
@@ -94,9 +95,10 @@ struct RunsPage {
     sort: &'static str,
     dir: &'static str,
     any_live: bool,
+    csrf: String,
 }
 
-async fn show(State(state): State<AppState>, RawQuery(query): RawQuery) -> PageResult {
+async fn show(State(state): State<AppState>, csrf: CsrfToken, RawQuery(query): RawQuery) -> PageResult {
     let q = pairs(query.as_deref().unwrap_or(""));
     let filter = Filter {
         status: value(&q, "status").and_then(RunStatus::parse),
@@ -165,6 +167,7 @@ async fn show(State(state): State<AppState>, RawQuery(query): RawQuery) -> PageR
         sort: column.as_str(),
         dir: if descending { "desc" } else { "asc" },
         any_live,
+        csrf: csrf.0,
     };
     page(StatusCode::OK, &page_data)
 }
