@@ -1,7 +1,9 @@
 // Goodhart's pages work without this script. It adds: live run pages (server-sent events move
-// the status and progress and re-fetch the charts, no reload), live sweep pages while runs
-// train, legend toggling, instant tooltips from the charts' <title>s, auto-submitting option
-// forms and the live "N runs" of the sweep form.
+// the status, progress, π_init's SFT, buttons and badges, and refresh the charts and tables, no
+// reload), a live runs table, live sweep pages while runs train, legend toggles kept in the URL
+// (the charts, tables and downloads follow), instant tooltips from the charts' <title>s,
+// auto-submitting option forms, the New run form's method presets and in-place preview, and the
+// live "N runs" of the sweep form.
 "use strict";
 
 (function () {
@@ -17,12 +19,27 @@
     const holder = figure.querySelector(".chart-svg");
     if (!holder) return;
     holder.innerHTML = text;
-    applyHidden(holder);
     figure.dataset.refreshed = String(Number(figure.dataset.refreshed || "0") + 1);
   }
 
   function refreshAll() {
     return Promise.all(Array.from(document.querySelectorAll("figure[data-src]")).map(refreshChart));
+  }
+
+  // --- Sections: the parts of a page marked data-live-section, fetched again and swapped in
+  // place (tables, summaries, notes; charts inside them come along).
+  async function refreshSections(url) {
+    const response = await fetch(url, { cache: "no-store" });
+    if (!response.ok) return false;
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    document.querySelectorAll("[data-live-section][id]").forEach((old) => {
+      const replacement = fresh.getElementById(old.id);
+      if (replacement && replacement.innerHTML !== old.innerHTML) {
+        old.innerHTML = replacement.innerHTML;
+        old.dataset.refreshed = String(Number(old.dataset.refreshed || "0") + 1);
+      }
+    });
+    return true;
   }
 
   // At most one refresh in flight, and at most one per `gap` ms.
@@ -33,12 +50,28 @@
       const wait = Math.max(0, last + gap - Date.now());
       running = true;
       if (wait) await new Promise((r) => setTimeout(r, wait));
-      try { await fn(); } finally {
+      try { await fn(); } catch (e) { /* the next refresh tries again */ } finally {
         last = Date.now();
         running = false;
         if (again) { again = false; run(); }
       }
     };
+  }
+
+  function duration(seconds) {
+    const s = Math.round(seconds);
+    if (s < 60) return s + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m " + String(s % 60).padStart(2, "0") + "s";
+    return Math.floor(s / 3600) + "h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
+  }
+
+  const TERMINAL = ["finished", "failed", "cancelled"];
+
+  // Buttons, forms and notes that only make sense in some statuses.
+  function showForStatus(status) {
+    document.querySelectorAll("[data-show-when]").forEach((el) => {
+      el.hidden = !el.dataset.showWhen.split(" ").includes(status);
+    });
   }
 
   // --- Run page: follow the run over SSE.
@@ -50,16 +83,12 @@
     const text = document.getElementById("progress-text");
     const note = document.getElementById("live-note");
     const refresh = throttled(refreshAll, 1000);
+    const refreshTables = throttled(() => refreshSections(location.href), 1500);
     const source = new EventSource("/api/runs/" + id + "/events");
     let totalSteps = total;
+    let lastStep = null;
     let asking = false;
     let first = null;
-    function duration(seconds) {
-      const s = Math.round(seconds);
-      if (s < 60) return s + "s";
-      if (s < 3600) return Math.floor(s / 60) + "m " + String(s % 60).padStart(2, "0") + "s";
-      return Math.floor(s / 3600) + "h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
-    }
     // A run that had not started when the page was drawn learns its total with its first steps.
     function learnTotal() {
       if (totalSteps || asking) return;
@@ -72,6 +101,7 @@
     }
     source.addEventListener("metrics", (event) => {
       const step = Number(event.lastEventId);
+      lastStep = step;
       learnTotal();
       if (totalSteps > 0 && progress) {
         progress.value = Math.round((100 * step) / totalSteps);
@@ -87,6 +117,16 @@
       if (text) text.textContent = "step " + step + (totalSteps ? " of " + totalSteps : "") + eta;
       refresh();
     });
+    source.addEventListener("sft", (event) => {
+      const data = JSON.parse(event.data);
+      const kl = data.values && data.values["sft/kl_behaviour"];
+      const of = data.max_steps ? " of at most " + data.max_steps : "";
+      if (text) {
+        text.textContent = "building π_init: SFT step " + data.step + of +
+          (kl !== undefined && kl !== null ? ", KL(behaviour ‖ π) " + Number(kl).toPrecision(3) + " nats" : "");
+      }
+      refresh();
+    });
     source.addEventListener("status", (event) => {
       const data = JSON.parse(event.data);
       if (status) {
@@ -94,39 +134,73 @@
         status.className = "status status-" + data.status;
       }
       body.dataset.status = data.status;
-      if (["finished", "failed", "cancelled"].includes(data.status)) {
+      showForStatus(data.status);
+      if (TERMINAL.includes(data.status)) {
         source.close();
         refresh();
+        refreshTables();
         if (data.status === "finished" && progress) progress.value = 100;
-        if (note) note.textContent = "The run is " + data.status + ". Reload for its checkpoints and summary.";
+        if (text) {
+          const at = lastStep !== null ? lastStep : "";
+          text.textContent = data.status + (at !== "" ? " at step " + at : "") + (totalSteps ? " of " + totalSteps : "");
+        }
+        if (note) note.textContent = "The run is " + data.status + ".";
+      } else if (data.status === "queued" && text) {
+        text.textContent = "waiting for a free trainer";
       }
     });
     source.addEventListener("checkpoint", (event) => {
-      if (note) note.textContent = "Checkpoint at step " + JSON.parse(event.data).step + " saved; reload to download it.";
+      const data = JSON.parse(event.data);
+      if (note) {
+        note.textContent = data.deleted
+          ? "Checkpoint at step " + data.step + " deleted: a later evaluation replaced it on the front."
+          : "Checkpoint at step " + data.step + " saved.";
+      }
+      refreshTables();
     });
   }
 
-  // --- Sweep and compare pages: re-draw while runs train.
-  if (body.dataset.page === "compare" && body.dataset.live) {
-    setInterval(refreshAll, 5000);
+  // --- Runs page: the table follows the queue (status, progress, new runs).
+  const live = document.getElementById("runs-live");
+  if (body.dataset.page === "runs" && live && live.dataset.src) {
+    async function pollRuns() {
+      if (document.hidden) return;
+      const response = await fetch(live.dataset.src, { cache: "no-store" });
+      if (!response.ok) return;
+      const html = await response.text();
+      if (html === live.dataset.last) return;
+      const checked = new Set(Array.from(live.querySelectorAll("input[name=runs]:checked")).map((b) => b.value));
+      const focused = document.activeElement && live.contains(document.activeElement) ? document.activeElement.id : null;
+      live.innerHTML = html;
+      live.dataset.last = html;
+      live.dataset.refreshed = String(Number(live.dataset.refreshed || "0") + 1);
+      live.querySelectorAll("input[name=runs]").forEach((b) => { b.checked = checked.has(b.value); });
+      if (focused) { const again = document.getElementById(focused); if (again) again.focus(); }
+    }
+    setInterval(() => pollRuns().catch(() => {}), 2000);
   }
 
-  // --- Legend toggling: hide a run's lines, bands, markers and table row.
-  const hidden = new Set();
-  function applyHidden(root) {
-    root.querySelectorAll("[data-key]").forEach((el) => {
-      el.classList.toggle("hidden-series", hidden.has(el.dataset.key));
-    });
-  }
-  document.querySelectorAll("input[data-toggle-key]").forEach((box) => {
-    box.addEventListener("change", () => {
-      const key = box.dataset.toggleKey;
-      if (box.checked) hidden.delete(key); else hidden.add(key);
-      document.querySelectorAll('[data-key="' + CSS.escape(key) + '"]').forEach((el) => {
-        el.classList.toggle("hidden-series", hidden.has(key));
+  // --- Sweep and compare pages: re-draw while runs train; toggles kept in the URL.
+  if (body.dataset.page === "compare") {
+    const redraw = throttled(() => refreshSections(location.href), 800);
+    if (body.dataset.live) {
+      setInterval(() => { if (!document.hidden) redraw(); }, 5000);
+    }
+    // A legend toggle hides or shows a run everywhere: chart (axes included), tables and
+    // downloads are drawn again without it, and the URL remembers it.
+    document.querySelectorAll("input[data-toggle-key]").forEach((box) => {
+      box.addEventListener("change", () => {
+        const hidden = Array.from(document.querySelectorAll("input[data-toggle-key]"))
+          .filter((b) => !b.checked)
+          .map((b) => b.dataset.toggleKey);
+        const url = new URL(location.href);
+        ["hide", "show", "legend"].forEach((k) => url.searchParams.delete(k));
+        if (hidden.length) url.searchParams.set("hide", hidden.join(","));
+        history.replaceState(null, "", url);
+        redraw();
       });
     });
-  });
+  }
 
   // --- Tooltips: show the hovered element's <title> at once, next to the pointer.
   const tip = document.createElement("div");
@@ -141,7 +215,7 @@
     tip.textContent = title.textContent;
     tip.hidden = false;
     const x = Math.min(event.clientX + 14, window.innerWidth - tip.offsetWidth - 8);
-    tip.style.left = x + "px";
+    tip.style.left = Math.max(4, x) + "px";
     tip.style.top = event.clientY + 14 + "px";
   });
 
@@ -149,6 +223,63 @@
   document.querySelectorAll("[data-autosubmit]").forEach((el) => {
     el.addEventListener("change", () => el.form && el.form.requestSubmit());
   });
+
+  // --- New run: a method preset fills its fields; editing them by hand makes it "custom".
+  const runForm = document.getElementById("run-form");
+  const preset = document.getElementById("f-method");
+  if (runForm && preset) {
+    const field = (name) => document.getElementById("f-" + name);
+    const setField = (name, value) => {
+      const el = field(name);
+      if (!el) return;
+      if (el.type === "checkbox") el.checked = value === "true"; else el.value = value;
+    };
+    const current = (name) => {
+      const el = field(name);
+      if (!el) return "";
+      return el.type === "checkbox" ? String(el.checked) : el.value;
+    };
+    preset.addEventListener("change", () => {
+      const option = preset.selectedOptions[0];
+      if (!option || !option.dataset.values) return;
+      const values = JSON.parse(option.dataset.values);
+      Object.keys(values).forEach((k) => setField(k, values[k]));
+    });
+    ["loss_type", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps"].forEach((name) => {
+      const el = field(name);
+      if (!el) return;
+      el.addEventListener("change", () => {
+        const option = preset.selectedOptions[0];
+        if (!option || !option.dataset.values) return;
+        const values = JSON.parse(option.dataset.values);
+        const matches = Object.keys(values).every((k) => current(k) === values[k]);
+        if (!matches) preset.value = "";
+      });
+    });
+    // Preview in place, next to its button.
+    const previewButton = document.getElementById("preview-button");
+    const slot = document.getElementById("preview-slot");
+    if (previewButton && slot) {
+      previewButton.addEventListener("click", async (event) => {
+        if (previewButton.dataset.plain) return;
+        event.preventDefault();
+        const data = new URLSearchParams(new FormData(runForm));
+        data.set("action", "preview");
+        const response = await fetch("/runs/new", { method: "POST", body: data });
+        if (!response.ok) {
+          // The errors go next to their fields: submit the form as without the script.
+          previewButton.dataset.plain = "1";
+          runForm.requestSubmit(previewButton);
+          return;
+        }
+        const page = new DOMParser().parseFromString(await response.text(), "text/html");
+        const fresh = page.getElementById("preview-slot");
+        slot.innerHTML = fresh ? fresh.innerHTML : "";
+        const preview = document.getElementById("preview");
+        if (preview) preview.scrollIntoView({ block: "nearest" });
+      });
+    }
+  }
 
   // --- The sweep form counts its runs as the user types.
   const sweepForm = document.getElementById("sweep-form");

@@ -66,6 +66,7 @@ impl ServeConfig {
             request_timeout: self.request_timeout,
             static_dir: self.static_dir.clone(),
             demo_sweep: self.demo_sweep.clone(),
+            max_concurrent_runs: self.max_concurrent_runs,
         }
     }
 }

@@ -1,9 +1,14 @@
 //! The pages in a real browser: Debian's headless Chromium driven over WebDriver
 //! (`chromium-driver`) with fantoccini. Opens `/`, launches the demo sweep from its button (by
-//! keyboard), watches a run page's chart update live without a reload, selects runs and opens
-//! Compare, checks one path per run and a colour bar, submits an invalid form and reads the
-//! inline errors, downloads a checkpoint archive, and checks that nothing overflows a
-//! phone-width screen. `.ci/run` installs `chromium` and `chromium-driver`; without them this test fails.
+//! keyboard), watches the runs table follow the queue (a new run, status changes) and a run
+//! page's chart update live without a reload, selects runs and opens Compare: one path per run,
+//! a clearly different colour for each of the demo's four α values, the paired TR-minus-vanilla
+//! table, a toggle that takes a run out of the chart's axes and survives a reload, and each run's
+//! peak policy downloaded from the compare page. Then cancels a run from its page (the buttons
+//! follow without a reload) and retries it from its checkpoint, fills the New run form from a
+//! method preset and previews it next to its button, submits an invalid form and reads the
+//! inline errors, downloads a checkpoint archive, and checks that nothing overflows a phone-width
+//! screen. `.ci/run` installs `chromium` and `chromium-driver`; without them this test fails.
 
 mod common;
 
@@ -154,10 +159,38 @@ async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path)
     let heading = client.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
     assert_eq!(heading, "Sweep 1");
 
-    // The last run of the sweep is still queued: open its page and watch its charts fill in.
     let (_, sweep) = t.get("/api/sweeps/1").await;
     let ids: Vec<i64> = sweep["runs"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
     assert_eq!(ids.len(), 7);
+
+    // The runs table follows the queue without a reload: a run added meanwhile appears, and
+    // statuses and progress change as the sweep trains.
+    client.goto(&t.url("/")).await.unwrap();
+    js(&client, "window.__sameDocument = 'yes'; return null;").await;
+    // As the demo's runs (so it reuses their π_init), but long enough to cancel half way.
+    let mut long = t.server.state.settings.demo_sweep["base"].clone();
+    long["max_steps"] = json!(100_000);
+    long["save_steps"] = json!(0);
+    let extra = t.create_run(&long).await;
+    eventually("the new run's row to appear", 30, || async {
+        let n = js(&client, &format!("return document.querySelectorAll('tr[data-run=\"{extra}\"]').length;")).await;
+        (n == json!(1)).then_some(())
+    })
+    .await;
+    let queued =
+        js(&client, &format!("return document.querySelector('tr[data-run=\"{extra}\"] .progress-text').textContent;"))
+            .await;
+    assert!(queued.as_str().unwrap().contains("in the queue"), "a queued run shows its place: {queued}");
+    let first = ids[0];
+    eventually("the first run's status to change in the table", 120, || async {
+        let s =
+            js(&client, &format!("return document.querySelector('tr[data-run=\"{first}\"]').dataset.status;")).await;
+        (s != json!("queued")).then_some(())
+    })
+    .await;
+    assert_eq!(js(&client, "return window.__sameDocument || null;").await, json!("yes"), "updated without a reload");
+
+    // The last run of the sweep is still queued: open its page and watch its charts fill in.
     let last = *ids.last().unwrap();
     client.goto(&t.url(&format!("/runs/{last}"))).await.unwrap();
     let (_, run) = t.get(&format!("/api/runs/{last}")).await;
@@ -184,11 +217,20 @@ async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path)
         (s == json!("finished")).then_some(())
     })
     .await;
+    let cancel_hidden = js(&client, "return document.getElementById('cancel').closest('form').hidden;").await;
+    assert_eq!(cancel_hidden, json!(true), "a live finish hides the Cancel button");
+    let text = js(&client, "return document.getElementById('progress-text').textContent;").await;
+    assert!(!text.as_str().unwrap().contains("ETA"), "and the ETA: {text}");
+    eventually("the checkpoints table to fill in without a reload", 30, || async {
+        let n = js(&client, "return document.querySelectorAll('#checkpoints tbody tr').length;").await;
+        (n.as_u64().unwrap_or(0) >= 1).then_some(())
+    })
+    .await;
     for id in &ids {
         t.wait_for_status(*id, "finished").await;
     }
 
-    // Select every run in the table and compare them: one path per run, and a colour bar.
+    // Select every run of the sweep in the table and compare them: one path per run.
     client.goto(&t.url("/")).await.unwrap();
     for id in &ids {
         client.find(Locator::Css(&format!("#select-{id}"))).await.unwrap().click().await.unwrap();
@@ -206,9 +248,53 @@ async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path)
     let mut expected: Vec<String> = ids.iter().map(|id| format!("run-{id}")).collect();
     expected.sort();
     assert_eq!(keys, expected, "one path per run");
+    // Four α values (0.01, 0.1, 0.6 and the hard updates' 1): four clearly different colours,
+    // named in the chart's legend, no colour bar.
+    let strokes = js(
+        &client,
+        &format!(
+            "return Array.from(document.querySelectorAll('#chart-overoptimization svg .run-line'))\
+             .filter(e => e.dataset.key !== 'run-{}').map(e => e.getAttribute('stroke'));",
+            ids[0]
+        ),
+    )
+    .await;
+    let strokes: std::collections::BTreeSet<String> = serde_json::from_value(strokes).unwrap();
+    assert_eq!(strokes.len(), 4, "one colour per α: {strokes:?}");
+    let svg_text = js(&client, "return document.querySelector('#chart-overoptimization svg').textContent;").await;
+    for alpha in ["α = 0.01", "α = 0.1", "α = 0.6", "α = 1"] {
+        assert!(svg_text.as_str().unwrap().contains(alpha), "the legend names {alpha}");
+    }
     let bar = js(&client, "return document.querySelectorAll('#chart-overoptimization svg .colour-bar').length;").await;
-    assert!(bar.as_u64().unwrap() > 10, "a colour bar: {bar}");
-    // Legend toggling hides a run's path.
+    assert_eq!(bar, json!(0), "categorical colours need no colour bar");
+    // The paired analysis: every TR variant against vanilla on the same seeds.
+    let paired = js(&client, "return document.querySelectorAll('#paired tbody tr').length;").await;
+    assert_eq!(paired, json!(6), "six TR variants, each paired with the vanilla run");
+    assert!(
+        js(&client, "return document.querySelectorAll('#chart-forest svg .marker').length;").await.as_u64().unwrap()
+            >= 6
+    );
+    // Every run's peak policy is downloadable from here.
+    for id in &ids {
+        let n = js(&client, &format!("return document.querySelectorAll('#best a[data-peak=\"{id}\"]').length;")).await;
+        assert_eq!(n, json!(1), "run {id}'s peak has its weights");
+    }
+    let href = js(
+        &client,
+        &format!("return document.querySelector('#best a[data-peak=\"{}\"]').getAttribute('href');", ids[0]),
+    )
+    .await;
+    let step: i64 =
+        href.as_str().unwrap().split("/checkpoints/").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
+    let gold = common::full_series(&t.client, &t.base, ids[0], "eval/gold_reward").await;
+    let at = gold.iter().position(|p| p.0 == step).expect("an evaluated step");
+    let peak = gold.iter().enumerate().fold(0, |b, (i, p)| if p.1 > gold[b].1 { i } else { b });
+    assert!(at.abs_diff(peak) <= 1, "the download is within one evaluation of the peak (step {step})");
+    client.find(Locator::Css(&format!("#best a[data-peak='{}']", ids[0]))).await.unwrap().click().await.unwrap();
+    let names = downloaded_tar(downloads, &format!("run-{}-checkpoint-{step}.tar", ids[0])).await;
+    assert!(names.contains(&format!("checkpoint-{step}/model.safetensors")), "{names:?}");
+    // Toggling a run off takes it out of the chart (its axes too), the tables and the
+    // downloads; the URL remembers it across a reload.
     client
         .find(Locator::Css(&format!("input[data-toggle-key='run-{}']", ids[0])))
         .await
@@ -216,13 +302,84 @@ async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path)
         .click()
         .await
         .unwrap();
-    let hidden = js(&client, &format!("return getComputedStyle(document.querySelector('#chart-overoptimization svg .run-line[data-key=\"run-{}\"]')).display;", ids[0])).await;
-    assert_eq!(hidden, json!("none"));
+    let gone = format!(
+        "return document.querySelectorAll('#chart-overoptimization svg .run-line[data-key=\"run-{}\"]').length;",
+        ids[0]
+    );
+    eventually("the hidden run to leave the chart", 30, || async {
+        (js(&client, &gone).await == json!(0)).then_some(())
+    })
+    .await;
+    let row = format!("return document.querySelectorAll('#summary-table tr[data-key=\"run-{}\"]').length;", ids[0]);
+    assert_eq!(js(&client, &row).await, json!(0), "and the summary table");
+    let url = client.current_url().await.unwrap();
+    assert!(url.query().unwrap_or("").contains(&format!("hide=run-{}", ids[0])), "{url}");
+    let svg_link =
+        js(&client, "return document.querySelector('#chart-overoptimization figcaption a').getAttribute('href');")
+            .await;
+    assert!(svg_link.as_str().unwrap().contains(&format!("hide=run-{}", ids[0])), "downloads follow: {svg_link}");
+    client.refresh().await.unwrap();
+    assert_eq!(js(&client, &gone).await, json!(0), "still hidden after a reload");
+    let unticked =
+        js(&client, &format!("return document.querySelector(\"input[data-toggle-key='run-{}']\").checked;", ids[0]))
+            .await;
+    assert_eq!(unticked, json!(false));
     // The page fits a phone-width screen: wide tables scroll inside their box.
     client.set_window_size(390, 844).await.unwrap();
-    let overflow =
-        js(&client, "return document.documentElement.scrollWidth - document.documentElement.clientWidth;").await;
-    assert!(overflow.as_i64().unwrap() <= 0, "the page scrolls sideways at phone width by {overflow}px");
+    assert_fits_phone(&client, "the compare page").await;
+    client.set_window_size(1280, 1000).await.unwrap();
+
+    // Cancel the long run from its page: the buttons follow without a reload. Retry resumes it
+    // from the checkpoint it wrote when it stopped, keeping the steps before it.
+    client.goto(&t.url(&format!("/runs/{extra}"))).await.unwrap();
+    t.wait_for(extra, "steps", |r| r["status"] == "running" && r["step"].as_i64().unwrap_or(0) >= 30).await;
+    client.find(Locator::Css("#cancel")).await.unwrap().click().await.unwrap();
+    eventually("Retry to show on the cancelled run's page", 60, || async {
+        let status = js(&client, "return document.getElementById('run-status').textContent;").await;
+        let hidden = js(&client, "return document.getElementById('retry').closest('form').hidden;").await;
+        (status == json!("cancelled") && hidden == json!(false)).then_some(())
+    })
+    .await;
+    let stopped_at = t.get(&format!("/api/runs/{extra}")).await.1["step"].as_i64().unwrap();
+    client.find(Locator::Css("#retry")).await.unwrap().click().await.unwrap();
+    t.wait_for(extra, "resumed past its checkpoint", |r| r["step"].as_i64().unwrap_or(0) > stopped_at + 10).await;
+    let loss = common::full_series(&t.client, &t.base, extra, "loss").await;
+    assert_eq!(loss[0].0, 10, "the steps before the checkpoint are kept");
+    assert!(loss.windows(2).all(|w| w[1].0 == w[0].0 + 10), "each logged step once");
+    assert_eq!(client.current_url().await.unwrap().path(), format!("/runs/{extra}"), "the same run");
+    t.post(&format!("/api/runs/{extra}/cancel"), &json!({})).await;
+    t.wait_for_status(extra, "cancelled").await;
+
+    // The New run form: a method fills its fields, a hand edit makes it custom, the preview
+    // shows next to its button, and nothing scrolls sideways at phone width.
+    client.goto(&t.url("/runs/new")).await.unwrap();
+    client.find(Locator::Css("#f-method")).await.unwrap().select_by_value("tr-ipo-hard").await.unwrap();
+    let filled = js(
+        &client,
+        "return [document.getElementById('f-loss_type').value, document.getElementById('f-sync_ref_model').checked,\
+         document.getElementById('f-ref_model_mixup_alpha').value, document.getElementById('f-ref_model_sync_steps').value];",
+    )
+    .await;
+    assert_eq!(filled, json!(["ipo", true, "1", "512"]));
+    client.find(Locator::Css("#f-task")).await.unwrap().select_by_value("toy-tree").await.unwrap();
+    client.find(Locator::Css("#preview-button")).await.unwrap().click().await.unwrap();
+    let preview = client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#preview")).await.unwrap();
+    assert!(preview.text().await.unwrap().contains("loss_type = \"ipo\""));
+    let gap = js(
+        &client,
+        "return document.getElementById('preview').getBoundingClientRect().top - \
+         document.getElementById('preview-button').getBoundingClientRect().bottom;",
+    )
+    .await;
+    assert!(gap.as_f64().unwrap() < 80.0, "the preview is next to its button: {gap}px below it");
+    let tau = client.find(Locator::Css("#f-ref_model_sync_steps")).await.unwrap();
+    tau.clear().await.unwrap();
+    tau.send_keys("64").await.unwrap();
+    js(&client, "document.getElementById('f-ref_model_sync_steps').dispatchEvent(new Event('change')); return null;")
+        .await;
+    assert_eq!(js(&client, "return document.getElementById('f-method').value;").await, json!(""), "now custom");
+    client.set_window_size(390, 844).await.unwrap();
+    assert_fits_phone(&client, "the New run form").await;
     client.set_window_size(1280, 1000).await.unwrap();
 
     // An invalid run form: the errors appear next to their fields and the input stays.
@@ -248,26 +405,40 @@ async fn user_journey(t: &common::TestServer, client: &Client, downloads: &Path)
     // Download a checkpoint archive from the run page.
     client.goto(&t.url(&format!("/runs/{last}"))).await.unwrap();
     client.find(Locator::Css("a[data-archive='300']")).await.unwrap().click().await.unwrap();
-    let archive = eventually("the archive to download", 60, || async {
-        let done: Vec<PathBuf> = std::fs::read_dir(downloads)
-            .ok()?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "tar"))
-            .collect();
-        done.into_iter().next()
-    })
+    let names = downloaded_tar(downloads, &format!("run-{last}-checkpoint-300.tar")).await;
+    assert!(names.contains(&"checkpoint-300/model.safetensors".to_string()), "{names:?}");
+}
+
+/// Nothing on the page reaches past the window's width (wide tables scroll inside their box);
+/// otherwise names the elements that do.
+async fn assert_fits_phone(client: &Client, what: &str) {
+    let overflow =
+        js(client, "return document.documentElement.scrollWidth - document.documentElement.clientWidth;").await;
+    if overflow.as_i64().unwrap() <= 0 {
+        return;
+    }
+    let culprits = js(
+        client,
+        "const w = document.documentElement.clientWidth; return Array.from(document.querySelectorAll('body *'))\
+         .filter(e => e.getBoundingClientRect().right > w + 0.5 && !e.closest('.table-wrap, pre')).slice(0, 8)\
+         .map(e => e.tagName + '#' + e.id + '.' + (typeof e.className === 'string' ? e.className : '') + ' ' \
+         + Math.round(e.getBoundingClientRect().right));",
+    )
     .await;
-    assert_eq!(archive.file_name().unwrap().to_str().unwrap(), format!("run-{last}-checkpoint-300.tar"));
-    let bytes = eventually("the download to complete", 30, || async {
-        let bytes = std::fs::read(&archive).ok()?;
+    panic!("{what} scrolls sideways at phone width by {overflow}px: {culprits}");
+}
+
+/// Waits for `name` to finish downloading into `downloads`; answers the paths in the tar.
+async fn downloaded_tar(downloads: &Path, name: &str) -> Vec<String> {
+    let path = downloads.join(name);
+    let bytes = eventually(&format!("{name} to download"), 60, || async {
+        let bytes = std::fs::read(&path).ok()?;
         tar::Archive::new(&bytes[..]).entries().ok()?.count().gt(&0).then_some(bytes)
     })
     .await;
-    let names: Vec<String> = tar::Archive::new(&bytes[..])
+    tar::Archive::new(&bytes[..])
         .entries()
         .unwrap()
         .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-        .collect();
-    assert!(names.contains(&"checkpoint-300/model.safetensors".to_string()), "{names:?}");
+        .collect()
 }

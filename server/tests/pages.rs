@@ -16,6 +16,15 @@ fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
 
+/// Whether the form holding the button `id` is shown (the page draws every action and hides
+/// those the run's status does not allow; its script shows them as the status changes).
+fn shown(body: &str, id: &str) -> bool {
+    let at = body.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id}"));
+    let form = body[..at].rfind("<form").expect("a form around the button");
+    let tag = &body[form..form + body[form..].find('>').unwrap()];
+    !tag.contains(" hidden")
+}
+
 #[tokio::test]
 async fn every_page_renders_on_an_empty_database() {
     let lab = lab().await;
@@ -64,16 +73,22 @@ async fn a_running_run_shows_progress_eta_live_charts_and_its_checkpoints() {
     assert!(body.contains("data-live=\"1\"") && body.contains("data-total=\"1000\""));
     assert!(body.contains("value=\"50\""), "progress 500 of 1000");
     assert!(body.contains("step 500 of 1000"));
-    assert!(body.contains("id=\"cancel\"") && !body.contains("id=\"retry\""));
-    for chart in ["path", "gold", "kl", "loss", "rewards", "ood"] {
+    assert!(shown(&body, "cancel") && !shown(&body, "retry") && !shown(&body, "start-over"));
+    for chart in ["path", "gold", "kl", "loss", "rewards", "ood", "sft"] {
         assert!(body.contains(&format!("id=\"chart-{chart}\"")), "{chart}");
         assert!(body.contains(&format!("/runs/{id}/charts/{chart}.png")), "{chart} downloads as PNG");
     }
     assert!(count(&body, "<svg xmlns") >= 6, "charts are inline SVG");
-    assert!(body.contains("class=\"fit-line\""), "the path chart has its Gao fit");
+    assert_eq!(count(&body, "class=\"fit-line\""), 2, "the path chart has both Gao fits");
     assert!(body.contains("<title>peak · run"), "and its peak");
-    // Checkpoints: step, KL and gold reward at that step, size, both downloads.
+    assert!(body.contains("RL fit (Gao et al.)") && body.contains("best-of-n fit (Gao et al.)"));
+    assert!(body.contains("√nats") && body.contains("nats (d = "), "d and KL carry their units");
+    // The run's own front over its evaluations, with the kept ones downloadable.
+    let pareto = body.split("id=\"pareto\"").nth(1).unwrap().split("</table>").next().unwrap();
+    assert!(pareto.contains("not kept") && pareto.contains("checkpoints/250/archive"), "{pareto}");
+    // Checkpoints: step, KL and gold reward at that step, why kept, size, both downloads.
     assert!(body.contains(&format!("/api/runs/{id}/checkpoints/250/archive")));
+    assert!(body.contains("every save_steps") || body.contains("Pareto front"));
     assert!(body.contains(&format!("/api/runs/{id}/checkpoints/500/files/model.safetensors")));
     assert!(body.contains("1.0 kB"));
     // A chart alone, as the live page fetches it.
@@ -92,30 +107,36 @@ async fn a_running_run_shows_progress_eta_live_charts_and_its_checkpoints() {
 }
 
 #[tokio::test]
-async fn a_failed_run_shows_its_error_and_retries_into_a_new_run() {
+async fn a_failed_run_resumes_from_its_last_checkpoint_or_starts_over_as_a_new_run() {
     let lab = lab().await;
     let id = lab.state.queue.enqueue(toy_config(json!({})), None).await.unwrap();
-    lab.train_next(75, 1000, 1.0, &[]).await;
+    lab.train_next(75, 1000, 1.0, &[50]).await;
     lab.finish(id, Outcome::Failed("non-finite loss at step 80".into())).await;
     let (status, body) = lab.get(&format!("/runs/{id}")).await;
     assert_eq!(status, 200);
     assert!(body.contains("status-failed") && body.contains("non-finite loss at step 80"));
-    assert!(body.contains("id=\"retry\"") && !body.contains("id=\"cancel\""));
-    assert!(!body.contains("data-live"), "a failed run does not follow live");
-    assert!(body.contains("No checkpoint yet"));
+    assert!(shown(&body, "retry") && shown(&body, "start-over") && !shown(&body, "cancel"));
+    assert!(body.contains("Retry from step 50"), "the retry says where it resumes");
+    assert!(!body.contains("data-live=\"1\""), "a failed run does not follow live");
     let (_, table) = lab.get("/").await;
     assert!(table.contains("title=\"non-finite loss at step 80\""), "the table shows why it failed");
-    let (status, headers, _) = lab.request("POST", &format!("/runs/{id}/retry"), Some("")).await;
+    // Retry: the same run, back in the queue, to resume from its checkpoint at step 50.
+    let (status, headers, _) = lab.request("POST", &format!("/runs/{id}/retry"), Some("from=checkpoint")).await;
+    assert_eq!((status, headers["location"].to_str().unwrap()), (303, format!("/runs/{id}").as_str()));
+    let (_, body) = lab.get(&format!("/runs/{id}")).await;
+    assert!(body.contains("status-queued") && !body.contains("non-finite loss"));
+    assert!(body.contains("next in the queue"), "a queued run shows its place");
+    // A queued run cannot be retried: the page says why, with the API's status.
+    let (status, _, body) = lab.request("POST", &format!("/runs/{id}/retry"), Some("")).await;
+    assert_eq!(status, 409);
+    assert!(body.contains("only failed or cancelled runs can be retried"));
+    // Start over: a new run with the same config, naming this one.
+    lab.train_next(25, 1000, 1.0, &[]).await;
+    lab.finish(id, Outcome::Failed("again".into())).await;
+    let (status, headers, _) = lab.request("POST", &format!("/runs/{id}/retry"), Some("from=start")).await;
     assert_eq!((status, headers["location"].to_str().unwrap()), (303, format!("/runs/{}", id + 1).as_str()));
     let (_, retried) = lab.get(&format!("/runs/{}", id + 1)).await;
     assert!(retried.contains(&format!("from <a href=\"/runs/{id}\">run {id}</a>")));
-    // A finished run cannot be retried: the page says why, with the API's status.
-    let (status, body) = lab.get(&format!("/runs/{}", id + 1)).await;
-    assert_eq!(status, 200);
-    assert!(body.contains("status-queued"));
-    let (status, _, body) = lab.request("POST", &format!("/runs/{}/retry", id + 1), Some("")).await;
-    assert_eq!(status, 409);
-    assert!(body.contains("only failed or cancelled runs can be retried"));
 }
 
 /// A sweep of `n` finished runs over α, τ and seeds.
@@ -153,20 +174,34 @@ async fn a_hundred_runs_fill_the_table_and_the_sweep_chart_has_one_path_each() {
     assert!(body.contains("100 of 100 runs"));
     let (status, page) = lab.get(&format!("/sweeps/{sweep}")).await;
     assert_eq!(status, 200);
-    let overoptimization = page.split("id=\"chart-ood\"").next().unwrap();
+    let overoptimization = page.split("id=\"best-live\"").next().unwrap();
     assert_eq!(count(overoptimization, "class=\"run-line\""), 100, "one path per run");
-    assert!(page.contains("class=\"colour-bar\""));
+    assert!(!page.contains("class=\"colour-bar\""), "six α values: categorical colours, no bar");
+    assert!(page.contains(">α = 0.03<"), "the α values are named in the legend");
     assert!(page.contains("IPO and TR-IPO") && page.contains("DPO and TR-DPO"), "a panel per loss");
     assert_eq!(count(&page, "data-toggle-key="), 100, "a legend toggle per run");
-    assert!(page.contains("<table id=\"pareto\">") && page.contains("/checkpoints/500/archive"));
+    assert!(page.contains("<table class=\"pareto\">") && page.contains("/checkpoints/500/archive"));
+    assert!(page.contains("<table id=\"best\">") && page.contains("data-peak="), "each run's best policy");
+    assert!(page.contains("<table id=\"paired\">"), "TR minus vanilla, paired on the same seeds");
     // Diff only: only the parameters that differ between the runs.
     assert!(page.contains("<code>ref_model_mixup_alpha</code>") && !page.contains("<code>adam_beta1</code>"));
     let (_, all_params) = lab.get(&format!("/sweeps/{sweep}?opts=1")).await;
     assert!(all_params.contains("<code>adam_beta1</code>"));
     // Aggregated seeds: fewer lines than runs, each with its band.
-    let (_, aggregated) = lab.get(&format!("/sweeps/{sweep}?opts=1&seeds=1")).await;
-    let lines = count(&aggregated, "class=\"run-line\"");
-    assert!(lines < 100 + 100 && count(&aggregated, "class=\"band\"") > 0, "{lines} lines");
+    let (_, aggregated) = lab.get(&format!("/sweeps/{sweep}?opts=1&agg=seeds")).await;
+    let lines = count(aggregated.split("id=\"best-live\"").next().unwrap(), "class=\"run-line\"");
+    assert!(lines < 100 && count(&aggregated, "class=\"band\"") > 0, "{lines} lines");
+    // Hidden runs leave the chart, the tables and the downloads, and the links keep them hidden.
+    let hide = format!("hide=run-{},run-{}", ids[0], ids[1]);
+    let (_, fewer) = lab.get(&format!("/sweeps/{sweep}?{hide}")).await;
+    assert_eq!(count(fewer.split("id=\"best-live\"").next().unwrap(), "class=\"run-line\""), 98);
+    assert!(fewer.contains(&format!("/compare/summary.csv?sweep={sweep}&")) && fewer.contains(&hide));
+    let (_, _, csv) = lab.request("GET", &format!("/compare/summary.csv?sweep={sweep}&{hide}"), None).await;
+    assert_eq!(csv.lines().count(), 1 + 98);
+    assert!(
+        fewer.contains(&format!("download=\"sweep-{sweep}-overoptimization.svg\"")),
+        "downloads carry the sweep id"
+    );
     // Smoothed, against KL, log x: raw data stays faint underneath.
     let (_, smoothed) = lab.get(&format!("/sweeps/{sweep}?opts=1&smooth=0.8&x=kl&log_x=1")).await;
     assert!(count(&smoothed, "class=\"run-raw\"") >= 100);
@@ -174,7 +209,7 @@ async fn a_hundred_runs_fill_the_table_and_the_sweep_chart_has_one_path_each() {
 
     let selection = format!("runs={},{},{}", ids[0], ids[1], ids[2]);
     let (_, compare) = lab.get(&format!("/compare?{selection}")).await;
-    let chart = compare.split("id=\"chart-ood\"").next().unwrap();
+    let chart = compare.split("id=\"best-live\"").next().unwrap();
     assert_eq!(count(chart, "class=\"run-line\""), 3);
     // Downloads: both chart formats, the table and every series as CSV.
     let (status, headers, _) =
@@ -183,10 +218,14 @@ async fn a_hundred_runs_fill_the_table_and_the_sweep_chart_has_one_path_each() {
     let (_, _, svg) = lab.request("GET", &format!("/compare/charts/overoptimization.svg?sweep={sweep}"), None).await;
     assert!(svg.len() < 1_000_000, "{} bytes", svg.len());
     let (_, headers, csv) = lab.request("GET", &format!("/compare/summary.csv?{selection}"), None).await;
-    assert!(headers["content-disposition"].to_str().unwrap().contains("summary.csv"));
+    let stem = format!("runs-{}-{}-{}", ids[0], ids[1], ids[2]);
+    assert!(headers["content-disposition"].to_str().unwrap().contains(&format!("{stem}-summary.csv")));
     assert_eq!(csv.lines().count(), 4);
     let (_, _, series) = lab.request("GET", &format!("/compare/series.csv?{selection}"), None).await;
     assert_eq!(series.lines().count(), 1 + 3 * 41 * 4, "every evaluation of every run, four metrics each");
+    let (status, headers, _) = lab.request("GET", &format!("/compare/charts/forest.svg?sweep={sweep}"), None).await;
+    assert_eq!(status, 200);
+    assert!(headers["content-disposition"].to_str().unwrap().contains(&format!("sweep-{sweep}-forest.svg")));
 }
 
 #[tokio::test]

@@ -109,7 +109,26 @@ async fn a_running_run_cancels_within_a_step_and_a_queued_one_never_starts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_and_clone_make_new_runs_and_delete_removes_the_run_and_its_files() {
+async fn a_run_building_its_pi_init_cancels_without_waiting_for_the_sft_to_end() {
+    let t = spawn().await;
+    // The default toy-tree π_init takes minutes of SFT on this machine; the cancel must not.
+    let id = t.create_run(&json!({"task": "toy-tree", "num_threads": 1})).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while full_series(&t.client, &t.base, id, "sft/loss").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no SFT step reported within two minutes");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, _) = t.post(&format!("/api/runs/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+    let run = t.wait_for_status(id, "cancelled").await;
+    assert_eq!(run["step"].as_i64(), Some(0), "it never trained: {run}");
+    let (_, listed) = t.get(&format!("/api/runs/{id}/checkpoints")).await;
+    assert_eq!(listed["checkpoints"].as_array().map(Vec::len), Some(0), "π_init unfinished, nothing saved");
+    t.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_resumes_the_run_from_its_checkpoint_start_over_and_clone_make_new_runs_and_delete_removes_it() {
     let t = spawn().await;
     let id = t.create_run(&config(100_000, 0)).await;
     t.wait_for(id, "step 1", |r| r["step"].as_i64().unwrap_or(0) >= 1).await;
@@ -129,9 +148,28 @@ async fn retry_and_clone_make_new_runs_and_delete_removes_the_run_and_its_files(
     let (status, body) = t.post(&format!("/api/runs/{id}/clone"), &json!({"beta": -1})).await;
     assert_eq!((status, body["fields"][0]["field"].as_str()), (422, Some("beta")));
 
+    // Retry: the same run, resumed from the checkpoint it wrote when it was cancelled.
+    let stopped_at = t.get(&format!("/api/runs/{id}")).await.1["step"].as_i64().unwrap();
+    let (status, body) = t.post(&format!("/api/runs/{id}/retry"), &json!({"from": "sideways"})).await;
+    assert_eq!((status, body["fields"][0]["field"].as_str()), (422, Some("from")));
     let (status, body) = t.post(&format!("/api/runs/{id}/retry"), &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["id"].as_i64(), body["resumes_from_step"].as_i64()), (Some(id), Some(stopped_at)));
+    t.wait_for(id, "steps past the checkpoint", |r| {
+        r["status"] == "running" && r["step"].as_i64().unwrap_or(0) > stopped_at
+    })
+    .await;
+    let (_, loss) = t.get(&format!("/api/runs/{id}/metrics?names=loss&max_points=100000")).await;
+    let steps: Vec<i64> = loss["series"]["loss"].as_array().unwrap().iter().map(|p| p[0].as_i64().unwrap()).collect();
+    assert_eq!(steps[0], 1, "the steps before the checkpoint are kept: {steps:?}");
+    assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "and each step is there once: {steps:?}");
+    t.post(&format!("/api/runs/{id}/cancel"), &json!({})).await;
+    t.wait_for_status(id, "cancelled").await;
+    // Start over: a new run with the same config.
+    let (status, body) = t.post(&format!("/api/runs/{id}/retry"), &json!({"from": "start"})).await;
     assert_eq!(status, 201);
     let retry = body["id"].as_i64().unwrap();
+    assert_ne!(retry, id);
     t.wait_for(retry, "step 1", |r| r["step"].as_i64().unwrap_or(0) >= 1).await;
     t.post(&format!("/api/runs/{retry}/cancel"), &json!({})).await;
     t.wait_for_status(retry, "cancelled").await;
@@ -222,5 +260,35 @@ async fn a_run_that_diverges_to_nan_fails_with_the_reason_and_the_next_run_still
     assert!(run["error"].as_str().unwrap().contains("non-finite"), "{run}");
     assert!(run["finished_at"].is_i64());
     t.wait_for_status(good, "finished").await;
+    t.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toy_run_records_exactly_the_pareto_checkpoints_it_keeps_and_its_pi_init_sft() {
+    let t = spawn().await;
+    let id = t
+        .create_run(&json!({
+            "task": "toy-tree", "toy_num_prompts": 3, "toy_alphabet_size": 3, "toy_response_length": 3,
+            "toy_hidden_size": 16, "toy_num_layers": 1, "toy_num_heads": 2, "toy_pairs_per_prompt": 4,
+            "learning_rate": 1e-4, "max_steps": 120, "eval_steps": 5, "logging_steps": 5, "save_steps": 50,
+            "save_pareto_limit": 3, "num_threads": 1,
+        }))
+        .await;
+    let run = t.wait_for_status(id, "finished").await;
+    assert_eq!(run["config"]["save_strategy"], "pareto", "the default with a gold reward");
+    let (_, listed) = t.get(&format!("/api/runs/{id}/checkpoints")).await;
+    let mut recorded: Vec<i64> =
+        listed["checkpoints"].as_array().unwrap().iter().map(|c| c["step"].as_i64().unwrap()).collect();
+    recorded.sort_unstable();
+    let dir = t.dir.path().join("data/runs").join(id.to_string());
+    let on_disk: Vec<i64> = trainer::checkpoint::steps(&dir).unwrap().into_iter().map(|s| s as i64).collect();
+    assert_eq!(recorded, on_disk, "a deleted checkpoint's record goes with its directory");
+    let gold = common::full_series(&t.client, &t.base, id, "eval/gold_reward").await;
+    let peak = gold.iter().copied().fold((0, f64::NEG_INFINITY), |b, p| if p.1 > b.1 { p } else { b });
+    assert!(recorded.contains(&peak.0) && recorded.contains(&0), "π_init and the peak are kept: {recorded:?}");
+    assert!(recorded.len() < gold.len(), "not every evaluation: {recorded:?}");
+    let sft = common::full_series(&t.client, &t.base, id, "sft/loss").await;
+    assert!(sft.len() > 10 && sft[0].0 == 0, "π_init's SFT steps are metrics too: {} of them", sft.len());
+    assert!(sft.last().unwrap().1 < sft[0].1, "and its loss went down");
     t.server.stop().await.unwrap();
 }

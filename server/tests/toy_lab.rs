@@ -77,7 +77,12 @@ fn a_sweep_over_two_seeds_writes_its_table_figures_and_seed_report_and_reuses_fi
         })
     };
     assert!(rows.iter().all(|r| fields(r).0 == fields(rows[0]).0), "{csv}");
-    assert!(rows[0].contains("peak_gold") && rows[0].contains("fit_a") && rows[0].contains("final_ood_mass"));
+    assert!(
+        rows[0].contains("peak_gold")
+            && rows[0].contains("rl_fit_a")
+            && rows[0].contains("bon_fit_d_star")
+            && rows[0].contains("final_ood_mass")
+    );
     for f in ["gold_vs_kl", "ood_mass", "mean_gold_vs_kl", "mean_ood_mass"] {
         for ext in ["svg", "png"] {
             let path = out.join(format!("{f}.{ext}"));
@@ -85,7 +90,7 @@ fn a_sweep_over_two_seeds_writes_its_table_figures_and_seed_report_and_reuses_fi
         }
     }
     let svg = std::fs::read_to_string(out.join("gold_vs_kl.svg")).unwrap();
-    assert!(svg.contains("TR-DPO α=0.6 τ=1 · seed 2"), "the chart lacks a run");
+    assert!(svg.contains("TR-DPO α=0.6 τ=1 · task 42 seed 2"), "the chart lacks a run");
 
     let report = std::fs::read_to_string(out.join("seeds.md")).unwrap();
     for line in ["| DPO | 2 |", "| TR-DPO α=0.1 τ=1 | 2 |", "| TR-DPO α=0.6 τ=1 | 2 |"] {

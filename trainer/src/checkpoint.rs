@@ -57,6 +57,9 @@ pub struct TrainerState {
     /// `global_step - skipped_steps` steps.
     #[serde(default)]
     pub skipped_steps: u64,
+    /// Which checkpoints the run keeps (the Pareto front or best evaluation so far among them).
+    #[serde(default)]
+    pub retention: crate::retention::Retention,
 }
 
 /// What to write.
@@ -135,10 +138,15 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The highest-step complete checkpoint in `output_dir`, if any.
 pub fn latest(output_dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(steps(output_dir)?.last().map(|&step| checkpoint_dir(output_dir, step)))
+}
+
+/// The steps of the complete checkpoints in `output_dir`, ascending.
+pub fn steps(output_dir: &Path) -> Result<Vec<u64>> {
     let Ok(entries) = std::fs::read_dir(output_dir) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
-    let mut best: Option<(u64, PathBuf)> = None;
+    let mut out = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(output_dir, e))?;
         let name = entry.file_name();
@@ -146,11 +154,23 @@ pub fn latest(output_dir: &Path) -> Result<Option<PathBuf>> {
         else {
             continue;
         };
-        if entry.path().join(STATE_FILE).is_file() && best.as_ref().is_none_or(|(b, _)| step > *b) {
-            best = Some((step, entry.path()));
+        if entry.path().join(STATE_FILE).is_file() {
+            out.push(step);
         }
     }
-    Ok(best.map(|(_, p)| p))
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Deletes `checkpoint-<step>`: renamed out of the way first, so no reader ever sees it half gone.
+pub fn remove(output_dir: &Path, step: u64) -> Result<()> {
+    let dir = checkpoint_dir(output_dir, step);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let doomed = output_dir.join(format!(".checkpoint-{step}.deleted-{}", std::process::id()));
+    std::fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
 }
 
 /// What a resumed run restores.

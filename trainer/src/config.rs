@@ -137,6 +137,32 @@ impl std::str::FromStr for ExportDtype {
     }
 }
 
+/// Which checkpoints a run writes and keeps (transformers' `save_strategy`, with a Pareto front
+/// added). Every strategy writes the periodic `save_steps` checkpoints and the last one, which a
+/// resumed run continues from; see [`crate::retention`] for what each keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveStrategy {
+    /// Only the periodic checkpoints (transformers' default).
+    #[default]
+    Steps,
+    /// Also the evaluation with the best `metric_for_best_model` so far.
+    Best,
+    /// Also every evaluation on the front of (KL to π_init ↓, `metric_for_best_model` ↑) so far,
+    /// at most `save_pareto_limit` of them, spanning the front.
+    Pareto,
+}
+
+impl SaveStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Steps => "steps",
+            Self::Best => "best",
+            Self::Pareto => "pareto",
+        }
+    }
+}
+
 /// Where a run's model, initial policy and data come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -272,6 +298,8 @@ pub struct RunConfig {
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     pub adam_epsilon: f64,
+    /// The training seed: data order, sampling at evaluation, and the init of a `random_init`
+    /// model. A toy task's problem comes from `task_seed` instead.
     pub seed: u64,
     /// Seeds the data order (`train_sampling_strategy = "random"`); unset, `seed` does.
     pub data_seed: Option<u64>,
@@ -301,6 +329,20 @@ pub struct RunConfig {
     /// Write `checkpoint-<step>/` every this many optimizer steps (and at the end); 0 = only at the end.
     pub save_steps: u64,
     pub eval_steps: Option<u64>,
+    /// `steps`, `best` or `pareto` (default `pareto` when the run has a gold reward: a toy task or
+    /// `reward_model_path`; else `steps`).
+    pub save_strategy: SaveStrategy,
+    /// The evaluation metric `best` and `pareto` rank by (default `eval/gold_reward` when the run
+    /// has a gold reward); a name without `eval/` gets it, as transformers prefixes `eval_`.
+    pub metric_for_best_model: Option<String>,
+    /// Whether a larger `metric_for_best_model` is better; unset: yes, unless its name ends in "loss".
+    pub greater_is_better: Option<bool>,
+    /// At most this many periodic checkpoints are kept, the newest (unset: all). The best and
+    /// Pareto checkpoints are bounded by their own rule, and the newest checkpoint is always kept.
+    pub save_total_limit: Option<u64>,
+    /// At most this many Pareto checkpoints (`save_strategy = "pareto"`): the two ends of the
+    /// front, the lowest KL and the best metric, and the points that spread most evenly between.
+    pub save_pareto_limit: u64,
     /// Weights in checkpoints' `model.safetensors`: `float32`, `bfloat16` or `float16`.
     pub export_dtype: ExportDtype,
 
@@ -321,6 +363,10 @@ pub struct RunConfig {
     pub toy_hidden_size: usize,
     pub toy_num_layers: usize,
     pub toy_num_heads: usize,
+    /// Seeds a toy task's problem: the gold reward, the behaviour distribution, π_init and the
+    /// preference data. Runs that share it (and the task's other keys) train on the same problem,
+    /// so runs over `seed` at one `task_seed` are repeats of one experiment.
+    pub task_seed: u64,
     /// Where π_init is cached; default `$GOODHART_CACHE_DIR`, else `<temp dir>/goodhart-cache`.
     pub toy_cache_dir: Option<PathBuf>,
 }
@@ -371,6 +417,11 @@ impl Default for RunConfig {
             logging_steps: 1,
             save_steps: 500,
             eval_steps: None,
+            save_strategy: SaveStrategy::Steps,
+            metric_for_best_model: None,
+            greater_is_better: None,
+            save_total_limit: None,
+            save_pareto_limit: 8,
             export_dtype: ExportDtype::Float32,
             task: Task::Dataset,
             toy_num_prompts: 8,
@@ -382,6 +433,7 @@ impl Default for RunConfig {
             toy_hidden_size: 64,
             toy_num_layers: 2,
             toy_num_heads: 4,
+            task_seed: 42,
             toy_cache_dir: None,
         }
     }
@@ -392,9 +444,16 @@ impl RunConfig {
     /// A toy `task` first fills the keys it has defaults for (see [`Task`]) where they are absent.
     pub fn from_json_value(mut value: Value) -> Result<Self, Vec<FieldError>> {
         if let Some(map) = value.as_object_mut() {
-            let task = map.get("task").cloned().and_then(|t| serde_json::from_value::<Task>(t).ok());
-            for (key, default) in task.unwrap_or_default().default_overrides() {
+            let task =
+                map.get("task").cloned().and_then(|t| serde_json::from_value::<Task>(t).ok()).unwrap_or_default();
+            for (key, default) in task.default_overrides() {
                 map.entry(key).or_insert(default);
+            }
+            // With a gold reward, the policies worth keeping are the ones on its front.
+            let has_gold = task.is_toy() || map.get("reward_model_path").is_some_and(|p| !p.is_null());
+            if has_gold {
+                map.entry("save_strategy").or_insert(Value::from("pareto"));
+                map.entry("metric_for_best_model").or_insert(Value::from(crate::summary::GOLD));
             }
         }
         let as_field_error = |e: serde_path_to_error::Error<serde_json::Error>| {
@@ -549,6 +608,7 @@ impl RunConfig {
         if let Err(message) = DeviceSpec::parse(&self.device).and_then(DeviceSpec::available) {
             errors.push(FieldError::new("device", message));
         }
+        self.validate_saving(&mut errors);
         if self.task.is_toy() {
             self.validate_toy(&mut errors);
         } else {
@@ -564,6 +624,58 @@ impl RunConfig {
         } else {
             Err(errors)
         }
+    }
+
+    /// Checkpoint keys: what `best` and `pareto` rank by, and that the run evaluates at all.
+    fn validate_saving(&self, errors: &mut Vec<FieldError>) {
+        if self.save_pareto_limit < 2 {
+            errors.push(FieldError::new(
+                "save_pareto_limit",
+                "must be >= 2: the front's two ends (lowest KL, best metric) are always kept",
+            ));
+        }
+        if self.save_total_limit == Some(0) {
+            errors
+                .push(FieldError::new("save_total_limit", "must be >= 1 (or unset to keep every periodic checkpoint)"));
+        }
+        if self.metric_for_best_model.as_deref().is_some_and(|m| m.trim().is_empty() || m.trim() == "eval/") {
+            errors.push(FieldError::new(
+                "metric_for_best_model",
+                "must name an evaluation metric, e.g. eval/gold_reward",
+            ));
+        }
+        let strategy = self.save_strategy.as_str();
+        if self.save_strategy != SaveStrategy::Steps {
+            if self.metric_for_best_model.is_none() {
+                errors.push(FieldError::new(
+                    "save_strategy",
+                    format!(
+                        "{strategy:?} ranks evaluations by metric_for_best_model, which is unset: this run has no \
+                         gold reward (set reward_model_path, or name another eval/ metric)"
+                    ),
+                ));
+            }
+            if !self.evaluates() {
+                errors.push(FieldError::new(
+                    "save_strategy",
+                    format!("{strategy:?} keeps evaluated policies, and this run never evaluates: set eval_steps"),
+                ));
+            }
+        }
+    }
+
+    /// The run measures its policy during training (`eval/*`): toy tasks always do; a dataset run
+    /// with `eval_steps` or a gold reward model.
+    pub fn evaluates(&self) -> bool {
+        self.task.is_toy() || self.eval_steps.is_some() || self.reward_model_path.is_some()
+    }
+
+    /// The metric `best` and `pareto` rank by, as logged (`eval/…`), and whether larger is better.
+    pub fn best_metric(&self) -> Option<(String, bool)> {
+        let name = self.metric_for_best_model.as_deref()?.trim();
+        let name = if name.starts_with("eval/") { name.to_string() } else { format!("eval/{name}") };
+        let greater = self.greater_is_better.unwrap_or(!name.ends_with("loss"));
+        Some((name, greater))
     }
 
     fn validate_paths(&self, errors: &mut Vec<FieldError>) {
@@ -1075,6 +1187,38 @@ mod tests {
         assert_eq!(c.lr_scheduler_type.as_str(), "constant_with_warmup");
         let errors = RunConfig::from_json_value(with("lr_scheduler_type", json!("polynomial"))).unwrap_err();
         assert_eq!(fields(&errors), vec!["lr_scheduler_type"]);
+    }
+
+    #[test]
+    fn a_run_with_a_gold_reward_keeps_its_pareto_front_by_default() {
+        let toy = RunConfig::from_json_value(json!({"task": "toy-tree"})).unwrap();
+        assert_eq!(toy.save_strategy, SaveStrategy::Pareto);
+        assert_eq!(toy.best_metric(), Some(("eval/gold_reward".to_string(), true)));
+        assert_eq!((toy.save_pareto_limit, toy.save_total_limit, toy.task_seed), (8, None, 42));
+        let plain = RunConfig::from_json_value(base()).unwrap();
+        assert_eq!((plain.save_strategy, plain.best_metric()), (SaveStrategy::Steps, None));
+        // transformers' conventions: a bare name gets the prefix, a loss is better smaller.
+        let c =
+            RunConfig::from_json_value(json!({"task": "toy-tree", "metric_for_best_model": "kl_ref_loss"})).unwrap();
+        assert_eq!(c.best_metric(), Some(("eval/kl_ref_loss".to_string(), false)));
+    }
+
+    #[test]
+    fn keeping_evaluated_policies_needs_a_metric_and_evaluations() {
+        let errors = RunConfig::from_json_value(with("save_strategy", json!("pareto"))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["save_strategy", "save_strategy"]);
+        assert!(errors[0].message.contains("metric_for_best_model"), "{}", errors[0].message);
+        assert!(errors[1].message.contains("eval_steps"), "{}", errors[1].message);
+        let mut v = with("save_strategy", json!("best"));
+        v["metric_for_best_model"] = json!("eval/kl_ref");
+        v["eval_steps"] = json!(10);
+        assert!(RunConfig::from_json_value(v).is_ok());
+        for (key, value) in [("save_pareto_limit", json!(1)), ("save_total_limit", json!(0))] {
+            let errors = RunConfig::from_json_value(json!({"task": "toy-tree", key: value})).unwrap_err();
+            assert_eq!(fields(&errors), vec![key]);
+        }
+        let errors = RunConfig::from_json_value(json!({"task": "toy-tree", "save_strategy": "epoch"})).unwrap_err();
+        assert_eq!(fields(&errors), vec!["save_strategy"]);
     }
 
     #[test]

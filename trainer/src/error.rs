@@ -28,6 +28,11 @@ pub enum Error {
     #[error("non-finite {what} at step {step}: training stopped; the last good checkpoint is intact")]
     NonFinite { step: u64, what: String },
 
+    /// The sink asked to stop (a cancel, a shutdown) before the first training step, while π_init
+    /// was being built; nothing was saved. [`crate::train::train`] answers it as a stopped run.
+    #[error("stopped on request while building π_init, before the first training step")]
+    StoppedBeforeTraining,
+
     /// The run's estimated memory exceeds what the machine has available.
     #[error("not enough memory: {0}")]
     OutOfMemory(String),

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod retention;
 pub mod sft;
 pub mod summary;
 pub mod sweep;

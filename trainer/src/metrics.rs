@@ -24,8 +24,27 @@ pub trait MetricSink {
         Ok(())
     }
 
+    /// A checkpoint of `step` is about to be written: whatever was logged so far must be stored
+    /// first, so that a run resumed from it finds every step up to it.
+    fn saving_checkpoint(&mut self, _step: u64) -> Result<()> {
+        Ok(())
+    }
+
     /// A checkpoint directory was completely written.
     fn checkpoint_saved(&mut self, _step: u64, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    /// The checkpoint of `step` is no longer kept (see [`crate::retention`]); its directory is
+    /// removed right after this returns.
+    fn deleting_checkpoint(&mut self, _step: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// One step of π_init's SFT (toy tasks, before training): `sft/loss` and, where it is exact,
+    /// `sft/kl_behaviour`. Its own step axis, from 0; at most `max_steps` of them. A π_init from
+    /// the cache reports the steps that built it.
+    fn sft(&mut self, _step: u64, _max_steps: u64, _metrics: &Metrics) -> Result<()> {
         Ok(())
     }
 
@@ -49,8 +68,10 @@ pub trait MetricSink {
 #[derive(Debug, Default, Clone)]
 pub struct MemorySink {
     pub steps: Vec<(u64, Metrics)>,
+    /// The checkpoints kept (deleted ones are removed).
     pub checkpoints: Vec<(u64, PathBuf)>,
     pub warnings: Vec<String>,
+    pub sft: Vec<(u64, Metrics)>,
 }
 
 impl MetricSink for MemorySink {
@@ -65,12 +86,24 @@ impl MetricSink for MemorySink {
     }
 
     fn checkpoint_saved(&mut self, step: u64, dir: &Path) -> Result<()> {
+        self.checkpoints.retain(|(s, _)| *s != step);
         self.checkpoints.push((step, dir.to_path_buf()));
         Ok(())
     }
 
     fn warning(&mut self, message: &str) {
         self.warnings.push(message.to_string());
+    }
+
+    fn deleting_checkpoint(&mut self, step: u64) -> Result<()> {
+        self.checkpoints.retain(|(s, _)| *s != step);
+        Ok(())
+    }
+
+    fn sft(&mut self, step: u64, _max_steps: u64, metrics: &Metrics) -> Result<()> {
+        self.sft.retain(|(s, _)| *s < step);
+        self.sft.push((step, metrics.clone()));
+        Ok(())
     }
 }
 
@@ -92,6 +125,12 @@ pub struct JsonlSink {
 impl JsonlSink {
     pub fn create(path: &Path) -> Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self { path: path.to_path_buf(), file })
+    }
+
+    /// A new, empty file at `path`.
+    pub fn truncate(path: &Path) -> Result<Self> {
+        let file = File::create(path).map_err(|e| Error::io(path, e))?;
         Ok(Self { path: path.to_path_buf(), file })
     }
 

@@ -29,16 +29,47 @@ pub trait SftTarget {
     /// `(loss, stopping criterion)` for the current weights: KL(behaviour ‖ π) where it is exact
     /// (toy-tree), else the loss itself.
     fn loss(&self, model: &CausalLm, weights: &Weights) -> Result<(Tensor, f64)>;
+
+    /// Whether the criterion is KL(behaviour ‖ π) (logged as `sft/kl_behaviour`).
+    fn criterion_is_kl(&self) -> bool {
+        false
+    }
+}
+
+/// One SFT step as it is reported: the loss, and KL(behaviour ‖ π) where it is exact.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SftStep {
+    pub step: u64,
+    pub loss: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_behaviour: Option<f64>,
+}
+
+impl SftStep {
+    /// `sft/loss` and `sft/kl_behaviour`, as a sink logs them.
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        let mut m = crate::metrics::Metrics::from([("sft/loss".to_string(), self.loss)]);
+        if let Some(kl) = self.kl_behaviour {
+            m.insert("sft/kl_behaviour".to_string(), kl);
+        }
+        m
+    }
 }
 
 /// How SFT went, stored beside the cached weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SftReport {
     pub steps: u64,
     /// The stopping criterion at the end: KL(behaviour ‖ π_init) for toy-tree; the per-token
     /// cross-entropy on behaviour samples for toy-length, which has no exact KL.
     pub kl_behaviour: f64,
     pub seconds: f64,
+    /// Every step's loss (and KL), so that a π_init from the cache can report how it was built.
+    #[serde(default)]
+    pub history: Vec<SftStep>,
+    /// The most steps SFT was allowed.
+    #[serde(default)]
+    pub max_steps: u64,
 }
 
 #[derive(Debug)]
@@ -59,11 +90,13 @@ pub fn cache_dir(cfg: &RunConfig) -> PathBuf {
 }
 
 /// Loads π_init for `key` from `dir`, or builds it with `build` (once, even under concurrency).
+/// `progress` hears every SFT step: as it trains, or, from the cache, the steps that built it.
 pub fn cached_initial_policy(
     dir: &Path,
     key: &impl Serialize,
     model: &CausalLm,
-    build: impl FnOnce() -> Result<(ParamSet, SftReport)>,
+    progress: SftProgress<'_>,
+    build: impl FnOnce(SftProgress<'_>) -> Result<(ParamSet, SftReport)>,
 ) -> Result<CachedPolicy> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let material =
@@ -84,10 +117,15 @@ pub fn cached_initial_policy(
     if weights.is_file() && report_path.is_file() {
         let params = ParamSet::load_safetensors(&weights, &model.config, model.device())?;
         let text = std::fs::read_to_string(&report_path).map_err(|e| Error::io(&report_path, e))?;
-        let report = serde_json::from_str(&text).map_err(|source| Error::Json { path: report_path.clone(), source })?;
+        let report: SftReport =
+            serde_json::from_str(&text).map_err(|source| Error::Json { path: report_path.clone(), source })?;
+        drop(lock);
+        for step in &report.history {
+            progress(step, report.max_steps)?;
+        }
         return Ok(CachedPolicy { params, report, built: false, path: weights });
     }
-    let (params, report) = build()?;
+    let (params, report) = build(progress)?;
     let tmp = dir.join(format!("pi_init-{hash}.safetensors.tmp-{}", std::process::id()));
     params.save_safetensors(&tmp)?;
     write_atomically(&report_path, &serde_json::to_vec_pretty(&report).expect("a report serializes"))?;
@@ -102,8 +140,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Where SFT reports each step (a run's [`crate::metrics::MetricSink::sft`]).
+pub type SftProgress<'a> = &'a mut dyn FnMut(&SftStep, u64) -> Result<()>;
+
 /// Full-batch AdamW from a seeded random init until the criterion is ≤ `target` or after
-/// `max_steps` (the report says where it stopped).
+/// `max_steps` (the report says where it stopped), reporting every step to `progress`.
 pub fn train_initial_policy(
     model: &CausalLm,
     objective: &dyn SftTarget,
@@ -111,18 +152,27 @@ pub fn train_initial_policy(
     initializer_range: f64,
     target: f64,
     max_steps: u64,
+    progress: SftProgress<'_>,
 ) -> Result<(ParamSet, SftReport)> {
     let start = std::time::Instant::now();
     let params = ParamSet::random(&model.config, seed, initializer_range, model.device())?;
     let mut adam = AdamW::new(&params, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 })?;
     let mut steps = 0;
     let mut kl = f64::INFINITY;
+    let mut history = Vec::new();
     while steps < max_steps {
         let (loss, now) = objective.loss(model, &params.trainable())?;
         kl = now;
         if !kl.is_finite() {
             return Err(Error::NonFinite { step: steps, what: "SFT loss".into() });
         }
+        let reported = SftStep {
+            step: steps,
+            loss: f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?),
+            kl_behaviour: objective.criterion_is_kl().then_some(kl),
+        };
+        progress(&reported, max_steps)?;
+        history.push(reported);
         if kl <= target {
             break;
         }
@@ -130,7 +180,7 @@ pub fn train_initial_policy(
         adam.step(params.vars(), &grads, SFT_LEARNING_RATE)?;
         steps += 1;
     }
-    Ok((params, SftReport { steps, kl_behaviour: kl, seconds: start.elapsed().as_secs_f64() }))
+    Ok((params, SftReport { steps, kl_behaviour: kl, seconds: start.elapsed().as_secs_f64(), history, max_steps }))
 }
 
 #[cfg(test)]
@@ -163,12 +213,15 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         start.wait();
-                        cached_initial_policy(dir.path(), &("task", 1), &model, || {
+                        cached_initial_policy(dir.path(), &("task", 1), &model, &mut |_, _| Ok(()), |_| {
                             builds.fetch_add(1, Ordering::SeqCst);
                             // Slow enough that the other threads arrive while it builds.
                             std::thread::sleep(std::time::Duration::from_millis(300));
                             let params = ParamSet::random(&model.config, 9, 0.02, model.device())?;
-                            Ok((params, SftReport { steps: 1, kl_behaviour: 0.0, seconds: 0.0 }))
+                            Ok((
+                                params,
+                                SftReport { steps: 1, kl_behaviour: 0.0, seconds: 0.0, ..SftReport::default() },
+                            ))
                         })
                         .unwrap()
                     })
@@ -185,10 +238,10 @@ mod tests {
         let names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
-        let other = cached_initial_policy(dir.path(), &("task", 2), &model, || {
+        let other = cached_initial_policy(dir.path(), &("task", 2), &model, &mut |_, _| Ok(()), |_| {
             Ok((
                 ParamSet::random(&model.config, 10, 0.02, model.device())?,
-                SftReport { steps: 1, kl_behaviour: 0.0, seconds: 0.0 },
+                SftReport { steps: 1, kl_behaviour: 0.0, seconds: 0.0, ..SftReport::default() },
             ))
         })
         .unwrap();

@@ -1,7 +1,9 @@
 //! A run's overoptimization summary (SPEC §3) from its logged evaluations: gold reward at the
-//! start, at its peak and at the end, the Gao et al. RL-form fit of gold reward against
-//! sqrt(KL to π_init), and the Pareto front of (low KL, high gold reward). A plain function of
-//! the metrics, so the CLI and the server compute the same thing.
+//! start, at its peak and at the end, whether the curve has turned down yet, Gao et al.'s RL
+//! and best-of-n fits of gold reward against d = sqrt(KL to π_init) (each with its error at the
+//! observed peak and a warning when its optimum is not the observed one), and the Pareto front
+//! of (low KL, high gold reward). A plain function of the metrics, so the CLI and the server
+//! compute the same thing. Units: KL in nats, d in sqrt-nats (√nats).
 
 use std::path::Path;
 
@@ -11,27 +13,108 @@ use crate::error::{Error, Result};
 use crate::metrics::{JsonlSink, Metrics};
 
 pub const GOLD: &str = "eval/gold_reward";
+pub const GOLD_SE: &str = "eval/gold_reward_se";
 pub const KL_INIT: &str = "eval/kl_init";
 
-/// One evaluation: step, KL to π_init, gold reward.
+/// One evaluation: step, KL to π_init, gold reward (and its standard error for Monte Carlo
+/// estimates; none for exact ones).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalPoint {
     pub step: u64,
     pub kl: f64,
     pub gold: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gold_se: Option<f64>,
 }
 
-/// Gao et al. (2023) RL form `R(d) = d (a − b ln d)` with `d = sqrt(KL)` and `R` the gold reward
-/// minus its value at the start. With `b > 0` it peaks at `d* = exp(a/b − 1)`, `R* = b d*`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+impl EvalPoint {
+    pub fn new(step: u64, kl: f64, gold: f64) -> Self {
+        Self { step, kl, gold, gold_se: None }
+    }
+
+    /// `d = sqrt(KL)`, in sqrt-nats.
+    pub fn d(&self) -> f64 {
+        self.kl.max(0.0).sqrt()
+    }
+}
+
+/// Gao et al. (2023)'s two shapes of gold reward `R` (relative to the start) against
+/// `d = sqrt(KL to π_init)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FitForm {
+    /// RL: `R(d) = d (a − b ln d)`, peak at `d* = exp(a/b − 1)`, `R* = b d*`.
+    Rl,
+    /// Best-of-n: `R(d) = d (a − b d)`, peak at `d* = a / (2b)`, `R* = a² / (4b)`.
+    BestOfN,
+}
+
+impl FitForm {
+    pub const ALL: [FitForm; 2] = [Self::Rl, Self::BestOfN];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rl => "RL form",
+            Self::BestOfN => "best-of-n form",
+        }
+    }
+
+    pub fn formula(self) -> &'static str {
+        match self {
+            Self::Rl => "R(d) = d (a − b ln d)",
+            Self::BestOfN => "R(d) = d (a − b d)",
+        }
+    }
+
+    /// The two features the fit is linear in: `R = a·f₁(d) − b·f₂(d)`.
+    fn features(self, d: f64) -> (f64, f64) {
+        match self {
+            Self::Rl => (d, d * d.ln()),
+            Self::BestOfN => (d, d * d),
+        }
+    }
+
+    /// `R(d)` for coefficients `a`, `b`.
+    pub fn eval(self, a: f64, b: f64, d: f64) -> f64 {
+        if d <= 0.0 {
+            return 0.0;
+        }
+        let (f1, f2) = self.features(d);
+        a * f1 - b * f2
+    }
+
+    /// The fitted curve's interior maximum `(d*, R*)`, when it has one (`b > 0`).
+    fn peak(self, a: f64, b: f64) -> Option<(f64, f64)> {
+        // Also refuses a NaN b.
+        if b.is_nan() || b <= 0.0 {
+            return None;
+        }
+        let d = match self {
+            Self::Rl => (a / b - 1.0).exp(),
+            Self::BestOfN => a / (2.0 * b),
+        };
+        (d > 0.0 && d.is_finite()).then(|| (d, self.eval(a, b, d)))
+    }
+}
+
+/// A least-squares fit of one form, and how it compares with the observed peak.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GaoFit {
+    pub form: FitForm,
     pub a: f64,
     pub b: f64,
-    /// `None` when `b ≤ 0`: the fitted curve has no interior peak.
+    /// The fitted curve's peak, sqrt-nats; `None` when it has none (`b ≤ 0`).
     pub d_star: Option<f64>,
+    /// The fitted gold reward at `d_star`, relative to the start.
     pub r_star: Option<f64>,
     /// Fraction of the variance of R the fit explains (uncentred, as the model has no intercept).
     pub r_squared: f64,
+    /// Fitted minus observed gold reward at the observed peak's `d`: how well the fit describes
+    /// the part of the curve that matters. R² alone hides this when a late collapse dominates.
+    pub peak_error: f64,
+    /// Why this fit's optimum should not be read as the run's (it lies beyond the observed range,
+    /// or far from the observed peak); `None` when it agrees with what was observed.
+    pub warning: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,7 +123,15 @@ pub struct RunSummary {
     pub start_gold: f64,
     pub peak_gold: f64,
     pub peak_step: u64,
+    /// KL to π_init at the peak, nats.
     pub peak_kl: f64,
+    /// The gold reward's standard error at the peak (Monte Carlo evaluations only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_se: Option<f64>,
+    /// The observed curve has turned down: its peak lies before the last 10% of evaluations, and
+    /// their mean is below it by more than noise (2 standard errors of the difference, and 1% of
+    /// the rise). Until then the run has "no peak yet" and no fitted optimum is shown as its own.
+    pub peaked: bool,
     /// Mean over the last 10% of evaluations (at least one): late curves are noisy.
     pub final_gold: f64,
     pub final_kl: f64,
@@ -50,9 +141,21 @@ pub struct RunSummary {
     pub drop: f64,
     /// `drop / rise`, when the gold reward rose at all.
     pub drop_fraction: Option<f64>,
-    pub fit: Option<GaoFit>,
+    /// The RL form, then the best-of-n form (either missing when its features are collinear).
+    pub fits: Vec<GaoFit>,
     /// Evaluations no other evaluation beats on both KL (lower) and gold reward (higher), by KL.
     pub pareto: Vec<ParetoPoint>,
+}
+
+impl RunSummary {
+    pub fn fit(&self, form: FitForm) -> Option<&GaoFit> {
+        self.fits.iter().find(|f| f.form == form)
+    }
+
+    /// sqrt(KL) at the peak, sqrt-nats.
+    pub fn peak_d(&self) -> f64 {
+        self.peak_kl.max(0.0).sqrt()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -69,7 +172,9 @@ pub struct ParetoPoint {
 pub fn eval_points(steps: &[(u64, Metrics)]) -> Vec<EvalPoint> {
     let mut points: Vec<EvalPoint> = steps
         .iter()
-        .filter_map(|(step, m)| Some(EvalPoint { step: *step, kl: *m.get(KL_INIT)?, gold: *m.get(GOLD)? }))
+        .filter_map(|(step, m)| {
+            Some(EvalPoint { step: *step, kl: *m.get(KL_INIT)?, gold: *m.get(GOLD)?, gold_se: m.get(GOLD_SE).copied() })
+        })
         .collect();
     points.sort_by_key(|p| p.step);
     points.dedup_by_key(|p| p.step);
@@ -79,25 +184,42 @@ pub fn eval_points(steps: &[(u64, Metrics)]) -> Vec<EvalPoint> {
 /// `None` when the run logged no evaluation.
 pub fn summarize(points: &[EvalPoint], checkpoint_steps: &[u64]) -> Option<RunSummary> {
     let first = points.first()?;
-    let peak = points.iter().fold(first, |best, p| if p.gold > best.gold { p } else { best });
-    let tail = &points[points.len() - points.len().div_ceil(10)..];
+    let peak_at = (0..points.len()).fold(0, |best, i| if points[i].gold > points[best].gold { i } else { best });
+    let peak = &points[peak_at];
+    let tail_start = points.len() - points.len().div_ceil(10);
+    let tail = &points[tail_start..];
     let final_gold = tail.iter().map(|p| p.gold).sum::<f64>() / tail.len() as f64;
     let final_kl = tail.iter().map(|p| p.kl).sum::<f64>() / tail.len() as f64;
     let rise = peak.gold - first.gold;
     let drop = peak.gold - final_gold;
-    let fit_points: Vec<(f64, f64)> = points.iter().map(|p| (p.kl.max(0.0).sqrt(), p.gold - first.gold)).collect();
+    // The noise of `peak − final`: the peak's standard error and that of the tail's mean.
+    let tail_se = (tail.iter().map(|p| p.gold_se.unwrap_or(0.0).powi(2)).sum::<f64>()).sqrt() / tail.len() as f64;
+    let drop_se = (peak.gold_se.unwrap_or(0.0).powi(2) + tail_se.powi(2)).sqrt();
+    let peaked = peak_at < tail_start && drop > (2.0 * drop_se).max(0.01 * rise.abs()).max(1e-12);
+    let fit_points: Vec<(f64, f64)> = points.iter().map(|p| (p.d(), p.gold - first.gold)).collect();
+    let observed = ObservedPeak {
+        d: peak.d(),
+        r: rise,
+        se: peak.gold_se.unwrap_or(0.0),
+        rise: rise.max(0.0),
+        d_max: points.iter().map(EvalPoint::d).fold(0.0, f64::max),
+        peaked,
+    };
+    let fits = FitForm::ALL.iter().filter_map(|&form| fit_gao(form, &fit_points, &observed)).collect();
     Some(RunSummary {
         evaluations: points.len(),
         start_gold: first.gold,
         peak_gold: peak.gold,
         peak_step: peak.step,
         peak_kl: peak.kl,
+        peak_se: peak.gold_se,
+        peaked,
         final_gold,
         final_kl,
         rise,
         drop,
         drop_fraction: (rise > 0.0).then(|| drop / rise),
-        fit: fit_gao_rl(&fit_points),
+        fits,
         pareto: pareto_front(points)
             .into_iter()
             .map(|p| ParetoPoint {
@@ -108,6 +230,23 @@ pub fn summarize(points: &[EvalPoint], checkpoint_steps: &[u64]) -> Option<RunSu
             })
             .collect(),
     })
+}
+
+/// What a fit is judged against.
+#[derive(Debug, Clone, Copy)]
+pub struct ObservedPeak {
+    /// sqrt(KL) at the observed peak.
+    pub d: f64,
+    /// The observed peak's gold reward relative to the start.
+    pub r: f64,
+    /// Its standard error (0 for exact evaluations).
+    pub se: f64,
+    /// How far the gold reward rose (0 if it never did).
+    pub rise: f64,
+    /// The largest d evaluated.
+    pub d_max: f64,
+    /// The observed curve has turned down.
+    pub peaked: bool,
 }
 
 /// Summarizes a run directory (`metrics.jsonl`, `checkpoint-<step>/`) into its `summary.json`.
@@ -128,12 +267,13 @@ pub fn write_run_summary(dir: &Path) -> Result<Option<RunSummary>> {
     Ok(Some(summary))
 }
 
-/// Least squares of `R = a·d − b·d ln d` over `(d, R)` points (points at `d = 0` carry no
-/// information: both features vanish). `None` when the two features are collinear.
-pub fn fit_gao_rl(points: &[(f64, f64)]) -> Option<GaoFit> {
+/// Least squares of `form` over `(d, R)` points (points at `d = 0` carry no information: both
+/// features vanish), judged against the observed peak. `None` when the features are collinear.
+pub fn fit_gao(form: FitForm, points: &[(f64, f64)], observed: &ObservedPeak) -> Option<GaoFit> {
     let (mut s11, mut s12, mut s22, mut s1r, mut s2r, mut srr) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     for &(d, r) in points.iter().filter(|(d, r)| *d > 0.0 && d.is_finite() && r.is_finite()) {
-        let (f1, f2) = (d, -d * d.ln());
+        let (f1, f2) = form.features(d);
+        let f2 = -f2;
         s11 += f1 * f1;
         s12 += f1 * f2;
         s22 += f2 * f2;
@@ -148,14 +288,48 @@ pub fn fit_gao_rl(points: &[(f64, f64)]) -> Option<GaoFit> {
     let a = (s22 * s1r - s12 * s2r) / det;
     let b = (s11 * s2r - s12 * s1r) / det;
     let residual = srr - a * s1r - b * s2r;
-    let d_star = (b > 0.0).then(|| (a / b - 1.0).exp());
+    let peak = form.peak(a, b);
+    let peak_error = form.eval(a, b, observed.d) - observed.r;
     Some(GaoFit {
+        form,
         a,
         b,
-        d_star,
-        r_star: d_star.map(|d| b * d),
+        d_star: peak.map(|p| p.0),
+        r_star: peak.map(|p| p.1),
         r_squared: if srr > 0.0 { 1.0 - residual / srr } else { 1.0 },
+        peak_error,
+        warning: fit_warning(peak, observed),
     })
+}
+
+/// Why a fitted peak `(d*, R*)` is not the run's: beyond the observed range (an extrapolation),
+/// or more than max(2 standard errors, 20% of the rise) from the observed peak's gold reward, or
+/// more than 20% from its d.
+fn fit_warning(peak: Option<(f64, f64)>, observed: &ObservedPeak) -> Option<String> {
+    let Some((d, r)) = peak else {
+        return observed.peaked.then(|| "the fit has no peak, but the observed curve turned down".to_string());
+    };
+    if d > observed.d_max {
+        return Some(format!(
+            "d* = {d:.3} √nats lies beyond the observed range (d ≤ {:.3}): an extrapolation",
+            observed.d_max
+        ));
+    }
+    if !observed.peaked {
+        return None;
+    }
+    let tolerance = (2.0 * observed.se).max(0.2 * observed.rise);
+    let (dr, dd) = (r - observed.r, d - observed.d);
+    let mut reasons = Vec::new();
+    if dr.abs() > tolerance {
+        let what =
+            if observed.se > 0.0 && 2.0 * observed.se >= 0.2 * observed.rise { "2 SE" } else { "20% of the rise" };
+        reasons.push(format!("R* is {dr:+.3} from the observed peak's (more than {what}, {tolerance:.3})"));
+    }
+    if dd.abs() > 0.2 * observed.d {
+        reasons.push(format!("d* is {dd:+.3} √nats from the observed peak's {:.3} (more than 20%)", observed.d));
+    }
+    (!reasons.is_empty()).then(|| format!("the fitted peak disagrees with the observed one: {}", reasons.join("; ")))
 }
 
 /// Points not dominated by another with lower-or-equal KL and higher-or-equal gold reward (one
@@ -252,19 +426,33 @@ mod tests {
     }
 
     fn point(step: u64, kl: f64, gold: f64) -> EvalPoint {
-        EvalPoint { step, kl, gold }
+        EvalPoint::new(step, kl, gold)
+    }
+
+    /// Judged against nothing in particular: the fits' coefficients alone.
+    fn unjudged() -> ObservedPeak {
+        ObservedPeak { d: 1.0, r: 0.0, se: 0.0, rise: 0.0, d_max: f64::INFINITY, peaked: false }
     }
 
     #[test]
-    fn the_gao_fit_recovers_known_coefficients_from_exact_points() {
+    fn both_gao_forms_recover_a_known_optimum_from_exact_points() {
         let (a, b) = (1.3, 0.8);
-        let points: Vec<(f64, f64)> = (1..40).map(|i| i as f64 * 0.1).map(|d| (d, d * (a - b * d.ln()))).collect();
-        let fit = fit_gao_rl(&points).unwrap();
-        assert!((fit.a - a).abs() < 1e-9 && (fit.b - b).abs() < 1e-9, "{fit:?}");
-        let d_star = (a / b - 1.0f64).exp();
-        assert!((fit.d_star.unwrap() - d_star).abs() < 1e-9);
-        assert!((fit.r_star.unwrap() - b * d_star).abs() < 1e-9);
-        assert!((fit.r_squared - 1.0).abs() < 1e-9);
+        for form in FitForm::ALL {
+            let points: Vec<(f64, f64)> = (1..40).map(|i| i as f64 * 0.1).map(|d| (d, form.eval(a, b, d))).collect();
+            let fit = fit_gao(form, &points, &unjudged()).unwrap();
+            assert!((fit.a - a).abs() < 1e-9 && (fit.b - b).abs() < 1e-9, "{fit:?}");
+            let d_star = match form {
+                FitForm::Rl => (a / b - 1.0f64).exp(),
+                FitForm::BestOfN => a / (2.0 * b),
+            };
+            assert!((fit.d_star.unwrap() - d_star).abs() < 1e-9, "{form:?}");
+            let r_star = form.eval(a, b, d_star);
+            assert!((fit.r_star.unwrap() - r_star).abs() < 1e-9);
+            // The optimum is a maximum: nearby d give less.
+            assert!(form.eval(a, b, d_star * 0.9) < r_star && form.eval(a, b, d_star * 1.1) < r_star);
+            assert!((fit.r_squared - 1.0).abs() < 1e-9);
+        }
+        assert_eq!(FitForm::BestOfN.peak(1.3, 0.8).unwrap().1, 1.3 * 1.3 / (4.0 * 0.8));
     }
 
     #[test]
@@ -276,14 +464,62 @@ mod tests {
             .map(|i| i as f64 * 0.01)
             .map(|d| (d, d * (a - b * d.ln()) + 0.01 * (rng.random::<f64>() - 0.5)))
             .collect();
-        let fit = fit_gao_rl(&points).unwrap();
+        let fit = fit_gao(FitForm::Rl, &points, &unjudged()).unwrap();
         assert!((fit.a - a).abs() < 0.01 && (fit.b - b).abs() < 0.01, "{fit:?}");
     }
 
+    /// A run whose evaluations follow `r(d)` at d = 0, 0.05, … with KL = d².
+    fn along(n: usize, r: impl Fn(f64) -> f64) -> Vec<EvalPoint> {
+        (0..n).map(|i| i as f64 * 0.05).enumerate().map(|(i, d)| point(i as u64 * 25, d * d, 1.0 + r(d))).collect()
+    }
+
     #[test]
-    fn a_curve_without_a_peak_has_no_optimum() {
+    fn a_curve_on_the_rl_form_agrees_with_its_fit_and_peaks_where_the_fit_says() {
+        // d* = exp(0.9/0.5 − 1) ≈ 2.23; evaluated up to d = 4.
+        let s = summarize(&along(81, |d| FitForm::Rl.eval(0.9, 0.5, d)), &[]).unwrap();
+        assert!(s.peaked);
+        let rl = s.fit(FitForm::Rl).unwrap();
+        assert!(rl.warning.is_none(), "{:?}", rl.warning);
+        assert!(rl.peak_error.abs() < 1e-9);
+        assert!((rl.d_star.unwrap() - s.peak_d()).abs() < 0.05, "{} vs {}", rl.d_star.unwrap(), s.peak_d());
+        assert!(s.fit(FitForm::BestOfN).is_some(), "both forms are fitted");
+    }
+
+    #[test]
+    fn a_curve_that_has_not_turned_down_has_no_peak_yet() {
+        // Still rising at the last evaluation; the RL fit extrapolates a peak far beyond it.
+        let s = summarize(&along(21, |d| FitForm::Rl.eval(0.9, 0.2, d)), &[]).unwrap();
+        assert!(!s.peaked, "{s:?}");
+        let rl = s.fit(FitForm::Rl).unwrap();
+        assert!(rl.d_star.unwrap() > 1.0, "d* = {:?}", rl.d_star);
+        assert!(rl.warning.as_deref().unwrap().contains("extrapolation"), "{:?}", rl.warning);
+        // Flat at the end but within noise: still no peak.
+        let mut noisy = along(21, |d| d.min(0.5));
+        for p in &mut noisy {
+            p.gold_se = Some(0.1);
+        }
+        noisy[15].gold += 0.05;
+        assert!(!summarize(&noisy, &[]).unwrap().peaked, "a bump within 2 SE is not a peak");
+    }
+
+    #[test]
+    fn a_fit_dominated_by_a_late_collapse_warns_that_its_peak_is_not_the_observed_one() {
+        // Rises to 0.11 at d ≈ 1.35, then collapses far below the start (the default toy run's shape).
+        let s = summarize(
+            &along(51, |d| if d <= 1.35 { 0.11 * (1.0 - (d - 1.35).powi(2) / 1.8) } else { 0.11 - 2.0 * (d - 1.35) }),
+            &[],
+        )
+        .unwrap();
+        assert!(s.peaked);
+        let rl = s.fit(FitForm::Rl).unwrap();
+        assert!(rl.warning.as_deref().unwrap().contains("disagrees"), "{rl:?}");
+        assert!(rl.peak_error.abs() > 0.02, "the error at the observed peak shows it: {}", rl.peak_error);
+    }
+
+    #[test]
+    fn a_curve_without_a_peak_has_no_fitted_optimum() {
         let points: Vec<(f64, f64)> = (1..20).map(|i| i as f64 * 0.1).map(|d| (d, d * (1.0 + 0.5 * d.ln()))).collect();
-        let fit = fit_gao_rl(&points).unwrap();
+        let fit = fit_gao(FitForm::Rl, &points, &unjudged()).unwrap();
         assert!(fit.b < 0.0 && fit.d_star.is_none() && fit.r_star.is_none());
     }
 
@@ -317,6 +553,7 @@ mod tests {
         assert_eq!((s.rise, s.drop), (2.0, 1.0));
         assert_eq!(s.drop_fraction, Some(0.5));
         assert!(s.pareto.iter().any(|p| p.step == 30 && p.checkpoint));
+        assert!(s.peaked, "the tail is clearly below the peak");
         assert!(summarize(&[], &[]).is_none());
     }
 

@@ -17,6 +17,7 @@ use crate::memory::MemoryPlan;
 use crate::metrics::{MetricSink, MetricWindow, Metrics};
 use crate::model::{add_grads, CausalLm, ModelConfig, ParamSet};
 use crate::optim::{clip_to_max_norm, global_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::retention::{self, Scored};
 use crate::trust_region::TrustRegion;
 use crate::workers;
 
@@ -192,7 +193,20 @@ fn check_data_size(cfg: &RunConfig, examples: usize) -> Result<()> {
 pub fn train(cfg: &RunConfig, output_dir: &Path, resume: bool, sink: &mut dyn MetricSink) -> Result<TrainOutcome> {
     let device = cfg.candle_device()?;
     if cfg.task.is_toy() {
-        let mut task = crate::tasks::build(cfg, &device)?;
+        let mut task = match crate::tasks::build_reporting(cfg, &device, sink) {
+            Err(Error::StoppedBeforeTraining) => {
+                // Where a resumed run still stands: its latest checkpoint, untouched.
+                let last = if resume { checkpoint::steps(output_dir)?.last().copied() } else { None };
+                let global_step = last.unwrap_or(0);
+                return Ok(TrainOutcome {
+                    global_step,
+                    total_steps: cfg.max_steps.unwrap_or(global_step),
+                    stopped_early: true,
+                    last_checkpoint: last.map(|step| checkpoint::checkpoint_dir(output_dir, step)),
+                });
+            }
+            built => built?,
+        };
         return train_with(cfg, &task.setup, output_dir, resume, sink, Some(task.evaluator.as_mut()));
     }
     let mut setup = Setup::from_config(cfg, &device)?;
@@ -264,6 +278,7 @@ fn train_loop(
     // for as long as the two are equal: always without trust-region updates, and until the first
     // update with them. Only then does it get its own copy.
     let resume_from = if resume { checkpoint::latest(output_dir)? } else { None };
+    let resumed = resume_from.is_some();
     let (policy, mut moving_reference, mut optimizer, mut state) = match resume_from {
         Some(dir) => {
             let r = checkpoint::load(&dir, &setup.model.config, adam, &device)?;
@@ -297,10 +312,15 @@ fn train_loop(
                 has_reference: false,
                 loss_scaler: None,
                 skipped_steps: 0,
+                retention: retention::Retention::default(),
             };
             (policy, None, optimizer, state)
         }
     };
+    let keeping = retention::Policy::from_config(cfg);
+    if resumed {
+        forget_strays(output_dir, &mut state, sink)?;
+    }
     // float16 needs loss scaling (a checkpoint brings its scale back); float32 and bf16 do not.
     state.loss_scaler = if cfg.fp16 { Some(state.loss_scaler.unwrap_or_default()) } else { None };
     // Vanilla runs may score the reference once, before the first step (TRL's option).
@@ -326,13 +346,19 @@ fn train_loop(
         state.data_cursor,
     );
     let mut last_checkpoint = None;
+    // `periodic`: by save_steps or at the last step. Otherwise an evaluation that retention keeps,
+    // or the point a stop request resumes from, kept while it is the newest. Checkpoints that
+    // retention no longer keeps go once this one is written.
     let save = |state: &mut TrainerState,
                 policy: &ParamSet,
                 reference: Option<&ParamSet>,
                 optimizer: &AdamW,
-                sink: &mut dyn MetricSink|
+                sink: &mut dyn MetricSink,
+                periodic: bool|
      -> Result<PathBuf> {
         state.has_reference = reference.is_some();
+        let doomed = state.retention.saved(&keeping, state.global_step, periodic);
+        sink.saving_checkpoint(state.global_step)?;
         let dir = checkpoint::save(
             output_dir,
             &CheckpointContents {
@@ -346,7 +372,20 @@ fn train_loop(
             },
         )?;
         sink.checkpoint_saved(state.global_step, &dir)?;
+        for step in doomed {
+            sink.deleting_checkpoint(step)?;
+            checkpoint::remove(output_dir, step)?;
+        }
         Ok(dir)
+    };
+    // Whether an evaluation's weights are worth keeping (`save_strategy` best or pareto).
+    let best_metric = cfg.best_metric();
+    let worth_keeping = |state: &mut TrainerState, step: u64, metrics: &Metrics| -> bool {
+        let Some((name, greater)) = &best_metric else { return false };
+        let (Some(&kl), Some(&value)) = (metrics.get(crate::summary::KL_INIT), metrics.get(name)) else {
+            return false;
+        };
+        state.retention.evaluated(&keeping, Scored { step, kl, metric: if *greater { value } else { -value } })
     };
 
     let mut evaluate = |step: u64, policy: &ParamSet, reference: &ParamSet| -> Result<Option<Metrics>> {
@@ -361,13 +400,16 @@ fn train_loop(
     if state.global_step == 0 {
         if let Some(metrics) = evaluate(0, &policy, &setup.initial)? {
             sink.log(0, &metrics)?;
+            if worth_keeping(&mut state, 0, &metrics) {
+                last_checkpoint = Some(save(&mut state, &policy, None, &optimizer, sink, false)?);
+            }
         }
     }
 
     while state.global_step < total {
         if sink.should_stop() {
             state.data_cursor = sampler.cursor();
-            let dir = save(&mut state, &policy, moving_reference.as_ref(), &optimizer, sink)?;
+            let dir = save(&mut state, &policy, moving_reference.as_ref(), &optimizer, sink, false)?;
             return Ok(TrainOutcome {
                 global_step: state.global_step,
                 total_steps: total,
@@ -444,6 +486,7 @@ fn train_loop(
 
         let reference = moving_reference.as_ref().unwrap_or(&setup.initial);
         let eval_metrics = evaluate(step, &policy, reference)?;
+        let keep_weights = eval_metrics.as_ref().is_some_and(|m| worth_keeping(&mut state, step, m));
         if step % cfg.logging_steps == 0 || step == total {
             let mut metrics: Metrics = state.metric_window.drain();
             metrics.extend(eval_metrics.unwrap_or_default());
@@ -460,8 +503,9 @@ fn train_loop(
         } else if let Some(metrics) = eval_metrics {
             sink.log(step, &metrics)?;
         }
-        if (cfg.save_steps > 0 && step % cfg.save_steps == 0) || step == total {
-            last_checkpoint = Some(save(&mut state, &policy, moving_reference.as_ref(), &optimizer, sink)?);
+        let periodic = (cfg.save_steps > 0 && step % cfg.save_steps == 0) || step == total;
+        if periodic || keep_weights {
+            last_checkpoint = Some(save(&mut state, &policy, moving_reference.as_ref(), &optimizer, sink, periodic)?);
         }
     }
     Ok(TrainOutcome {
@@ -470,6 +514,22 @@ fn train_loop(
         stopped_early: false,
         last_checkpoint: last_checkpoint.or(checkpoint::latest(output_dir)?),
     })
+}
+
+/// A resumed run removes the checkpoint directories its restored state does not keep: ones it
+/// was deleting when it stopped. A state from before retention was recorded keeps them all.
+fn forget_strays(output_dir: &Path, state: &mut TrainerState, sink: &mut dyn MetricSink) -> Result<()> {
+    let on_disk = checkpoint::steps(output_dir)?;
+    if state.retention.checkpoints.is_empty() {
+        state.retention.checkpoints =
+            on_disk.into_iter().map(|step| retention::Kept { step, periodic: true }).collect();
+        return Ok(());
+    }
+    for step in state.retention.strays(&on_disk).into_iter().filter(|s| *s < state.global_step) {
+        sink.deleting_checkpoint(step)?;
+        checkpoint::remove(output_dir, step)?;
+    }
+    Ok(())
 }
 
 /// Loss metrics and summed gradients of one micro-batch. The model work is split across

@@ -416,3 +416,52 @@ fn an_fp16_run_resumes_bit_exactly_from_a_checkpoint_written_after_a_skipped_ste
     let optimizer_again = std::fs::read(dir.path().join("checkpoint-10").join("optimizer.safetensors")).unwrap();
     assert!(optimizer_again == optimizer, "AdamW's moments and step, bit for bit");
 }
+
+/// Records like [`MemorySink`] and asks to stop once it has heard `after` of π_init's SFT steps.
+struct StopDuringSft {
+    inner: MemorySink,
+    after: usize,
+}
+
+impl MetricSink for StopDuringSft {
+    fn log(&mut self, step: u64, metrics: &Metrics) -> trainer::Result<()> {
+        self.inner.log(step, metrics)
+    }
+    fn sft(&mut self, step: u64, max_steps: u64, metrics: &Metrics) -> trainer::Result<()> {
+        self.inner.sft(step, max_steps, metrics)
+    }
+    fn should_stop(&mut self) -> bool {
+        self.inner.sft.len() >= self.after
+    }
+}
+
+#[test]
+fn a_stop_while_pi_init_trains_ends_the_run_within_one_sft_step_and_caches_nothing() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let cfg = RunConfig::from_json_value(json!({
+        "task": "toy-tree",
+        "toy_num_prompts": 3, "toy_alphabet_size": 3, "toy_response_length": 3,
+        "toy_hidden_size": 16, "toy_num_layers": 1, "toy_num_heads": 2, "toy_pairs_per_prompt": 4,
+        "max_steps": 10, "eval_steps": 5, "num_threads": 1, "toy_cache_dir": cache.path(),
+    }))
+    .unwrap();
+    let mut stopped = StopDuringSft { inner: MemorySink::default(), after: 3 };
+    let outcome = train(&cfg, out.path(), false, &mut stopped).unwrap();
+    assert!(outcome.stopped_early, "a stop during SFT is a stopped run, not a failed one: {outcome:?}");
+    assert_eq!((outcome.global_step, outcome.last_checkpoint), (0, None));
+    assert_eq!(stopped.inner.sft.len(), 3, "SFT stopped at the step after the request");
+    assert!(stopped.inner.steps.is_empty(), "no evaluation and no training step");
+    assert!(trainer::checkpoint::steps(out.path()).unwrap().is_empty());
+    let cached = std::fs::read_dir(cache.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors"))
+        .count();
+    assert_eq!(cached, 0, "half-trained weights are not cached as π_init");
+
+    // The run resumed (a requeued run after a shutdown) builds π_init in full and trains.
+    let mut again = MemorySink::default();
+    let outcome = train(&cfg, out.path(), true, &mut again).unwrap();
+    assert!(!outcome.stopped_early && outcome.global_step == 10, "{outcome:?}");
+    assert!(again.sft.len() > 3, "SFT ran to its end: {} steps", again.sft.len());
+}

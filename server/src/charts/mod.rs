@@ -18,7 +18,7 @@ use std::sync::Once;
 use anyhow::{anyhow, Context};
 use plotters::prelude::*;
 
-pub use colour::Dash;
+pub use colour::{Dash, MarkShape};
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
@@ -29,8 +29,11 @@ pub struct Figure {
     pub size: (u32, u32),
     /// Side by side, sharing the colour bar.
     pub panels: Vec<Panel>,
-    /// The α colour bar at the right.
+    /// The α colour bar at the right (the log scale; categorical α colours go in the legend).
     pub colour_bar: bool,
+    /// What the colours, dash patterns and markers mean, below the plots (with every panel's own
+    /// legend entries): never on top of the data.
+    pub legend: Vec<LegendEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -45,6 +48,8 @@ pub struct Panel {
     pub legend: Vec<LegendEntry>,
     /// Shown instead of an empty plot.
     pub empty_note: String,
+    /// A categorical y axis: value `i` is labelled with the `i`-th name (the forest plot).
+    pub y_categories: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -89,6 +94,8 @@ pub struct Line {
     pub kind: LineKind,
     pub colour: RGBColor,
     pub dash: Dash,
+    /// Repeated along the line (the parameters other than α and τ that differ).
+    pub marker: Option<MarkShape>,
     pub points: Vec<(f64, f64)>,
     /// Invisible hover targets with their tooltips (SVG only).
     pub hover: Vec<Hover>,
@@ -113,6 +120,8 @@ pub struct Band {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     Circle,
+    /// A hollow circle: a point shown for reference (an evaluation whose weights were not kept).
+    Ring,
     Triangle,
     Cross,
 }
@@ -133,6 +142,13 @@ pub struct LegendEntry {
     pub label: String,
     pub colour: RGBColor,
     pub dash: Dash,
+    pub marker: Option<MarkShape>,
+}
+
+impl LegendEntry {
+    pub fn line(label: impl Into<String>, colour: RGBColor, dash: Dash) -> Self {
+        Self { label: label.into(), colour, dash, marker: None }
+    }
 }
 
 impl Figure {
@@ -222,6 +238,7 @@ mod tests {
             kind: LineKind::Main,
             colour: colour::alpha_colour(alpha),
             dash: Dash::for_tau(tau),
+            marker: None,
             hover: points.iter().map(|&(x, y)| Hover { x, y, text: format!("run {key} x={x} y={y}") }).collect(),
             points,
         }
@@ -237,11 +254,7 @@ mod tests {
                     x: Axis::new("sqrt(KL to π_init)"),
                     y: Axis::new("gold reward"),
                     lines: vec![line("1", None, None, 0.5), line("2", Some(0.6), Some(1), 0.7)],
-                    legend: vec![LegendEntry {
-                        label: "τ = 1".into(),
-                        colour: colour::FIXED_REFERENCE,
-                        dash: Dash::Solid,
-                    }],
+                    legend: vec![LegendEntry::line("τ = 1", colour::FIXED_REFERENCE, Dash::Solid)],
                     ..Panel::default()
                 },
                 Panel {
@@ -262,6 +275,12 @@ mod tests {
                 Panel { title: "KTO".into(), empty_note: "no evaluations yet".into(), ..Panel::default() },
             ],
             colour_bar: true,
+            legend: vec![LegendEntry {
+                label: "β = 0.2".into(),
+                colour: colour::GRID,
+                dash: Dash::Solid,
+                marker: Some(MarkShape::Square),
+            }],
         }
     }
 
@@ -276,7 +295,8 @@ mod tests {
                 "one line for run {key}"
             );
         }
-        assert!(svg.contains("stroke-dasharray=\"7 4\""), "τ = 100 is dashed");
+        assert!(svg.contains("stroke-dasharray=\"8 4\""), "τ = 100 is dashed");
+        assert!(svg.contains("β = 0.2") && svg.contains("τ = 1"), "the legend, below the plots");
         assert!(svg.contains("class=\"colour-bar\""));
         assert!(svg.contains("<title>run 2 x=0.5 y="), "hover tooltips");
         assert!(svg.contains("no evaluations yet"));

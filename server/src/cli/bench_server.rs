@@ -135,7 +135,7 @@ async fn ingest_once(queue: &SqliteQueue, writer: &MetricWriter, steps: u64) -> 
     anyhow::ensure!(claim.run_id == run_id, "claimed run {} instead of {run_id}", claim.run_id);
     let (writer, lease) = (writer.clone(), claim.lease());
     let elapsed = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
-        let mut sink = DbSink::new(lease, writer, Arc::default(), Arc::default(), 0);
+        let mut sink = DbSink::new(lease, writer, Arc::default(), Arc::default());
         let started = Instant::now();
         for step in 1..=steps {
             sink.log(step, &step_metrics(step))?;

@@ -155,10 +155,8 @@ pub fn run(args: &UiBenchArgs) -> anyhow::Result<()> {
             let runs = crate::http::pages::compare::load(&state, &selection).await?;
             load_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             let t = Instant::now();
-            let figures = [
-                crate::report::compare::overoptimization(&runs, &options),
-                crate::report::compare::ood_mass(&runs, &options),
-            ];
+            let comparison = crate::report::compare::Comparison::new(runs, options.clone());
+            let figures = [comparison.overoptimization(), comparison.ood_mass()];
             build_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             let t = Instant::now();
             let bytes: usize = figures.iter().map(|f| f.to_svg().len()).sum();

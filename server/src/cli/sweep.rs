@@ -11,10 +11,10 @@ use std::time::Instant;
 use anyhow::{anyhow, Context};
 use trainer::config::FieldError;
 use trainer::metrics::{JsonlSink, Metrics};
-use trainer::summary::{self, EvalPoint, RunSummary};
+use trainer::summary::{self, EvalPoint, FitForm, RunSummary};
 use trainer::sweep::SweepRun;
 
-use crate::report::compare::{self, CompareRun, Options};
+use crate::report::compare::{Aggregate, CompareRun, Comparison, Options};
 use crate::report::{self, RunMeta};
 
 #[derive(Debug, clap::Args)]
@@ -166,13 +166,21 @@ fn write_figures(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
         })
         .collect();
     let has_ood = runs.iter().any(|r| r.evals.iter().any(|e| e.ood.is_some()));
-    // With several seeds of a configuration, also its mean and 95% band over the seeds.
-    let seeds: std::collections::HashSet<u64> = finished.iter().map(|f| f.run.config.seed).collect();
-    let variants: &[(&str, bool)] = if seeds.len() > 1 { &[("", false), ("mean_", true)] } else { &[("", false)] };
-    for &(prefix, aggregate_seeds) in variants {
-        let options = Options { aggregate_seeds, ..Options::default() };
-        let gold = compare::overoptimization(&runs, &options);
-        let ood = compare::ood_mass(&runs, &options);
+    // With several seeds of a configuration, also its mean and 95% band over them: over training
+    // seeds on one problem (`mean_`), and over task seeds too (`task_mean_`) when those vary.
+    let distinct =
+        |key: fn(&Finished) -> u64| finished.iter().map(key).collect::<std::collections::HashSet<u64>>().len();
+    let mut variants = vec![("", Aggregate::Runs)];
+    if distinct(|f| f.run.config.seed) > 1 {
+        variants.push(("mean_", Aggregate::Seeds));
+    }
+    if distinct(|f| f.run.config.task_seed) > 1 {
+        variants.push(("task_mean_", Aggregate::Tasks));
+    }
+    for (prefix, aggregate) in variants {
+        let comparison = Comparison::new(runs.clone(), Options { aggregate, ..Options::default() });
+        let gold = comparison.overoptimization();
+        let ood = comparison.ood_mass();
         for ext in ["svg", "png"] {
             gold.save(&dir.join(format!("{prefix}gold_vs_kl.{ext}")))?;
             if has_ood {
@@ -220,10 +228,17 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
             "rise",
             "drop",
             "drop_fraction",
-            "fit_a",
-            "fit_b",
-            "fit_d_star",
-            "fit_r_star",
+            "peaked",
+            "rl_fit_a",
+            "rl_fit_b",
+            "rl_fit_d_star",
+            "rl_fit_r_star",
+            "rl_fit_peak_error",
+            "bon_fit_a",
+            "bon_fit_b",
+            "bon_fit_d_star",
+            "bon_fit_r_star",
+            "bon_fit_peak_error",
             "start_ood_mass",
             "max_ood_mass",
             "final_ood_mass",
@@ -256,10 +271,19 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
             num(s.map(|s| s.rise)),
             num(s.map(|s| s.drop)),
             num(s.and_then(|s| s.drop_fraction)),
-            num(s.and_then(|s| s.fit).map(|f| f.a)),
-            num(s.and_then(|s| s.fit).map(|f| f.b)),
-            num(s.and_then(|s| s.fit).and_then(|f| f.d_star)),
-            num(s.and_then(|s| s.fit).and_then(|f| f.r_star)),
+            s.map_or(String::new(), |s| s.peaked.to_string()),
+        ]);
+        for form in [FitForm::Rl, FitForm::BestOfN] {
+            let fit = s.and_then(|s| s.fit(form));
+            row.extend([
+                num(fit.map(|f| f.a)),
+                num(fit.map(|f| f.b)),
+                num(fit.and_then(|f| f.d_star)),
+                num(fit.and_then(|f| f.r_star)),
+                num(fit.map(|f| f.peak_error)),
+            ]);
+        }
+        row.extend([
             num(start_ood),
             num(max_ood),
             num(final_ood),

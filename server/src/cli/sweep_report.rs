@@ -1,7 +1,8 @@
-//! What a sweep over several seeds says: each variant's mean ± 95% CI over seeds, the paired
-//! difference of each trust-region variant from vanilla on the same seed (same task, π_init and
-//! data, so the task's own variance cancels). Written as `seeds.md` (tables to paste) and
-//! `seeds.csv`; the seed-mean figures are drawn with the others (`mean_*.svg`).
+//! What a sweep over several seeds says: each variant's mean ± 95% CI over its runs (training
+//! seeds and task seeds), the paired difference of each trust-region variant from vanilla on the
+//! same `task_seed` and `seed` (same task, π_init, data and data order, so the task's own variance
+//! cancels; [`crate::report::paired`]). Written as `seeds.md` (tables to paste) and `seeds.csv`;
+//! the mean figures are drawn with the others (`mean_*.svg`, `task_mean_*.svg`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +12,7 @@ use serde_json::Value;
 use trainer::summary::MeanCi;
 
 use super::sweep::{ood_stats, Finished};
+use crate::report::paired::paired;
 use crate::report::{csv_field, RunMeta};
 
 /// Keys that define a variant's method; everything else that varies (bar the seed) joins its label.
@@ -49,13 +51,9 @@ const STAT_NAMES: [&str; 10] = [
 /// The columns of the paired table: indices into [`STAT_NAMES`].
 const PAIRED: [usize; 6] = [1, 4, 5, 8, 9, 6];
 
-/// A variant: the runs that differ only in their seed.
+/// A variant: the runs that differ only in their seeds.
 struct Group<'a> {
     label: String,
-    loss: String,
-    /// The variant's parameters without the method keys and the seed: its vanilla twin has the same.
-    rest: BTreeMap<String, Value>,
-    vanilla: bool,
     runs: Vec<&'a Finished>,
 }
 
@@ -66,7 +64,7 @@ fn groups(finished: &[Finished]) -> Vec<Group<'_>> {
             .run
             .params
             .iter()
-            .filter(|(k, _)| *k != "seed" && !METHOD_KEYS.contains(&k.as_str()))
+            .filter(|(k, _)| *k != "seed" && *k != "task_seed" && !METHOD_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let meta = RunMeta { id: 0, config: f.run.config.clone(), params: serde_json::Map::new() };
@@ -76,13 +74,7 @@ fn groups(finished: &[Finished]) -> Vec<Group<'_>> {
         }
         match out.iter_mut().find(|g| g.label == label) {
             Some(g) => g.runs.push(f),
-            None => out.push(Group {
-                label,
-                loss: f.run.config.loss_type.as_str().to_string(),
-                rest,
-                vanilla: !f.run.config.sync_ref_model,
-                runs: vec![f],
-            }),
+            None => out.push(Group { label, runs: vec![f] }),
         }
     }
     out
@@ -120,39 +112,23 @@ pub fn write(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     }
 
     md.push_str(
-        "\nTrust region minus vanilla, same loss and seed (same task, π_init and data), mean ± 95% CI over seeds; ",
+        "\nTrust region minus vanilla, same loss, task_seed and seed (same task, π_init, data and data order), \
+         mean ± 95% CI over the pairs; ",
     );
-    md.push_str("\"better\" counts the seeds on which the TR run's drop from its peak was smaller.\n\n");
+    md.push_str("\"better\" counts the pairs on which the TR run's drop from its peak was smaller.\n\n");
     md.push_str(&format!(
-        "| variant | seeds | {} | better |\n|---|---|{}---|\n",
+        "| variant | pairs | {} | better |\n|---|---|{}---|\n",
         PAIRED.map(|i| format!("Δ {}", STAT_NAMES[i])).join(" | "),
         "---|".repeat(PAIRED.len())
     ));
-    for g in groups.iter().filter(|g| !g.vanilla) {
-        let Some(base) = groups.iter().find(|b| b.vanilla && b.loss == g.loss && b.rest == g.rest) else { continue };
-        let by_seed = |grp: &Group<'_>| -> BTreeMap<u64, [f64; 10]> {
-            grp.runs.iter().filter_map(|f| Some((f.run.config.seed, run_stats(f)?))).collect()
-        };
-        let (tr, van) = (by_seed(g), by_seed(base));
-        let diffs: Vec<[f64; 10]> =
-            tr.iter().filter_map(|(seed, t)| van.get(seed).map(|v| std::array::from_fn(|i| t[i] - v[i]))).collect();
-        if diffs.is_empty() {
-            continue;
-        }
-        let cells: Vec<String> = PAIRED
-            .iter()
-            .map(|&i| {
-                MeanCi::of(&diffs.iter().map(|d| d[i]).collect::<Vec<_>>()).map_or("–".into(), |c| format!("{c:+.3}"))
-            })
-            .collect();
-        let better = diffs.iter().filter(|d| d[5] < 0.0).count();
-        md.push_str(&format!(
-            "| {} | {} | {} | {better} of {} |\n",
-            g.label,
-            diffs.len(),
-            cells.join(" | "),
-            diffs.len()
-        ));
+    let metas: Vec<RunMeta> =
+        finished.iter().map(|f| RunMeta::new(0, &serde_json::to_value(&f.run.config).unwrap_or_default())).collect();
+    let stats: Vec<(&RunMeta, [f64; 6])> =
+        finished.iter().zip(&metas).filter_map(|(f, m)| run_stats(f).map(|s| (m, PAIRED.map(|i| s[i])))).collect();
+    // The drop is PAIRED's third column.
+    for row in paired(&stats, 2) {
+        let cells: Vec<String> = row.deltas.iter().map(|d| d.map_or("–".into(), |c| format!("{c:+.3}"))).collect();
+        md.push_str(&format!("| {} | {} | {} | {} of {} |\n", row.label, row.n, cells.join(" | "), row.better, row.n));
     }
     std::fs::write(dir.join("seeds.md"), md).with_context(|| format!("writing {}", dir.join("seeds.md").display()))?;
     std::fs::write(dir.join("seeds.csv"), csv.join("\n") + "\n")?;

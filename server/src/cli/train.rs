@@ -24,9 +24,11 @@ pub struct TrainArgs {
     pub export_dtype: Option<ExportDtype>,
 }
 
-/// metrics.jsonl plus a progress bar with ETA.
+/// metrics.jsonl (and π_init's SFT steps in sft.jsonl) plus a progress bar with ETA.
 struct CliSink {
     jsonl: JsonlSink,
+    sft: Option<JsonlSink>,
+    dir: std::path::PathBuf,
     bar: ProgressBar,
 }
 
@@ -46,6 +48,20 @@ impl MetricSink for CliSink {
     fn checkpoint_saved(&mut self, _step: u64, dir: &std::path::Path) -> trainer::Result<()> {
         self.bar.println(format!("saved {}", dir.display()));
         Ok(())
+    }
+
+    fn deleting_checkpoint(&mut self, step: u64) -> trainer::Result<()> {
+        self.bar.println(format!("removing checkpoint-{step}: no longer on the front or among the kept ones"));
+        Ok(())
+    }
+
+    fn sft(&mut self, step: u64, max_steps: u64, metrics: &Metrics) -> trainer::Result<()> {
+        if step == 0 || self.sft.is_none() {
+            self.sft = Some(JsonlSink::truncate(&self.dir.join("sft.jsonl"))?);
+        }
+        let kl = metrics.get("sft/kl_behaviour").map(|kl| format!(", KL(behaviour ‖ π) {kl:.4}")).unwrap_or_default();
+        self.bar.set_message(format!("π_init SFT step {step} of at most {max_steps}{kl}"));
+        self.sft.as_mut().expect("just opened").log(step, metrics)
     }
 
     fn progress(&mut self, step: u64, total: u64) {
@@ -77,7 +93,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut sink = CliSink { jsonl: JsonlSink::create(&args.output_dir.join("metrics.jsonl"))?, bar };
+    let mut sink = CliSink {
+        jsonl: JsonlSink::create(&args.output_dir.join("metrics.jsonl"))?,
+        sft: None,
+        dir: args.output_dir.clone(),
+        bar,
+    };
     let outcome = trainer::train::train(&cfg, &args.output_dir, args.resume, &mut sink)?;
     sink.bar.finish();
     eprintln!(
@@ -89,14 +110,20 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     // Runs with evaluations (the toy tasks) also get their overoptimization summary.
     if let Some(s) = trainer::summary::write_run_summary(&args.output_dir)? {
         eprintln!(
-            "gold reward: start {:.3}, peak {:.3} at step {} (KL {:.3}), final {:.3}; summary in {}",
+            "gold reward: start {:.3}, peak {:.3} at step {} (KL {:.3} nats){}, final {:.3}; summary in {}",
             s.start_gold,
             s.peak_gold,
             s.peak_step,
             s.peak_kl,
+            if s.peaked { "" } else { " (no peak yet: still rising)" },
             s.final_gold,
             args.output_dir.join("summary.json").display()
         );
+        let kept: Vec<String> =
+            s.pareto.iter().filter(|p| p.checkpoint).map(|p| format!("checkpoint-{}", p.step)).collect();
+        if !kept.is_empty() {
+            eprintln!("Pareto front with weights: {}", kept.join(", "));
+        }
     }
     Ok(())
 }

@@ -61,6 +61,12 @@ pub async fn upsert(
     Ok(())
 }
 
+/// Forgets one checkpoint (its run no longer keeps it); its files go with it.
+pub async fn delete(conn: &mut SqliteConnection, run_id: i64, step: i64) -> sqlx::Result<()> {
+    sqlx::query("delete from checkpoints where run_id = ? and step = ?").bind(run_id).bind(step).execute(conn).await?;
+    Ok(())
+}
+
 /// Forgets checkpoints after `step` (the run resumed from an earlier one).
 pub async fn delete_after(conn: &mut SqliteConnection, run_id: i64, step: i64) -> sqlx::Result<()> {
     sqlx::query("delete from checkpoints where run_id = ? and step > ?").bind(run_id).bind(step).execute(conn).await?;

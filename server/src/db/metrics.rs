@@ -32,9 +32,17 @@ pub async fn upsert(conn: &mut SqliteConnection, rows: &[MetricRow]) -> sqlx::Re
     Ok(())
 }
 
-/// Forgets everything logged after `step` (the run resumed from the checkpoint at `step`).
+/// Metrics on π_init's SFT step axis rather than the run's (`sft/loss`, `sft/kl_behaviour`).
+pub const SFT_PREFIX: &str = "sft/";
+
+/// Forgets everything logged after `step` (the run resumed from the checkpoint at `step`). The
+/// SFT steps before training stay, unless the run starts over (`step < 0`).
 pub async fn delete_after(conn: &mut SqliteConnection, run_id: i64, step: i64) -> sqlx::Result<()> {
-    sqlx::query("delete from metrics where run_id = ? and step > ?").bind(run_id).bind(step).execute(conn).await?;
+    sqlx::query("delete from metrics where run_id = ?1 and step > ?2 and (?2 < 0 or substr(name, 1, 4) != 'sft/')")
+        .bind(run_id)
+        .bind(step)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -120,13 +128,41 @@ fn unpack(text: &str) -> sqlx::Result<Series> {
         .collect()
 }
 
-/// Points after `step`, in step order: what a reconnecting live stream missed.
+/// Points after `step`, in step order: what a reconnecting live stream missed (training steps;
+/// the SFT steps have their own axis, see [`latest_sft`]).
 pub async fn after_step(pool: &Pool, run_id: i64, step: i64) -> sqlx::Result<Vec<MetricRow>> {
-    sqlx::query_as("select run_id, name, step, value from metrics where run_id = ? and step > ? order by step, name")
-        .bind(run_id)
-        .bind(step)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(
+        "select run_id, name, step, value from metrics where run_id = ? and step > ? \
+         and substr(name, 1, 4) != 'sft/' order by step, name",
+    )
+    .bind(run_id)
+    .bind(step)
+    .fetch_all(pool)
+    .await
+}
+
+/// Each run's last SFT step with its values: run id -> (step, name -> value).
+pub async fn latest_sft(pool: &Pool, run_ids: &[i64]) -> sqlx::Result<HashMap<i64, (i64, BTreeMap<String, f64>)>> {
+    let mut out: HashMap<i64, (i64, BTreeMap<String, f64>)> = HashMap::new();
+    for ids in run_ids.chunks(500) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "select m.run_id, m.name, m.step, m.value from metrics m join (select run_id, max(step) as step \
+             from metrics where substr(name, 1, 4) = 'sft/' and run_id in (",
+        );
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id);
+        }
+        q.push(") group by run_id) last on m.run_id = last.run_id and m.step = last.step where substr(m.name, 1, 4) = 'sft/'");
+        let rows: Vec<MetricRow> = q.build_query_as().fetch_all(pool).await?;
+        for r in rows {
+            let entry = out.entry(r.run_id).or_insert_with(|| (r.step, BTreeMap::new()));
+            if let Some(v) = r.value {
+                entry.1.insert(r.name, v);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// How many values are stored, over all runs (the ingestion benchmark checks it).

@@ -6,7 +6,8 @@
 //! dominates a page of many long runs; an API answer adds its downsampling and JSON on top.
 //!
 //! One cache for the pages' series and the API's answers, under one memory bound; a deleted
-//! run's entries go with it.
+//! run's entries go with it. Entries are keyed by the run's attempt too: a run retried in place
+//! is claimed again, so what it serves after its next end is read afresh.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,8 @@ enum What {
     MetricsBody(String),
 }
 
-type Key = (i64, What);
+/// Run id and attempt: a run that was retried in place and ended again is another entry.
+type Key = (i64, i64, What);
 
 #[derive(Debug, Clone)]
 enum Entry {
@@ -91,7 +93,7 @@ impl EndedRunCache {
         {
             let inner = self.lock();
             for run in runs {
-                match inner.map.get(&(run.id, what.clone())) {
+                match inner.map.get(&(run.id, run.attempts, what.clone())) {
                     Some(Entry::Series(hit)) if run.status().is_terminal() => {
                         out.insert(run.id, hit.clone());
                     }
@@ -107,7 +109,7 @@ impl EndedRunCache {
         for run in runs.iter().filter(|r| missing.contains(&r.id)) {
             let series: RunSeries = Arc::new(read.remove(&run.id).unwrap_or_default());
             if run.status().is_terminal() {
-                inner.insert((run.id, what.clone()), Entry::Series(series.clone()));
+                inner.insert((run.id, run.attempts, what.clone()), Entry::Series(series.clone()));
             }
             out.insert(run.id, series);
         }
@@ -119,7 +121,7 @@ impl EndedRunCache {
         if !run.status().is_terminal() {
             return None;
         }
-        match self.lock().map.get(&(run.id, What::MetricsBody(query.to_string()))) {
+        match self.lock().map.get(&(run.id, run.attempts, What::MetricsBody(query.to_string()))) {
             Some(Entry::Body(body)) => Some(body.clone()),
             _ => None,
         }
@@ -128,7 +130,7 @@ impl EndedRunCache {
     /// Keeps the answer to `query` for `run` if it had ended when read (a running run's grows).
     pub fn keep_metrics_body(&self, run: &Run, query: String, body: Bytes) {
         if run.status().is_terminal() {
-            self.lock().insert((run.id, What::MetricsBody(query)), Entry::Body(body));
+            self.lock().insert((run.id, run.attempts, What::MetricsBody(query)), Entry::Body(body));
         }
     }
 
@@ -139,9 +141,9 @@ impl EndedRunCache {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let before = inner.order.len();
-        inner.order.retain(|(id, _)| *id != run_id);
+        inner.order.retain(|(id, _, _)| *id != run_id);
         if inner.order.len() != before {
-            let gone: Vec<Key> = inner.map.keys().filter(|(id, _)| *id == run_id).cloned().collect();
+            let gone: Vec<Key> = inner.map.keys().filter(|(id, _, _)| *id == run_id).cloned().collect();
             for key in gone {
                 if let Some(entry) = inner.map.remove(&key) {
                     inner.bytes -= entry.bytes();

@@ -1,4 +1,5 @@
-//! `GET /api/runs/{id}/events`: server-sent events of a run's new metrics and status changes.
+//! `GET /api/runs/{id}/events`: server-sent events of a run's new metrics and status changes,
+//! its checkpoints kept and deleted, and π_init's SFT steps before training (`sft`).
 //!
 //! `metrics` events carry the step as their id, so a client reconnecting with `Last-Event-ID`
 //! gets every step after it from the database and then the live ones, each step once. The
@@ -64,8 +65,13 @@ impl Frames {
         let _ = write!(self.0, "event: status\ndata: {data}\n\n");
     }
 
-    fn checkpoint(&mut self, step: i64) {
-        let _ = write!(self.0, "event: checkpoint\ndata: {}\n\n", json!({ "step": step }));
+    fn checkpoint(&mut self, step: i64, deleted: bool) {
+        let _ = write!(self.0, "event: checkpoint\ndata: {}\n\n", json!({ "step": step, "deleted": deleted }));
+    }
+
+    /// π_init's SFT progress; not an id'd metrics event, as it has its own step axis.
+    fn sft(&mut self, data: &str) {
+        let _ = write!(self.0, "event: sft\ndata: {data}\n\n");
     }
 
     fn keep_alive(&mut self) {
@@ -140,6 +146,12 @@ async fn events(State(state): State<AppState>, Path(id): Path<String>, headers: 
             },
             Err(e) => tracing::warn!(run_id, error = %e, "replaying metrics failed"),
         }
+        // A run still building its π_init: where its SFT is.
+        if run.total_steps.is_none() && !run.status().is_terminal() {
+            if let Ok(Some((step, values))) = metrics::latest_sft(&pool, &[run_id]).await.map(|mut m| m.remove(&run_id)) {
+                out.sft(&json!({ "step": step, "max_steps": null, "values": values }).to_string());
+            }
+        }
         if let Some(chunk) = out.take() {
             yield chunk;
         }
@@ -193,7 +205,8 @@ async fn events(State(state): State<AppState>, Path(id): Path<String>, headers: 
                             break;
                         }
                     }
-                    Ok(RunEvent::Checkpoint { step, .. }) => out.checkpoint(step),
+                    Ok(RunEvent::Checkpoint { step, deleted, .. }) => out.checkpoint(step, deleted),
+                    Ok(RunEvent::Sft { data, .. }) => out.sft(&data),
                     // Too slow to keep up: catch up from the database instead, final status
                     // included (a missed one would leave the stream open forever).
                     Err(RecvError::Lagged(_)) => {

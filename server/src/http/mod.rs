@@ -59,6 +59,8 @@ pub struct Settings {
     pub static_dir: PathBuf,
     /// `{"base", "grid"}` of the sweep the "Launch demo sweep" button queues.
     pub demo_sweep: serde_json::Value,
+    /// Trainers this server runs at once: what queue positions and ETAs are estimated with.
+    pub max_concurrent_runs: usize,
 }
 
 #[derive(Clone)]

@@ -153,10 +153,55 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result
     Ok(Json(json!({ "id": id, "result": answer })))
 }
 
-async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>)> {
+/// How a failed or cancelled run is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryFrom {
+    /// The same run, resumed from its last recorded checkpoint (from step 0 without one).
+    Checkpoint,
+    /// A new run with the same config, naming this one as its parent.
+    Start,
+}
+
+impl RetryFrom {
+    pub fn parse(raw: Option<&str>) -> Result<Self> {
+        match raw {
+            None | Some("" | "checkpoint") => Ok(Self::Checkpoint),
+            Some("start") => Ok(Self::Start),
+            Some(_) => Err(Error::field("from", "must be \"checkpoint\" (resume this run) or \"start\" (a new run)")),
+        }
+    }
+}
+
+/// `POST /api/runs/{id}/retry`, body `{"from": "checkpoint" | "start"}` (default checkpoint).
+async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>)> {
     let id = parse_id(&id, "run")?;
-    let new_id = retry_run(&state, id).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "retry_of": id }))))
+    let options = if body.as_ref().is_ok_and(Bytes::is_empty) && headers.get(header::CONTENT_TYPE).is_none() {
+        Value::Object(serde_json::Map::new())
+    } else {
+        parse_body(&headers, body, state.settings.max_body_bytes)?
+    };
+    let Value::Object(options) = options else {
+        return Err(Error::field("(body)", "must be a JSON object: {\"from\": \"checkpoint\" | \"start\"}"));
+    };
+    if let Some(key) = options.keys().find(|k| *k != "from") {
+        return Err(Error::field(key, "unknown key: the only option is \"from\""));
+    }
+    let from = RetryFrom::parse(options.get("from").map(|v| v.as_str().unwrap_or("?")))?;
+    match from {
+        RetryFrom::Checkpoint => {
+            let step = resume_run(&state, id).await?;
+            Ok((StatusCode::OK, Json(json!({ "id": id, "retry_of": id, "resumes_from_step": step }))))
+        }
+        RetryFrom::Start => {
+            let new_id = retry_run(&state, id).await?;
+            Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "retry_of": id }))))
+        }
+    }
 }
 
 /// A failed or cancelled run, again, as a new run with the same config; answers its id.
@@ -165,6 +210,20 @@ pub async fn retry_run(state: &AppState, id: i64) -> Result<i64> {
     let value: Value = serde_json::from_str(&config).map_err(|e| Error::Internal(format!("stored config: {e}")))?;
     // Revalidated: a model or dataset may have moved since.
     launch(state, value, Some(id)).await
+}
+
+/// A failed or cancelled run back in the queue under its own id, to continue from its last
+/// recorded checkpoint; answers that checkpoint's step (`None`: it starts over).
+pub async fn resume_run(state: &AppState, id: i64) -> Result<Option<i64>> {
+    let run = runs::get(&state.pool, id).await?.ok_or_else(|| Error::NotFound(format!("run {id}")))?;
+    // Revalidated as a new run would be: a model or dataset may have moved since.
+    let (config, _) = prepare(run.config_json(), &state.settings).map_err(Error::Invalid)?;
+    check_datasets(std::slice::from_ref(&config), &state.settings).await?;
+    state.queue.resume(id).await?;
+    // What it served as an ended run is out of date from now on.
+    state.ended_runs.forget(id);
+    let last = crate::db::checkpoints::list(&state.pool, id).await?.last().map(|c| c.step);
+    Ok(last)
 }
 
 /// A new run: this run's config with the posted keys replaced.

@@ -19,16 +19,27 @@ pub enum RunEvent {
         status: RunStatus,
         error: Option<String>,
     },
+    /// A checkpoint was recorded, or (`deleted`) forgotten: its run no longer keeps it.
     Checkpoint {
         run_id: i64,
         step: i64,
+        deleted: bool,
+    },
+    /// One step of π_init's SFT, as the JSON `{"step", "max_steps", "values"}`.
+    Sft {
+        run_id: i64,
+        step: i64,
+        data: Arc<str>,
     },
 }
 
 impl RunEvent {
     pub fn run_id(&self) -> i64 {
         match self {
-            Self::Metrics { run_id, .. } | Self::Status { run_id, .. } | Self::Checkpoint { run_id, .. } => *run_id,
+            Self::Metrics { run_id, .. }
+            | Self::Status { run_id, .. }
+            | Self::Checkpoint { run_id, .. }
+            | Self::Sft { run_id, .. } => *run_id,
         }
     }
 }

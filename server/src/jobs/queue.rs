@@ -4,6 +4,8 @@
 //! ```text
 //!             claim (attempts + 1)
 //!   queued ──────────────────────────▶ running ──finish──▶ finished | failed
+//!    │  ▲ ▲                               │                               │
+//!    │  │ └──────────── retry (resume) ◀──┼───────────────────────────────┘ (and cancelled)
 //!    │  ▲                                 │
 //!    │  └── stopped at shutdown, ◀────────┤   cancel: sets cancel_requested; the holder stops
 //!    │      orphaned by a restart,        │   before its next step and finishes the run as
@@ -151,8 +153,11 @@ pub trait RunQueue: Send + Sync {
     /// worker no longer holds it.
     fn finish(&self, run_id: i64, outcome: Outcome) -> BoxFuture<'_, Result<RunStatus>>;
     fn cancel(&self, run_id: i64) -> BoxFuture<'_, Result<Cancelled>>;
-    /// The config of a failed or cancelled run, to enqueue again as a new run.
+    /// The config of a failed or cancelled run, to enqueue again as a new run (start over).
     fn retry(&self, run_id: i64) -> BoxFuture<'_, Result<String>>;
+    /// A failed or cancelled run goes back to `queued`, to resume from its last recorded
+    /// checkpoint (or start over, without one) as any reclaimed run does.
+    fn resume(&self, run_id: i64) -> BoxFuture<'_, Result<()>>;
     /// Removes a run that is not running.
     fn delete(&self, run_id: i64) -> BoxFuture<'_, Result<()>>;
     /// Renews this worker's claims, and stops the trainers of those cancelled or lost since.
@@ -464,6 +469,35 @@ impl RunQueue for SqliteQueue {
         })
     }
 
+    fn resume(&self, run_id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+            let requeued = sqlx::query(
+                "update runs set status = 'queued', error = null, finished_at = null, cancel_requested = 0
+                 where id = ? and status in ('failed', 'cancelled')",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if requeued == 0 {
+                drop(tx);
+                let status = self.status_of(run_id).await?;
+                return Err(QueueError::Conflict {
+                    id: run_id,
+                    status: status.as_str(),
+                    message: "only failed or cancelled runs can be retried",
+                });
+            }
+            // Written again when the run ends.
+            sqlx::query("delete from run_summaries where run_id = ?").bind(run_id).execute(&mut *tx).await?;
+            tx.commit().await?;
+            self.announce(run_id, RunStatus::Queued, None);
+            self.work.notify_one();
+            Ok(())
+        })
+    }
+
     fn delete(&self, run_id: i64) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let deleted = sqlx::query("delete from runs where id = ? and status != 'running'")
@@ -725,5 +759,22 @@ mod tests {
         assert_eq!(q.retry(a).await.unwrap(), json!({"beta": 0.2}).to_string());
         q.delete(a).await.unwrap();
         assert!(matches!(q.delete(a).await, Err(QueueError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_run_is_queued_again_under_its_own_id_and_claimed_with_the_next_attempt() {
+        let (_dir, q) = queue().await;
+        let a = q.enqueue(json!({}), None).await.unwrap();
+        assert!(matches!(q.resume(a).await, Err(QueueError::Conflict { .. })), "a queued run");
+        let first = q.claim().await.unwrap().unwrap();
+        q.finish(a, Outcome::Failed("boom".into())).await.unwrap();
+        q.resume(a).await.unwrap();
+        let r = run(&q, a).await;
+        assert_eq!((r.status.as_str(), r.error, r.finished_at), ("queued", None, None));
+        let second = q.claim().await.unwrap().unwrap();
+        assert_eq!((second.run_id, second.attempt), (a, first.attempt + 1));
+        q.finish(a, Outcome::Finished).await.unwrap();
+        assert!(matches!(q.resume(a).await, Err(QueueError::Conflict { status: "finished", .. })));
+        assert!(matches!(q.resume(99).await, Err(QueueError::NotFound(99))));
     }
 }

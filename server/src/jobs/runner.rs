@@ -215,7 +215,7 @@ async fn train_blocking(
     if !has_checkpoint {
         writer.send(WriteMsg::ResumedAt { lease: claim.lease(), step: -1 }).await?;
     }
-    let mut sink = DbSink::new(claim.lease(), writer, claim.stop.clone(), stop_all, cfg.save_steps);
+    let mut sink = DbSink::new(claim.lease(), writer, claim.stop.clone(), stop_all);
     let joined = tokio::task::spawn_blocking(move || {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| train(&cfg, &output_dir, true, &mut sink)));
         // Whatever happened, what was logged is committed before the status changes.

@@ -7,9 +7,11 @@
 //! transaction): a trainer whose run was reclaimed cannot overwrite what the run's new holder
 //! logs, nor delete it with a resume, in the step or two before it notices and stops.
 //!
-//! Durability rule: before a checkpoint is written the metrics it covers are committed (the sink
-//! flushes on checkpoint steps and before stopping), so a run resumed from that checkpoint after
-//! a crash has every earlier step stored, and its later steps are deleted and logged again.
+//! Durability rule: before a checkpoint is written the metrics it covers are committed (the
+//! trainer says when it is about to write one, and the sink flushes), so a run resumed from that
+//! checkpoint after a crash has every earlier step stored, and its later steps are deleted and
+//! logged again. A checkpoint the trainer no longer keeps is forgotten here before its directory
+//! is removed.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -52,6 +54,18 @@ pub enum WriteMsg {
         path: String,
         sha256: String,
         files: Vec<CheckpointFile>,
+    },
+    /// The trainer no longer keeps this checkpoint and removes its directory next.
+    CheckpointDeleted {
+        lease: Lease,
+        step: i64,
+    },
+    /// One step of π_init's SFT: stored as `sft/*` metrics on their own step axis.
+    Sft {
+        lease: Lease,
+        step: i64,
+        max_steps: i64,
+        values: Vec<(String, Option<f64>)>,
     },
     /// Answered once everything sent before it is committed.
     Flush(oneshot::Sender<Result<(), String>>),
@@ -138,7 +152,14 @@ async fn write_loop(
                     let _ = events.send(RunEvent::Metrics { run_id: lease.run_id, step, data: data.into() });
                 }
                 WriteMsg::Checkpoint { lease, step, .. } if stored(&lease) => {
-                    let _ = events.send(RunEvent::Checkpoint { run_id: lease.run_id, step });
+                    let _ = events.send(RunEvent::Checkpoint { run_id: lease.run_id, step, deleted: false });
+                }
+                WriteMsg::CheckpointDeleted { lease, step } if stored(&lease) => {
+                    let _ = events.send(RunEvent::Checkpoint { run_id: lease.run_id, step, deleted: true });
+                }
+                WriteMsg::Sft { lease, step, max_steps, values } if stored(&lease) => {
+                    let data = sft_json(step, max_steps, &values);
+                    let _ = events.send(RunEvent::Sft { run_id: lease.run_id, step, data: data.into() });
                 }
                 _ => {}
             }
@@ -152,7 +173,9 @@ impl WriteMsg {
             Self::Metrics { lease, .. }
             | Self::Progress { lease, .. }
             | Self::ResumedAt { lease, .. }
-            | Self::Checkpoint { lease, .. } => Some(*lease),
+            | Self::Checkpoint { lease, .. }
+            | Self::CheckpointDeleted { lease, .. }
+            | Self::Sft { lease, .. } => Some(*lease),
             Self::Flush(_) => None,
         }
     }
@@ -189,6 +212,15 @@ async fn commit(pool: &Pool, batch: &[WriteMsg]) -> sqlx::Result<HashSet<Lease>>
             WriteMsg::Checkpoint { lease, step, path, sha256, files } => {
                 db::checkpoints::upsert(&mut tx, lease.run_id, *step, path, sha256, files, db::now_ms()).await?;
             }
+            WriteMsg::CheckpointDeleted { lease, step } => {
+                db::checkpoints::delete(&mut tx, lease.run_id, *step).await?;
+            }
+            WriteMsg::Sft { lease, step, values, .. } => rows.extend(values.iter().map(|(name, value)| MetricRow {
+                run_id: lease.run_id,
+                name: name.clone(),
+                step: *step,
+                value: *value,
+            })),
             WriteMsg::Flush(_) => {}
         }
     }
@@ -208,19 +240,11 @@ pub struct DbSink {
     stop: Arc<AtomicBool>,
     /// The server is shutting down: every run checkpoints and stops.
     shutdown: Arc<AtomicBool>,
-    save_steps: u64,
-    total: u64,
 }
 
 impl DbSink {
-    pub fn new(
-        lease: Lease,
-        writer: MetricWriter,
-        stop: Arc<AtomicBool>,
-        shutdown: Arc<AtomicBool>,
-        save_steps: u64,
-    ) -> Self {
-        Self { lease, writer, stop, shutdown, save_steps, total: 0 }
+    pub fn new(lease: Lease, writer: MetricWriter, stop: Arc<AtomicBool>, shutdown: Arc<AtomicBool>) -> Self {
+        Self { lease, writer, stop, shutdown }
     }
 
     pub fn flush(&self) -> trainer::Result<()> {
@@ -239,19 +263,45 @@ fn writer_error(message: String) -> trainer::Error {
     trainer::Error::io("metrics database", std::io::Error::other(message))
 }
 
+fn values(metrics: &Metrics) -> Vec<(String, Option<f64>)> {
+    metrics.iter().map(|(k, v)| (k.clone(), v.is_finite().then_some(*v))).collect()
+}
+
+/// The `data` of an `sft` event: `{"step", "max_steps", "values": {name: value}}`.
+fn sft_json(step: i64, max_steps: i64, values: &[(String, Option<f64>)]) -> String {
+    let values: serde_json::Map<String, serde_json::Value> =
+        values.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+    serde_json::json!({ "step": step, "max_steps": max_steps, "values": values }).to_string()
+}
+
 fn step_i64(step: u64) -> i64 {
     i64::try_from(step).unwrap_or(i64::MAX)
 }
 
 impl MetricSink for DbSink {
     fn log(&mut self, step: u64, metrics: &Metrics) -> trainer::Result<()> {
-        let values = metrics.iter().map(|(k, v)| (k.clone(), v.is_finite().then_some(*v))).collect();
-        self.send(WriteMsg::Metrics { lease: self.lease, step: step_i64(step), values })?;
-        // The trainer writes a checkpoint right after logging these steps: commit first.
-        if (self.save_steps > 0 && step.is_multiple_of(self.save_steps)) || step == self.total {
-            self.flush()?;
-        }
-        Ok(())
+        self.send(WriteMsg::Metrics { lease: self.lease, step: step_i64(step), values: values(metrics) })
+    }
+
+    /// The durability rule: the steps a checkpoint covers are committed before it exists.
+    fn saving_checkpoint(&mut self, _step: u64) -> trainer::Result<()> {
+        self.flush()
+    }
+
+    fn deleting_checkpoint(&mut self, step: u64) -> trainer::Result<()> {
+        // Committed before the directory goes: the database never lists a missing checkpoint.
+        // A crash in between leaves a directory no record lists, which the next claim removes.
+        self.send(WriteMsg::CheckpointDeleted { lease: self.lease, step: step_i64(step) })?;
+        self.flush()
+    }
+
+    fn sft(&mut self, step: u64, max_steps: u64, metrics: &Metrics) -> trainer::Result<()> {
+        self.send(WriteMsg::Sft {
+            lease: self.lease,
+            step: step_i64(step),
+            max_steps: step_i64(max_steps),
+            values: values(metrics),
+        })
     }
 
     fn resumed_at(&mut self, step: u64) -> trainer::Result<()> {
@@ -272,7 +322,6 @@ impl MetricSink for DbSink {
     }
 
     fn progress(&mut self, step: u64, total: u64) {
-        self.total = total;
         // A lost progress tick is harmless; the next one or the metrics carry on.
         let _ = self.send(WriteMsg::Progress { lease: self.lease, step: step_i64(step), total: step_i64(total) });
     }
@@ -365,7 +414,7 @@ mod tests {
         let (writer, task) = MetricWriter::spawn(pool.clone(), events);
         let w = writer.clone();
         tokio::task::spawn_blocking(move || {
-            let mut sink = DbSink::new(lease, w, Arc::default(), Arc::default(), 0);
+            let mut sink = DbSink::new(lease, w, Arc::default(), Arc::default());
             for step in 1..=10 {
                 sink.log(step, &loss(1.0 / step as f64)).unwrap();
             }
@@ -412,8 +461,8 @@ mod tests {
         let w = writer.clone();
         tokio::task::spawn_blocking(move || {
             let (mut old, mut new) = (
-                DbSink::new(old, w.clone(), Arc::default(), Arc::default(), 0),
-                DbSink::new(new, w, Arc::default(), Arc::default(), 0),
+                DbSink::new(old, w.clone(), Arc::default(), Arc::default()),
+                DbSink::new(new, w, Arc::default(), Arc::default()),
             );
             for step in 1..=3 {
                 new.log(step, &loss(1.0)).unwrap();

@@ -3,17 +3,16 @@
 //! its metric series), never from the database or HTTP, so every caller shows the same thing.
 
 pub mod compare;
+pub mod paired;
 pub mod run;
 pub mod runs;
+pub mod style;
 
 use std::collections::BTreeMap;
 
-use plotters::style::RGBColor;
 use serde_json::{Map, Value};
 use trainer::config::{LossType, RunConfig};
 use trainer::summary::{self, EvalPoint, RunSummary};
-
-use crate::charts::{colour, Dash};
 
 /// One metric's points in step order; `None` for a non-finite value.
 pub type Series = Vec<(i64, Option<f64>)>;
@@ -39,8 +38,12 @@ pub struct RunMeta {
 impl RunMeta {
     /// From a stored config; a config this version cannot read shows as the defaults.
     pub fn new(id: i64, stored: &Value) -> Self {
-        let config = serde_json::from_value(stored.clone()).unwrap_or_default();
+        let mut config: RunConfig = serde_json::from_value(stored.clone()).unwrap_or_default();
         let params = stored.as_object().cloned().unwrap_or_default();
+        // Stored before `task_seed` existed: the problem came from `seed`.
+        if !params.contains_key("task_seed") {
+            config.task_seed = config.seed;
+        }
         Self { id, config, params }
     }
 
@@ -75,21 +78,19 @@ impl RunMeta {
         }
     }
 
-    /// "run 12 · TR-DPO α=0.1 τ=1 · seed 3"
+    /// "run 12 · TR-DPO α=0.1 τ=1 · seed 3" (and its task seed, for a toy task).
     pub fn label(&self) -> String {
-        format!("run {} · {} · seed {}", self.id, self.short_label(), self.config.seed)
-    }
-
-    pub fn colour(&self) -> RGBColor {
-        colour::alpha_colour(self.alpha())
-    }
-
-    pub fn colour_hex(&self) -> String {
-        colour::hex(self.colour())
-    }
-
-    pub fn dash(&self) -> Dash {
-        Dash::for_tau(self.tau())
+        if self.config.task.is_toy() {
+            format!(
+                "run {} · {} · task {} seed {}",
+                self.id,
+                self.short_label(),
+                self.config.task_seed,
+                self.config.seed
+            )
+        } else {
+            format!("run {} · {} · seed {}", self.id, self.short_label(), self.config.seed)
+        }
     }
 
     /// The key of this run's lines in figures (`data-key`).
@@ -107,28 +108,31 @@ pub fn loss_name(loss: LossType) -> &'static str {
 }
 
 /// One evaluation of a run (SPEC §3).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Eval {
     pub step: i64,
     pub kl: Option<f64>,
     pub kl_ref: Option<f64>,
     pub gold: Option<f64>,
+    /// The gold reward's standard error (Monte Carlo evaluations).
+    pub gold_se: Option<f64>,
     pub ood: Option<f64>,
 }
 
 /// The metrics evaluations log, as [`evals`] reads them.
-pub const EVAL_METRICS: [&str; 4] = [summary::KL_INIT, "eval/kl_ref", summary::GOLD, "eval/ood_mass"];
+pub const EVAL_METRICS: [&str; 5] = [summary::KL_INIT, "eval/kl_ref", summary::GOLD, summary::GOLD_SE, "eval/ood_mass"];
 
 /// The steps at which any evaluation metric was logged, with what was logged there.
 pub fn evals(series: &BTreeMap<String, Series>) -> Vec<Eval> {
     let mut by_step: BTreeMap<i64, Eval> = BTreeMap::new();
     for (i, name) in EVAL_METRICS.iter().enumerate() {
         for &(step, value) in series.get(*name).map_or(&[][..], Vec::as_slice) {
-            let e = by_step.entry(step).or_insert(Eval { step, kl: None, kl_ref: None, gold: None, ood: None });
+            let e = by_step.entry(step).or_insert(Eval { step, ..Eval::default() });
             let slot = match i {
                 0 => &mut e.kl,
                 1 => &mut e.kl_ref,
                 2 => &mut e.gold,
+                3 => &mut e.gold_se,
                 _ => &mut e.ood,
             };
             *slot = value;
@@ -148,7 +152,9 @@ pub fn summarize(evals: &[Eval], checkpoint_steps: &[i64]) -> Option<RunSummary>
 pub fn eval_points(evals: &[Eval]) -> Vec<EvalPoint> {
     evals
         .iter()
-        .filter_map(|e| Some(EvalPoint { step: u64::try_from(e.step).ok()?, kl: e.kl?, gold: e.gold? }))
+        .filter_map(|e| {
+            Some(EvalPoint { step: u64::try_from(e.step).ok()?, kl: e.kl?, gold: e.gold?, gold_se: e.gold_se })
+        })
         .filter(|p| p.kl.is_finite() && p.gold.is_finite())
         .collect()
 }
@@ -182,10 +188,12 @@ mod tests {
         assert_eq!(soft.label(), "run 2 · TR-DPO α=0.1 τ=1 · seed 42");
         let hard = RunMeta::new(
             3,
-            &json!({"sync_ref_model": true, "ref_model_mixup_alpha": 1.0, "ref_model_sync_steps": 100}),
+            &json!({"task": "toy-tree", "sync_ref_model": true, "ref_model_mixup_alpha": 1.0, "ref_model_sync_steps": 100, "task_seed": 7}),
         );
         assert_eq!(hard.method(), "TR-DPO hard");
-        assert_eq!(hard.dash(), Dash::Dashed);
+        assert_eq!(hard.label(), "run 3 · TR-DPO α=1 τ=100 · task 7 seed 42");
+        let before_the_split = RunMeta::new(4, &json!({"task": "toy-tree", "seed": 3}));
+        assert_eq!(before_the_split.config.task_seed, 3, "a run stored before task_seed drew its task from seed");
     }
 
     #[test]

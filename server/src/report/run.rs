@@ -1,10 +1,13 @@
 //! One run's charts: loss; rewards/margins and accuracies; KL to π_init and to the reference;
-//! gold reward; OOD mass; and the gold-reward-vs-sqrt(KL) path with its Gao fit and peak.
+//! gold reward; OOD mass; π_init's SFT; and the gold-reward-vs-sqrt(KL) path with both Gao fits,
+//! the peak and the run's Pareto front (filled where the weights were kept).
 
 use std::collections::BTreeMap;
 
 use plotters::style::RGBColor;
+use trainer::summary::{FitForm, RunSummary};
 
+use super::style::Style;
 use super::{RunMeta, Series};
 use crate::charts::colour::SECONDARY;
 use crate::charts::downsample::downsample;
@@ -23,10 +26,11 @@ pub enum RunChart {
     Gold,
     Ood,
     Path,
+    Sft,
 }
 
 impl RunChart {
-    pub const ALL: [RunChart; 6] = [Self::Path, Self::Gold, Self::Kl, Self::Loss, Self::Rewards, Self::Ood];
+    pub const ALL: [RunChart; 7] = [Self::Path, Self::Gold, Self::Kl, Self::Loss, Self::Rewards, Self::Ood, Self::Sft];
 
     /// Its name in URLs and element ids.
     pub fn slug(self) -> &'static str {
@@ -37,6 +41,7 @@ impl RunChart {
             Self::Gold => "gold",
             Self::Ood => "ood",
             Self::Path => "path",
+            Self::Sft => "sft",
         }
     }
 
@@ -52,6 +57,7 @@ impl RunChart {
             Self::Gold => "Gold reward",
             Self::Ood => "Out-of-domain probability mass",
             Self::Path => "Gold reward against sqrt(KL to π_init)",
+            Self::Sft => "π_init's SFT (before training)",
         }
     }
 
@@ -65,7 +71,8 @@ impl RunChart {
             Self::Kl => &["eval/kl_init", "eval/kl_ref"],
             Self::Gold => &["eval/gold_reward"],
             Self::Ood => &["eval/ood_mass"],
-            Self::Path => &["eval/kl_init", "eval/gold_reward"],
+            Self::Path => &["eval/kl_init", "eval/gold_reward", "eval/gold_reward_se"],
+            Self::Sft => &["sft/loss", "sft/kl_behaviour"],
         }
     }
 }
@@ -90,6 +97,7 @@ fn step_line(meta: &RunMeta, series: Option<&Series>, name: &str, colour: RGBCol
         kind: LineKind::Main,
         colour,
         dash,
+        marker: None,
         points: points.into_iter().map(|(s, v)| (s as f64, v)).collect(),
         hover,
     })
@@ -114,7 +122,7 @@ fn step_panel(
     for &(name, label, colour, dash) in metrics {
         if let Some(line) = step_line(meta, series.get(name), name, colour, dash) {
             lines.push(line);
-            legend.push(LegendEntry { label: label.into(), colour, dash });
+            legend.push(LegendEntry::line(label, colour, dash));
         }
     }
     if legend.len() < 2 {
@@ -124,16 +132,23 @@ fn step_panel(
         title: String::new(),
         x: Axis::new("step"),
         y: Axis::new(y_label),
-        bands: Vec::new(),
         lines,
-        markers: Vec::new(),
         legend,
         empty_note: empty_note.into(),
+        ..Panel::default()
     }
 }
 
-pub fn figure(meta: &RunMeta, series: &BTreeMap<String, Series>, chart: RunChart) -> Figure {
-    let own = (meta.colour(), meta.dash());
+/// One of the run's charts, in its `style`; `kept` are its checkpoint steps (the Pareto points
+/// with weights).
+pub fn figure(
+    meta: &RunMeta,
+    style: Style,
+    series: &BTreeMap<String, Series>,
+    chart: RunChart,
+    kept: &[i64],
+) -> Figure {
+    let own = (style.colour, style.dash);
     let panels = match chart {
         RunChart::Loss => {
             vec![step_panel(meta, series, "loss", &[("loss", "loss", own.0, own.1)], "no steps logged yet")]
@@ -165,8 +180,8 @@ pub fn figure(meta: &RunMeta, series: &BTreeMap<String, Series>, chart: RunChart
             series,
             "KL (nats)",
             &[
-                ("eval/kl_init", "KL to π_init", own.0, own.1),
-                ("eval/kl_ref", "KL to the reference", SECONDARY, Dash::Dashed),
+                ("eval/kl_init", "KL to π_init (nats)", own.0, own.1),
+                ("eval/kl_ref", "KL to the reference (nats)", SECONDARY, Dash::Dashed),
             ],
             NO_EVALS,
         )],
@@ -174,44 +189,72 @@ pub fn figure(meta: &RunMeta, series: &BTreeMap<String, Series>, chart: RunChart
             let mut panel =
                 step_panel(meta, series, "eval/gold_reward", &[("eval/gold_reward", "gold", own.0, own.1)], NO_EVALS);
             let evals = super::evals(series);
-            if let Some(s) = super::summarize(&evals, &[]) {
-                panel.markers.push(peak_marker(meta, s.peak_step as f64, s.peak_gold, &s));
+            if let Some(s) = super::summarize(&evals, kept) {
+                panel.markers.push(peak_marker(meta, s.peak_step as f64, s.peak_gold, &s, kept));
             }
             vec![panel]
         }
         RunChart::Ood => {
             vec![step_panel(meta, series, "eval/ood_mass", &[("eval/ood_mass", "OOD mass", own.0, own.1)], NO_EVALS)]
         }
-        RunChart::Path => vec![path_panel(meta, series)],
+        RunChart::Path => vec![path_panel(meta, style, series, kept)],
+        RunChart::Sft => vec![sft_panel(meta, series, own.0)],
     };
-    Figure { title: chart.title().into(), size: SIZE, panels, colour_bar: false }
+    Figure { title: chart.title().into(), size: SIZE, panels, colour_bar: false, legend: Vec::new() }
 }
 
-fn peak_marker(meta: &RunMeta, x: f64, y: f64, s: &trainer::summary::RunSummary) -> Marker {
+/// π_init's SFT loss and KL(behaviour ‖ π) against the SFT step, log scale.
+fn sft_panel(meta: &RunMeta, series: &BTreeMap<String, Series>, colour: RGBColor) -> Panel {
+    let note = if meta.config.task.is_toy() {
+        "no SFT step reported yet"
+    } else {
+        "no π_init SFT: a dataset run starts from the model's own weights"
+    };
+    let mut panel = step_panel(
+        meta,
+        series,
+        "nats (log)",
+        &[
+            ("sft/loss", "SFT loss (cross-entropy)", colour, Dash::Solid),
+            ("sft/kl_behaviour", "KL(behaviour ‖ π)", SECONDARY, Dash::Dashed),
+        ],
+        note,
+    );
+    panel.x = Axis::new("SFT step");
+    panel.y = Axis { label: "nats".into(), log: true };
+    panel
+}
+
+fn peak_marker(meta: &RunMeta, x: f64, y: f64, s: &RunSummary, kept: &[i64]) -> Marker {
+    let has_weights = kept.contains(&(s.peak_step as i64));
     Marker {
         key: meta.key(),
         x,
         y,
         colour: RGBColor(230, 60, 40),
-        shape: Shape::Circle,
+        shape: if has_weights { Shape::Circle } else { Shape::Ring },
         text: format!(
-            "peak · run {} · step {} · sqrt(KL) {} · gold {}",
+            "peak · run {} · step {} · d {} √nats (KL {} nats) · gold {} · {}",
             meta.id,
             s.peak_step,
-            number(s.peak_kl.max(0.0).sqrt()),
-            number(s.peak_gold)
+            number(s.peak_d()),
+            number(s.peak_kl),
+            number(s.peak_gold),
+            if has_weights { "weights kept: download it below" } else { "weights not kept" }
         ),
     }
 }
 
-/// Gold reward along sqrt(KL to π_init), the Gao et al. RL-form fit and the peak.
-fn path_panel(meta: &RunMeta, series: &BTreeMap<String, Series>) -> Panel {
+/// Gold reward along d = sqrt(KL to π_init), both Gao et al. fits, the peak and the run's own
+/// Pareto front. A fitted optimum is drawn only once the observed curve has turned down, and its
+/// tooltip says when it disagrees with the observed peak.
+fn path_panel(meta: &RunMeta, style: Style, series: &BTreeMap<String, Series>, kept: &[i64]) -> Panel {
     let evals = super::evals(series);
     let points: Vec<(i64, f64, f64)> =
-        super::eval_points(&evals).iter().map(|p| (p.step as i64, p.kl.max(0.0).sqrt(), p.gold)).collect();
+        super::eval_points(&evals).iter().map(|p| (p.step as i64, p.d(), p.gold)).collect();
     let mut panel = Panel {
         title: String::new(),
-        x: Axis::new("sqrt(KL(π_θ ‖ π_init))"),
+        x: Axis::new("d = sqrt(KL(π_θ ‖ π_init)) (√nats)"),
         y: Axis::new("gold reward"),
         empty_note: NO_EVALS.into(),
         ..Panel::default()
@@ -219,14 +262,20 @@ fn path_panel(meta: &RunMeta, series: &BTreeMap<String, Series>) -> Panel {
     if points.is_empty() {
         return panel;
     }
-    let kept = downsample(&points, LINE_POINTS, |p| Some(p.2));
-    let hover = hover_indices(kept.len())
+    let kept_points = downsample(&points, LINE_POINTS, |p| Some(p.2));
+    let hover = hover_indices(kept_points.len())
         .map(|i| {
-            let (step, d, g) = kept[i];
+            let (step, d, g) = kept_points[i];
             Hover {
                 x: d,
                 y: g,
-                text: format!("run {} · step {step} · sqrt(KL) {} · gold {}", meta.id, number(d), number(g)),
+                text: format!(
+                    "run {} · step {step} · d {} √nats (KL {} nats) · gold {}",
+                    meta.id,
+                    number(d),
+                    number(d * d),
+                    number(g)
+                ),
             }
         })
         .collect();
@@ -234,53 +283,83 @@ fn path_panel(meta: &RunMeta, series: &BTreeMap<String, Series>) -> Panel {
         key: meta.key(),
         label: meta.label(),
         kind: LineKind::Main,
-        colour: meta.colour(),
-        dash: meta.dash(),
-        points: kept.iter().map(|p| (p.1, p.2)).collect(),
+        colour: style.colour,
+        dash: style.dash,
+        marker: None,
+        points: kept_points.iter().map(|p| (p.1, p.2)).collect(),
         hover,
     });
-    panel.legend.push(LegendEntry { label: meta.short_label(), colour: meta.colour(), dash: meta.dash() });
-    let Some(s) = super::summarize(&evals, &[]) else { return panel };
-    if let Some(fit) = s.fit {
-        let d_max = points.iter().map(|p| p.1).fold(0.0, f64::max);
-        let curve: Vec<(f64, f64)> = (1..=80)
-            .map(|i| d_max * i as f64 / 80.0)
-            .map(|d| (d, s.start_gold + d * (fit.a - fit.b * d.ln())))
-            .collect();
-        let grey = RGBColor(120, 120, 120);
+    panel.legend.push(LegendEntry::line(meta.short_label(), style.colour, style.dash));
+    let Some(s) = super::summarize(&evals, kept) else { return panel };
+    let d_max = points.iter().map(|p| p.1).fold(0.0, f64::max);
+    for (form, dash) in [(FitForm::Rl, Dash::Dashed), (FitForm::BestOfN, Dash::Dotted)] {
+        let Some(fit) = s.fit(form) else { continue };
+        let grey = RGBColor(110, 110, 110);
+        let curve: Vec<(f64, f64)> =
+            (1..=80).map(|i| d_max * i as f64 / 80.0).map(|d| (d, s.start_gold + form.eval(fit.a, fit.b, d))).collect();
+        let name = match form {
+            FitForm::Rl => "RL fit",
+            FitForm::BestOfN => "best-of-n fit",
+        };
+        let summary = format!("{name} (R² {}, error at peak {})", number(fit.r_squared), number(fit.peak_error));
         panel.lines.push(Line {
-            key: format!("{}-fit", meta.key()),
-            label: format!(
-                "Gao fit: R(d) = d ({} − {} ln d), R² {}",
-                number(fit.a),
-                number(fit.b),
-                number(fit.r_squared)
-            ),
+            key: format!("{}-fit-{}", meta.key(), form.name().replace(' ', "-")),
+            label: format!("{} {}, a = {}, b = {}: {summary}", name, form.formula(), number(fit.a), number(fit.b)),
             kind: LineKind::Fit,
             colour: grey,
-            dash: Dash::Dashed,
+            dash,
+            marker: None,
             points: curve,
             hover: Vec::new(),
         });
-        panel.legend.push(LegendEntry {
-            label: format!("Gao fit (R² {})", number(fit.r_squared)),
-            colour: grey,
-            dash: Dash::Dashed,
-        });
-        if let (Some(d), Some(r)) = (fit.d_star, fit.r_star) {
-            if d <= d_max * 1.5 {
+        panel.legend.push(LegendEntry::line(summary, grey, dash));
+        // A fitted optimum is the run's only once the curve has turned down, and then with its caveat.
+        if let (true, Some(d), Some(r)) = (s.peaked, fit.d_star, fit.r_star) {
+            if d <= d_max {
+                let caveat = fit.warning.as_ref().map(|w| format!(" · ⚠ {w}")).unwrap_or_default();
                 panel.markers.push(Marker {
                     key: format!("{}-fit", meta.key()),
                     x: d,
                     y: s.start_gold + r,
                     colour: grey,
                     shape: Shape::Triangle,
-                    text: format!("fitted optimum · d* {} · R* {}", number(d), number(r)),
+                    text: format!(
+                        "{name}'s optimum · d* {} √nats (KL {} nats) · R* {}{caveat}",
+                        number(d),
+                        number(d * d),
+                        number(r)
+                    ),
                 });
             }
         }
     }
-    panel.markers.push(peak_marker(meta, s.peak_kl.max(0.0).sqrt(), s.peak_gold, &s));
+    for p in &s.pareto {
+        if p.step == s.peak_step {
+            continue;
+        }
+        panel.markers.push(Marker {
+            key: meta.key(),
+            x: p.kl.max(0.0).sqrt(),
+            y: p.gold,
+            colour: style.colour,
+            shape: if p.checkpoint { Shape::Circle } else { Shape::Ring },
+            text: format!(
+                "Pareto front · step {} · KL {} nats · gold {} · {}",
+                p.step,
+                number(p.kl),
+                number(p.gold),
+                if p.checkpoint { "weights kept" } else { "weights not kept" }
+            ),
+        });
+    }
+    panel.markers.push(peak_marker(meta, s.peak_d(), s.peak_gold, &s, kept));
+    if !s.peaked {
+        panel.legend.push(LegendEntry::line(
+            "no peak yet: the fits' optima are not shown",
+            RGBColor(110, 110, 110),
+            Dash::Solid,
+        ));
+    }
     panel
 }
 
@@ -289,6 +368,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn style(meta: &RunMeta) -> Style {
+        super::super::style::Styles::for_runs([meta]).of(meta)
+    }
 
     fn series() -> BTreeMap<String, Series> {
         let evals: Vec<i64> = (0..=40).map(|i| i * 25).collect();
@@ -309,26 +392,31 @@ mod tests {
     #[test]
     fn the_path_chart_has_the_run_the_fit_and_the_peak() {
         let meta = RunMeta::new(7, &json!({"task": "toy-tree"}));
-        let fig = figure(&meta, &series(), RunChart::Path);
+        let fig = figure(&meta, style(&meta), &series(), RunChart::Path, &[500]);
         let panel = &fig.panels[0];
-        assert_eq!(panel.lines.iter().map(|l| l.kind).collect::<Vec<_>>(), vec![LineKind::Main, LineKind::Fit]);
+        assert_eq!(
+            panel.lines.iter().map(|l| l.kind).collect::<Vec<_>>(),
+            vec![LineKind::Main, LineKind::Fit, LineKind::Fit],
+            "the run and both Gao forms"
+        );
         assert!(panel.markers.iter().any(|m| m.text.starts_with("peak · run 7")));
+        assert!(fig.to_svg().contains("√nats"), "d has its unit");
         let svg = fig.to_svg();
         assert!(svg.contains("class=\"fit-line\""));
-        assert!(svg.contains("<title>run 7 · step 25 · sqrt(KL) "), "tooltips name run, step, x and y");
+        assert!(svg.contains("<title>run 7 · step 25 · d "), "tooltips name run, step, x and y");
     }
 
     #[test]
     fn every_run_chart_renders_with_and_without_data() {
         let meta = RunMeta::new(7, &json!({}));
         for chart in RunChart::ALL {
-            let full = figure(&meta, &series(), chart).to_svg();
+            let full = figure(&meta, style(&meta), &series(), chart, &[]).to_svg();
             assert!(full.contains(chart.title()), "{}", chart.slug());
-            let empty = figure(&meta, &BTreeMap::new(), chart).to_svg();
+            let empty = figure(&meta, style(&meta), &BTreeMap::new(), chart, &[]).to_svg();
             assert!(empty.contains("no "), "{} says it has no data", chart.slug());
             assert_eq!(RunChart::parse(chart.slug()), Some(chart));
         }
-        let kl = figure(&meta, &series(), RunChart::Kl);
+        let kl = figure(&meta, style(&meta), &series(), RunChart::Kl, &[]);
         assert_eq!(kl.panels[0].lines.len(), 2);
         assert_eq!(kl.panels[0].legend.len(), 2);
     }

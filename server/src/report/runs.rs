@@ -17,8 +17,15 @@ pub struct RunRow {
     pub total_steps: Option<i64>,
     /// 0 … 1.
     pub progress: Option<f64>,
-    /// Seconds left, from the pace so far (running runs).
+    /// Seconds until it ends: from its own pace while it runs; for a queued run, from the queue
+    /// ahead of it and the pace of runs like it (see [`estimate`]).
     pub eta: Option<f64>,
+    /// A queued run's place in the queue, 1 for the next to start.
+    pub queue_position: Option<usize>,
+    /// Seconds until a queued run starts, when the pace ahead of it is known.
+    pub starts_in: Option<f64>,
+    /// Seconds per optimizer step: measured while running, or over the whole finished run.
+    pub pace: Option<f64>,
     pub summary: Option<RunSummary>,
     pub error: Option<String>,
 }
@@ -31,11 +38,17 @@ impl RunRow {
             None if status == RunStatus::Finished => Some(1.0),
             None => None,
         };
-        let eta = match (status, run.started_at, run.heartbeat_at, run.total_steps) {
-            (RunStatus::Running, Some(started), Some(beat), Some(total)) if run.step > 0 && beat > started => {
-                let per_step = (beat - started) as f64 / 1000.0 / run.step as f64;
-                Some(per_step * (total - run.step).max(0) as f64)
+        let pace = match (status, run.started_at, run.heartbeat_at, run.finished_at, run.total_steps) {
+            (RunStatus::Running, Some(started), Some(beat), _, _) if run.step > 0 && beat > started => {
+                Some((beat - started) as f64 / 1000.0 / run.step as f64)
             }
+            (RunStatus::Finished, Some(started), _, Some(finished), Some(total)) if total > 0 && finished > started => {
+                Some((finished - started) as f64 / 1000.0 / total as f64)
+            }
+            _ => None,
+        };
+        let eta = match (status, pace, run.total_steps) {
+            (RunStatus::Running, Some(pace), Some(total)) => Some(pace * (total - run.step).max(0) as f64),
             _ => None,
         };
         Self {
@@ -46,9 +59,17 @@ impl RunRow {
             total_steps: run.total_steps,
             progress,
             eta,
+            queue_position: None,
+            starts_in: None,
+            pace,
             summary: super::summarize(evals, checkpoint_steps),
             error: run.error.clone(),
         }
+    }
+
+    /// Optimizer steps the run takes: known once it started, else its config's `max_steps`.
+    fn planned_steps(&self) -> Option<i64> {
+        self.total_steps.or_else(|| self.meta.config.max_steps.and_then(|m| i64::try_from(m).ok()))
     }
 
     pub fn id(&self) -> i64 {
@@ -66,7 +87,7 @@ impl RunRow {
             Column::Alpha => num(self.meta.alpha()),
             Column::Tau => num(self.meta.tau().map(|t| t as f64)),
             Column::Beta => Key::Number(self.meta.config.beta),
-            Column::Seed => Key::Number(self.meta.config.seed as f64),
+            Column::Seed => Key::Number(self.meta.config.task_seed as f64 * 1e9 + self.meta.config.seed as f64),
             Column::Progress => num(self.progress),
             Column::StartGold => num(s.map(|s| s.start_gold)),
             Column::PeakGold => num(s.map(|s| s.peak_gold)),
@@ -74,6 +95,46 @@ impl RunRow {
             Column::PeakKl => num(s.map(|s| s.peak_kl)),
             Column::Drop => num(s.map(|s| s.drop)),
         }
+    }
+}
+
+/// Queue positions and when each run should end, as this server would run them: the oldest
+/// queued run starts next, on the first of `slots` trainers to free up. A run without its own pace
+/// takes the median pace of finished or running runs of the same task (all runs, failing that);
+/// without any, queued runs get their position but no times.
+pub fn estimate(rows: &mut [RunRow], slots: usize) {
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let overall = median(rows.iter().filter_map(|r| r.pace).collect());
+    let pace_of = |row: &RunRow, rows: &[RunRow]| -> Option<f64> {
+        row.pace.or_else(|| {
+            median(rows.iter().filter(|r| r.meta.config.task == row.meta.config.task).filter_map(|r| r.pace).collect())
+                .or(overall)
+        })
+    };
+    let running: Vec<f64> =
+        rows.iter().filter(|r| r.status == RunStatus::Running).map(|r| r.eta.unwrap_or(0.0)).collect();
+    let mut free_at: Vec<f64> = running.clone();
+    free_at.resize(slots.max(running.len()).max(1), 0.0);
+    let mut queued: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].status == RunStatus::Queued).collect();
+    queued.sort_by_key(|&i| rows[i].meta.id);
+    let mut known = true;
+    for (position, i) in queued.into_iter().enumerate() {
+        rows[i].queue_position = Some(position + 1);
+        let duration = match (pace_of(&rows[i], rows), rows[i].planned_steps()) {
+            (Some(pace), Some(steps)) if known => pace * steps as f64,
+            _ => {
+                // Everything after a run of unknown length starts at an unknown time.
+                known = false;
+                continue;
+            }
+        };
+        let slot = (0..free_at.len()).min_by(|&a, &b| free_at[a].total_cmp(&free_at[b])).expect("a slot");
+        rows[i].starts_in = Some(free_at[slot]);
+        free_at[slot] += duration;
+        rows[i].eta = Some(free_at[slot]);
     }
 }
 
@@ -145,12 +206,12 @@ impl Column {
             Self::Alpha => "α",
             Self::Tau => "τ",
             Self::Beta => "β",
-            Self::Seed => "Seed",
+            Self::Seed => "Seeds",
             Self::Progress => "Progress",
             Self::StartGold => "Start gold",
             Self::PeakGold => "Peak gold",
             Self::FinalGold => "Final gold",
-            Self::PeakKl => "KL at peak",
+            Self::PeakKl => "KL at peak (nats)",
             Self::Drop => "Drop",
         }
     }
@@ -231,8 +292,8 @@ mod tests {
         let evals: Vec<Eval> = peak
             .map(|p| {
                 vec![
-                    Eval { step: 0, kl: Some(0.0), kl_ref: None, gold: Some(0.0), ood: None },
-                    Eval { step: 5, kl: Some(1.0), kl_ref: None, gold: Some(p), ood: None },
+                    Eval { step: 0, kl: Some(0.0), gold: Some(0.0), ..Eval::default() },
+                    Eval { step: 5, kl: Some(1.0), gold: Some(p), ..Eval::default() },
                 ]
             })
             .unwrap_or_default();
@@ -279,5 +340,26 @@ mod tests {
         assert_eq!(r.progress, Some(0.5));
         assert_eq!(r.eta, Some(5.0), "5 steps in 5 s, 5 to go");
         assert_eq!(row(1, "finished", None, None).eta, None);
+    }
+
+    #[test]
+    fn queued_runs_get_their_place_and_times_from_the_pace_of_runs_like_them() {
+        // One running (5 s left at 1 s a step), three queued of 10 steps, two trainers.
+        let mut rows = vec![row(1, "running", None, None), row(4, "queued", None, None), row(2, "queued", None, None)];
+        rows.push(row(3, "queued", None, None));
+        for r in rows.iter_mut().skip(1) {
+            r.total_steps = None;
+            r.meta.config.max_steps = Some(10);
+        }
+        estimate(&mut rows, 2);
+        let by_id = |id: i64| rows.iter().find(|r| r.id() == id).unwrap();
+        assert_eq!(by_id(2).queue_position, Some(1));
+        assert_eq!((by_id(2).starts_in, by_id(2).eta), (Some(0.0), Some(10.0)), "the idle trainer takes it");
+        assert_eq!((by_id(3).starts_in, by_id(3).eta), (Some(5.0), Some(15.0)), "after the running run");
+        assert_eq!((by_id(4).queue_position, by_id(4).starts_in), (Some(3), Some(10.0)));
+        // Without any pace, only the positions.
+        let mut unknown = vec![row(5, "queued", None, None), row(6, "queued", None, None)];
+        estimate(&mut unknown, 1);
+        assert_eq!((unknown[1].queue_position, unknown[1].eta), (Some(2), None));
     }
 }

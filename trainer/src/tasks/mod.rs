@@ -13,7 +13,9 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{LossType, RunConfig, Task};
 use crate::data::{Dataset, PairedExample};
 use crate::error::{Error, Result};
+use crate::metrics::MetricSink;
 use crate::model::ModelConfig;
+use crate::sft::SftStep;
 use crate::train::{dataset_for_loss, Evaluator, Setup};
 
 /// What a toy task hands the training loop.
@@ -30,10 +32,23 @@ impl std::fmt::Debug for TaskSetup {
 
 /// Builds the toy task the config names (π_init comes from the cache when present).
 pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
+    build_reporting(cfg, device, &mut crate::metrics::MemorySink::default())
+}
+
+/// [`build`], reporting π_init's SFT steps to the run's sink (`sft/loss`, `sft/kl_behaviour`).
+pub fn build_reporting(cfg: &RunConfig, device: &Device, sink: &mut dyn MetricSink) -> Result<TaskSetup> {
     cfg.validate().map_err(Error::Config)?;
+    // SFT takes minutes for a new task_seed: a cancel or a shutdown must not wait for it.
+    let mut progress = |step: &SftStep, max_steps: u64| {
+        sink.sft(step.step, max_steps, &step.metrics())?;
+        if sink.should_stop() {
+            return Err(Error::StoppedBeforeTraining);
+        }
+        Ok(())
+    };
     let mut task = match cfg.task {
-        Task::ToyTree => toy_tree::build(cfg, device)?,
-        Task::ToyLength => toy_length::build(cfg, device)?,
+        Task::ToyTree => toy_tree::build(cfg, device, &mut progress)?,
+        Task::ToyLength => toy_length::build(cfg, device, &mut progress)?,
         Task::Dataset => return Err(Error::model("task \"dataset\" is not a toy task")),
     };
     // π_init was fitted in float32; only the run's own training uses bf16/fp16.

@@ -55,7 +55,7 @@ impl ToyLengthParams {
             max_new_tokens: cfg.toy_response_length,
             pairs_per_prompt: cfg.toy_pairs_per_prompt,
             label_temperature: cfg.toy_label_temperature,
-            seed: cfg.seed,
+            seed: cfg.task_seed,
         }
     }
 }
@@ -149,11 +149,11 @@ impl SftTarget for BehaviourCloning {
     }
 }
 
-pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
+pub fn build(cfg: &RunConfig, device: &Device, progress: sft::SftProgress<'_>) -> Result<TaskSetup> {
     let task = ToyLength::new(ToyLengthParams::from_config(cfg));
     let model_config = toy_model_config(cfg, task.vocab_size(), PROMPT_TOKENS + task.params.max_new_tokens + 1)?;
     let model = CausalLm::new(model_config.clone(), device);
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.task_seed);
     rng.set_stream(12);
     let sft_data: Vec<Sequence> = (0..task.params.num_prompts)
         .flat_map(|x| (0..SFT_SAMPLES).map(move |_| x))
@@ -165,7 +165,11 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
         &sft::cache_dir(cfg),
         &("toy-length", &task.params, model_config.to_hf_json(), cfg.initializer_range),
         &model,
-        || sft::train_initial_policy(&model, &objective, cfg.seed, cfg.initializer_range, f64::NEG_INFINITY, SFT_STEPS),
+        progress,
+        |progress| {
+            let (seed, range) = (cfg.task_seed, cfg.initializer_range);
+            sft::train_initial_policy(&model, &objective, seed, range, f64::NEG_INFINITY, SFT_STEPS, progress)
+        },
     )?;
 
     // Pairs from π_init with the KV-cache sampler, labelled by Bradley–Terry on the gold reward.

@@ -48,7 +48,7 @@ impl ToyTreeParams {
             pairs_per_prompt: cfg.toy_pairs_per_prompt,
             label_temperature: cfg.toy_label_temperature,
             behaviour_temperature: cfg.toy_behaviour_temperature,
-            seed: cfg.seed,
+            seed: cfg.task_seed,
         }
     }
 }
@@ -385,14 +385,19 @@ impl SftTarget for BehaviourCloning<'_> {
         let kl = f64::from(ce.to_scalar::<f32>()?) - self.entropy;
         Ok((ce, kl))
     }
+
+    fn criterion_is_kl(&self) -> bool {
+        true
+    }
 }
 
 /// KL(behaviour ‖ π_init) at which SFT stops (SPEC §4).
 pub const SFT_TARGET_KL: f64 = 0.002;
 const SFT_MAX_STEPS: u64 = 5000;
 
-/// The task, π_init (cached), the preference data and the exact evaluator, from the config.
-pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
+/// The task, π_init (cached; its SFT reported to `progress`), the preference data and the exact
+/// evaluator, from the config.
+pub fn build(cfg: &RunConfig, device: &Device, progress: sft::SftProgress<'_>) -> Result<TaskSetup> {
     let tree = Arc::new(ToyTree::new(ToyTreeParams::from_config(cfg)));
     let model_config = tree.model_config(cfg)?;
     let model = CausalLm::new(model_config.clone(), device);
@@ -406,7 +411,11 @@ pub fn build(cfg: &RunConfig, device: &Device) -> Result<TaskSetup> {
         &sft::cache_dir(cfg),
         &("toy-tree", &tree.params, model_config.to_hf_json(), cfg.initializer_range),
         &model,
-        || sft::train_initial_policy(&model, &objective, cfg.seed, cfg.initializer_range, SFT_TARGET_KL, SFT_MAX_STEPS),
+        progress,
+        |progress| {
+            let (seed, range) = (cfg.task_seed, cfg.initializer_range);
+            sft::train_initial_policy(&model, &objective, seed, range, SFT_TARGET_KL, SFT_MAX_STEPS, progress)
+        },
     )?;
     let initial_tree = tree.tree_log_probs(&model, &cached.params.frozen())?;
     let pairs = ToyPairs::sample(&tree, &initial_tree);
@@ -505,9 +514,10 @@ mod tests {
     use crate::logps::sequence_logps;
     use crate::model::ParamSet;
 
-    fn tiny_config(seed: u64) -> RunConfig {
+    fn tiny_config(task_seed: u64) -> RunConfig {
         RunConfig {
             task: crate::config::Task::ToyTree,
+            task_seed,
             toy_num_prompts: 3,
             toy_alphabet_size: 2,
             toy_response_length: 3,
@@ -515,7 +525,6 @@ mod tests {
             toy_hidden_size: 8,
             toy_num_layers: 1,
             toy_num_heads: 2,
-            seed,
             ..RunConfig::default()
         }
     }

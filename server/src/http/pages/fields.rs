@@ -83,6 +83,12 @@ const SAMPLING: &[(&str, &str)] =
     &[("random", "random (reshuffled each epoch)"), ("sequential", "sequential (file order)")];
 const DEVICES: &[(&str, &str)] = &[("cpu", "cpu"), ("cuda", "cuda (a --features cuda build)")];
 const DTYPES: &[(&str, &str)] = &[("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")];
+const SAVE_STRATEGIES: &[(&str, &str)] = &[
+    ("steps", "steps: every save_steps and at the end"),
+    ("best", "best: also the best evaluation so far"),
+    ("pareto", "pareto: also the (KL, metric) front of evaluations"),
+];
+const YES_NO: &[(&str, &str)] = &[("true", "yes"), ("false", "no")];
 
 use Group::{Logging, Method, Optimization, Task, Toy, TrustRegion};
 use Kind::{Bool, Choice, Dataset, Float, Int, Model, Text};
@@ -108,6 +114,7 @@ pub const FIELDS: &[Field] = &[
     Field { name: "toy_hidden_size", group: Toy, kind: Int, help: "Width of the toy policy." },
     Field { name: "toy_num_layers", group: Toy, kind: Int, help: "Depth of the toy policy." },
     Field { name: "toy_num_heads", group: Toy, kind: Int, help: "Attention heads; must divide toy_hidden_size into even head sizes." },
+    Field { name: "task_seed", group: Toy, kind: Int, help: "Seeds the toy problem itself: gold reward, behaviour, π_init and preference data. Runs with one task_seed train on the same problem, so repeats over seed pair up." },
     Field { name: "toy_cache_dir", group: Toy, kind: Text, help: "Where π_init is cached: a directory inside the server's --data-dir. Blank: toy-cache." },
     Field { name: "loss_type", group: Method, kind: Choice(LOSSES), help: "TRL's loss_type: sigmoid is DPO, ipo is IPO (length-averaged), kto is KTO." },
     Field { name: "beta", group: Method, kind: Float, help: "β, the strength of the KL penalty to the reference. TRL's default 0.1." },
@@ -130,13 +137,18 @@ pub const FIELDS: &[Field] = &[
     Field { name: "adam_beta1", group: Optimization, kind: Float, help: "AdamW β₁." },
     Field { name: "adam_beta2", group: Optimization, kind: Float, help: "AdamW β₂." },
     Field { name: "adam_epsilon", group: Optimization, kind: Float, help: "AdamW ε." },
-    Field { name: "seed", group: Optimization, kind: Int, help: "Seeds the init, (toy tasks) the task itself, and the data order unless data_seed is set." },
+    Field { name: "seed", group: Optimization, kind: Int, help: "The training seed: the data order (unless data_seed is set), evaluation sampling and a random_init. A toy task's problem comes from task_seed." },
     Field { name: "data_seed", group: Optimization, kind: Int, help: "Seeds the data order (random sampling) as in transformers: epoch e is torch.randperm seeded with data_seed + e. Blank: seed." },
     Field { name: "train_sampling_strategy", group: Optimization, kind: Choice(SAMPLING), help: "Data order. Blank: TRL's default for the loss, random for sigmoid and ipo, sequential for kto (which refuses random: its KL pairs are neighbours)." },
     Field { name: "dataloader_drop_last", group: Optimization, kind: Bool, help: "Drop the last, short batch of every epoch." },
     Field { name: "logging_steps", group: Logging, kind: Int, help: "Log training metrics every this many steps (averaged over the window)." },
     Field { name: "eval_steps", group: Logging, kind: Int, help: "Evaluate KL, gold reward and OOD mass every this many steps (toy tasks). Blank: never (dataset runs)." },
     Field { name: "save_steps", group: Logging, kind: Int, help: "Write a checkpoint every this many steps and at the end; 0: only at the end." },
+    Field { name: "save_strategy", group: Logging, kind: Choice(SAVE_STRATEGIES), help: "Which checkpoints to keep besides the periodic ones: pareto keeps every evaluation on the front of (KL to π_init ↓, metric ↑), so the best policy at each distance can be downloaded. Default pareto with a gold reward (toy tasks, reward_model_path)." },
+    Field { name: "metric_for_best_model", group: Logging, kind: Text, help: "The evaluation metric best and pareto rank by; default eval/gold_reward when there is one (transformers' name; eval/ is added to a bare name)." },
+    Field { name: "greater_is_better", group: Logging, kind: Choice(YES_NO), help: "Whether a larger metric_for_best_model is better. Blank: yes, unless its name ends in loss." },
+    Field { name: "save_total_limit", group: Logging, kind: Int, help: "Keep at most this many periodic checkpoints, the newest. Blank: all. The best and Pareto ones and the newest are kept whatever it says." },
+    Field { name: "save_pareto_limit", group: Logging, kind: Int, help: "At most this many Pareto checkpoints: both ends of the front (π_init's KL, the peak) and those that spread most evenly between." },
     Field { name: "num_threads", group: Logging, kind: Int, help: "Worker threads per micro-batch, at most the cores (or the server's --max-threads-per-run); 0: one per core." },
     Field { name: "max_new_tokens", group: Logging, kind: Int, help: "Tokens the policy samples per evaluation prompt (temperature 1) for KL, gold reward and length (dataset runs)." },
     Field { name: "device", group: Logging, kind: Choice(DEVICES), help: "Where the model trains: cpu, or cuda in a build with --features cuda (cuda:N through the API)." },
@@ -145,6 +157,70 @@ pub const FIELDS: &[Field] = &[
     Field { name: "gradient_checkpointing", group: Optimization, kind: Bool, help: "Keep only each layer's input and recompute the layer in the backward pass: about half the memory at 6 layers, for one more policy forward pass per step." },
     Field { name: "export_dtype", group: Logging, kind: Choice(DTYPES), help: "Dtype of the exported checkpoint weights; the trained weights stay float32 (also with bf16/fp16), and a float32 copy is kept for resuming." },
 ];
+
+/// The paper's methods by name: each fills `loss_type`, `sync_ref_model`, α and τ. Soft updates
+/// use TRL's (and the paper's) α = 0.6 every step; hard updates replace the reference every
+/// τ = 512 steps.
+pub const PRESETS: &[Preset] = &[
+    Preset::new("dpo", "DPO", "sigmoid", None),
+    Preset::new("tr-dpo-soft", "TR-DPO soft (α = 0.6, τ = 1)", "sigmoid", Some((0.6, 1))),
+    Preset::new("tr-dpo-hard", "TR-DPO hard (α = 1, τ = 512)", "sigmoid", Some((1.0, 512))),
+    Preset::new("ipo", "IPO", "ipo", None),
+    Preset::new("tr-ipo-soft", "TR-IPO soft (α = 0.6, τ = 1)", "ipo", Some((0.6, 1))),
+    Preset::new("tr-ipo-hard", "TR-IPO hard (α = 1, τ = 512)", "ipo", Some((1.0, 512))),
+    Preset::new("kto", "KTO", "kto", None),
+    Preset::new("tr-kto-soft", "TR-KTO soft (α = 0.6, τ = 1)", "kto", Some((0.6, 1))),
+    Preset::new("tr-kto-hard", "TR-KTO hard (α = 1, τ = 512)", "kto", Some((1.0, 512))),
+];
+
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    pub id: &'static str,
+    pub label: &'static str,
+    loss_type: &'static str,
+    /// (α, τ) for a trust-region method.
+    trust_region: Option<(f64, u64)>,
+}
+
+impl Preset {
+    const fn new(
+        id: &'static str,
+        label: &'static str,
+        loss_type: &'static str,
+        trust_region: Option<(f64, u64)>,
+    ) -> Self {
+        Self { id, label, loss_type, trust_region }
+    }
+
+    /// The form values it stands for.
+    pub fn values(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("loss_type", self.loss_type.to_string())];
+        match self.trust_region {
+            None => out.push(("sync_ref_model", "false".into())),
+            Some((alpha, tau)) => out.extend([
+                ("sync_ref_model", "true".into()),
+                ("ref_model_mixup_alpha", crate::charts::number(alpha)),
+                ("ref_model_sync_steps", tau.to_string()),
+            ]),
+        }
+        out
+    }
+}
+
+/// A form posted with a `method` preset: the preset's values go into the fields the user left
+/// blank, so hand-edited fields win (without JavaScript, the only way to combine them).
+pub fn apply_preset(form: &mut Vec<(String, String)>) {
+    let chosen = form.iter().rev().find(|(k, _)| k == "method").map(|(_, v)| v.clone());
+    let Some(preset) = chosen.and_then(|id| PRESETS.iter().find(|p| p.id == id)) else { return };
+    for (key, value) in preset.values() {
+        let set = form.iter().any(|(k, v)| k == key && !v.trim().is_empty());
+        // An unticked checkbox sends nothing: the preset decides sync_ref_model unless ticked.
+        if !set {
+            form.retain(|(k, _)| k != key);
+            form.push((key.to_string(), value));
+        }
+    }
+}
 
 pub fn field(name: &str) -> Option<&'static Field> {
     FIELDS.iter().find(|f| f.name == name)
@@ -177,6 +253,8 @@ pub fn config_from_form(form: &[(String, String)]) -> (Value, Vec<FieldError>) {
                 }
             },
             Bool => Some(Value::Bool(matches!(raw, "true" | "on" | "1"))),
+            // A yes/no choice is a boolean that may be left unset.
+            Choice(YES_NO) => Some(Value::Bool(raw == "true")),
             Choice(_) | Model | Dataset | Text => Some(Value::String(raw.to_string())),
         };
         if let Some(v) = value {
@@ -287,6 +365,23 @@ mod tests {
         let (config, errors) = config_from_form(&form);
         assert_eq!(config, json!({"task": "toy-tree", "beta": 0.2, "sync_ref_model": true}));
         assert_eq!(errors, vec![FieldError::new("max_steps", "must be a whole number ≥ 0")]);
+    }
+
+    #[test]
+    fn a_method_preset_fills_the_fields_left_blank_and_hand_edits_win() {
+        let mut form: Vec<(String, String)> =
+            [("method", "tr-ipo-hard"), ("ref_model_sync_steps", "64"), ("loss_type", "")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        apply_preset(&mut form);
+        let (config, errors) = config_from_form(&form);
+        assert!(errors.is_empty());
+        assert_eq!(
+            config,
+            json!({"loss_type": "ipo", "sync_ref_model": true, "ref_model_mixup_alpha": 1.0, "ref_model_sync_steps": 64})
+        );
+        assert_eq!(PRESETS.len(), 9, "DPO, IPO, KTO × vanilla, TR soft, TR hard");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Preview {
 #[derive(Template)]
 #[template(path = "run_new.html")]
 struct NewRunPage {
+    /// The paper's methods: (id, label, selected, the values it fills as JSON for the script).
+    presets: Vec<(&'static str, &'static str, bool, String)>,
     groups: Vec<GroupView>,
     parent: Option<i64>,
     /// Problems not tied to one field, and every field problem, for the summary at the top.
@@ -143,6 +145,19 @@ pub fn groups(
         .collect()
 }
 
+/// The method menu: the one whose values the form holds is selected.
+fn presets(values: &BTreeMap<String, String>) -> Vec<(&'static str, &'static str, bool, String)> {
+    let chosen = values.get("method").cloned().unwrap_or_default();
+    fields::PRESETS
+        .iter()
+        .map(|p| {
+            let json: serde_json::Map<String, serde_json::Value> =
+                p.values().into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v))).collect();
+            (p.id, p.label, p.id == chosen, serde_json::Value::Object(json).to_string())
+        })
+        .collect()
+}
+
 /// Errors for the summary at the top of a form: (field id to link to, text).
 pub fn summary(errors: &[FieldError]) -> Vec<(String, String)> {
     errors
@@ -170,6 +185,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Query(q): Query<Sh
         }
     };
     let page_data = NewRunPage {
+        presets: presets(&values),
         groups: groups(&state, &values, &[], None),
         parent,
         summary: Vec::new(),
@@ -180,11 +196,13 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Query(q): Query<Sh
 }
 
 async fn submit(State(state): State<AppState>, csrf: CsrfToken, body: String) -> PageResult {
-    let form = pairs(&body);
+    let mut form = pairs(&body);
+    fields::apply_preset(&mut form);
     let values: BTreeMap<String, String> = form.iter().cloned().collect();
     let parent = value(&form, "parent").and_then(|p| p.parse::<i64>().ok());
     let render = |status: StatusCode, errors: Vec<FieldError>, preview: Option<Preview>| -> PageResult {
         let page_data = NewRunPage {
+            presets: presets(&values),
             groups: groups(&state, &values, &errors, None),
             parent,
             summary: summary(&errors),

@@ -1,6 +1,9 @@
-//! `/runs/{id}`: status, progress and ETA, config, the error of a failed run, the charts (each
-//! also at `/runs/{id}/charts/<chart>.svg|png`, which the page's script fetches again as new
-//! metrics arrive), the checkpoints with their downloads, and cancel, retry and clone.
+//! `/runs/{id}`: status, progress and ETA (the place in the queue before it starts, π_init's SFT
+//! before its first step), config, the error of a failed run, the overoptimization summary with
+//! both fits, the charts (each also at `/runs/{id}/charts/<chart>.svg|png`, which the page's
+//! script fetches again as new metrics arrive), the run's Pareto front and its checkpoints with
+//! their downloads, and cancel, retry (from the last checkpoint, or start over) and clone. The
+//! script also keeps the buttons, badges and tables in step with the run, without a reload.
 
 use std::collections::BTreeMap;
 
@@ -11,14 +14,19 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::{bytes, figure_file, num, page, see_other, when, PageResult};
+use crate::charts::colour::hex;
 use crate::db::{self, runs::Run, runs::RunStatus};
 use crate::http::error::Error;
-use crate::http::runs::{find, parse_id};
+use crate::http::runs::{find, parse_id, RetryFrom};
 use crate::http::security::CsrfToken;
 use crate::http::AppState;
+use crate::report::compare::fit_cell;
 use crate::report::run::{figure, RunChart};
-use crate::report::runs::RunRow;
+use crate::report::runs::{estimate, RunRow};
+use crate::report::style::{Style, Styles};
 use crate::report::{self, duration, Series};
+use trainer::summary::{FitForm, RunSummary};
+use trainer::tasks::toy_tree::SFT_TARGET_KL;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -38,10 +46,34 @@ pub struct CheckpointView {
     pub step: i64,
     pub kl: String,
     pub gold: String,
+    /// Why it is kept: "peak", "Pareto front", "periodic", "last".
+    pub why: String,
     pub size: String,
     pub archive: String,
     /// The weights alone (`model.safetensors`), when recorded.
     pub weights: Option<String>,
+}
+
+pub struct ParetoView {
+    pub step: i64,
+    pub kl: String,
+    pub gold: String,
+    pub peak: bool,
+    pub archive: Option<String>,
+}
+
+pub struct SummaryItem {
+    pub name: &'static str,
+    pub value: String,
+    /// A longer explanation (hover), or why the value should not be taken at face value.
+    pub title: String,
+    pub warning: bool,
+}
+
+impl SummaryItem {
+    fn plain(name: &'static str, value: String) -> Self {
+        Self { name, value, title: String::new(), warning: false }
+    }
 }
 
 #[derive(Template)]
@@ -55,6 +87,8 @@ struct RunPage {
     live: bool,
     cancellable: bool,
     retryable: bool,
+    /// The step a retry resumes from (the last recorded checkpoint).
+    resume_step: Option<i64>,
     cancel_requested: bool,
     total_steps: i64,
     percent: Option<u32>,
@@ -63,8 +97,9 @@ struct RunPage {
     sweep: Option<i64>,
     parent: Option<i64>,
     created: String,
-    summary: Vec<(&'static str, String)>,
+    summary: Vec<SummaryItem>,
     charts: Vec<ChartView>,
+    pareto: Vec<ParetoView>,
     checkpoints: Vec<CheckpointView>,
     config: Vec<(String, String)>,
     toml: String,
@@ -80,25 +115,100 @@ async fn chart_series(state: &AppState, run: &Run) -> Result<BTreeMap<String, Se
     Ok(read.remove(&run.id).map(|s| (*s).clone()).unwrap_or_default())
 }
 
+/// The styles of the run's sweep (or the run alone): its colour and dash as the sweep shows them.
+async fn style_of(state: &AppState, run: &Run, meta: &report::RunMeta) -> Result<Style, Error> {
+    let siblings = match run.sweep_id {
+        Some(sweep) => db::runs::list(&state.pool, None, Some(sweep), db::runs::Sort::Oldest).await?,
+        None => Vec::new(),
+    };
+    let metas: Vec<report::RunMeta> = siblings.iter().map(|r| report::RunMeta::new(r.id, &r.config_json())).collect();
+    let styles = Styles::for_runs(metas.iter().chain(metas.is_empty().then_some(meta)));
+    Ok(styles.of(meta))
+}
+
+/// The overoptimization summary, with units, and both fits: "no peak yet" until the curve turns
+/// down, and a warning where a fit's optimum is not the observed one.
+fn summary_items(s: &RunSummary) -> Vec<SummaryItem> {
+    let mut out = vec![
+        SummaryItem::plain("start gold reward", num(Some(s.start_gold))),
+        SummaryItem::plain("peak gold reward", format!("{} at step {}", num(Some(s.peak_gold)), s.peak_step)),
+        SummaryItem::plain(
+            "KL to π_init at the peak",
+            format!("{} nats (d = {} √nats)", num(Some(s.peak_kl)), num(Some(s.peak_d()))),
+        ),
+        SummaryItem::plain("final gold reward", num(Some(s.final_gold))),
+        SummaryItem::plain("drop (peak − final)", num(Some(s.drop))),
+    ];
+    if !s.peaked {
+        out.push(SummaryItem {
+            name: "peak",
+            value: "no peak yet".into(),
+            title: "the gold reward has not turned down beyond noise since its highest evaluation".into(),
+            warning: false,
+        });
+    }
+    for (name, form) in [("RL fit (Gao et al.)", FitForm::Rl), ("best-of-n fit (Gao et al.)", FitForm::BestOfN)] {
+        let cell = fit_cell(s, form);
+        out.push(SummaryItem { name, value: cell.text, title: cell.title, warning: cell.warning });
+    }
+    out
+}
+
 async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<String>) -> PageResult {
     let run = find(&state, &id).await?;
     let series = chart_series(&state, &run).await?;
     let evals = report::evals(&series);
     let checkpoints = db::checkpoints::list(&state.pool, run.id).await?;
     let steps: Vec<i64> = checkpoints.iter().map(|c| c.step).collect();
-    let row = RunRow::new(&run, &evals, &steps);
+    let mut row = RunRow::new(&run, &evals, &steps);
+    if row.status == RunStatus::Queued {
+        // Its place in the queue depends on every run in it.
+        let everything = db::runs::list(&state.pool, None, None, db::runs::Sort::Oldest).await?;
+        let mut rows: Vec<RunRow> =
+            everything.iter().filter(|r| !r.status().is_terminal()).map(|r| RunRow::new(r, &[], &[])).collect();
+        estimate(&mut rows, state.settings.max_concurrent_runs);
+        if let Some(me) = rows.into_iter().find(|r| r.id() == run.id) {
+            (row.queue_position, row.starts_in, row.eta) = (me.queue_position, me.starts_in, me.eta);
+        }
+    }
+    let sft = if run.total_steps.is_none() && row.status == RunStatus::Running {
+        db::metrics::latest_sft(&state.pool, &[run.id]).await?.remove(&run.id)
+    } else {
+        None
+    };
     let meta = &row.meta;
     let status = row.status;
+    let style = style_of(&state, &run, meta).await?;
 
     let mut checkpoint_views = Vec::with_capacity(checkpoints.len());
     for c in &checkpoints {
         let at = evals.iter().find(|e| e.step == c.step);
         let files = db::checkpoints::files(&state.pool, run.id, c.step).await?;
         let base = format!("/api/runs/{}/checkpoints/{}", run.id, c.step);
+        let mut why = Vec::new();
+        if let Some(s) = &row.summary {
+            if s.peak_step as i64 == c.step {
+                why.push("peak");
+            }
+            if s.pareto.iter().any(|p| p.step as i64 == c.step) {
+                why.push("Pareto front");
+            }
+        }
+        let save_steps = i64::try_from(meta.config.save_steps).unwrap_or(0);
+        if save_steps > 0 && c.step > 0 && c.step % save_steps == 0 {
+            why.push("every save_steps");
+        }
+        if Some(c.step) == run.total_steps {
+            why.push("last step");
+        }
+        if why.is_empty() && Some(&c.step) == steps.last() {
+            why.push("newest: a resume starts here");
+        }
         checkpoint_views.push(CheckpointView {
             step: c.step,
             kl: num(at.and_then(|e| e.kl)),
             gold: num(at.and_then(|e| e.gold)),
+            why: why.join(", "),
             size: bytes(c.bytes),
             archive: format!("{base}/archive"),
             weights: files
@@ -107,28 +217,23 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
                 .then(|| format!("{base}/files/model.safetensors")),
         });
     }
-    let summary = match &row.summary {
-        None => Vec::new(),
-        Some(s) => {
-            let mut out = vec![
-                ("start gold reward", num(Some(s.start_gold))),
-                ("peak gold reward", format!("{} at step {}", num(Some(s.peak_gold)), s.peak_step)),
-                ("KL at the peak", num(Some(s.peak_kl))),
-                ("final gold reward", num(Some(s.final_gold))),
-                ("drop (peak − final)", num(Some(s.drop))),
-            ];
-            if let Some(f) = s.fit {
-                out.push((
-                    "Gao fit a, b",
-                    format!("{}, {} (R² {})", num(Some(f.a)), num(Some(f.b)), num(Some(f.r_squared))),
-                ));
-                if let (Some(d), Some(r)) = (f.d_star, f.r_star) {
-                    out.push(("fitted optimum d*, R*", format!("{}, {}", num(Some(d)), num(Some(r)))));
-                }
-            }
-            out
-        }
-    };
+    let summary = row.summary.as_ref().map(summary_items).unwrap_or_default();
+    let pareto = row
+        .summary
+        .as_ref()
+        .map(|s| {
+            s.pareto
+                .iter()
+                .map(|p| ParetoView {
+                    step: p.step as i64,
+                    kl: num(Some(p.kl)),
+                    gold: num(Some(p.gold)),
+                    peak: p.step == s.peak_step,
+                    archive: p.checkpoint.then(|| format!("/api/runs/{}/checkpoints/{}/archive", run.id, p.step)),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let stored = run.config_json();
     let config = stored
         .as_object()
@@ -148,25 +253,42 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         })
         .unwrap_or_default();
     let mut progress_text = match (status, run.total_steps) {
-        (RunStatus::Queued, None) => "waiting for a free trainer".to_string(),
-        (RunStatus::Running, None) if meta.config.task.is_toy() => {
-            "starting: the toy task trains (or loads) its π_init first".to_string()
-        }
+        (RunStatus::Queued, _) => match row.queue_position {
+            Some(1) => "waiting for a free trainer: next in the queue".to_string(),
+            Some(n) => format!("waiting for a free trainer: {} runs ahead in the queue", n - 1),
+            None => "waiting for a free trainer".to_string(),
+        },
+        (RunStatus::Running, None) => match &sft {
+            Some((step, values)) => {
+                let kl = values
+                    .get("sft/kl_behaviour")
+                    .map(|kl| format!(", KL(behaviour ‖ π) {} nats (stops at {})", num(Some(*kl)), SFT_TARGET_KL))
+                    .unwrap_or_default();
+                format!("building π_init: SFT step {step}{kl}")
+            }
+            None if meta.config.task.is_toy() => "starting: the toy task trains (or loads) its π_init first".into(),
+            None => "starting".into(),
+        },
         (_, None) => format!("step {}", run.step),
         (_, Some(total)) => format!("step {} of {total}", run.step),
     };
-    if let Some(eta) = row.eta {
-        progress_text.push_str(&format!(" · ETA {}", duration(eta)));
+    match (status, row.starts_in, row.eta) {
+        (RunStatus::Queued, Some(start), Some(end)) => {
+            progress_text.push_str(&format!(" · starts in ~{}, ends in ~{}", duration(start), duration(end)));
+        }
+        (RunStatus::Running, _, Some(eta)) => progress_text.push_str(&format!(" · ETA {}", duration(eta))),
+        _ => {}
     }
     let page_data = RunPage {
         id: run.id,
         label: meta.short_label(),
         method: meta.method(),
-        colour: meta.colour_hex(),
+        colour: hex(style.colour),
         status: status.as_str(),
         live: !status.is_terminal(),
         cancellable: matches!(status, RunStatus::Queued | RunStatus::Running) && !run.cancel_requested,
         retryable: matches!(status, RunStatus::Failed | RunStatus::Cancelled),
+        resume_step: steps.last().copied(),
         cancel_requested: run.cancel_requested && status == RunStatus::Running,
         total_steps: run.total_steps.unwrap_or(0),
         percent: row.progress.map(|p| (p * 100.0).round() as u32),
@@ -176,16 +298,30 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         parent: run.parent_id,
         created: when(run.created_at),
         summary,
-        charts: RunChart::ALL
+        charts: charts_in_order(meta.config.task.is_toy(), sft.is_some())
             .into_iter()
-            .map(|c| ChartView { slug: c.slug(), title: c.title(), svg: figure(meta, &series, c).to_svg() })
+            .map(|c| ChartView {
+                slug: c.slug(),
+                title: c.title(),
+                svg: figure(meta, style, &series, c, &steps).to_svg(),
+            })
             .collect(),
+        pareto,
         checkpoints: checkpoint_views,
         config,
         toml: toml::to_string(&meta.config).unwrap_or_default(),
         csrf: csrf.0,
     };
     page(StatusCode::OK, &page_data)
+}
+
+/// The charts a run page shows: π_init's SFT for toy tasks only, and first while it runs.
+fn charts_in_order(toy: bool, building_initial_policy: bool) -> Vec<RunChart> {
+    let mut charts: Vec<RunChart> = RunChart::ALL.into_iter().filter(|c| *c != RunChart::Sft || toy).collect();
+    if building_initial_policy {
+        charts.sort_by_key(|c| *c != RunChart::Sft);
+    }
+    charts
 }
 
 /// `/runs/{id}/charts/<chart>.svg|png`
@@ -195,7 +331,9 @@ async fn chart(State(state): State<AppState>, Path((id, file)): Path<(String, St
     let chart = RunChart::parse(name).ok_or_else(|| Error::NotFound(format!("chart {name:?}")))?;
     let series = chart_series(&state, &run).await?;
     let meta = report::RunMeta::new(run.id, &run.config_json());
-    figure_file(&figure(&meta, &series, chart), &format!("run-{}-{name}", run.id), ext)
+    let style = style_of(&state, &run, &meta).await?;
+    let steps: Vec<i64> = db::checkpoints::list(&state.pool, run.id).await?.iter().map(|c| c.step).collect();
+    figure_file(&figure(&meta, style, &series, chart, &steps), &format!("run-{}-{name}", run.id), ext)
 }
 
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
@@ -204,8 +342,16 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
     Ok(see_other(&format!("/runs/{id}")))
 }
 
-async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
+/// The form's `from`: `checkpoint` (default) resumes this run, `start` makes a new one.
+async fn retry(State(state): State<AppState>, Path(id): Path<String>, body: String) -> PageResult {
     let id = parse_id(&id, "run")?;
-    let new_id = crate::http::runs::retry_run(&state, id).await?;
-    Ok(see_other(&format!("/runs/{new_id}")))
+    let form = super::pairs(&body);
+    let target = match RetryFrom::parse(super::value(&form, "from"))? {
+        RetryFrom::Checkpoint => {
+            crate::http::runs::resume_run(&state, id).await?;
+            id
+        }
+        RetryFrom::Start => crate::http::runs::retry_run(&state, id).await?,
+    };
+    Ok(see_other(&format!("/runs/{target}")))
 }

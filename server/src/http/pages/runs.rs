@@ -1,8 +1,10 @@
-//! `/`: the runs table. Status, method, α, τ, β, seed, progress with ETA, and each run's start,
-//! peak and final gold reward, KL at the peak and drop; sorted on any column, filtered by
-//! status, method and sweep; selected runs open in Compare.
+//! `/`: the runs table. Status, method, α, τ, β, seeds, progress with ETA (π_init's SFT before
+//! training; the place in the queue before that), and each run's start, peak and final gold
+//! reward, KL at the peak and drop; sorted on any column, filtered by status, method and sweep;
+//! selected runs open in Compare. `/runs/table` is the table alone, which the page's script
+//! polls to keep it live (status, progress, new runs).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use askama::Template;
 use axum::extract::{RawQuery, State};
@@ -11,14 +13,16 @@ use axum::routing::get;
 use axum::Router;
 
 use super::{num, page, pairs, value, PageResult};
+use crate::charts::colour::hex;
 use crate::db::{self, runs::RunStatus};
 use crate::http::security::CsrfToken;
 use crate::http::AppState;
-use crate::report::runs::{select, Column, Filter, RunRow};
+use crate::report::runs::{estimate, select, Column, Filter, RunRow};
+use crate::report::style::Styles;
 use crate::report::{self, duration};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/", get(show))
+    Router::new().route("/", get(show)).route("/runs/table", get(table))
 }
 
 pub struct RowView {
@@ -31,6 +35,8 @@ pub struct RowView {
     pub tau: String,
     pub beta: String,
     pub seed: u64,
+    /// Toy tasks: the problem's seed.
+    pub task_seed: Option<u64>,
     pub sweep: Option<i64>,
     /// 0 … 100, when known.
     pub percent: Option<u32>,
@@ -44,28 +50,23 @@ pub struct RowView {
 }
 
 impl RowView {
-    fn new(r: &RunRow) -> Self {
+    fn new(r: &RunRow, styles: &Styles, sft: Option<&(i64, BTreeMap<String, f64>)>) -> Self {
         let s = r.summary.as_ref();
-        let mut progress_text = match r.total_steps {
-            Some(total) => format!("{} / {total}", r.step),
-            None => r.step.to_string(),
-        };
-        if let Some(eta) = r.eta {
-            progress_text.push_str(&format!(" · ETA {}", duration(eta)));
-        }
+        let style = styles.of(&r.meta);
         Self {
             id: r.id(),
             status: r.status.as_str(),
             method: r.meta.method(),
-            colour: r.meta.colour_hex(),
-            dasharray: r.meta.dash().dasharray().unwrap_or_default(),
+            colour: hex(style.colour),
+            dasharray: style.dash.dasharray().unwrap_or_default(),
             alpha: num(r.meta.alpha()),
             tau: r.meta.tau().map(|t| t.to_string()).unwrap_or_default(),
             beta: num(Some(r.meta.config.beta)),
             seed: r.meta.config.seed,
+            task_seed: r.meta.config.task.is_toy().then_some(r.meta.config.task_seed),
             sweep: r.sweep_id,
             percent: r.progress.map(|p| (p * 100.0).round() as u32),
-            progress_text,
+            progress_text: progress_text(r, sft),
             start_gold: num(s.map(|s| s.start_gold)),
             peak_gold: num(s.map(|s| s.peak_gold)),
             final_gold: num(s.map(|s| s.final_gold)),
@@ -74,6 +75,32 @@ impl RowView {
             error: r.error.clone().unwrap_or_default(),
         }
     }
+}
+
+/// Where a run is: its step and ETA; π_init's SFT before its first step; its place in the queue.
+pub fn progress_text(r: &RunRow, sft: Option<&(i64, BTreeMap<String, f64>)>) -> String {
+    let mut text = match (r.status, r.total_steps, sft) {
+        (RunStatus::Queued, _, _) => match r.queue_position {
+            Some(1) => "next in the queue".to_string(),
+            Some(n) => format!("#{n} in the queue"),
+            None => "queued".to_string(),
+        },
+        (RunStatus::Running, None, Some((step, values))) => {
+            let kl = values.get("sft/kl_behaviour").map(|kl| format!(", KL(behaviour ‖ π) {}", num(Some(*kl))));
+            format!("building π_init: SFT step {step}{}", kl.unwrap_or_default())
+        }
+        (RunStatus::Running, None, None) if r.meta.config.task.is_toy() => "starting: π_init first".to_string(),
+        (_, Some(total), _) => format!("{} / {total}", r.step),
+        (_, None, _) => r.step.to_string(),
+    };
+    match (r.status, r.starts_in, r.eta) {
+        (RunStatus::Queued, Some(start), Some(end)) => {
+            text.push_str(&format!(" · starts in ~{}, ends in ~{}", duration(start), duration(end)));
+        }
+        (RunStatus::Running, _, Some(eta)) => text.push_str(&format!(" · ETA {}", duration(eta))),
+        _ => {}
+    }
+    text
 }
 
 pub struct HeaderView {
@@ -86,20 +113,61 @@ pub struct HeaderView {
 #[derive(Template)]
 #[template(path = "runs.html")]
 struct RunsPage {
-    rows: Vec<RowView>,
-    headers: Vec<HeaderView>,
-    total: usize,
+    t: RunsTable,
+    csrf: String,
     statuses: Vec<(&'static str, bool)>,
     methods: Vec<(String, bool)>,
     sweeps: Vec<(i64, bool)>,
     sort: &'static str,
     dir: &'static str,
+}
+
+/// The table alone: what the page polls to stay live.
+#[derive(Template)]
+#[template(path = "runs_table.html")]
+struct RunsTableFragment {
+    t: RunsTable,
+}
+
+struct RunsTable {
+    rows: Vec<RowView>,
+    headers: Vec<HeaderView>,
+    total: usize,
     any_live: bool,
-    csrf: String,
+    /// This table's own address, with the page's filters and sort.
+    src: String,
 }
 
 async fn show(State(state): State<AppState>, csrf: CsrfToken, RawQuery(query): RawQuery) -> PageResult {
-    let q = pairs(query.as_deref().unwrap_or(""));
+    let (t, choices) = build(&state, query.as_deref().unwrap_or("")).await?;
+    let page_data = RunsPage {
+        csrf: csrf.0,
+        statuses: choices.statuses,
+        methods: choices.methods,
+        sweeps: choices.sweeps,
+        sort: choices.sort,
+        dir: choices.dir,
+        t,
+    };
+    page(StatusCode::OK, &page_data)
+}
+
+async fn table(State(state): State<AppState>, RawQuery(query): RawQuery) -> PageResult {
+    let (t, _) = build(&state, query.as_deref().unwrap_or("")).await?;
+    page(StatusCode::OK, &RunsTableFragment { t })
+}
+
+/// The filter form's choices.
+struct Choices {
+    statuses: Vec<(&'static str, bool)>,
+    methods: Vec<(String, bool)>,
+    sweeps: Vec<(i64, bool)>,
+    sort: &'static str,
+    dir: &'static str,
+}
+
+async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), crate::http::error::Error> {
+    let q = pairs(query);
     let filter = Filter {
         status: value(&q, "status").and_then(RunStatus::parse),
         method: value(&q, "method").filter(|m| !m.is_empty()).map(String::from),
@@ -107,19 +175,25 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, RawQuery(query): R
     };
     let column = value(&q, "sort").and_then(Column::parse).unwrap_or(Column::Id);
     let descending = value(&q, "dir").map_or(column == Column::Id, |d| d == "desc");
+    let dir = if descending { "desc" } else { "asc" };
 
     let runs = db::runs::list(&state.pool, None, None, db::runs::Sort::Newest).await?;
     let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
     let names: Vec<String> = report::EVAL_METRICS.iter().map(|s| (*s).to_string()).collect();
     let series = state.ended_runs.series(&state.pool, &runs, &names).await?;
     let checkpoints = db::checkpoints::steps_of_runs(&state.pool, &ids).await?;
-    let all: Vec<RunRow> = runs
+    let mut all: Vec<RunRow> = runs
         .iter()
         .map(|run| {
             let evals = series.get(&run.id).map(|s| report::evals(s)).unwrap_or_default();
             RunRow::new(run, &evals, checkpoints.get(&run.id).map_or(&[][..], Vec::as_slice))
         })
         .collect();
+    estimate(&mut all, state.settings.max_concurrent_runs);
+    let starting: Vec<i64> =
+        runs.iter().filter(|r| r.status() == RunStatus::Running && r.total_steps.is_none()).map(|r| r.id).collect();
+    let sft = db::metrics::latest_sft(&state.pool, &starting).await?;
+    let styles = Styles::for_runs(all.iter().map(|r| &r.meta));
     let methods: BTreeSet<String> = all.iter().map(|r| r.meta.method()).collect();
     let sweeps: BTreeSet<i64> = all.iter().filter_map(|r| r.sweep_id).collect();
     let total = all.len();
@@ -157,17 +231,22 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, RawQuery(query): R
         })
         .collect();
     let any_live = rows.iter().any(|r| matches!(r.status, RunStatus::Queued | RunStatus::Running));
-    let page_data = RunsPage {
-        rows: rows.iter().map(RowView::new).collect(),
+    let table = RunsTable {
+        rows: rows.iter().map(|r| RowView::new(r, &styles, sft.get(&r.id()))).collect(),
         headers,
         total,
+        any_live,
+        src: format!(
+            "/runs/table{}",
+            keep(&[("sort", column.as_str().into()), ("dir", dir.into())]).trim_start_matches('/')
+        ),
+    };
+    let choices = Choices {
         statuses: RunStatus::ALL.iter().map(|s| (s.as_str(), filter.status == Some(*s))).collect(),
         methods: methods.into_iter().map(|m| (m.clone(), filter.method.as_ref() == Some(&m))).collect(),
         sweeps: sweeps.into_iter().map(|s| (s, filter.sweep == Some(s))).collect(),
         sort: column.as_str(),
-        dir: if descending { "desc" } else { "asc" },
-        any_live,
-        csrf: csrf.0,
+        dir,
     };
-    page(StatusCode::OK, &page_data)
+    Ok((table, choices))
 }
