@@ -520,7 +520,7 @@ pub fn run_trdpo(
         let split = |v: &Tensor| -> Result<Pair> {
             Ok(Pair { chosen: v.narrow(0, 0, PAIRS)?, rejected: v.narrow(0, PAIRS, PAIRS)? })
         };
-        let out = dpo_loss(&split(&pol)?, &split(&refl)?, 0.1, 0.0)?;
+        let out = dpo_loss(&split(&pol)?, &split(&refl)?, 0.1)?;
         let grads = policy.dense_grads(policy.grads_from(&out.loss.backward()?))?;
         let t3 = Instant::now();
         optimizer.step(policy.vars(), &grads, 1e-6)?;

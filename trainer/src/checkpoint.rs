@@ -53,6 +53,10 @@ pub struct TrainerState {
     /// float16 runs' loss scale, so a resumed run does not start over from 2^16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<crate::optim::LossScaler>,
+    /// float16 steps skipped because their gradients overflowed: AdamW (and the schedule) took
+    /// `global_step - skipped_steps` steps.
+    #[serde(default)]
+    pub skipped_steps: u64,
     /// Which checkpoints the run keeps (the Pareto front or best evaluation so far among them).
     #[serde(default)]
     pub retention: crate::retention::Retention,
@@ -224,13 +228,15 @@ pub fn load(dir: &Path, cfg: &ModelConfig, adam: AdamWConfig, device: &Device) -
         None
     };
     let optimizer = AdamW::load(policy.names(), adam, &dir.join(OPTIMIZER_FILE), device)?;
-    if optimizer.steps_taken() != state.global_step {
+    let optimizer_steps = state.global_step.checked_sub(state.skipped_steps);
+    if optimizer_steps != Some(optimizer.steps_taken()) {
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),
             message: format!(
-                "optimizer is at step {} but the state says {}",
+                "optimizer is at step {} but the state says {} steps of which {} were skipped",
                 optimizer.steps_taken(),
-                state.global_step
+                state.global_step,
+                state.skipped_steps
             ),
         });
     }

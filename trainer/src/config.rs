@@ -58,13 +58,40 @@ impl LossType {
     }
 }
 
+/// transformers' `lr_scheduler_type`s that Goodhart implements (`get_scheduler`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum LrSchedulerType {
+    /// The learning rate throughout; `warmup_steps` is ignored, as transformers ignores it.
     Constant,
+    /// Linear warmup from 0, then constant.
+    ConstantWithWarmup,
+    /// Linear warmup, then linear decay to 0 at the last step.
     #[default]
     Linear,
+    /// Linear warmup, then half a cosine down to 0 at the last step.
     Cosine,
+}
+
+impl LrSchedulerType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Constant => "constant",
+            Self::ConstantWithWarmup => "constant_with_warmup",
+            Self::Linear => "linear",
+            Self::Cosine => "cosine",
+        }
+    }
+}
+
+/// transformers' `train_sampling_strategy`: the order the training set is read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplingStrategy {
+    /// A fresh `torch.randperm` each epoch, seeded with `data_seed + epoch` (DPO's default).
+    Random,
+    /// File order (KTO's default and only order: its mismatched pairs are fixed neighbours).
+    Sequential,
 }
 
 /// The floating-point type of the weights a checkpoint exports (`model.safetensors` and
@@ -263,7 +290,9 @@ pub struct RunConfig {
     pub gradient_accumulation_steps: usize,
     /// Clip gradients to this global norm; 0 disables clipping.
     pub max_grad_norm: f64,
-    pub warmup_steps: u64,
+    /// Linear warmup from 0: a number of optimizer steps, or a ratio of them when below 1
+    /// (transformers 5's `warmup_steps`).
+    pub warmup_steps: f64,
     pub lr_scheduler_type: LrSchedulerType,
     pub weight_decay: f64,
     pub adam_beta1: f64,
@@ -272,6 +301,13 @@ pub struct RunConfig {
     /// The training seed: data order, sampling at evaluation, and the init of a `random_init`
     /// model. A toy task's problem comes from `task_seed` instead.
     pub seed: u64,
+    /// Seeds the data order (`train_sampling_strategy = "random"`); unset, `seed` does.
+    pub data_seed: Option<u64>,
+    /// `random` or `sequential`; unset, TRL's default for the loss: `random` for DPO and IPO,
+    /// `sequential` for KTO (which refuses any other).
+    pub train_sampling_strategy: Option<SamplingStrategy>,
+    /// Drop the last, short batch of every epoch.
+    pub dataloader_drop_last: bool,
     /// Worker threads that split each micro-batch (data parallelism); 0 = one per core. candle's
     /// own threads inside each op are set with `RAYON_NUM_THREADS`/`CANDLE_NUM_THREADS`.
     pub num_threads: usize,
@@ -378,13 +414,16 @@ impl Default for RunConfig {
             per_device_train_batch_size: 8,
             gradient_accumulation_steps: 1,
             max_grad_norm: 1.0,
-            warmup_steps: 0,
+            warmup_steps: 0.0,
             lr_scheduler_type: LrSchedulerType::Linear,
             weight_decay: 0.0,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_epsilon: 1e-8,
             seed: 42,
+            data_seed: None,
+            train_sampling_strategy: None,
+            dataloader_drop_last: false,
             num_threads: 0,
             device: "cpu".into(),
             bf16: false,
@@ -503,9 +542,9 @@ impl RunConfig {
         check(self.ref_model_sync_steps >= 1, "ref_model_sync_steps", "must be >= 1");
         check((0.0..0.5).contains(&self.label_smoothing), "label_smoothing", "must be in [0, 0.5)");
         check(
-            self.label_smoothing == 0.0 || self.loss_type == LossType::Sigmoid,
+            self.label_smoothing == 0.0 || self.loss_type != LossType::Kto,
             "label_smoothing",
-            "only applies to loss_type \"sigmoid\"",
+            "KTO has no label smoothing (TRL's KTOConfig has no such key)",
         );
         check(finite(self.desirable_weight) && self.desirable_weight > 0.0, "desirable_weight", "must be > 0");
         check(finite(self.undesirable_weight) && self.undesirable_weight > 0.0, "undesirable_weight", "must be > 0");
@@ -530,6 +569,17 @@ impl RunConfig {
             "must be > 0",
         );
         check(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1");
+        check(
+            self.loss_type != LossType::Kto || self.per_device_train_batch_size != 1,
+            "per_device_train_batch_size",
+            "KTO needs >= 2: its KL estimate pairs each example with another one of its batch (TRL refuses 1 too)",
+        );
+        check(
+            self.loss_type != LossType::Kto || self.train_sampling_strategy != Some(SamplingStrategy::Random),
+            "train_sampling_strategy",
+            "KTO needs \"sequential\": its mismatched pairs are neighbours in a fixed-order batch (TRL refuses \
+             \"random\" too)",
+        );
         check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1");
         check(
             finite(self.max_grad_norm) && self.max_grad_norm >= 0.0,
@@ -537,6 +587,13 @@ impl RunConfig {
             "must be >= 0 (0 disables clipping)",
         );
         check(finite(self.weight_decay) && self.weight_decay >= 0.0, "weight_decay", "must be >= 0");
+        check(
+            finite(self.warmup_steps)
+                && self.warmup_steps >= 0.0
+                && (self.warmup_steps < 1.0 || self.warmup_steps.fract() == 0.0),
+            "warmup_steps",
+            "must be a whole number of steps, or a ratio of the steps in [0, 1)",
+        );
         check((0.0..1.0).contains(&self.adam_beta1), "adam_beta1", "must be in [0, 1)");
         check((0.0..1.0).contains(&self.adam_beta2), "adam_beta2", "must be in [0, 1)");
         check(finite(self.adam_epsilon) && self.adam_epsilon > 0.0, "adam_epsilon", "must be > 0");
@@ -777,6 +834,64 @@ impl RunConfig {
             "toy_num_heads",
             "toy_hidden_size / toy_num_heads must be even (rotary embeddings)".into(),
         );
+    }
+
+    /// Keys this config sets that TRL 1.16 accepts but ignores for this run, each named, as the
+    /// run reports them before it starts. They are ignored here too, so the run stays TRL's.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let loss = self.loss_type.as_str();
+        if self.label_smoothing != 0.0 && self.loss_type != LossType::Kto {
+            out.push(format!(
+                "`label_smoothing` is ignored: TRL 1.16 uses it only for the robust, exo_pair, aot and aot_unpaired \
+                 losses, not for loss_type {loss:?}"
+            ));
+        }
+        if self.warmup_steps != 0.0 && self.lr_scheduler_type == LrSchedulerType::Constant {
+            out.push(
+                "`warmup_steps` is ignored: lr_scheduler_type \"constant\" has no warmup in transformers (use \
+                 \"constant_with_warmup\")"
+                    .into(),
+            );
+        }
+        if self.loss_type != LossType::Kto {
+            for (key, value) in
+                [("desirable_weight", self.desirable_weight), ("undesirable_weight", self.undesirable_weight)]
+            {
+                if value != 1.0 {
+                    out.push(format!("`{key}` is ignored: only KTO weighs examples, not loss_type {loss:?}"));
+                }
+            }
+        }
+        if self.data_seed.is_some() && self.sampling_strategy() == SamplingStrategy::Sequential {
+            out.push(
+                "`data_seed` is ignored: the data is read in order (train_sampling_strategy \"sequential\")".into(),
+            );
+        }
+        out
+    }
+
+    /// `train_sampling_strategy`, or TRL's default for the loss.
+    pub fn sampling_strategy(&self) -> SamplingStrategy {
+        self.train_sampling_strategy.unwrap_or(match self.loss_type {
+            LossType::Kto => SamplingStrategy::Sequential,
+            LossType::Sigmoid | LossType::Ipo => SamplingStrategy::Random,
+        })
+    }
+
+    /// The seed of the data order: `data_seed`, else `seed` (accelerate's `SeedableRandomSampler`).
+    pub fn data_order_seed(&self) -> u64 {
+        self.data_seed.unwrap_or(self.seed)
+    }
+
+    /// Warmup steps of a run of `total_steps` (transformers' `get_warmup_steps`): `warmup_steps`
+    /// itself, or a ratio of the total when below 1, rounded up.
+    pub fn warmup_steps_for(&self, total_steps: u64) -> u64 {
+        if self.warmup_steps >= 1.0 {
+            self.warmup_steps as u64
+        } else {
+            (total_steps as f64 * self.warmup_steps).ceil() as u64
+        }
     }
 
     /// The reference moves during training.
@@ -1054,6 +1169,67 @@ mod tests {
         let errors = RunConfig::from_json_value(json!({"task": "toy-tree", "eval_split_ratio": 0.2})).unwrap_err();
         assert_eq!(fields(&errors), vec!["eval_split_ratio"]);
         assert_eq!(RunConfig::from_json_value(with("eval_split_ratio", json!(0.05))).unwrap().eval_split_ratio, 0.05);
+    }
+
+    #[test]
+    fn kto_refuses_a_batch_of_one_and_random_order_as_trl_does() {
+        let mut v = with("loss_type", json!("kto"));
+        v["per_device_train_batch_size"] = json!(1);
+        let errors = RunConfig::from_json_value(v).unwrap_err();
+        assert_eq!(fields(&errors), vec!["per_device_train_batch_size"]);
+        assert!(errors[0].message.contains("KTO"), "{}", errors[0].message);
+        let mut v = with("loss_type", json!("kto"));
+        v["train_sampling_strategy"] = json!("random");
+        let errors = RunConfig::from_json_value(v).unwrap_err();
+        assert_eq!(fields(&errors), vec!["train_sampling_strategy"]);
+        let kto = RunConfig::from_json_value(with("loss_type", json!("kto"))).unwrap();
+        assert_eq!(kto.sampling_strategy(), SamplingStrategy::Sequential);
+        assert_eq!(RunConfig::from_json_value(base()).unwrap().sampling_strategy(), SamplingStrategy::Random);
+        assert!(RunConfig::from_json_value(with("per_device_train_batch_size", json!(1))).is_ok(), "DPO may use 1");
+    }
+
+    #[test]
+    fn warmup_steps_is_a_count_or_a_ratio_below_one() {
+        let c = RunConfig::from_json_value(with("warmup_steps", json!(3))).unwrap();
+        assert_eq!(c.warmup_steps_for(100), 3);
+        let c = RunConfig::from_json_value(with("warmup_steps", json!(0.25))).unwrap();
+        assert_eq!((c.warmup_steps_for(100), c.warmup_steps_for(10)), (25, 3));
+        for bad in [json!(2.5), json!(-1)] {
+            let errors = RunConfig::from_json_value(with("warmup_steps", bad)).unwrap_err();
+            assert_eq!(fields(&errors), vec!["warmup_steps"]);
+        }
+    }
+
+    #[test]
+    fn keys_trl_ignores_are_named_in_warnings() {
+        assert!(RunConfig::from_json_value(base()).unwrap().warnings().is_empty());
+        let c = RunConfig::from_json_value(with("label_smoothing", json!(0.1))).unwrap();
+        assert!(c.warnings().iter().any(|w| w.starts_with("`label_smoothing` is ignored")), "{:?}", c.warnings());
+        let mut v = with("lr_scheduler_type", json!("constant"));
+        v["warmup_steps"] = json!(10);
+        let c = RunConfig::from_json_value(v).unwrap();
+        assert!(c.warnings().iter().any(|w| w.starts_with("`warmup_steps` is ignored")), "{:?}", c.warnings());
+        let c = RunConfig::from_json_value(with("desirable_weight", json!(2.0))).unwrap();
+        assert!(c.warnings().iter().any(|w| w.starts_with("`desirable_weight` is ignored")));
+        let mut v = with("loss_type", json!("kto"));
+        v["data_seed"] = json!(3);
+        v["desirable_weight"] = json!(2.0);
+        let c = RunConfig::from_json_value(v).unwrap();
+        assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+        assert!(c.warnings()[0].starts_with("`data_seed` is ignored"));
+        // KTOConfig has no label_smoothing at all: refused, as TRL refuses an unknown key.
+        let mut v = with("loss_type", json!("kto"));
+        v["label_smoothing"] = json!(0.1);
+        assert_eq!(fields(&RunConfig::from_json_value(v).unwrap_err()), vec!["label_smoothing"]);
+    }
+
+    #[test]
+    fn the_schedule_takes_transformers_names() {
+        let c = RunConfig::from_json_value(with("lr_scheduler_type", json!("constant_with_warmup"))).unwrap();
+        assert_eq!(c.lr_scheduler_type, LrSchedulerType::ConstantWithWarmup);
+        assert_eq!(c.lr_scheduler_type.as_str(), "constant_with_warmup");
+        let errors = RunConfig::from_json_value(with("lr_scheduler_type", json!("polynomial"))).unwrap_err();
+        assert_eq!(fields(&errors), vec!["lr_scheduler_type"]);
     }
 
     #[test]

@@ -71,16 +71,13 @@ pub struct Pair {
     pub rejected: Tensor,
 }
 
-/// DPO (`loss_type = "sigmoid"`): `-(1-ε) log σ(βΔ) - ε log σ(-βΔ)`, averaged over pairs.
-pub fn dpo_loss(policy: &Pair, reference: &Pair, beta: f64, label_smoothing: f64) -> Result<LossOutput> {
+/// DPO (`loss_type = "sigmoid"`): `-log σ(βΔ)`, averaged over pairs. TRL 1.16's sigmoid loss
+/// has no label smoothing (its `label_smoothing` serves the robust and EXO losses).
+pub fn dpo_loss(policy: &Pair, reference: &Pair, beta: f64) -> Result<LossOutput> {
     let chosen_ratio = (&policy.chosen - &reference.chosen)?;
     let rejected_ratio = (&policy.rejected - &reference.rejected)?;
     let logits = ((&chosen_ratio - &rejected_ratio)? * beta)?;
-    let mut losses = (log_sigmoid(&logits)? * -(1.0 - label_smoothing))?;
-    if label_smoothing > 0.0 {
-        losses = (losses - (log_sigmoid(&logits.neg()?)? * label_smoothing)?)?;
-    }
-    let loss = losses.mean_all()?;
+    let loss = log_sigmoid(&logits)?.neg()?.mean_all()?;
     let mut metrics = vec![("loss", mean(&loss)?)];
     metrics.extend(pair_metrics(
         &(chosen_ratio.detach() * beta)?,
@@ -136,17 +133,22 @@ pub fn kto_loss(
     let pick = |values: &[f32], want: bool| -> Vec<f64> {
         values.iter().zip(labels).filter(|(_, &l)| l == want).map(|(&v, _)| f64::from(v)).collect()
     };
-    let chosen_rewards = mean_of(&pick(&rewards, true));
-    let rejected_rewards = mean_of(&pick(&rewards, false));
-    let metrics = vec![
-        ("loss", mean(&loss)?),
-        ("kl", z0),
-        ("rewards/chosen", chosen_rewards),
-        ("rewards/rejected", rejected_rewards),
-        ("rewards/margins", chosen_rewards - rejected_rewards),
-        ("logps/chosen", mean_of(&pick(&logps, true))),
-        ("logps/rejected", mean_of(&pick(&logps, false))),
-    ];
+    let mut metrics = vec![("loss", mean(&loss)?), ("kl", z0)];
+    // TRL records a label's means only for a micro-batch that has rows of it, and the margin only
+    // when it has both: the logged value averages the micro-batches that had them.
+    let mut label_means = [None, None];
+    for (want, [reward_name, logps_name], slot) in
+        [(true, ["rewards/chosen", "logps/chosen"], 0), (false, ["rewards/rejected", "logps/rejected"], 1)]
+    {
+        if labels.contains(&want) {
+            let reward = mean_of(&pick(&rewards, want));
+            metrics.extend([(reward_name, reward), (logps_name, mean_of(&pick(&logps, want)))]);
+            label_means[slot] = Some(reward);
+        }
+    }
+    if let [Some(chosen), Some(rejected)] = label_means {
+        metrics.push(("rewards/margins", chosen - rejected));
+    }
     Ok(LossOutput { loss, metrics })
 }
 
@@ -173,7 +175,7 @@ mod tests {
     #[test]
     fn dpo_at_equal_policy_and_reference_is_ln_2() {
         let p = Pair { chosen: t(&[-3.0, -5.0]), rejected: t(&[-4.0, -2.0]) };
-        let out = dpo_loss(&p, &p, 0.1, 0.0).unwrap();
+        let out = dpo_loss(&p, &p, 0.1).unwrap();
         assert!((metric(&out, "loss") - std::f64::consts::LN_2).abs() < 1e-6);
         assert_eq!(metric(&out, "rewards/accuracies"), 0.0);
     }
@@ -183,14 +185,11 @@ mod tests {
         let policy = Pair { chosen: t(&[-1.0]), rejected: t(&[-3.0]) };
         let reference = Pair { chosen: t(&[-2.0]), rejected: t(&[-2.5]) };
         // Δ = (−1 + 2) − (−3 + 2.5) = 1.5; loss = −log σ(0.15)
-        let out = dpo_loss(&policy, &reference, 0.1, 0.0).unwrap();
+        let out = dpo_loss(&policy, &reference, 0.1).unwrap();
         let expected = (1.0 + (-0.15f64).exp()).ln();
         assert!((metric(&out, "loss") - expected).abs() < 1e-6);
         assert!((metric(&out, "rewards/margins") - 0.15).abs() < 1e-6);
         assert_eq!(metric(&out, "rewards/accuracies"), 1.0);
-        let smoothed = dpo_loss(&policy, &reference, 0.1, 0.2).unwrap();
-        let expected = 0.8 * (1.0 + (-0.15f64).exp()).ln() + 0.2 * (1.0 + 0.15f64.exp()).ln();
-        assert!((metric(&smoothed, "loss") - expected).abs() < 1e-6);
     }
 
     #[test]
@@ -239,6 +238,13 @@ mod tests {
         assert!((metric(&out, "loss") - expected).abs() < 1e-6);
         assert!((metric(&out, "rewards/chosen") - 0.05).abs() < 1e-6);
         assert!((metric(&out, "rewards/rejected") + 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn kto_logs_no_label_means_for_a_batch_without_that_label() {
+        let out = kto_loss(&t(&[-1.0, -2.0]), &t(&[-1.5, -1.0]), &[true, true], 0.0, 0.1, 1.0, 1.0).unwrap();
+        let names: Vec<&str> = out.metrics.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, vec!["loss", "kl", "rewards/chosen", "logps/chosen"]);
     }
 
     #[test]

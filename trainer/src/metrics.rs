@@ -54,6 +54,10 @@ pub trait MetricSink {
     /// Before the first step of a model run: the memory it was estimated to need.
     fn memory_plan(&mut self, _plan: &crate::memory::MemoryPlan) {}
 
+    /// Before the first step: something the user should know about the config, such as a key
+    /// that TRL (and so this run) ignores for the chosen loss or schedule.
+    fn warning(&mut self, _message: &str) {}
+
     /// Polled before every step: `true` makes the trainer checkpoint and return.
     fn should_stop(&mut self) -> bool {
         false
@@ -66,6 +70,7 @@ pub struct MemorySink {
     pub steps: Vec<(u64, Metrics)>,
     /// The checkpoints kept (deleted ones are removed).
     pub checkpoints: Vec<(u64, PathBuf)>,
+    pub warnings: Vec<String>,
     pub sft: Vec<(u64, Metrics)>,
 }
 
@@ -84,6 +89,10 @@ impl MetricSink for MemorySink {
         self.checkpoints.retain(|(s, _)| *s != step);
         self.checkpoints.push((step, dir.to_path_buf()));
         Ok(())
+    }
+
+    fn warning(&mut self, message: &str) {
+        self.warnings.push(message.to_string());
     }
 
     fn deleting_checkpoint(&mut self, step: u64) -> Result<()> {

@@ -20,19 +20,44 @@ pub struct AdamWConfig {
 }
 
 /// `torch.optim.AdamW`: decoupled weight decay, bias-corrected moments, `eps` outside the sqrt.
+/// Weight decay applies to the parameters transformers' Trainer decays (see [`decays`]).
 #[derive(Debug)]
 pub struct AdamW {
     cfg: AdamWConfig,
     /// Optimizer steps taken so far.
     step: u64,
+    /// Per parameter: whether weight decay applies.
+    decay: Vec<bool>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+}
+
+/// Whether transformers' Trainer applies weight decay to the parameter `name`
+/// (`Trainer.get_decay_parameter_names`): not to biases nor to any norm's parameters, found by
+/// the patterns `bias`, `layernorm`, `rmsnorm`, `(^|\.)norm($|\.)` and `_norm($|\.)` in the
+/// lowercased name. (Its other rule, parameters inside `nn.LayerNorm` modules, adds nothing for
+/// the architectures here: their LayerNorms are all named `*layernorm` or `*_layer_norm`.)
+pub fn decays(name: &str) -> bool {
+    let name = name.to_lowercase();
+    let ends_a_segment = |pattern: &str, preceded_by_dot: bool| {
+        name.match_indices(pattern).any(|(i, _)| {
+            let before_ok = !preceded_by_dot || i == 0 || name.as_bytes()[i - 1] == b'.';
+            let after = name.as_bytes().get(i + pattern.len());
+            before_ok && after.is_none_or(|&c| c == b'.')
+        })
+    };
+    !(name.contains("bias")
+        || name.contains("layernorm")
+        || name.contains("rmsnorm")
+        || ends_a_segment("norm", true)
+        || ends_a_segment("_norm", false))
 }
 
 impl AdamW {
     pub fn new(params: &ParamSet, cfg: AdamWConfig) -> Result<Self> {
         let zeros = || params.vars().iter().map(|v| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>();
-        Ok(Self { cfg, step: 0, exp_avg: zeros()?, exp_avg_sq: zeros()? })
+        let decay = params.names().iter().map(|n| decays(n)).collect();
+        Ok(Self { cfg, step: 0, decay, exp_avg: zeros()?, exp_avg_sq: zeros()? })
     }
 
     pub fn steps_taken(&self) -> u64 {
@@ -52,7 +77,9 @@ impl AdamW {
         let bias_correction1 = 1.0 - beta1.powi(t);
         let bias_correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
         let step_size = lr / bias_correction1;
-        for (((var, grad), m), v) in vars.iter().zip(grads).zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+        let params = vars.iter().zip(grads).zip(&self.decay).zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq);
+        for ((((var, grad), &decays), m), v) in params {
+            let weight_decay = if decays { weight_decay } else { 0.0 };
             #[cfg(feature = "cuda")]
             if crate::model::fused::fused_in_place_on_gpu(var) {
                 let scalars = crate::model::cuda::AdamWScalars {
@@ -105,6 +132,7 @@ impl AdamW {
     }
 
     pub fn load(names: &[String], cfg: AdamWConfig, path: &Path, device: &Device) -> Result<Self> {
+        let decay = names.iter().map(|n| decays(n)).collect();
         let mut map = candle_core::safetensors::load(path, device)?;
         let missing = |what: &str| Error::Checkpoint { path: path.to_path_buf(), message: format!("missing `{what}`") };
         let mut take = |key: String| map.remove(&key).ok_or_else(|| missing(&key));
@@ -115,7 +143,7 @@ impl AdamW {
             exp_avg.push(take(format!("exp_avg.{name}"))?);
             exp_avg_sq.push(take(format!("exp_avg_sq.{name}"))?);
         }
-        Ok(Self { cfg, step, exp_avg, exp_avg_sq })
+        Ok(Self { cfg, step, decay, exp_avg, exp_avg_sq })
     }
 }
 
@@ -246,29 +274,33 @@ impl LossScaler {
     }
 }
 
-/// transformers' schedules; warmup is linear from 0 for every type.
+/// transformers' schedules (`get_scheduler`): a `LambdaLR` whose factor depends on the number of
+/// scheduler steps taken, which is the number of optimizer steps that were not skipped.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrSchedule {
     pub kind: LrSchedulerType,
     pub base_lr: f64,
+    /// Ignored by `constant`, as transformers ignores it.
     pub warmup_steps: u64,
     pub total_steps: u64,
 }
 
 impl LrSchedule {
-    /// The learning rate after `steps_done` optimizer steps (the one the next step uses).
+    /// The learning rate of the optimizer step that follows `steps_done` scheduler steps.
     pub fn lr_at(&self, steps_done: u64) -> f64 {
         let s = steps_done as f64;
         let warmup = self.warmup_steps as f64;
-        if steps_done < self.warmup_steps {
+        let in_warmup = steps_done < self.warmup_steps && self.kind != LrSchedulerType::Constant;
+        if in_warmup {
             return self.base_lr * s / warmup.max(1.0);
         }
-        let span = (self.total_steps as f64 - warmup).max(1.0);
-        let progress = ((s - warmup) / span).clamp(0.0, 1.0);
+        let progress = (s - warmup) / (self.total_steps as f64 - warmup).max(1.0);
         let factor = match self.kind {
-            LrSchedulerType::Constant => 1.0,
-            LrSchedulerType::Linear => 1.0 - progress,
-            LrSchedulerType::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+            LrSchedulerType::Constant | LrSchedulerType::ConstantWithWarmup => 1.0,
+            LrSchedulerType::Linear => {
+                ((self.total_steps as f64 - s) / (self.total_steps as f64 - warmup).max(1.0)).max(0.0)
+            }
+            LrSchedulerType::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
         };
         self.base_lr * factor
     }
@@ -302,16 +334,69 @@ mod tests {
 
     #[test]
     fn schedules_warm_up_linearly_then_follow_their_shape() {
-        for kind in [LrSchedulerType::Constant, LrSchedulerType::Linear, LrSchedulerType::Cosine] {
+        for kind in [LrSchedulerType::ConstantWithWarmup, LrSchedulerType::Linear, LrSchedulerType::Cosine] {
             let s = schedule(kind);
             assert_eq!(s.lr_at(0), 0.0);
             assert_eq!(s.lr_at(1), 0.5);
             assert_eq!(s.lr_at(2), 1.0);
         }
-        assert_eq!(schedule(LrSchedulerType::Constant).lr_at(9), 1.0);
+        assert_eq!(schedule(LrSchedulerType::ConstantWithWarmup).lr_at(9), 1.0);
         assert!((schedule(LrSchedulerType::Linear).lr_at(6) - 0.5).abs() < 1e-12);
         assert!((schedule(LrSchedulerType::Cosine).lr_at(6) - 0.5).abs() < 1e-12);
         assert_eq!(schedule(LrSchedulerType::Linear).lr_at(10), 0.0);
+        assert_eq!(schedule(LrSchedulerType::Linear).lr_at(12), 0.0, "never negative past the end");
+    }
+
+    #[test]
+    fn constant_ignores_warmup_as_transformers_does() {
+        let s = schedule(LrSchedulerType::Constant);
+        assert_eq!((s.lr_at(0), s.lr_at(1), s.lr_at(9)), (1.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn weight_decay_skips_biases_and_norms_as_transformers_does() {
+        for name in [
+            "model.embed_tokens.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "lm_head.weight",
+            "gpt_neox.layers.1.attention.query_key_value.weight",
+            "model.normalizer.weight",
+        ] {
+            assert!(decays(name), "{name} decays");
+        }
+        for name in [
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+            "model.norm.weight",
+            "model.layers.0.self_attn.q_proj.bias",
+            "gpt_neox.layers.0.input_layernorm.bias",
+            "gpt_neox.final_layer_norm.weight",
+            "gpt_neox.layers.1.mlp.dense_4h_to_h.bias",
+            "norm.weight",
+            "model.rmsnorm",
+        ] {
+            assert!(!decays(name), "{name} does not decay");
+        }
+    }
+
+    #[test]
+    fn adamw_decays_weights_but_not_norm_gains() {
+        let cfg = crate::model::ModelConfig::from_hf_json(&serde_json::json!({
+            "model_type": "llama", "vocab_size": 8, "hidden_size": 4, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2
+        }))
+        .unwrap();
+        let params = ParamSet::random(&cfg, 1, 0.1, &Device::Cpu).unwrap();
+        let before = params.deep_clone().unwrap();
+        let mut opt =
+            AdamW::new(&params, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.5 }).unwrap();
+        let zero_grads: Vec<Tensor> = params.vars().iter().map(|v| v.zeros_like().unwrap()).collect();
+        opt.step(params.vars(), &zero_grads, 0.1).unwrap();
+        for ((name, after), (_, was)) in params.iter().zip(before.iter()) {
+            let ratio = (after.as_tensor() / was.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let expected = if decays(name) { 0.95 } else { 1.0 };
+            assert!(ratio.iter().all(|r| (r - expected).abs() < 1e-6), "{name}: {ratio:?}");
+        }
     }
 
     #[test]
@@ -332,6 +417,7 @@ mod tests {
         let mut opt = AdamW {
             cfg,
             step: 0,
+            decay: vec![true],
             exp_avg: vec![var.zeros_like().unwrap()],
             exp_avg_sq: vec![var.zeros_like().unwrap()],
         };

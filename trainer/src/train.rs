@@ -28,7 +28,7 @@ pub fn dataset_for_loss(dataset: Dataset, cfg: &RunConfig) -> Result<Dataset> {
     match (cfg.loss_type, dataset) {
         (LossType::Kto, d) => {
             let mut examples = d.into_unpaired();
-            data::assign_mismatched_completions(&mut examples, cfg.per_device_train_batch_size);
+            data::assign_mismatched_completions(&mut examples, cfg.per_device_train_batch_size, cfg.max_length);
             Ok(Dataset::Unpaired(examples))
         }
         (_, Dataset::Paired(p)) => Ok(Dataset::Paired(p)),
@@ -134,13 +134,65 @@ pub struct TrainOutcome {
     pub final_model: Option<PathBuf>,
 }
 
-/// Optimizer steps a run takes: `max_steps`, or `num_train_epochs` as transformers counts them.
+/// Optimizer steps a run takes: `max_steps`, or `num_train_epochs` as transformers counts them
+/// (the last step of an epoch takes the batches left, so updates per epoch round up).
 pub fn total_steps(cfg: &RunConfig, examples: usize) -> u64 {
     cfg.max_steps.unwrap_or_else(|| {
-        let batches = examples.div_ceil(cfg.per_device_train_batch_size);
-        let updates_per_epoch = (batches / cfg.gradient_accumulation_steps).max(1);
+        let batches = data::batches_per_epoch(examples, cfg.per_device_train_batch_size, cfg.dataloader_drop_last);
+        let updates_per_epoch = data::updates_per_epoch(batches, cfg.gradient_accumulation_steps);
         (cfg.num_train_epochs * updates_per_epoch as f64).ceil() as u64
     })
+}
+
+/// TRL's KTOTrainer warns when the data has more examples of one label than of the other and
+/// neither weight is in the range Eq. (8) of the KTO paper recommends; so does this run.
+fn kto_weights_warning(cfg: &RunConfig, data: &Dataset) -> Option<String> {
+    let Dataset::Unpaired(rows) = data else { return None };
+    let desirable = rows.iter().filter(|r| r.label).count().max(1) as f64;
+    let undesirable = (rows.len() as f64 - desirable).max(1.0);
+    if cfg.loss_type != LossType::Kto || desirable == undesirable {
+        return None;
+    }
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    let (lambda_d, lambda_u) = (cfg.desirable_weight, cfg.undesirable_weight);
+    let desirable_range = (round(undesirable * lambda_u / desirable), round(undesirable * lambda_u / desirable * 1.33));
+    let undesirable_range =
+        (round(desirable * lambda_d / undesirable / 1.33), round(desirable * lambda_d / undesirable));
+    let within = |(lo, hi): (f64, f64), v: f64| lo <= v && v <= hi;
+    (!within(desirable_range, lambda_d) && !within(undesirable_range, lambda_u)).then(|| {
+        format!(
+            "the data has {desirable} desirable and {undesirable} undesirable examples, and the weights are outside \
+             the range the KTO paper recommends (Eq. 8): set EITHER desirable_weight in [{}, {}] or \
+             undesirable_weight in [{}, {}] (but not both), as TRL's KTOTrainer also warns",
+            desirable_range.0, desirable_range.1, undesirable_range.0, undesirable_range.1
+        )
+    })
+}
+
+/// Refuses data the configured loader cannot make one batch of, and larger sets than
+/// torch's `randperm` shuffles the way reproduced here.
+fn check_data_size(cfg: &RunConfig, examples: usize) -> Result<()> {
+    use crate::config::{FieldError, SamplingStrategy};
+    let batch = cfg.per_device_train_batch_size;
+    if data::batches_per_epoch(examples, batch, cfg.dataloader_drop_last) == 0 {
+        let message = format!(
+            "the dataset has {examples} training examples, fewer than one batch of {batch}: {}",
+            if cfg.dataloader_drop_last { "dataloader_drop_last drops it" } else { "nothing to train on" }
+        );
+        let field = if cfg.dataloader_drop_last { "dataloader_drop_last" } else { "dataset_path" };
+        return Err(Error::Config(vec![FieldError::new(field, message)]));
+    }
+    if cfg.sampling_strategy() == SamplingStrategy::Random && examples >= data::TORCH_RANDPERM_MAX {
+        return Err(Error::Config(vec![FieldError::new(
+            "train_sampling_strategy",
+            format!(
+                "{examples} examples is more than torch's randperm shuffles with the algorithm reproduced here \
+                 (fewer than {}); use \"sequential\" on a pre-shuffled file",
+                data::TORCH_RANDPERM_MAX
+            ),
+        )]));
+    }
+    Ok(())
 }
 
 /// Loads what the config names and trains. With `resume`, continues from the latest
@@ -219,11 +271,15 @@ fn train_loop(
         eps: cfg.adam_epsilon,
         weight_decay: cfg.weight_decay,
     };
+    check_data_size(cfg, setup.data.len())?;
+    for warning in cfg.warnings().into_iter().chain(kto_weights_warning(cfg, &setup.data)) {
+        sink.warning(&warning);
+    }
     let total = total_steps(cfg, setup.data.len());
     let schedule = LrSchedule {
         kind: cfg.lr_scheduler_type,
         base_lr: cfg.learning_rate,
-        warmup_steps: cfg.warmup_steps,
+        warmup_steps: cfg.warmup_steps_for(total),
         total_steps: total,
     };
     let trust_region = cfg
@@ -268,6 +324,7 @@ fn train_loop(
                 metric_window: MetricWindow::default(),
                 has_reference: false,
                 loss_scaler: None,
+                skipped_steps: 0,
                 retention: retention::Retention::default(),
                 overopt: overopt::Detector::default(),
             };
@@ -294,7 +351,14 @@ fn train_loop(
     } else {
         None
     };
-    let mut sampler = BatchSampler::new(setup.data.len(), cfg.per_device_train_batch_size, cfg.seed, state.data_cursor);
+    let mut sampler = BatchSampler::new(
+        setup.data.len(),
+        cfg.per_device_train_batch_size,
+        cfg.dataloader_drop_last,
+        cfg.sampling_strategy(),
+        cfg.data_order_seed(),
+        state.data_cursor,
+    );
     let mut last_checkpoint = None;
     // `periodic`: by save_steps or at the last step. Otherwise an evaluation that retention keeps,
     // or the point a stop request resumes from, kept while it is the newest. Checkpoints that
@@ -380,14 +444,18 @@ fn train_loop(
             None => ReferenceSource::Weights(reference),
         };
 
-        // Forward and backward over the micro-batches, gradients summed.
+        // Forward and backward over the step's micro-batches, gradients summed; each loss is
+        // divided by their number (fewer than gradient_accumulation_steps at an epoch's end).
         let loss_scale = state.loss_scaler.map_or(1.0, |s| s.scale);
         let mut grads: Vec<Option<Tensor>> = vec![None; policy.vars().len()];
-        for _ in 0..cfg.gradient_accumulation_steps {
-            let indices = sampler.next_batch();
-            let scale = loss_scale / cfg.gradient_accumulation_steps as f64;
+        let micro_batches = sampler.next_step(cfg.gradient_accumulation_steps);
+        // transformers logs the loss as a mean over steps of each step's mean; TRL's other
+        // metrics are means over micro-batches.
+        let mut step_loss = 0.0;
+        for indices in &micro_batches {
+            let scale = loss_scale / micro_batches.len() as f64;
             let MicroBatchGrads { metrics, grads: micro_grads } =
-                micro_batch_grads(cfg, setup, &policy, reference_logps, &indices, scale)?;
+                micro_batch_grads(cfg, setup, &policy, reference_logps, indices, scale)?;
             for (name, value) in metrics {
                 if !value.is_finite() {
                     // Loss scaling only protects the backward pass; nothing rescues a forward overflow.
@@ -398,24 +466,33 @@ fn train_loop(
                     };
                     return Err(Error::NonFinite { step, what });
                 }
-                state.metric_window.add(name, value);
+                if name == "loss" {
+                    step_loss += value / micro_batches.len() as f64;
+                } else {
+                    state.metric_window.add(name, value);
+                }
             }
             add_grads(&mut grads, micro_grads)?;
         }
+        state.metric_window.add("loss", step_loss);
         let mut grads = policy.dense_grads(grads)?;
         // A float16 step whose gradients overflowed is skipped (no norm), as torch's GradScaler
-        // skips it.
+        // skips it; the schedule then does not advance either (transformers steps it only when
+        // not `optimizer_step_was_skipped`), so it counts the optimizer's steps, not global_step.
         let grad_norm = match state.loss_scaler.as_mut() {
             Some(scaler) => scaler.unscale(&mut grads)?,
             None => Some(global_grad_norm(&grads)?),
         };
+        let learning_rate = schedule.lr_at(optimizer.steps_taken());
         if let Some(norm) = grad_norm {
             if !norm.is_finite() {
                 return Err(Error::NonFinite { step, what: "grad_norm".into() });
             }
             clip_to_max_norm(&mut grads, norm, cfg.max_grad_norm)?;
             // Optimizer step, then the trust-region reference update (TRL's callback order).
-            optimizer.step(policy.vars(), &grads, schedule.lr_at(state.global_step))?;
+            optimizer.step(policy.vars(), &grads, learning_rate)?;
+        } else {
+            state.skipped_steps += 1;
         }
         state.global_step = step;
         state.data_cursor = sampler.cursor();
@@ -441,10 +518,9 @@ fn train_loop(
             if let Some(scaler) = state.loss_scaler {
                 metrics.insert("loss_scale".into(), scaler.scale);
             }
-            // transformers logs the scheduler's rate after its step: the one the next step uses.
-            metrics.insert("learning_rate".into(), schedule.lr_at(step));
-            let cursor = sampler.cursor();
-            metrics.insert("epoch".into(), cursor.epoch as f64 + cursor.offset as f64 / setup.data.len() as f64);
+            // transformers logs the rate this step used (read before the scheduler steps).
+            metrics.insert("learning_rate".into(), learning_rate);
+            metrics.insert("epoch".into(), sampler.fractional_epoch());
             sink.log(step, &metrics)?;
         } else if let Some(metrics) = eval_metrics {
             sink.log(step, &metrics)?;
@@ -506,10 +582,7 @@ pub fn micro_batch_grads(
     indices: &[usize],
     scale: f64,
 ) -> Result<MicroBatchGrads> {
-    // A GPU parallelises inside each op; splitting the batch would only shrink its kernels.
-    let threads = if setup.model.device().is_cpu() { workers::worker_threads(cfg.num_threads) } else { 1 };
-    let threads = threads.min(indices.len()).max(1);
-    let shards: Vec<&[usize]> = indices.chunks(indices.len().div_ceil(threads)).collect();
+    let shards = shards(cfg, setup, indices);
     let parts = workers::in_parallel(&shards, |shard| {
         shard_forward(setup, policy, reference, shard, cfg.gradient_checkpointing)
     })?;
@@ -532,6 +605,14 @@ pub fn micro_batch_grads(
         add_grads(&mut grads, shard)?;
     }
     Ok(MicroBatchGrads { metrics: out.metrics, grads })
+}
+
+/// A micro-batch split into one shard per worker thread, each collated (padded) on its own.
+fn shards<'a>(cfg: &RunConfig, setup: &Setup, indices: &'a [usize]) -> Vec<&'a [usize]> {
+    // A GPU parallelises inside each op; splitting the batch would only shrink its kernels.
+    let threads = if setup.model.device().is_cpu() { workers::worker_threads(cfg.num_threads) } else { 1 };
+    let threads = threads.min(indices.len()).max(1);
+    indices.chunks(indices.len().div_ceil(threads).max(1)).collect()
 }
 
 /// What one micro-batch contributes to an optimizer step.
@@ -632,12 +713,14 @@ pub struct ReferenceLogps {
 }
 
 impl ReferenceLogps {
-    /// In dataset order, `per_device_train_batch_size` examples at a time.
+    /// In dataset order, `per_device_train_batch_size` examples at a time (TRL's batches), each
+    /// split and padded as a training micro-batch is: read in order, the table then holds exactly
+    /// what a reference forward pass per step would compute.
     pub fn compute(cfg: &RunConfig, setup: &Setup, reference: &ParamSet) -> Result<Self> {
         let all: Vec<usize> = (0..setup.data.len()).collect();
         let frozen = reference.frozen();
         let mut per_example = Vec::with_capacity(all.len());
-        for batch in all.chunks(cfg.per_device_train_batch_size) {
+        for batch in all.chunks(cfg.per_device_train_batch_size).flat_map(|b| shards(cfg, setup, b)) {
             let (rows, _, kl_rows) = collate(setup, batch);
             let sums: Vec<f32> = sequence_logps(&setup.model, &frozen, &rows)?.sums.to_vec1()?;
             let second: Vec<f32> = match &kl_rows {
@@ -680,7 +763,7 @@ fn batch_loss(cfg: &RunConfig, parts: &[ShardForward], leaves: &[Var]) -> Result
                     .collect::<candle_core::Result<_>>()?;
                 loss::ipo_loss(&pol, &refl, &pair(&counts)?, cfg.beta)
             } else {
-                loss::dpo_loss(&pol, &refl, cfg.beta, cfg.label_smoothing)
+                loss::dpo_loss(&pol, &refl, cfg.beta)
             }
         }
         LossType::Kto => {

@@ -372,6 +372,51 @@ fn an_fp16_step_whose_gradients_overflow_is_skipped_and_the_loss_scale_halves() 
     assert!(sink.series("loss").iter().all(|(_, l)| l.is_finite()), "the forward pass did not overflow");
 }
 
+#[test]
+fn an_fp16_run_resumes_bit_exactly_from_a_checkpoint_written_after_a_skipped_step() {
+    let cfg = config(json!({
+        "fp16": true, "max_steps": 10, "save_steps": 1, "lr_scheduler_type": "linear", "per_device_train_batch_size": 2,
+    }));
+    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = StopAfter { inner: MemorySink::default(), stop_at: 2, done: 0 };
+    train_with(&cfg, &setup, dir.path(), false, &mut first, None).unwrap();
+    // A loss scale that float16 gradients overflow at: steps are skipped, halving it, until it
+    // is small enough again, as happens at the start of real fp16 runs.
+    let state_file = dir.path().join("checkpoint-2").join("trainer_state.json");
+    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    state["loss_scaler"]["scale"] = json!(f64::from(1u32 << 24));
+    std::fs::write(&state_file, state.to_string()).unwrap();
+
+    let mut whole = first.inner.clone();
+    train_with(&cfg, &setup, dir.path(), true, &mut whole, None).unwrap();
+    let skipped: Vec<u64> = whole.steps.iter().filter(|(_, m)| !m.contains_key("grad_norm")).map(|(s, _)| *s).collect();
+    let last_skipped = *skipped.last().expect("some steps overflowed");
+    assert_eq!(skipped[0], 3);
+    assert!(last_skipped < 10, "training went on after the skips: {skipped:?}");
+    // The schedule does not advance on a skipped step: it logs the rate the next good step uses.
+    let lr = |step: u64| whole.steps.iter().find(|(s, _)| *s == step).unwrap().1["learning_rate"];
+    for &s in &skipped {
+        assert_eq!(lr(s), lr(last_skipped + 1), "step {s}");
+    }
+    assert!(lr(last_skipped + 1) < lr(2), "it did advance on the good steps before");
+    let uninterrupted = weights(&dir.path().join("checkpoint-10"), "model.safetensors", &setup);
+    let optimizer = std::fs::read(dir.path().join("checkpoint-10").join("optimizer.safetensors")).unwrap();
+
+    // Crash right after the last skipped step: resume from its checkpoint.
+    for step in last_skipped + 1..=10 {
+        std::fs::remove_dir_all(dir.path().join(format!("checkpoint-{step}"))).unwrap();
+    }
+    let mut resumed = whole.clone();
+    let outcome = train_with(&cfg, &setup, dir.path(), true, &mut resumed, None).unwrap();
+    assert_eq!(outcome.global_step, 10);
+    assert_eq!(resumed.steps, whole.steps, "every metric, bit for bit");
+    let again = weights(&dir.path().join("checkpoint-10"), "model.safetensors", &setup);
+    assert_eq!(again.max_abs_diff(&uninterrupted).unwrap(), 0.0, "the weights, bit for bit");
+    let optimizer_again = std::fs::read(dir.path().join("checkpoint-10").join("optimizer.safetensors")).unwrap();
+    assert!(optimizer_again == optimizer, "AdamW's moments and step, bit for bit");
+}
+
 /// Records like [`MemorySink`] and asks to stop once it has heard `after` of π_init's SFT steps.
 struct StopDuringSft {
     inner: MemorySink,

@@ -74,6 +74,10 @@ impl MetricSink for CliSink {
         // Shown even when stderr is not a terminal (where the bar and its println are hidden).
         self.bar.suspend(|| eprintln!("memory estimate: {total} = {plan}"));
     }
+
+    fn warning(&mut self, message: &str) {
+        self.bar.suspend(|| eprintln!("warning: {message}"));
+    }
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {

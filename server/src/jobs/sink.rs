@@ -330,6 +330,10 @@ impl MetricSink for DbSink {
         tracing::info!(run_id = self.lease.run_id, total_bytes = plan.total(), "memory estimate: {plan}");
     }
 
+    fn warning(&mut self, message: &str) {
+        tracing::warn!(run_id = self.lease.run_id, "{message}");
+    }
+
     fn should_stop(&mut self) -> bool {
         let stop = self.stop.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst);
         if stop {

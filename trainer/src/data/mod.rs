@@ -12,17 +12,15 @@ mod chat_template;
 mod files;
 mod prepare;
 mod rows;
+mod sampler;
 pub mod synthetic;
 mod tokenizer;
-
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 pub use chat_template::ChatTemplate;
 pub use files::{count_rows, FileFormat, Location, RowProblem};
 pub use prepare::{first_row_kind, inspect, load, DatasetReport, EvalPrompt, EvalSet, LoadOptions, LoadedData};
 pub use rows::{extract_prompt, parse_row, Content, DatasetKind, Row, RowType};
+pub use sampler::{batches_per_epoch, updates_per_epoch, BatchSampler, DataCursor, TorchGenerator, TORCH_RANDPERM_MAX};
 pub use tokenizer::TextTokenizer;
 
 /// One tokenized example: prompt ids and completion ids (EOS included).
@@ -67,6 +65,9 @@ pub struct UnpairedExample {
     /// Another example's completion, for KTO's mismatched-pair KL estimate z₀ (see
     /// [`assign_mismatched_completions`]).
     pub kl_completion: Vec<u32>,
+    /// This example's completion before `max_length` cut it, when it did: another example's KL
+    /// row borrows the whole of it (TRL cuts a KL row only once it is joined to its own prompt).
+    pub full_completion: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,17 +107,18 @@ impl Dataset {
         (total, completion)
     }
 
-    /// KTO's view: each pair becomes a desirable and an undesirable example, in that order.
+    /// KTO's view, in the order TRL's `unpair_preference_dataset` gives it: per 1000 pairs
+    /// (`datasets.map`'s batch), every chosen completion (desirable), then every rejected one.
     pub fn into_unpaired(self) -> Vec<UnpairedExample> {
+        let unpaired =
+            |sequence, label| UnpairedExample { sequence, label, kl_completion: Vec::new(), full_completion: None };
         match self {
             Self::Unpaired(v) => v,
             Self::Paired(pairs) => pairs
-                .into_iter()
-                .flat_map(|p| {
-                    [
-                        UnpairedExample { sequence: p.chosen, label: true, kl_completion: Vec::new() },
-                        UnpairedExample { sequence: p.rejected, label: false, kl_completion: Vec::new() },
-                    ]
+                .chunks(prepare::UNPAIR_CHUNK)
+                .flat_map(|chunk| {
+                    let chosen = chunk.iter().map(|p| unpaired(p.chosen.clone(), true));
+                    chosen.chain(chunk.iter().map(|p| unpaired(p.rejected.clone(), false))).collect::<Vec<_>>()
                 })
                 .collect(),
         }
@@ -182,16 +184,28 @@ pub fn collate_paired(examples: &[&PairedExample], pad: u32) -> Batch {
 }
 
 /// TRL pairs each example with the completion of the previous one, in dataset order, within
-/// chunks of `chunk` examples (its dataset-preparation batches), rotating at chunk ends. The
-/// pairing is fixed before training, so shuffling never changes it.
-pub fn assign_mismatched_completions(examples: &mut [UnpairedExample], chunk: usize) {
-    for group in examples.chunks_mut(chunk.max(1)) {
-        let n = group.len();
-        let completions: Vec<Vec<u32>> = group.iter().map(|e| e.sequence.completion.clone()).collect();
-        for (i, e) in group.iter_mut().enumerate() {
-            e.kl_completion = completions[(i + n - 1) % n].clone();
+/// chunks of `chunk` examples (its dataset-preparation batches), rotating at chunk ends, and cuts
+/// each prompt + borrowed completion to `max_length`. The pairing is fixed before training, so
+/// no sampler changes it.
+pub fn assign_mismatched_completions(examples: &mut [UnpairedExample], chunk: usize, max_length: Option<usize>) {
+    let completions: Vec<Vec<u32>> =
+        examples.iter().map(|e| e.full_completion.clone().unwrap_or_else(|| e.sequence.completion.clone())).collect();
+    for (i, e) in examples.iter_mut().enumerate() {
+        let mut borrowed = completions[mismatched_neighbour(i, completions.len(), chunk)].clone();
+        if let Some(m) = max_length {
+            borrowed.truncate(m.saturating_sub(e.sequence.prompt.len()));
         }
+        e.kl_completion = borrowed;
     }
+}
+
+/// The example whose completion example `i` of `len` gets for KTO's KL estimate: the previous
+/// one within its chunk of `chunk`, the chunk's last for its first.
+pub fn mismatched_neighbour(i: usize, len: usize, chunk: usize) -> usize {
+    let chunk = chunk.max(1);
+    let start = i - i % chunk;
+    let n = chunk.min(len - start);
+    start + (i - start + n - 1) % n
 }
 
 pub fn collate_unpaired(examples: &[&UnpairedExample], pad: u32) -> Batch {
@@ -206,64 +220,15 @@ pub fn collate_unpaired(examples: &[&UnpairedExample], pad: u32) -> Batch {
     }
 }
 
-/// Where the data loader stands: which epoch, and how many examples of it were consumed.
-/// Together with the seed this fully determines every later batch, so it is all a
-/// checkpoint needs to resume the data stream exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct DataCursor {
-    pub epoch: u64,
-    pub offset: usize,
-}
-
-/// Yields index batches over `len` examples, reshuffled each epoch from `(seed, epoch)`.
-/// A batch never straddles an epoch; the last one of an epoch may be short, as in PyTorch.
-#[derive(Debug, Clone)]
-pub struct BatchSampler {
-    len: usize,
-    batch_size: usize,
-    seed: u64,
-    cursor: DataCursor,
-    order: Vec<usize>,
-}
-
-impl BatchSampler {
-    pub fn new(len: usize, batch_size: usize, seed: u64, cursor: DataCursor) -> Self {
-        let mut s = Self { len, batch_size, seed, cursor, order: Vec::new() };
-        s.order = s.epoch_order(cursor.epoch);
-        s
-    }
-
-    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.len).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        order.shuffle(&mut rng);
-        order
-    }
-
-    pub fn cursor(&self) -> DataCursor {
-        self.cursor
-    }
-
-    /// Batches per epoch.
-    pub fn batches_per_epoch(&self) -> usize {
-        self.len.div_ceil(self.batch_size)
-    }
-
-    pub fn next_batch(&mut self) -> Vec<usize> {
-        if self.cursor.offset >= self.len {
-            self.cursor = DataCursor { epoch: self.cursor.epoch + 1, offset: 0 };
-            self.order = self.epoch_order(self.cursor.epoch);
-        }
-        let end = (self.cursor.offset + self.batch_size).min(self.len);
-        let batch = self.order[self.cursor.offset..end].to_vec();
-        self.cursor.offset = end;
-        batch
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_example_is_mismatched_with_its_predecessor_within_its_chunk() {
+        let neighbours: Vec<usize> = (0..7).map(|i| mismatched_neighbour(i, 7, 3)).collect();
+        assert_eq!(neighbours, vec![2, 0, 1, 5, 3, 4, 6]);
+    }
 
     #[test]
     fn truncation_keeps_the_prompt_end_and_the_sequence_start() {
@@ -274,21 +239,5 @@ mod tests {
         let t = s.truncated(Some(3), None);
         assert_eq!(t.prompt, vec![1, 2, 3]);
         assert!(t.completion.is_empty());
-    }
-
-    #[test]
-    fn the_sampler_covers_every_example_once_per_epoch_and_resumes_exactly() {
-        let mut a = BatchSampler::new(10, 3, 7, DataCursor::default());
-        let epoch: Vec<Vec<usize>> = (0..4).map(|_| a.next_batch()).collect();
-        let mut seen: Vec<usize> = epoch.concat();
-        seen.sort_unstable();
-        assert_eq!(seen, (0..10).collect::<Vec<_>>());
-        assert_eq!(epoch[3].len(), 1);
-        let cursor = a.cursor();
-        let next: Vec<Vec<usize>> = (0..3).map(|_| a.next_batch()).collect();
-        let mut resumed = BatchSampler::new(10, 3, 7, cursor);
-        let again: Vec<Vec<usize>> = (0..3).map(|_| resumed.next_batch()).collect();
-        assert_eq!(next, again);
-        assert_ne!(epoch[0], next[0], "a new epoch is reshuffled");
     }
 }

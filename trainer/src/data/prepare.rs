@@ -32,7 +32,7 @@ use super::{Dataset, PairedExample, Sequence, UnpairedExample};
 use crate::error::{Error, Result};
 
 /// `datasets.map(batched=True)`'s default batch size, which fixes the order of unpaired rows.
-const UNPAIR_CHUNK: usize = 1000;
+pub(crate) const UNPAIR_CHUNK: usize = 1000;
 
 /// How a run wants its data.
 #[derive(Debug, Clone, PartialEq)]
@@ -352,7 +352,10 @@ fn tokenize_rows(
             Ok((prompt, mut completions)) => {
                 let sequence = Sequence { prompt, completion: completions.pop().expect("one completion") };
                 if fits(&sequence) {
-                    out.push(UnpairedExample { sequence: finish(sequence), label, kl_completion: Vec::new() });
+                    let whole = sequence.completion.clone();
+                    let sequence = finish(sequence);
+                    let full_completion = (sequence.completion.len() < whole.len()).then_some(whole);
+                    out.push(UnpairedExample { sequence, label, kl_completion: Vec::new(), full_completion });
                 } else {
                     dropped += 1;
                 }

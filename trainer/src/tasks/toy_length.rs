@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::{sigmoid, toy_model_config, TaskSetup};
 use crate::config::RunConfig;
-use crate::data::{Collated, Dataset, PairedExample, Sequence};
+use crate::data::{Collated, PairedExample, Sequence};
 use crate::error::Result;
 use crate::eval::{kl_estimate, sample_and_score, Estimate};
 use crate::logps::token_logps;
@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::model::sampling::{generate, SamplingConfig};
 use crate::model::{CausalLm, Weights};
 use crate::sft::{self, SftTarget};
-use crate::train::{dataset_for_loss, EvalWeights, Evaluator, Setup};
+use crate::train::{EvalWeights, Evaluator, Setup};
 
 const PROMPT_TOKENS: usize = 3;
 const GOOD_PER_PROMPT: usize = 8;
@@ -189,7 +189,7 @@ pub fn build(cfg: &RunConfig, device: &Device, progress: sft::SftProgress<'_>) -
     let setup = Setup {
         model,
         initial: cached.params,
-        data: dataset_for_loss(Dataset::Paired(pairs), cfg)?,
+        data: super::toy_dataset(pairs, cfg)?,
         eval: None,
         pad_token_id: task.eos(),
         side_files: Vec::new(),

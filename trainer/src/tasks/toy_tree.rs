@@ -20,12 +20,12 @@ use serde::Serialize;
 
 use super::{sample_index, sigmoid, toy_model_config, TaskSetup};
 use crate::config::RunConfig;
-use crate::data::{Dataset, PairedExample, Sequence};
+use crate::data::{PairedExample, Sequence};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::model::{standard_normal, CausalLm, ForwardInput, ModelConfig, Weights};
 use crate::sft::{self, SftTarget};
-use crate::train::{dataset_for_loss, EvalWeights, Evaluator, Setup};
+use crate::train::{EvalWeights, Evaluator, Setup};
 
 /// Everything that determines the task, its π_init and its data (the cache key includes it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -363,12 +363,11 @@ impl ToyPairs {
         wrong as f64 / self.pairs.len().max(1) as f64
     }
 
-    pub fn dataset(&self, tree: &ToyTree) -> Dataset {
+    /// The pairs as token sequences, prompt by prompt (the run's dataset shuffles them).
+    pub fn pairs(&self, tree: &ToyTree) -> Vec<PairedExample> {
         let seq =
             |x: usize, code: usize| Sequence { prompt: tree.prompt_tokens(x), completion: tree.response_tokens(code) };
-        Dataset::Paired(
-            self.pairs.iter().map(|&(x, w, l)| PairedExample { chosen: seq(x, w), rejected: seq(x, l) }).collect(),
-        )
+        self.pairs.iter().map(|&(x, w, l)| PairedExample { chosen: seq(x, w), rejected: seq(x, l) }).collect()
     }
 }
 
@@ -425,7 +424,7 @@ pub fn build(cfg: &RunConfig, device: &Device, progress: sft::SftProgress<'_>) -
     let setup = Setup {
         model,
         initial: cached.params,
-        data: dataset_for_loss(pairs.dataset(&tree), cfg)?,
+        data: super::toy_dataset(pairs.pairs(&tree), cfg)?,
         eval: None,
         pad_token_id: 0,
         side_files: Vec::new(),
@@ -511,7 +510,7 @@ impl Evaluator for ToyTreeEvaluator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Collated;
+    use crate::data::{mismatched_neighbour, Collated, Dataset};
     use crate::logps::sequence_logps;
     use crate::model::ParamSet;
 
@@ -692,6 +691,18 @@ mod tests {
             assert!(u.iter().any(|e| e.label && e.sequence == pair.chosen));
             assert!(u.iter().any(|e| !e.label && e.sequence == pair.rejected));
         }
+        // KTO's mismatched completion (the neighbour's in its batch) answers another prompt for
+        // at least 1 − 1/P of the examples, as on real data.
+        let batch = kto.per_device_train_batch_size;
+        let crossing = (0..u.len())
+            .filter(|&i| {
+                let j = mismatched_neighbour(i, u.len(), batch);
+                assert_eq!(u[i].kl_completion, u[j].sequence.completion);
+                u[i].sequence.prompt != u[j].sequence.prompt
+            })
+            .count();
+        let floor = 1.0 - 1.0 / kto.toy_num_prompts as f64;
+        assert!(crossing as f64 / u.len() as f64 >= floor, "{crossing} of {} cross prompts", u.len());
     }
 
     #[test]

@@ -31,14 +31,23 @@ pub fn as_f64_rows(v: &Value) -> Vec<Vec<f64>> {
     v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect()
 }
 
-/// `|a − b| ≤ rel · |b|`, with a floor of `rel · 1e-2` on |b| so that exact zeros compare sanely.
-pub fn assert_close_rel(actual: f64, expected: f64, rel: f64, what: &str) {
-    let tol = rel * expected.abs().max(1e-2);
+/// `|a − b| ≤ max(rel · |b|, abs_floor)`: relative, with an absolute floor for values at or near 0.
+pub fn assert_close(actual: f64, expected: f64, rel: f64, abs_floor: f64, what: &str) {
+    let tol = (rel * expected.abs()).max(abs_floor);
     assert!(
         (actual - expected).abs() <= tol,
         "{what}: got {actual}, TRL has {expected} (|diff| {:e} > {tol:e})",
         (actual - expected).abs()
     );
+}
+
+/// Every logged metric against TRL's: within 1e-4 relative, with an absolute floor of 1e-7
+/// (so an exact 0 in TRL's log must be within 1e-7 of 0 here).
+pub const METRIC_REL_TOL: f64 = 1e-4;
+pub const METRIC_ABS_FLOOR: f64 = 1e-7;
+
+pub fn assert_metric_close(actual: f64, expected: f64, what: &str) {
+    assert_close(actual, expected, METRIC_REL_TOL, METRIC_ABS_FLOOR, what);
 }
 
 /// A tiny random reward model of one family (`llama`, `qwen2` or `gpt_neox`) with the TRL

@@ -73,7 +73,14 @@ const TASKS: &[(&str, &str)] = &[
 ];
 const LOSSES: &[(&str, &str)] =
     &[("sigmoid", "sigmoid (DPO)"), ("ipo", "ipo (IPO)"), ("kto", "kto (KTO, unpaired data)")];
-const SCHEDULES: &[(&str, &str)] = &[("linear", "linear"), ("constant", "constant"), ("cosine", "cosine")];
+const SCHEDULES: &[(&str, &str)] = &[
+    ("linear", "linear"),
+    ("cosine", "cosine"),
+    ("constant_with_warmup", "constant_with_warmup"),
+    ("constant", "constant (no warmup)"),
+];
+const SAMPLING: &[(&str, &str)] =
+    &[("random", "random (reshuffled each epoch)"), ("sequential", "sequential (file order)")];
 const DEVICES: &[(&str, &str)] = &[("cpu", "cpu"), ("cuda", "cuda (a --features cuda build)")];
 const DTYPES: &[(&str, &str)] = &[("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")];
 const SAVE_STRATEGIES: &[(&str, &str)] = &[
@@ -112,9 +119,9 @@ pub const FIELDS: &[Field] = &[
     Field { name: "loss_type", group: Method, kind: Choice(LOSSES), help: "TRL's loss_type: sigmoid is DPO, ipo is IPO (length-averaged), kto is KTO." },
     Field { name: "beta", group: Method, kind: Float, help: "β, the strength of the KL penalty to the reference. TRL's default 0.1." },
     Field { name: "precompute_ref_log_probs", group: Method, kind: Bool, help: "Compute the reference log-probs once before training (TRL's option); vanilla runs only, since a trust-region reference moves." },
-    Field { name: "label_smoothing", group: Method, kind: Float, help: "DPO's conservative label smoothing ε in [0, 0.5); sigmoid only." },
-    Field { name: "desirable_weight", group: Method, kind: Float, help: "KTO: weight of desirable examples." },
-    Field { name: "undesirable_weight", group: Method, kind: Float, help: "KTO: weight of undesirable examples." },
+    Field { name: "label_smoothing", group: Method, kind: Float, help: "Accepted as TRL 1.16 accepts it, and ignored (with a warning) as TRL ignores it for sigmoid and ipo: only its robust and EXO losses use it. Refused for kto (KTOConfig has no such key)." },
+    Field { name: "desirable_weight", group: Method, kind: Float, help: "KTO: weight of desirable examples (ignored, with a warning, by sigmoid and ipo)." },
+    Field { name: "undesirable_weight", group: Method, kind: Float, help: "KTO: weight of undesirable examples (ignored, with a warning, by sigmoid and ipo)." },
     Field { name: "sync_ref_model", group: TrustRegion, kind: Bool, help: "Move the reference during training: TR-DPO, TR-IPO, TR-KTO. Off: the reference is the initial policy." },
     Field { name: "ref_model_mixup_alpha", group: TrustRegion, kind: Float, help: "α in θ_ref ← α θ + (1 − α) θ_ref. TRL's default 0.6, the paper's choice for soft updates on large models; α = 1 replaces the reference (hard update). Sweep it over orders of magnitude (0.01 … 1)." },
     Field { name: "ref_model_sync_steps", group: TrustRegion, kind: Int, help: "τ: update the reference after every τ-th optimizer step. TRL's default 512, the paper's choice for hard updates on large models; soft updates use τ = 1." },
@@ -124,13 +131,16 @@ pub const FIELDS: &[Field] = &[
     Field { name: "per_device_train_batch_size", group: Optimization, kind: Int, help: "Examples (pairs) per micro-batch." },
     Field { name: "gradient_accumulation_steps", group: Optimization, kind: Int, help: "Micro-batches per optimizer step." },
     Field { name: "max_grad_norm", group: Optimization, kind: Float, help: "Clip gradients to this global norm; 0 disables clipping." },
-    Field { name: "warmup_steps", group: Optimization, kind: Int, help: "Linear warmup steps, for every schedule." },
-    Field { name: "lr_scheduler_type", group: Optimization, kind: Choice(SCHEDULES), help: "Learning-rate schedule after warmup." },
-    Field { name: "weight_decay", group: Optimization, kind: Float, help: "AdamW's decoupled weight decay." },
+    Field { name: "warmup_steps", group: Optimization, kind: Float, help: "Linear warmup from 0: a number of steps, or a ratio of all steps when below 1 (transformers 5). The constant schedule ignores it." },
+    Field { name: "lr_scheduler_type", group: Optimization, kind: Choice(SCHEDULES), help: "transformers' schedule: linear or cosine decay to 0 after warmup, constant_with_warmup, or constant (which ignores warmup_steps)." },
+    Field { name: "weight_decay", group: Optimization, kind: Float, help: "AdamW's decoupled weight decay, on every weight but biases and norms (as transformers' Trainer)." },
     Field { name: "adam_beta1", group: Optimization, kind: Float, help: "AdamW β₁." },
     Field { name: "adam_beta2", group: Optimization, kind: Float, help: "AdamW β₂." },
     Field { name: "adam_epsilon", group: Optimization, kind: Float, help: "AdamW ε." },
-    Field { name: "seed", group: Optimization, kind: Int, help: "The training seed: data order, evaluation sampling and a random_init. A toy task's problem comes from task_seed." },
+    Field { name: "seed", group: Optimization, kind: Int, help: "The training seed: the data order (unless data_seed is set), evaluation sampling and a random_init. A toy task's problem comes from task_seed." },
+    Field { name: "data_seed", group: Optimization, kind: Int, help: "Seeds the data order (random sampling) as in transformers: epoch e is torch.randperm seeded with data_seed + e. Blank: seed." },
+    Field { name: "train_sampling_strategy", group: Optimization, kind: Choice(SAMPLING), help: "Data order. Blank: TRL's default for the loss, random for sigmoid and ipo, sequential for kto (which refuses random: its KL pairs are neighbours)." },
+    Field { name: "dataloader_drop_last", group: Optimization, kind: Bool, help: "Drop the last, short batch of every epoch." },
     Field { name: "logging_steps", group: Logging, kind: Int, help: "Log training metrics every this many steps (averaged over the window)." },
     Field { name: "eval_steps", group: Logging, kind: Int, help: "Evaluate KL, gold reward and OOD mass every this many steps (toy tasks). Blank: never (dataset runs)." },
     Field { name: "save_steps", group: Logging, kind: Int, help: "Write a checkpoint every this many steps and at the end; 0: only at the end." },
