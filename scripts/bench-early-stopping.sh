@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What early stopping saves: the default toy-tree DPO run (examples/toy-tree-dpo.toml, 2,000
-# steps, peak at step 225) with `early_stopping = true` against the same run without it,
+# steps, peak at step 200) with `early_stopping = true` against the same run without it,
 # alternating, π_init cached. Prints each run's wall and CPU seconds, where it stopped, and the
 # medians.
 #   scripts/bench-early-stopping.sh [repeats]   (default 3; BIN=… picks the binary,

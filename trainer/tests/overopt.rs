@@ -1,5 +1,5 @@
 //! The overoptimization alarm on the default toy-tree DPO run, whose gold reward peaks at step
-//! 225 of 2,000 (EXPERIMENTS.md): with `early_stopping = true` the run stops within
+//! 200 of 2,000 (EXPERIMENTS.md): with `early_stopping = true` the run stops within
 //! `early_stopping_patience` evaluations of its observed peak, as finished, with its final
 //! checkpoint written, and `load_best_model_at_end` exports the peak's weights. A run too short
 //! to peak raises no alarm. π_init comes from the default toy cache, shared with other tests.
@@ -24,7 +24,7 @@ fn the_default_toy_run_stops_within_patience_evaluations_of_its_peak_and_keeps_t
     let peak = points.iter().max_by(|a, b| a.gold.total_cmp(&b.gold)).unwrap();
     let alarm = outcome.past_peak.expect("the alarm fired");
     assert_eq!(alarm.peak_step, peak.step, "the alarm's peak is the observed one");
-    assert!((200..=250).contains(&peak.step), "the default run peaks near step 225: {peak:?}");
+    assert!((175..=250).contains(&peak.step), "the default run peaks near step 200: {peak:?}");
     assert_eq!(alarm.peak_kl, peak.kl);
     let eval_steps = cfg.eval_steps.unwrap();
     assert!(alarm.step > peak.step && alarm.step <= peak.step + cfg.early_stopping_patience * eval_steps, "{alarm:?}");
