@@ -16,8 +16,8 @@ pub struct ServeArgs {
     /// naming another host are refused, as a guard against DNS rebinding.
     #[arg(long = "allowed-host", env = "GOODHART_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
-    /// SQLite database; created if missing, migrated at start.
-    #[arg(long, env = "GOODHART_DATABASE_URL", default_value = "sqlite://goodhart.db")]
+    /// SQLite database (`sqlite://PATH` or a path); created if missing, migrated at start.
+    #[arg(long, env = "GOODHART_DATABASE_URL", default_value = "sqlite://goodhart.db", value_parser = parse_database_url)]
     pub database_url: String,
     /// Checkpoints and caches (`runs/<id>/checkpoint-<step>/`).
     #[arg(long, env = "GOODHART_DATA_DIR", default_value = "./goodhart-data")]
@@ -28,8 +28,8 @@ pub struct ServeArgs {
     /// Run configs may only name datasets inside this directory.
     #[arg(long, env = "GOODHART_DATASETS_DIR", default_value = "./datasets")]
     pub datasets_dir: PathBuf,
-    /// Trainers running at once [default: half the cores, at least 1].
-    #[arg(long, env = "GOODHART_MAX_CONCURRENT_RUNS")]
+    /// Trainers running at once, at least 1 [default: half the cores, at least 1].
+    #[arg(long, env = "GOODHART_MAX_CONCURRENT_RUNS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_concurrent_runs: Option<usize>,
     /// The name this server claims runs under, unique among the servers sharing the database
     /// [default: <host>:<canonical data dir>, the same across restarts]. At start, runs still
@@ -94,7 +94,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         models_dir: args.models_dir,
         datasets_dir: args.datasets_dir,
-        max_concurrent_runs: args.max_concurrent_runs.unwrap_or((cores / 2).max(1)).max(1),
+        max_concurrent_runs: args.max_concurrent_runs.unwrap_or((cores / 2).max(1)),
         worker_id: args.worker_id,
         heartbeat_interval: args.heartbeat_interval,
         stale_after: args.stale_after,
@@ -123,6 +123,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
         server.wait().await
     })
+}
+
+/// Only SQLite is built in: another engine's URL would otherwise be read as a SQLite file name
+/// and fail later with "unable to open database file".
+fn parse_database_url(raw: &str) -> Result<String, String> {
+    match raw.split_once("://") {
+        Some(("sqlite", _)) | None => Ok(raw.to_string()),
+        Some((scheme, _)) => Err(format!(
+            "{scheme}:// is not supported: Goodhart stores runs in SQLite only (sqlite://PATH or a file path)"
+        )),
+    }
 }
 
 /// `500ms`, `5s`, `2m`, or a bare number of seconds.
@@ -174,5 +185,26 @@ mod tests {
         assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
         assert!(parse_duration("-1s").is_err());
+    }
+
+    fn serve_error(args: &[&str]) -> String {
+        use clap::Parser;
+        let argv = ["goodhart", "serve"].iter().chain(args);
+        crate::cli::Cli::try_parse_from(argv).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn another_engines_database_url_is_refused_naming_the_flag_and_sqlite_paths_pass() {
+        let refused = serve_error(&["--database-url", "postgres://u@db/goodhart"]);
+        assert!(refused.contains("--database-url") && refused.contains("SQLite only"), "{refused}");
+        for ok in ["sqlite://goodhart.db", "runs.db", "sqlite::memory:"] {
+            assert_eq!(parse_database_url(ok).as_deref(), Ok(ok));
+        }
+    }
+
+    #[test]
+    fn zero_concurrent_runs_is_refused_rather_than_raised_to_one() {
+        let refused = serve_error(&["--max-concurrent-runs", "0"]);
+        assert!(refused.contains("--max-concurrent-runs") && refused.contains("0 is not in 1.."), "{refused}");
     }
 }
