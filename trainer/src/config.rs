@@ -894,9 +894,13 @@ impl RunConfig {
         }
     }
 
-    /// The reference moves during training.
-    pub fn moves_reference(&self) -> bool {
-        self.sync_ref_model
+    /// How the reference moves during training (α, τ), or `None` when it stays the initial
+    /// policy. The one place the rule is derived: the loop and the reports both call it.
+    pub fn trust_region(&self) -> Option<crate::trust_region::TrustRegion> {
+        self.sync_ref_model.then_some(crate::trust_region::TrustRegion {
+            mixup_alpha: self.ref_model_mixup_alpha,
+            sync_steps: self.ref_model_sync_steps,
+        })
     }
 
     /// The dtype the policy computes in (`bf16`, `fp16`, else float32).

@@ -19,7 +19,6 @@ use crate::model::{add_grads, CausalLm, ModelConfig, ParamSet};
 use crate::optim::{clip_to_max_norm, global_grad_norm, AdamW, AdamWConfig, LrSchedule};
 use crate::overopt::{self, Alarm};
 use crate::retention::{self, Scored};
-use crate::trust_region::TrustRegion;
 use crate::workers;
 
 /// The examples in the shape the loss needs: KTO trains on unpaired examples (pairs are
@@ -282,9 +281,7 @@ fn train_loop(
         warmup_steps: cfg.warmup_steps_for(total),
         total_steps: total,
     };
-    let trust_region = cfg
-        .sync_ref_model
-        .then_some(TrustRegion { mixup_alpha: cfg.ref_model_mixup_alpha, sync_steps: cfg.ref_model_sync_steps });
+    let trust_region = cfg.trust_region();
     std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
 
     // Fresh start, or everything a checkpoint holds. The reference is the initial policy itself

@@ -50,12 +50,12 @@ impl RunMeta {
 
     /// α when the reference moves.
     pub fn alpha(&self) -> Option<f64> {
-        self.config.sync_ref_model.then_some(self.config.ref_model_mixup_alpha)
+        self.config.trust_region().map(|tr| tr.mixup_alpha)
     }
 
     /// τ when the reference moves.
     pub fn tau(&self) -> Option<u64> {
-        self.config.sync_ref_model.then_some(self.config.ref_model_sync_steps)
+        self.config.trust_region().map(|tr| tr.sync_steps)
     }
 
     pub fn loss_name(&self) -> &'static str {

@@ -71,7 +71,7 @@ pub fn paired<const K: usize>(runs: &[(&RunMeta, [f64; K])], better_at: usize) -
     };
     let pair_key = |m: &RunMeta| (m.config.task_seed, m.config.seed);
     let mut variants: Vec<Variant<'_, K>> = Vec::new();
-    for &(meta, stats) in runs.iter().filter(|(m, _)| m.config.sync_ref_model) {
+    for &(meta, stats) in runs.iter().filter(|(m, _)| m.config.trust_region().is_some()) {
         let r = rest(meta);
         let mut label = meta.short_label();
         for k in &differing {
@@ -88,7 +88,7 @@ pub fn paired<const K: usize>(runs: &[(&RunMeta, [f64; K])], better_at: usize) -
     for (label, loss, r, members) in variants {
         let twins: Vec<&(&RunMeta, [f64; K])> = runs
             .iter()
-            .filter(|(m, _)| !m.config.sync_ref_model && m.config.loss_type == loss && rest(m) == r)
+            .filter(|(m, _)| m.config.trust_region().is_none() && m.config.loss_type == loss && rest(m) == r)
             .collect();
         let diffs: Vec<[f64; K]> = members
             .iter()

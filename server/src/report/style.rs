@@ -198,7 +198,7 @@ pub fn shown_params(meta: &RunMeta) -> BTreeMap<String, String> {
     meta.params
         .iter()
         .map(|(k, v)| {
-            let moves = meta.config.sync_ref_model;
+            let moves = meta.config.trust_region().is_some();
             let text = match k.as_str() {
                 "ref_model_mixup_alpha" | "ref_model_sync_steps" if !moves => "—".to_string(),
                 _ => plain(v),
