@@ -1,11 +1,36 @@
 //! The trainer's one error type. Every fallible trainer function returns [`Result`].
 
+use std::fmt;
 use std::path::PathBuf;
 
-use crate::config::FieldError;
+use serde::{Deserialize, Serialize};
+
 use crate::data::RowProblem;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One invalid field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+
+    pub fn join(errors: &[FieldError]) -> String {
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.field, self.message)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

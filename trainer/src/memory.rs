@@ -12,8 +12,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::config::{FieldError, LossType, RunConfig};
+use crate::config::{LossType, RunConfig};
 use crate::data::Dataset;
+use crate::error::FieldError;
 use crate::error::{Error, Result};
 use crate::model::registry::{self, ModelKind};
 use crate::model::{param_specs, ModelConfig};

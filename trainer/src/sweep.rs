@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::config::{FieldError, RunConfig};
+use crate::config::RunConfig;
+use crate::error::FieldError;
 
 /// One run of an expanded sweep.
 #[derive(Debug, Clone, PartialEq)]

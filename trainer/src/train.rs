@@ -31,7 +31,7 @@ pub fn dataset_for_loss(dataset: Dataset, cfg: &RunConfig) -> Result<Dataset> {
             Ok(Dataset::Unpaired(examples))
         }
         (_, Dataset::Paired(p)) => Ok(Dataset::Paired(p)),
-        (other, Dataset::Unpaired(_)) => Err(Error::Config(vec![crate::config::FieldError::new(
+        (other, Dataset::Unpaired(_)) => Err(Error::Config(vec![crate::error::FieldError::new(
             "loss_type",
             format!(
                 "{:?} needs paired {{prompt, chosen, rejected}} data; the dataset is unpaired (use \"kto\")",
@@ -171,7 +171,8 @@ fn kto_weights_warning(cfg: &RunConfig, data: &Dataset) -> Option<String> {
 /// Refuses data the configured loader cannot make one batch of, and larger sets than
 /// torch's `randperm` shuffles the way reproduced here.
 fn check_data_size(cfg: &RunConfig, examples: usize) -> Result<()> {
-    use crate::config::{FieldError, SamplingStrategy};
+    use crate::config::SamplingStrategy;
+    use crate::error::FieldError;
     let batch = cfg.per_device_train_batch_size;
     if data::batches_per_epoch(examples, batch, cfg.dataloader_drop_last) == 0 {
         let message = format!(
@@ -337,7 +338,7 @@ fn train_loop(
     // Vanilla runs may score the reference once, before the first step (TRL's option).
     let precomputed = if cfg.precompute_ref_log_probs {
         if trust_region.is_some() {
-            return Err(Error::Config(vec![crate::config::FieldError::new(
+            return Err(Error::Config(vec![crate::error::FieldError::new(
                 "precompute_ref_log_probs",
                 "cannot be used with sync_ref_model: the reference moves during training",
             )]));

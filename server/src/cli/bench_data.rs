@@ -110,7 +110,7 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<()> {
         "gradient_checkpointing": args.gradient_checkpointing,
         "bf16": args.bf16,
     }))
-    .map_err(|e| anyhow::anyhow!("bench config: {}", trainer::config::FieldError::join(&e)))?;
+    .map_err(|e| anyhow::anyhow!("bench config: {}", trainer::error::FieldError::join(&e)))?;
     let setup = Setup::from_config(&cfg, &Device::Cpu)?;
     let lengths: Vec<usize> = match &setup.data {
         Dataset::Paired(p) => {

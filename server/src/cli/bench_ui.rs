@@ -61,7 +61,7 @@ async fn fill(state: &AppState, writer: &MetricWriter, runs: usize, points: usiz
                 "eval_steps": 10,
             });
             let config = trainer::config::RunConfig::from_json_value(v)
-                .map_err(|e| anyhow::anyhow!("{}", trainer::config::FieldError::join(&e)))?;
+                .map_err(|e| anyhow::anyhow!("{}", trainer::error::FieldError::join(&e)))?;
             Ok(serde_json::to_value(config)?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

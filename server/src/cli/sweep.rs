@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context};
-use trainer::config::FieldError;
+use trainer::error::FieldError;
 use trainer::metrics::{JsonlSink, Metrics};
 use trainer::summary::{self, EvalPoint, FitForm, RunSummary};
 use trainer::sweep::SweepRun;

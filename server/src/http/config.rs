@@ -12,7 +12,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use serde_json::Value;
-use trainer::config::{FieldError, RunConfig};
+use trainer::config::RunConfig;
+use trainer::error::FieldError;
 
 use super::error::Error;
 use super::Settings;

@@ -12,8 +12,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
-use trainer::config::{FieldError, LossType, RunConfig};
+use trainer::config::{LossType, RunConfig};
 use trainer::data::{self, DatasetReport, FileFormat, RowProblem, RowType};
+use trainer::error::FieldError;
 
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use trainer::config::FieldError;
+use trainer::error::FieldError;
 
 use super::AppState;
 use crate::jobs::queue::QueueError;

@@ -102,7 +102,7 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => RunStatus::parse(s).or_else(|| {
-            errors.push(trainer::config::FieldError::new(
+            errors.push(trainer::error::FieldError::new(
                 "status",
                 "must be one of queued, running, finished, failed, cancelled",
             ));
@@ -112,14 +112,14 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
     let sweep = match q.sweep.as_deref() {
         None => None,
         Some(s) => s.parse::<i64>().ok().or_else(|| {
-            errors.push(trainer::config::FieldError::new("sweep", "must be a sweep id"));
+            errors.push(trainer::error::FieldError::new("sweep", "must be a sweep id"));
             None
         }),
     };
     let sort = match q.sort.as_deref() {
         None => Sort::Newest,
         Some(s) => Sort::parse(s).unwrap_or_else(|| {
-            errors.push(trainer::config::FieldError::new("sort", "must be one of -id (newest), id (oldest), status"));
+            errors.push(trainer::error::FieldError::new("sort", "must be one of -id (newest), id (oldest), status"));
             Sort::Newest
         }),
     };

@@ -7,7 +7,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
-use trainer::config::{FieldError, RunConfig};
+use trainer::config::RunConfig;
+use trainer::error::FieldError;
 
 use super::config::{parse_body, prepare};
 use super::datasets::check_datasets;

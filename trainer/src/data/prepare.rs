@@ -263,7 +263,7 @@ fn split_by_prompt(rows: Vec<Located>, ratio: f64, seed: u64) -> Result<(Vec<Loc
         }
     }
     if prompts.len() < 2 {
-        return Err(Error::Config(vec![crate::config::FieldError::new(
+        return Err(Error::Config(vec![crate::error::FieldError::new(
             "eval_split_ratio",
             format!("needs at least 2 distinct prompts to hold some out; the dataset has {}", prompts.len()),
         )]));

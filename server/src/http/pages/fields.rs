@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Number, Value};
-use trainer::config::{FieldError, RunConfig};
+use trainer::config::RunConfig;
+use trainer::error::FieldError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
-use trainer::config::FieldError;
+use trainer::error::FieldError;
 
 use super::fields::{self, Group, Kind, FIELDS};
 use super::{page, pairs, see_other, value, PageError, PageResult};

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
-use trainer::config::FieldError;
+use trainer::error::FieldError;
 
 use super::new_run::{groups, summary, GroupView};
 use super::{fields, flag, page, pairs, see_other, value, values, PageError, PageResult};
