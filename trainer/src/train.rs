@@ -349,14 +349,7 @@ fn train_loop(
     } else {
         None
     };
-    let mut sampler = BatchSampler::new(
-        setup.data.len(),
-        cfg.per_device_train_batch_size,
-        cfg.dataloader_drop_last,
-        cfg.sampling_strategy(),
-        cfg.data_order_seed(),
-        state.data_cursor,
-    );
+    let mut sampler = BatchSampler::for_run(cfg, setup.data.len(), state.data_cursor);
     let mut last_checkpoint = None;
     // `periodic`: by save_steps or at the last step. Otherwise an evaluation that retention keeps,
     // or the point a stop request resumes from, kept while it is the newest. Checkpoints that

@@ -96,14 +96,7 @@ fn case_matches_trl(case: &str) {
 
     // The data order: every micro-batch, as TRL's loader gave it.
     let total = total_steps(&cfg, setup.data.len());
-    let mut sampler = BatchSampler::new(
-        setup.data.len(),
-        cfg.per_device_train_batch_size,
-        cfg.dataloader_drop_last,
-        cfg.sampling_strategy(),
-        cfg.data_order_seed(),
-        DataCursor::default(),
-    );
+    let mut sampler = BatchSampler::for_run(&cfg, setup.data.len(), DataCursor::default());
     let ours: Vec<Vec<usize>> = (0..total).flat_map(|_| sampler.next_step(cfg.gradient_accumulation_steps)).collect();
     let theirs: Vec<Vec<usize>> = serde_json::from_value(expected["batches"].clone()).unwrap();
     assert_eq!(ours, theirs, "{case}: the micro-batches, in order");

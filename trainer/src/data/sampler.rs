@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::SamplingStrategy;
+use crate::config::{RunConfig, SamplingStrategy};
 
 /// Where the data loader stands: which epoch, and how many examples of it were consumed.
 /// Together with the seed this fully determines every later batch, so it is all a
@@ -103,6 +103,19 @@ pub struct BatchSampler {
 }
 
 impl BatchSampler {
+    /// The sampler a run of `cfg` over `len` rows uses, from `cursor` on: what the training loop
+    /// builds, and what the parity tests check against TRL's loader.
+    pub fn for_run(cfg: &RunConfig, len: usize, cursor: DataCursor) -> Self {
+        Self::new(
+            len,
+            cfg.per_device_train_batch_size,
+            cfg.dataloader_drop_last,
+            cfg.sampling_strategy(),
+            cfg.data_order_seed(),
+            cursor,
+        )
+    }
+
     pub fn new(
         len: usize,
         batch_size: usize,
