@@ -5,16 +5,17 @@
 
 mod common;
 
-use std::path::Path;
-
 use candle_core::Device;
-use common::{as_f64_rows, as_u32_rows, as_u8_rows, assert_close, assert_metric_close, fixtures, read_json};
+use common::{
+    as_f64_rows, as_u32_rows, as_u8_rows, assert_close, assert_metric_close, assert_weights_close, checkpoint_weights,
+    fixtures, read_json,
+};
 use serde_json::{json, Value};
 use trainer::config::RunConfig;
 use trainer::data::{self, Batch, Collated, TextTokenizer};
 use trainer::logps::token_logps;
 use trainer::metrics::MemorySink;
-use trainer::model::{CausalLm, ParamSet};
+use trainer::model::CausalLm;
 use trainer::train::{train_with, Setup};
 
 fn forward_matches_transformers(model_dir: &str) {
@@ -146,16 +147,6 @@ fn the_collated_batch_is_identical_to_trls_for_every_case() {
     }
 }
 
-fn assert_weights_close(ours: &ParamSet, file: &Path, what: &str) {
-    let theirs = candle_core::safetensors::load(file, &Device::Cpu).unwrap();
-    assert_eq!(theirs.len(), ours.names().len(), "{what}: same parameter count");
-    for (name, var) in ours.iter() {
-        let t = &theirs[name];
-        let diff = (var.as_tensor() - t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff <= 1e-5, "{what} `{name}`: max |diff| {diff:e} > 1e-5");
-    }
-}
-
 fn every_step_matches_trl(case: &str) {
     let cfg = run_config(case);
     let expected = read_json(&fixtures().join(case).join("expected.json"));
@@ -190,14 +181,8 @@ fn every_step_matches_trl(case: &str) {
         }
     }
     let ckpt = out.path().join("checkpoint-4");
-    let policy =
-        ParamSet::load_safetensors(&ckpt.join("model.safetensors"), &setup.model.config, &Device::Cpu).unwrap();
+    let (policy, reference) = checkpoint_weights(&ckpt, &cfg, &setup);
     assert_weights_close(&policy, &fixtures().join(case).join("policy_after.safetensors"), &format!("{case} policy"));
-    let reference = if cfg.sync_ref_model {
-        ParamSet::load_safetensors(&ckpt.join("reference.safetensors"), &setup.model.config, &Device::Cpu).unwrap()
-    } else {
-        setup.initial.deep_clone().unwrap()
-    };
     assert_weights_close(
         &reference,
         &fixtures().join(case).join("reference_after.safetensors"),

@@ -9,15 +9,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::Device;
-use common::{assert_metric_close, read_json};
+use common::{assert_metric_close, assert_weights_close, checkpoint_weights, read_json, WEIGHT_ABS_TOL};
 use serde_json::{json, Value};
 use trainer::config::RunConfig;
 use trainer::data::{BatchSampler, DataCursor};
 use trainer::metrics::MemorySink;
-use trainer::model::ParamSet;
 use trainer::train::{total_steps, train_with, Setup};
 
 fn fixtures() -> PathBuf {
@@ -39,9 +38,6 @@ const METRICS: [&str; 11] = [
     "kl",
 ];
 
-/// Final weights within this of TRL's, absolute.
-const WEIGHT_ABS_TOL: f32 = 1e-5;
-
 /// The case's config (TRL's keys, Goodhart's names) with its paths resolved.
 fn run_config(expected: &Value) -> RunConfig {
     let mut cfg = expected["config"].as_object().expect("a config object").clone();
@@ -54,20 +50,6 @@ fn run_config(expected: &Value) -> RunConfig {
     // Pinned so the summation order (and so the last bits) does not depend on the machine.
     cfg.insert("num_threads".into(), json!(2));
     RunConfig::from_json_value(Value::Object(cfg)).unwrap_or_else(|e| panic!("{e:?}"))
-}
-
-fn assert_weights_close(ours: &ParamSet, file: &Path, what: &str) {
-    let theirs = candle_core::safetensors::load(file, &Device::Cpu).unwrap();
-    assert_eq!(theirs.len(), ours.names().len(), "{what}: same parameter count");
-    for (name, var) in ours.iter() {
-        let t = theirs.get(name).unwrap_or_else(|| {
-            let mut names: Vec<&String> = theirs.keys().collect();
-            names.sort();
-            panic!("{what}: TRL saved no `{name}`; it saved {names:?}")
-        });
-        let diff = (var.as_tensor() - t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff <= WEIGHT_ABS_TOL, "{what} `{name}`: max |diff| {diff:e} > {WEIGHT_ABS_TOL:e}");
-    }
 }
 
 /// TRL's own drift under the generator's probes (2 threads, rows reversed, gradients and weights
@@ -119,15 +101,9 @@ fn case_matches_trl(case: &str) {
     }
 
     let ckpt = out.path().join(format!("checkpoint-{}", outcome.global_step));
-    let policy =
-        ParamSet::load_safetensors(&ckpt.join("model.safetensors"), &setup.model.config, &Device::Cpu).unwrap();
+    let (policy, reference) = checkpoint_weights(&ckpt, &cfg, &setup);
     assert_weights_close(&policy, &fixtures().join(case).join("policy_after.safetensors"), &format!("{case} policy"));
     // Vanilla runs too: their reference is TRL's saved one, not just "our initial weights".
-    let reference = if cfg.sync_ref_model {
-        ParamSet::load_safetensors(&ckpt.join("reference.safetensors"), &setup.model.config, &Device::Cpu).unwrap()
-    } else {
-        setup.initial.deep_clone().unwrap()
-    };
     let trl_reference = fixtures().join(case).join("reference_after.safetensors");
     assert_weights_close(&reference, &trl_reference, &format!("{case} reference"));
 

@@ -3,7 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use serde_json::{json, Value};
+use trainer::config::RunConfig;
+use trainer::model::ParamSet;
+use trainer::train::Setup;
+
+/// Final weights against TRL's: a float32 max |diff| bound on every parameter.
+pub const WEIGHT_ABS_TOL: f32 = 1e-5;
 
 /// `../shared/reference/trl-parity/` beside the repository (as CI lays it out).
 pub fn fixtures() -> PathBuf {
@@ -85,4 +92,28 @@ pub fn run_in_transformers(script: &str, args: &[&str], what: &str) -> Value {
     let theirs: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(theirs["warnings"], json!([]), "{what}: transformers warned while loading");
     theirs
+}
+
+/// Every parameter of `ours` within [`WEIGHT_ABS_TOL`] of the same name in a safetensors file.
+pub fn assert_weights_close(ours: &ParamSet, file: &Path, what: &str) {
+    let theirs = candle_core::safetensors::load(file, &Device::Cpu).unwrap();
+    assert_eq!(theirs.len(), ours.names().len(), "{what}: same parameter count");
+    for (name, var) in ours.iter() {
+        let t = theirs.get(name).unwrap_or_else(|| {
+            let mut names: Vec<&String> = theirs.keys().collect();
+            names.sort();
+            panic!("{what}: TRL saved no `{name}`; it saved {names:?}")
+        });
+        let diff = (var.as_tensor() - t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= WEIGHT_ABS_TOL, "{what} `{name}`: max |diff| {diff:e} > {WEIGHT_ABS_TOL:e}");
+    }
+}
+
+/// The policy and reference a run's checkpoint holds. Without trust-region updates the
+/// reference is the initial policy, which the checkpoint does not store.
+pub fn checkpoint_weights(ckpt: &Path, cfg: &RunConfig, setup: &Setup) -> (ParamSet, ParamSet) {
+    let load = |file: &str| ParamSet::load_safetensors(&ckpt.join(file), &setup.model.config, &Device::Cpu).unwrap();
+    let reference =
+        if cfg.sync_ref_model { load("reference.safetensors") } else { setup.initial.deep_clone().unwrap() };
+    (load("model.safetensors"), reference)
 }
