@@ -60,6 +60,32 @@ pub struct Run {
     pub worker: Option<String>,
 }
 
+#[cfg(test)]
+impl Run {
+    /// A stored run for unit tests: its id and status, the rest empty (`..Run::example(…)`
+    /// sets what a test needs).
+    pub fn example(id: i64, status: &str) -> Self {
+        Self {
+            id,
+            sweep_id: None,
+            config: "{}".into(),
+            status: status.into(),
+            cancel_requested: false,
+            step: 0,
+            total_steps: None,
+            error: None,
+            status_reason: None,
+            attempts: 1,
+            parent_id: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            heartbeat_at: None,
+            worker: None,
+        }
+    }
+}
+
 impl Run {
     pub fn status(&self) -> RunStatus {
         RunStatus::parse(&self.status).unwrap_or(RunStatus::Failed)

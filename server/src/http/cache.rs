@@ -205,24 +205,7 @@ mod tests {
 
     #[test]
     fn answers_are_kept_for_ended_runs_only_and_forgotten_with_the_run() {
-        let run = |id: i64, status: &str| Run {
-            id,
-            sweep_id: None,
-            config: "{}".into(),
-            status: status.into(),
-            cancel_requested: false,
-            step: 0,
-            total_steps: None,
-            error: None,
-            status_reason: None,
-            attempts: 1,
-            parent_id: None,
-            created_at: 0,
-            started_at: None,
-            finished_at: None,
-            heartbeat_at: None,
-            worker: None,
-        };
+        let run = Run::example;
         let cache = EndedRunCache::default();
         let (ended, running, other) = (run(1, "cancelled"), run(2, "running"), run(3, "finished"));
         cache.keep_metrics_body(&ended, "json|loss".into(), Bytes::from_static(b"{1}"));

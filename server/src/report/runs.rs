@@ -277,22 +277,13 @@ mod tests {
             None => json!({}),
         };
         let run = Run {
-            id,
             sweep_id: (id % 2 == 0).then_some(1),
             config: config.to_string(),
-            status: status.into(),
-            cancel_requested: false,
             step: 5,
             total_steps: Some(10),
-            error: None,
-            status_reason: None,
-            attempts: 1,
-            parent_id: None,
-            created_at: 0,
             started_at: Some(0),
-            finished_at: None,
             heartbeat_at: Some(5_000),
-            worker: None,
+            ..Run::example(id, status)
         };
         let evals: Vec<Eval> = peak
             .map(|p| {

@@ -265,22 +265,11 @@ mod tests {
 
     fn row(status: &str, step: i64) -> RunRow {
         let run = Run {
-            id: 1,
-            sweep_id: None,
-            config: "{}".into(),
-            status: status.into(),
-            cancel_requested: false,
             step,
             total_steps: Some(400),
-            error: None,
-            status_reason: None,
-            attempts: 1,
-            parent_id: None,
-            created_at: 0,
             started_at: Some(0),
             finished_at: Some(1_000),
-            heartbeat_at: None,
-            worker: None,
+            ..Run::example(1, status)
         };
         RunRow::new(&run, &[], &[])
     }
