@@ -239,7 +239,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     let runner = Runner {
         queue: state.queue.clone(),
         pool: pool.clone(),
-        train: trainer::train::train,
+        train: trainer::train::train_with,
         writer,
         data_dir: config.data_dir.clone(),
         public_dirs: vec![config.data_dir.clone(), config.models_dir.clone(), config.datasets_dir.clone()],

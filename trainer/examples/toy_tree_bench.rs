@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use candle_core::Device;
 use trainer::config::RunConfig;
+use trainer::eval::EvalWeights;
 use trainer::metrics::MemorySink;
-use trainer::train::{train_with, EvalWeights};
+use trainer::train::train_with;
 
 /// This process's CPU seconds (user + system) from /proc (Linux), so that numbers taken on a
 /// busy machine still say what the work itself cost; `None` elsewhere.
@@ -62,9 +63,9 @@ fn main() -> trainer::Result<()> {
     for _ in 0..repeats {
         let dir = tempfile_dir();
         let t = Instant::now();
-        let mut task = trainer::tasks::build(&cfg, &Device::Cpu)?;
+        // The task's build (π_init from the cache) is part of the run, as before.
         let mut sink = MemorySink::default();
-        train_with(&cfg, &task.setup, &dir, false, &mut sink, Some(task.evaluator.as_mut()))?;
+        train_with(&cfg, &dir, false, &mut sink)?;
         runs.push(t.elapsed().as_secs_f64());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -12,12 +12,13 @@ use serde_json::json;
 
 use crate::config::RunConfig;
 use crate::data::{Collated, Dataset, PairedExample, Sequence};
+use crate::data_parallel::{micro_batch_grads, MicroBatchGrads, ReferenceSource};
 use crate::error::Result;
 use crate::logps::sequence_logps;
 use crate::loss::{dpo_loss, Pair};
 use crate::model::{CausalLm, ModelConfig, ParamSet};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::train::{micro_batch_grads, MicroBatchGrads, ReferenceSource, Setup};
+use crate::setup::Setup;
 use crate::trust_region::soft_update;
 
 pub const PROMPT_LEN: usize = 16;
@@ -85,7 +86,11 @@ pub fn bench_memory_plan(
     let data = Dataset::Paired(
         (0..PAIRS).map(|_| PairedExample { chosen: seq(COMPLETION_LEN), rejected: seq(COMPLETION_LEN) }).collect(),
     );
-    crate::memory::MemoryPlan::for_run(&bench_run_config(device, dtype, gradient_checkpointing), cfg, &data)
+    crate::memory::MemoryPlan::for_run(
+        &bench_run_config(device, dtype, gradient_checkpointing).memory_shape(),
+        cfg,
+        &data,
+    )
 }
 
 /// Per-step phase times in milliseconds.
@@ -169,7 +174,7 @@ fn random_batch(vocab: usize, rng: &mut ChaCha8Rng) -> Collated {
     Collated::from_sequences(&seqs, 0)
 }
 
-/// The trainer's own step (`train::micro_batch_grads`, with its worker threads), then AdamW and
+/// The trainer's own step (`data_parallel::micro_batch_grads`, with its worker threads), then AdamW and
 /// the soft update: what `goodhart train` runs. `warmup + steps` steps; `on_warm` is called
 /// once the warm-up is done.
 #[allow(clippy::too_many_arguments)]
@@ -299,7 +304,7 @@ pub fn time_evaluation(
         eos_token_id: None,
         pad_token_id: 0,
     };
-    let weights = crate::train::EvalWeights { model: &model, policy: &policy, reference: &initial, initial: &initial };
+    let weights = crate::eval::EvalWeights { model: &model, policy: &policy, reference: &initial, initial: &initial };
     let worst = |samples: &[crate::eval::ScoredSample]| {
         samples.iter().map(|s| (s.policy_logp - s.other_logps[0]).abs()).fold(0f64, f64::max)
     };

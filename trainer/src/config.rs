@@ -611,7 +611,7 @@ impl RunConfig {
         }
         if errors.is_empty() {
             if let Some(machine) = crate::memory::machine_bytes() {
-                errors.extend(crate::memory::bounds(self, machine));
+                errors.extend(crate::memory::bounds(&self.memory_shape(), machine));
             }
         }
         if errors.is_empty() {
@@ -867,6 +867,36 @@ impl RunConfig {
             self.warmup_steps as u64
         } else {
             (total_steps as f64 * self.warmup_steps).ceil() as u64
+        }
+    }
+
+    /// What the memory estimate reads from this config ([`crate::memory`]).
+    pub fn memory_shape(&self) -> crate::memory::RunShape<'_> {
+        use crate::memory::ModelSource;
+        let model = match (&self.model_name_or_path, self.task.is_toy()) {
+            (_, true) => ModelSource::Toy {
+                vocab_size: self.toy_alphabet_size,
+                max_positions: self.toy_response_length + 1,
+                hidden_size: self.toy_hidden_size,
+                num_layers: self.toy_num_layers,
+                num_heads: self.toy_num_heads,
+            },
+            (Some(dir), false) => ModelSource::Dir(dir),
+            (None, false) => ModelSource::Unknown,
+        };
+        crate::memory::RunShape {
+            model,
+            per_device_train_batch_size: self.per_device_train_batch_size,
+            // A GPU run takes the whole micro-batch on one worker (see `data_parallel::micro_batch_grads`).
+            workers: if self.device == "cpu" { crate::workers::worker_threads(self.num_threads) } else { 1 },
+            evaluates: self.eval_steps.is_some() || self.reward_model_path.is_some(),
+            max_new_tokens: self.max_new_tokens,
+            max_length: self.max_length,
+            mixed_precision: self.bf16 || self.fp16,
+            gradient_checkpointing: self.gradient_checkpointing,
+            moving_reference: self.sync_ref_model,
+            unpaired: self.loss_type == LossType::Kto,
+            reward_model_path: self.reward_model_path.as_deref(),
         }
     }
 

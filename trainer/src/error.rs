@@ -54,7 +54,7 @@ pub enum Error {
     NonFinite { step: u64, what: String },
 
     /// The sink asked to stop (a cancel, a shutdown) before the first training step, while π_init
-    /// was being built; nothing was saved. [`crate::train::train`] answers it as a stopped run.
+    /// was being built; nothing was saved. [`crate::train::train_with`] answers it as a stopped run.
     #[error("stopped on request while building π_init, before the first training step")]
     StoppedBeforeTraining,
 

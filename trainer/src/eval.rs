@@ -17,7 +17,23 @@ use crate::model::inference;
 use crate::model::reward::RewardModel;
 use crate::model::sampling::{generate, Sample, SamplingConfig};
 use crate::model::{CausalLm, ParamSet};
-use crate::train::{EvalWeights, Evaluator};
+
+/// Measures the policy during training (`eval/*` metrics): at step 0 of a fresh run, every
+/// `eval_steps`, and at the last step. Toy tasks compute exact or Monte Carlo KL to the
+/// initial policy and the gold reward here.
+pub trait Evaluator {
+    fn evaluate(&mut self, step: u64, weights: EvalWeights<'_>) -> Result<Metrics>;
+}
+
+/// The three weight sets an evaluation may compare.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalWeights<'a> {
+    pub model: &'a CausalLm,
+    pub policy: &'a ParamSet,
+    /// The current reference (the initial policy itself when it never moves).
+    pub reference: &'a ParamSet,
+    pub initial: &'a ParamSet,
+}
 
 /// A sample mean and its standard error.
 #[derive(Debug, Clone, Copy, PartialEq)]

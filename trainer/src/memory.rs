@@ -12,7 +12,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::config::{LossType, RunConfig};
+use std::path::Path;
+
 use crate::data::Dataset;
 use crate::error::FieldError;
 use crate::error::{Error, Result};
@@ -20,6 +21,40 @@ use crate::model::registry::{self, ModelKind};
 use crate::model::{param_specs, ModelConfig};
 
 const F32: u64 = 4;
+
+/// What the estimate reads from a run's config (see `RunConfig::memory_shape`), so that it
+/// needs no config type: the config's validation refuses runs that cannot fit with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunShape<'a> {
+    /// The model the run will train, before anything is loaded.
+    pub model: ModelSource<'a>,
+    pub per_device_train_batch_size: usize,
+    /// The worker threads a CPU run splits each micro-batch across (1 on a GPU).
+    pub workers: usize,
+    /// Whether the run samples from the policy to evaluate it (`eval_steps`, a reward model).
+    pub evaluates: bool,
+    pub max_new_tokens: usize,
+    pub max_length: Option<usize>,
+    /// bf16 or fp16 compute.
+    pub mixed_precision: bool,
+    pub gradient_checkpointing: bool,
+    /// The trust-region reference gets its own copy once it moves.
+    pub moving_reference: bool,
+    /// One sequence per example (KTO) rather than a pair.
+    pub unpaired: bool,
+    pub reward_model_path: Option<&'a Path>,
+}
+
+/// Where a run's model comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource<'a> {
+    /// A toy task's small Llama, at its smallest vocabulary and context.
+    Toy { vocab_size: usize, max_positions: usize, hidden_size: usize, num_layers: usize, num_heads: usize },
+    /// An HF model directory.
+    Dir(&'a Path),
+    /// Not named (the config's own error says so).
+    Unknown,
+}
 
 /// Bytes per part of a run: float32 weights, moments and gradients, activations in the compute
 /// dtype where the forward pass keeps them so.
@@ -48,21 +83,21 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// The plan for `cfg` on a model with `model` as its config and `data` as its examples.
-    pub fn for_run(cfg: &RunConfig, model: &ModelConfig, data: &Dataset) -> Result<Self> {
+    /// The plan for a run of this shape on a model with `model` as its config and `data` as its examples.
+    pub fn for_run(run: &RunShape<'_>, model: &ModelConfig, data: &Dataset) -> Result<Self> {
         let rows_per_example = match data {
             Dataset::Paired(_) => 2,
             Dataset::Unpaired(_) => 1,
         };
         let (longest, longest_completion) = data.longest_sequences();
-        let reward_model = match &cfg.reward_model_path {
+        let reward_model = match run.reward_model_path {
             Some(dir) => reward_model_bytes(dir)?,
             None => 0,
         };
         Ok(Self::for_shape(
-            cfg,
+            run,
             model,
-            cfg.per_device_train_batch_size,
+            run.per_device_train_batch_size,
             rows_per_example,
             longest,
             longest_completion,
@@ -74,7 +109,7 @@ impl MemoryPlan {
     /// pairs), of at most `longest` tokens of which at most `longest_completion` are completion.
     /// Sums saturate: a plan too large to count is simply too large.
     fn for_shape(
-        cfg: &RunConfig,
+        run: &RunShape<'_>,
         model: &ModelConfig,
         batch: usize,
         rows_per_example: usize,
@@ -86,16 +121,14 @@ impl MemoryPlan {
             param_specs(model).iter().map(|(_, s)| product(s.iter().map(|&d| d as u64))).fold(0, u64::saturating_add);
         let weights = n.saturating_mul(F32);
         let rows = (batch as u64).saturating_mul(rows_per_example as u64);
-        // A GPU run takes the whole micro-batch on one worker (see `train::micro_batch_grads`).
-        let workers = if cfg.device == "cpu" { crate::workers::worker_threads(cfg.num_threads) } else { 1 };
-        let workers = workers.min(batch).max(1);
-        let training = training_activations(model, cfg, rows, longest as u64, longest_completion as u64);
-        let evaluation = if cfg.eval_steps.is_some() || cfg.reward_model_path.is_some() {
-            sampling_activations(model, (batch as u64).saturating_mul(2), cfg.max_new_tokens as u64, longest)
+        let workers = run.workers.min(batch).max(1);
+        let training = training_activations(model, run, rows, longest as u64, longest_completion as u64);
+        let evaluation = if run.evaluates {
+            sampling_activations(model, (batch as u64).saturating_mul(2), run.max_new_tokens as u64, longest)
         } else {
             0
         };
-        let half_weights = match (cfg.bf16 || cfg.fp16, cfg.gradient_checkpointing) {
+        let half_weights = match (run.mixed_precision, run.gradient_checkpointing) {
             (false, _) => 0,
             (true, false) => n.saturating_mul(2),
             (true, true) => n.saturating_mul(2) / model.num_hidden_layers.max(1) as u64,
@@ -105,7 +138,7 @@ impl MemoryPlan {
             half_weights,
             policy: weights,
             initial: weights,
-            reference: if cfg.sync_ref_model { weights } else { 0 },
+            reference: if run.moving_reference { weights } else { 0 },
             adam_moments: weights.saturating_mul(2),
             gradients: (workers as u64 + 1).saturating_mul(weights),
             activations: training.max(evaluation),
@@ -176,7 +209,7 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 /// A reward model's float32 weights, from its config (nothing is loaded).
-fn reward_model_bytes(dir: &std::path::Path) -> Result<u64> {
+fn reward_model_bytes(dir: &Path) -> Result<u64> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
@@ -212,11 +245,11 @@ fn per_token_per_layer(cfg: &ModelConfig, keys: u64) -> u64 {
 /// dtype runs candle's composed ops rather than the fused float32 kernels, and the attention
 /// scores exist in both dtypes around the float32 softmax. Measured: 1.23× the float32
 /// activations, for the same model.
-fn training_activations(cfg: &ModelConfig, run: &RunConfig, rows: u64, len: u64, completion: u64) -> u64 {
+fn training_activations(cfg: &ModelConfig, run: &RunShape<'_>, rows: u64, len: u64, completion: u64) -> u64 {
     let layers = cfg.num_hidden_layers as u64;
     let layer = product([rows, len, per_token_per_layer(cfg, len), F32]);
     let head = product([rows, completion, 3, cfg.vocab_size as u64, F32]);
-    let mixed = run.bf16 || run.fp16;
+    let mixed = run.mixed_precision;
     if run.gradient_checkpointing {
         let bytes = if mixed { 2 } else { F32 };
         let layer_inputs = product([rows, len, cfg.hidden_size as u64, layers + 1, bytes]);
@@ -247,12 +280,12 @@ fn sampling_activations(cfg: &ModelConfig, rows: u64, new_tokens: u64, prompt: u
 /// them not even the shortest sequences (one prompt and one completion token) fit, whatever
 /// the data. Each is a field error naming the bound. The exact plan, with the data's real
 /// lengths, is checked when the run starts ([`MemoryPlan::check`]).
-pub fn bounds(cfg: &RunConfig, machine: u64) -> Vec<FieldError> {
-    let Some((model, model_field)) = least_model(cfg) else { return Vec::new() };
-    let reward_model = cfg.reward_model_path.as_deref().map_or(0, |dir| reward_model_bytes(dir).unwrap_or(0));
-    let rows_per_example = if cfg.loss_type == LossType::Kto { 1 } else { 2 };
+pub fn bounds(run: &RunShape<'_>, machine: u64) -> Vec<FieldError> {
+    let Some((model, model_field)) = least_model(&run.model) else { return Vec::new() };
+    let reward_model = run.reward_model_path.map_or(0, |dir| reward_model_bytes(dir).unwrap_or(0));
+    let rows_per_example = if run.unpaired { 1 } else { 2 };
     let plan = |batch: usize, len: usize| {
-        MemoryPlan::for_shape(cfg, &model, batch, rows_per_example, len, len.saturating_sub(1).max(1), reward_model)
+        MemoryPlan::for_shape(run, &model, batch, rows_per_example, len, len.saturating_sub(1).max(1), reward_model)
     };
     let fits = |batch: usize, len: usize| plan(batch, len).total() <= machine;
     let machine_text = human_bytes(machine);
@@ -267,7 +300,7 @@ pub fn bounds(cfg: &RunConfig, machine: u64) -> Vec<FieldError> {
         )];
     }
     let mut errors = Vec::new();
-    let batch = cfg.per_device_train_batch_size;
+    let batch = run.per_device_train_batch_size;
     if !fits(batch, 2) {
         let most = largest(batch, |b| fits(b, 2));
         errors.push(FieldError::new(
@@ -279,7 +312,7 @@ pub fn bounds(cfg: &RunConfig, machine: u64) -> Vec<FieldError> {
             ),
         ));
     }
-    if let Some(length) = cfg.max_length.filter(|&l| l > 2 && !fits(1, l)) {
+    if let Some(length) = run.max_length.filter(|&l| l > 2 && !fits(1, l)) {
         let most = largest(length, |l| l < 2 || fits(1, l));
         errors.push(FieldError::new(
             "max_length",
@@ -311,13 +344,15 @@ fn largest(above: usize, ok: impl Fn(usize) -> bool) -> usize {
 /// The smallest model the run can have, and the field that chose it: the model directory's
 /// config, or a toy task's sizes with its smallest vocabulary and context. `None` when the
 /// model's config cannot be read (its own error says why).
-fn least_model(cfg: &RunConfig) -> Option<(ModelConfig, &'static str)> {
-    if cfg.task.is_toy() {
-        let model = crate::tasks::toy_model_config(cfg, cfg.toy_alphabet_size, cfg.toy_response_length + 1).ok()?;
-        return Some((model, "toy_hidden_size"));
+fn least_model(source: &ModelSource<'_>) -> Option<(ModelConfig, &'static str)> {
+    match *source {
+        ModelSource::Toy { vocab_size, max_positions, hidden_size, num_layers, num_heads } => {
+            let model = ModelConfig::toy_llama(vocab_size, max_positions, hidden_size, num_layers, num_heads).ok()?;
+            Some((model, "toy_hidden_size"))
+        }
+        ModelSource::Dir(dir) => Some((ModelConfig::from_file(&dir.join("config.json")).ok()?, "model_name_or_path")),
+        ModelSource::Unknown => None,
     }
-    let dir = cfg.model_name_or_path.as_ref()?;
-    Some((ModelConfig::from_file(&dir.join("config.json")).ok()?, "model_name_or_path"))
 }
 
 /// All the memory of this machine (or its cgroup limit): what no run can exceed, however idle
@@ -357,6 +392,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+    use crate::config::RunConfig;
     use crate::data::{PairedExample, Sequence};
     use crate::model::ParamSet;
     use crate::optim::{AdamW, AdamWConfig};
@@ -381,7 +417,7 @@ mod tests {
     fn weight_moment_and_gradient_bytes_are_those_the_trainer_allocates() {
         let cfg = llama();
         let run = RunConfig { num_threads: 2, per_device_train_batch_size: 4, ..RunConfig::default() };
-        let plan = MemoryPlan::for_run(&run, &cfg, &data()).unwrap();
+        let plan = MemoryPlan::for_run(&run.memory_shape(), &cfg, &data()).unwrap();
         let policy = ParamSet::random(&cfg, 0, 0.02, &Device::Cpu).unwrap();
         let actual = policy.num_bytes() as u64;
         assert_eq!(plan.num_parameters, policy.num_parameters() as u64);
@@ -394,26 +430,26 @@ mod tests {
         assert_eq!(plan.margin, parts / 10);
         assert_eq!(plan.total(), parts + plan.margin);
         let tr = RunConfig { sync_ref_model: true, ..run };
-        assert_eq!(MemoryPlan::for_run(&tr, &cfg, &data()).unwrap().reference, actual);
+        assert_eq!(MemoryPlan::for_run(&tr.memory_shape(), &cfg, &data()).unwrap().reference, actual);
     }
 
     #[test]
     fn activations_grow_with_the_batch_and_the_sequence_length() {
         let cfg = llama();
-        let small = MemoryPlan::for_run(&RunConfig::default(), &cfg, &data()).unwrap().activations;
+        let small = MemoryPlan::for_run(&RunConfig::default().memory_shape(), &cfg, &data()).unwrap().activations;
         let wide = RunConfig { per_device_train_batch_size: 16, ..RunConfig::default() };
-        assert!(MemoryPlan::for_run(&wide, &cfg, &data()).unwrap().activations > small);
+        assert!(MemoryPlan::for_run(&wide.memory_shape(), &cfg, &data()).unwrap().activations > small);
         let seq = |p: usize, c: usize| Sequence { prompt: vec![1; p], completion: vec![2; c] };
         let long = Dataset::Paired(vec![PairedExample { chosen: seq(3, 50), rejected: seq(3, 5) }]);
-        assert!(MemoryPlan::for_run(&RunConfig::default(), &cfg, &long).unwrap().activations > small);
+        assert!(MemoryPlan::for_run(&RunConfig::default().memory_shape(), &cfg, &long).unwrap().activations > small);
     }
 
     #[test]
     fn gradient_checkpointing_plans_for_one_layer_at_a_time() {
         let cfg = ModelConfig { num_hidden_layers: 12, ..llama() };
-        let plain = MemoryPlan::for_run(&RunConfig::default(), &cfg, &data()).unwrap().activations;
+        let plain = MemoryPlan::for_run(&RunConfig::default().memory_shape(), &cfg, &data()).unwrap().activations;
         let run = RunConfig { gradient_checkpointing: true, ..RunConfig::default() };
-        let checkpointed = MemoryPlan::for_run(&run, &cfg, &data()).unwrap().activations;
+        let checkpointed = MemoryPlan::for_run(&run.memory_shape(), &cfg, &data()).unwrap().activations;
         assert!(checkpointed * 3 < plain, "{checkpointed} vs {plain} bytes");
     }
 
@@ -437,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_run_that_cannot_fit_is_refused_with_its_breakdown() {
-        let plan = MemoryPlan::for_run(&RunConfig::default(), &llama(), &data()).unwrap();
+        let plan = MemoryPlan::for_run(&RunConfig::default().memory_shape(), &llama(), &data()).unwrap();
         assert!(plan.check(Some(plan.total())).is_ok());
         assert!(plan.check(None).is_ok());
         let err = plan.check(Some(plan.total() - 1)).unwrap_err().to_string();

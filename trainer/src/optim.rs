@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp3, Layout, Tensor, Var};
 
 use crate::config::LrSchedulerType;
 use crate::error::{Error, Result};
+use crate::lerp::Lerp;
 use crate::model::fused::{slice, slice_mut};
 use crate::model::ParamSet;
 
@@ -96,8 +97,8 @@ impl AdamW {
             if var.device().is_cpu() && var.dtype() == DType::F32 {
                 // In place, three passes, no allocation: what torch's fused AdamW does on CPU.
                 let grad = grad.contiguous()?;
-                m.inplace_op2(&grad, &Moment { decay: beta1 as f32, square: false })?;
-                v.inplace_op2(&grad, &Moment { decay: beta2 as f32, square: true })?;
+                Lerp::Decay(beta1).in_place(m, &grad, false)?;
+                Lerp::Decay(beta2).in_place(v, &grad, true)?;
                 let update = ParamUpdate {
                     decay: (1.0 - lr * weight_decay) as f32,
                     step_size: step_size as f32,
@@ -111,8 +112,8 @@ impl AdamW {
             if weight_decay != 0.0 {
                 p = (p * (1.0 - lr * weight_decay))?;
             }
-            *m = ((&*m * beta1)? + (grad * (1.0 - beta1))?)?;
-            *v = ((&*v * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
+            *m = Lerp::Decay(beta1).of(m, grad)?;
+            *v = Lerp::Decay(beta2).of(v, &grad.sqr()?)?;
             let denom = ((v.sqrt()? / bias_correction2_sqrt)? + eps)?;
             let update = ((&*m / denom)? * step_size)?;
             var.set(&(p - update)?)?;
@@ -144,28 +145,6 @@ impl AdamW {
             exp_avg_sq.push(take(format!("exp_avg_sq.{name}"))?);
         }
         Ok(Self { cfg, step, decay, exp_avg, exp_avg_sq })
-    }
-}
-
-/// `m ← decay·m + (1 − decay)·g` (or `g²` for the second moment), in place.
-struct Moment {
-    decay: f32,
-    square: bool,
-}
-
-impl InplaceOp2 for Moment {
-    fn name(&self) -> &'static str {
-        "adamw-moment"
-    }
-
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let (m, g) = (slice_mut(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let keep = 1.0 - self.decay;
-        for (m, &g) in m.iter_mut().zip(g) {
-            let x = if self.square { g * g } else { g };
-            *m = *m * self.decay + x * keep;
-        }
-        Ok(())
     }
 }
 

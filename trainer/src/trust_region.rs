@@ -2,10 +2,10 @@
 //! `if t % τ == 0 { θ_ref ← α θ + (1 − α) θ_ref }`, parameter by parameter, as TRL's
 //! `SyncRefModelCallback` does. α = 1 is the hard update, τ = 1 the soft one.
 
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout};
+use candle_core::DType;
 
 use crate::error::Result;
-use crate::model::fused::{slice, slice_mut};
+use crate::lerp::Lerp;
 use crate::model::ParamSet;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,33 +40,12 @@ pub fn soft_update(policy: &ParamSet, reference: &ParamSet, alpha: f64) -> Resul
             continue;
         }
         if r.device().is_cpu() && r.dtype() == DType::F32 {
-            r.as_tensor().inplace_op2(p.as_tensor(), &Mix { alpha: alpha as f32 })?;
+            Lerp::Towards(alpha).in_place(r.as_tensor(), p.as_tensor(), false)?;
         } else {
-            let mixed = ((r.as_tensor().detach() * (1.0 - alpha))? + (p.as_tensor().detach() * alpha)?)?;
-            r.set(&mixed)?;
+            r.set(&Lerp::Towards(alpha).of(&r.as_tensor().detach(), &p.as_tensor().detach())?)?;
         }
     }
     Ok(())
-}
-
-/// The soft update in place, one pass, no allocation.
-struct Mix {
-    alpha: f32,
-}
-
-impl InplaceOp2 for Mix {
-    fn name(&self) -> &'static str {
-        "trust-region-mix"
-    }
-
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let (r, p) = (slice_mut(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let keep = 1.0 - self.alpha;
-        for (r, &p) in r.iter_mut().zip(p) {
-            *r = *r * keep + p * self.alpha;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

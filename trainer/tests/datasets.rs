@@ -12,7 +12,8 @@ use trainer::config::RunConfig;
 use trainer::data::synthetic::{self, LlamaShape, CHATML_TEMPLATE};
 use trainer::data::{Dataset, Location, RowProblem};
 use trainer::metrics::MemorySink;
-use trainer::train::{train, Setup};
+use trainer::setup::Setup;
+use trainer::train::train_with;
 use trainer::Error;
 
 /// HF-made Parquet files (`datasets.Dataset.to_parquet`) and their JSONL twins.
@@ -123,7 +124,7 @@ impl Lab {
         let cfg = self.config(dataset, overrides);
         let out = self.dir.path().join("run");
         let mut sink = MemorySink::default();
-        let outcome = train(&cfg, &out, false, &mut sink).unwrap_or_else(|e| panic!("{}: {e}", dataset.display()));
+        let outcome = train_with(&cfg, &out, false, &mut sink).unwrap_or_else(|e| panic!("{}: {e}", dataset.display()));
         assert_eq!(outcome.global_step, 3);
         let losses: Vec<f64> = sink.steps.iter().filter_map(|(_, m)| m.get("loss").copied()).collect();
         assert_eq!(losses.len(), 3, "a loss per step");
@@ -134,7 +135,7 @@ impl Lab {
     /// The problems a run on `dataset` fails with.
     fn problems(&self, dataset: &Path, overrides: Value) -> Vec<RowProblem> {
         let cfg = self.config(dataset, overrides);
-        match train(&cfg, &self.dir.path().join("run"), false, &mut MemorySink::default()) {
+        match train_with(&cfg, &self.dir.path().join("run"), false, &mut MemorySink::default()) {
             Err(Error::Dataset { path, problems }) => {
                 assert_eq!(path, dataset);
                 problems
@@ -168,7 +169,7 @@ fn a_conversational_dataset_trains_with_the_models_chat_template() {
     let path = lab.write("chat.jsonl", &conversational_rows());
     lab.train(&path, json!({"sync_ref_model": true, "ref_model_sync_steps": 1}));
     // The rows were rendered with the template: prompts end with the generation header.
-    let setup = Setup::from_config(&lab.config(&path, json!({})), &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&lab.config(&path, json!({})), &Device::Cpu).unwrap();
     let trainer::data::Dataset::Paired(pairs) = &setup.data else { panic!("paired") };
     let tokenizer = trainer::data::TextTokenizer::from_dir(&lab.model(), None, None).unwrap();
     let prompt = tokenizer.decode(&pairs[0].chosen.prompt).unwrap();
@@ -181,7 +182,7 @@ fn an_hh_raw_dataset_trains_on_its_extracted_prompts() {
     let lab = Lab::new();
     let path = lab.write("hh.jsonl", &synthetic::hh_rows(12, 30, 5));
     lab.train(&path, json!({}));
-    let setup = Setup::from_config(&lab.config(&path, json!({})), &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&lab.config(&path, json!({})), &Device::Cpu).unwrap();
     let trainer::data::Dataset::Paired(pairs) = &setup.data else { panic!("paired") };
     let tokenizer = trainer::data::TextTokenizer::from_dir(&lab.model(), None, None).unwrap();
     let prompt = tokenizer.decode(&pairs[0].chosen.prompt).unwrap();
@@ -227,7 +228,7 @@ fn held_out_prompts_are_never_trained_on_and_are_chosen_by_the_seed() {
     let lab = Lab::new();
     let path = lab.write("repeated.jsonl", &repeated_prompt_rows());
     let setup = |seed: u64| {
-        Setup::from_config(&lab.config(&path, json!({"eval_split_ratio": 0.25, "seed": seed})), &Device::Cpu).unwrap()
+        Setup::from_dataset(&lab.config(&path, json!({"eval_split_ratio": 0.25, "seed": seed})), &Device::Cpu).unwrap()
     };
     let a = setup(1);
     let eval = a.eval.as_ref().expect("an eval split");
@@ -252,7 +253,7 @@ fn held_out_prompts_are_never_trained_on_and_are_chosen_by_the_seed() {
 fn conversational_held_out_prompts_end_with_the_generation_prompt() {
     let lab = Lab::new();
     let path = lab.write("chat.jsonl", &conversational_rows());
-    let setup = Setup::from_config(&lab.config(&path, json!({"eval_split_ratio": 0.5})), &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&lab.config(&path, json!({"eval_split_ratio": 0.5})), &Device::Cpu).unwrap();
     let eval = setup.eval.unwrap();
     assert_eq!(eval.prompts.len(), 6);
     let tokenizer = trainer::data::TextTokenizer::from_dir(&lab.model(), None, None).unwrap();
@@ -268,7 +269,7 @@ fn an_eval_dataset_file_holds_the_evaluation_prompts() {
     let train_path = lab.write("train.jsonl", &standard_rows());
     let eval_path = lab.write("eval.jsonl", &repeated_prompt_rows());
     let cfg = lab.config(&train_path, json!({"eval_dataset_path": eval_path}));
-    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&cfg, &Device::Cpu).unwrap();
     assert_eq!(setup.data.len(), 12, "the whole training file");
     let eval = setup.eval.unwrap();
     assert_eq!((eval.prompts.len(), eval.examples.len()), (20, 40));
@@ -280,7 +281,7 @@ fn a_split_needs_two_distinct_prompts() {
     let lab = Lab::new();
     let rows: Vec<Value> = (0..4).map(|_| json!({"prompt": "Same?", "chosen": " Yes.", "rejected": " No."})).collect();
     let cfg = lab.config(&lab.write("same.jsonl", &rows), json!({"eval_split_ratio": 0.5}));
-    let err = train(&cfg, &lab.dir.path().join("run"), false, &mut MemorySink::default()).unwrap_err();
+    let err = train_with(&cfg, &lab.dir.path().join("run"), false, &mut MemorySink::default()).unwrap_err();
     assert!(matches!(&err, Error::Config(f) if f[0].field == "eval_split_ratio"), "{err}");
 }
 

@@ -56,7 +56,7 @@ fn check_export(arch: &str, export_dtype: &str) {
     }))
     .unwrap();
     let out = tempfile::tempdir().unwrap();
-    trainer::train::train(&cfg, out.path(), false, &mut MemorySink::default()).unwrap();
+    trainer::train::train_with(&cfg, out.path(), false, &mut MemorySink::default()).unwrap();
     let ckpt = out.path().join("checkpoint-2");
     for file in
         ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]

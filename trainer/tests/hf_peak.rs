@@ -49,7 +49,7 @@ fn the_default_runs_peak_checkpoint_loads_in_transformers_and_scores_the_logged_
         RunConfig::from_json_value(json!({"task": "toy-tree", "loss_type": "sigmoid", "max_steps": 400})).unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut sink = MemorySink::default();
-    trainer::train::train(&cfg, out.path(), false, &mut sink).unwrap();
+    trainer::train::train_with(&cfg, out.path(), false, &mut sink).unwrap();
     let points = summary::eval_points(&sink.steps);
     let peak = points.iter().max_by(|a, b| a.gold.total_cmp(&b.gold)).unwrap();
     assert_eq!(peak.step, 200, "the default run peaks at step 200 (EXPERIMENTS.md)");

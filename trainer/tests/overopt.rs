@@ -18,7 +18,7 @@ fn the_default_toy_run_stops_within_patience_evaluations_of_its_peak_and_keeps_t
     .unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut sink = MemorySink::default();
-    let outcome = trainer::train::train(&cfg, out.path(), false, &mut sink).unwrap();
+    let outcome = trainer::train::train_with(&cfg, out.path(), false, &mut sink).unwrap();
 
     let points = summary::eval_points(&sink.steps);
     let peak = points.iter().max_by(|a, b| a.gold.total_cmp(&b.gold)).unwrap();
@@ -63,7 +63,7 @@ fn a_run_too_short_to_peak_raises_no_alarm() {
     .unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut sink = MemorySink::default();
-    let outcome = trainer::train::train(&cfg, out.path(), false, &mut sink).unwrap();
+    let outcome = trainer::train::train_with(&cfg, out.path(), false, &mut sink).unwrap();
     assert_eq!((outcome.global_step, outcome.past_peak, outcome.finish_reason), (100, None, None));
     let past = sink.series(overopt::PAST_PEAK);
     assert_eq!(past.len(), 5, "logged at every evaluation: {past:?}");

@@ -62,7 +62,7 @@ fn a_pareto_run_keeps_its_front_and_periodic_checkpoints_and_nothing_dominated()
     let cfg = config(cache.path());
     let out = tempfile::tempdir().unwrap();
     let mut s = sink(u64::MAX);
-    trainer::train::train(&cfg, out.path(), false, &mut s).unwrap();
+    trainer::train::train_with(&cfg, out.path(), false, &mut s).unwrap();
     let on_disk = checkpoint::steps(out.path()).unwrap();
     let recorded: Vec<u64> = s.inner.checkpoints.iter().map(|(step, _)| *step).collect();
     assert_eq!(recorded, on_disk, "the sink heard of every checkpoint kept and every one deleted");
@@ -94,11 +94,11 @@ fn a_stopped_and_resumed_pareto_run_ends_with_the_checkpoints_of_an_uninterrupte
     let cfg = config(cache.path());
     let whole = tempfile::tempdir().unwrap();
     let mut uninterrupted = sink(u64::MAX);
-    trainer::train::train(&cfg, whole.path(), false, &mut uninterrupted).unwrap();
+    trainer::train::train_with(&cfg, whole.path(), false, &mut uninterrupted).unwrap();
 
     let split = tempfile::tempdir().unwrap();
     let mut first = sink(12);
-    assert!(trainer::train::train(&cfg, split.path(), false, &mut first).unwrap().stopped_early);
+    assert!(trainer::train::train_with(&cfg, split.path(), false, &mut first).unwrap().stopped_early);
     assert_eq!(checkpoint::latest(split.path()).unwrap(), Some(split.path().join("checkpoint-12")));
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(split.path().join("checkpoint-12/trainer_state.json")).unwrap())
@@ -110,7 +110,7 @@ fn a_stopped_and_resumed_pareto_run_ends_with_the_checkpoints_of_an_uninterrupte
     let stray = kept[0] + 1;
     copy_dir(&split.path().join(format!("checkpoint-{}", kept[0])), &split.path().join(format!("checkpoint-{stray}")));
     let mut second = sink(u64::MAX);
-    trainer::train::train(&cfg, split.path(), true, &mut second).unwrap();
+    trainer::train::train_with(&cfg, split.path(), true, &mut second).unwrap();
     assert!(second.deleted.contains(&stray), "the stray checkpoint-{stray} was deleted: {:?}", second.deleted);
     assert_eq!(checkpoint::steps(split.path()).unwrap(), checkpoint::steps(whole.path()).unwrap());
     let gold =

@@ -101,7 +101,7 @@ fn dataset_run(overrides: &Value) -> MemorySink {
     let cfg = RunConfig::from_json_value(v).unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut sink = MemorySink::default();
-    trainer::train::train(&cfg, out.path(), false, &mut sink).unwrap();
+    trainer::train::train_with(&cfg, out.path(), false, &mut sink).unwrap();
     sink
 }
 

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use trainer::config::RunConfig;
 use trainer::metrics::{JsonlSink, MemorySink, MetricSink, Metrics};
 use trainer::model::ParamSet;
-use trainer::train::{train, train_with, Setup};
+use trainer::setup::Setup;
+use trainer::train::train_with;
 use trainer::Error;
 
 fn config(overrides: Value) -> RunConfig {
@@ -61,7 +62,7 @@ fn the_same_config_and_seed_give_an_identical_metrics_file() {
         .map(|_| {
             let dir = tempfile::tempdir().unwrap();
             let mut sink = JsonlSink::create(&dir.path().join("metrics.jsonl")).unwrap();
-            train(&cfg, dir.path(), false, &mut sink).unwrap();
+            train_with(&cfg, dir.path(), false, &mut sink).unwrap();
             std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap()
         })
         .collect();
@@ -70,7 +71,7 @@ fn the_same_config_and_seed_give_an_identical_metrics_file() {
     let losses = |seed: u64| {
         let dir = tempfile::tempdir().unwrap();
         let mut sink = MemorySink::default();
-        train(&config(json!({"seed": seed})), dir.path(), false, &mut sink).unwrap();
+        train_with(&config(json!({"seed": seed})), dir.path(), false, &mut sink).unwrap();
         sink.series("loss")
     };
     assert_ne!(losses(3), losses(4), "another seed shuffles the data differently");
@@ -84,19 +85,19 @@ fn a_run_stopped_at_step_k_and_resumed_matches_an_uninterrupted_run() {
         "warmup_steps": 2, "lr_scheduler_type": "linear", "sync_ref_model": true,
         "ref_model_mixup_alpha": 0.5, "ref_model_sync_steps": 2, "logging_steps": 2,
     }));
-    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&cfg, &Device::Cpu).unwrap();
 
     let whole = tempfile::tempdir().unwrap();
     let mut uninterrupted = MemorySink::default();
-    train_with(&cfg, &setup, whole.path(), false, &mut uninterrupted, None).unwrap();
+    train_with(&cfg, whole.path(), false, &mut uninterrupted).unwrap();
 
     let split = tempfile::tempdir().unwrap();
     let mut first = StopAfter { inner: MemorySink::default(), stop_at: 3, done: 0 };
-    let stopped = train_with(&cfg, &setup, split.path(), false, &mut first, None).unwrap();
+    let stopped = train_with(&cfg, split.path(), false, &mut first).unwrap();
     assert!(stopped.stopped_early);
     assert_eq!(stopped.global_step, 3);
     let mut second = first.inner.clone();
-    let resumed = train_with(&cfg, &setup, split.path(), true, &mut second, None).unwrap();
+    let resumed = train_with(&cfg, split.path(), true, &mut second).unwrap();
     assert_eq!(resumed.global_step, 7);
 
     assert_eq!(second.steps, uninterrupted.steps, "metrics, including the window open at step 3");
@@ -112,11 +113,11 @@ fn gradient_accumulation_of_two_halves_equals_one_full_batch() {
     let halves = config(
         json!({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "max_steps": 3, "max_grad_norm": 0.0}),
     );
-    let setup = Setup::from_config(&full, &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&full, &Device::Cpu).unwrap();
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mut s1, mut s2) = (MemorySink::default(), MemorySink::default());
-    train_with(&full, &setup, d1.path(), false, &mut s1, None).unwrap();
-    train_with(&halves, &setup, d2.path(), false, &mut s2, None).unwrap();
+    train_with(&full, d1.path(), false, &mut s1).unwrap();
+    train_with(&halves, d2.path(), false, &mut s2).unwrap();
     for ((_, a), (_, b)) in s1.series("loss").iter().zip(s2.series("loss")) {
         assert!((a - b).abs() < 1e-5, "loss {a} vs {b}");
     }
@@ -136,7 +137,7 @@ fn splitting_the_batch_over_worker_threads_changes_nothing_but_rounding() {
                                         "loss_type": loss_type, "sync_ref_model": true, "ref_model_sync_steps": 1}));
                 let dir = tempfile::tempdir().unwrap();
                 let mut sink = MemorySink::default();
-                train(&cfg, dir.path(), false, &mut sink).unwrap();
+                train_with(&cfg, dir.path(), false, &mut sink).unwrap();
                 sink
             })
             .collect();
@@ -154,14 +155,14 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     let cfg = config(json!({"learning_rate": 1e30, "max_steps": 6, "save_steps": 1, "max_grad_norm": 0.0}));
     let dir = tempfile::tempdir().unwrap();
     let mut sink = MemorySink::default();
-    let err = train(&cfg, dir.path(), false, &mut sink).unwrap_err();
+    let err = train_with(&cfg, dir.path(), false, &mut sink).unwrap_err();
     let Error::NonFinite { step, .. } = err else { panic!("expected a non-finite error, got {err}") };
     assert!(step >= 2, "step {step}");
     assert!(err.to_string().contains(&format!("step {step}")), "{err}");
     let last_good = dir.path().join(format!("checkpoint-{}", step - 1));
     assert!(last_good.join("model.safetensors").is_file(), "checkpoint of step {} is kept", step - 1);
     assert!(!dir.path().join(format!("checkpoint-{step}")).exists());
-    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&cfg, &Device::Cpu).unwrap();
     weights(&last_good, "model.safetensors", &setup); // loads
 }
 
@@ -170,7 +171,7 @@ fn dataset_error(contents: &str, loss_type: &str) -> String {
     let path = dir.path().join("data.jsonl");
     std::fs::write(&path, contents).unwrap();
     let cfg = config(json!({"dataset_path": path, "loss_type": loss_type}));
-    let err = train(&cfg, dir.path(), false, &mut MemorySink::default()).unwrap_err();
+    let err = train_with(&cfg, dir.path(), false, &mut MemorySink::default()).unwrap_err();
     err.to_string()
 }
 
@@ -203,8 +204,8 @@ fn precomputed_reference_log_probs_give_exactly_the_losses_of_a_reference_forwar
                                     "per_device_train_batch_size": 4, "max_steps": 5}));
             let dir = tempfile::tempdir().unwrap();
             let mut sink = MemorySink::default();
-            train(&cfg, dir.path(), false, &mut sink).unwrap();
-            let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+            train_with(&cfg, dir.path(), false, &mut sink).unwrap();
+            let setup = Setup::from_dataset(&cfg, &Device::Cpu).unwrap();
             (sink, weights(&dir.path().join("checkpoint-5"), "model.safetensors", &setup))
         };
         let ((every_step, a), (precomputed, b)) = (run(false), run(true));
@@ -218,10 +219,10 @@ fn precomputed_reference_log_probs_give_exactly_the_losses_of_a_reference_forwar
 fn a_trust_region_reference_shares_the_initial_weights_until_its_first_update() {
     let cfg = config(json!({"sync_ref_model": true, "ref_model_sync_steps": 3, "ref_model_mixup_alpha": 0.5,
                             "max_steps": 5, "save_steps": 1}));
-    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&cfg, &Device::Cpu).unwrap();
     let whole = tempfile::tempdir().unwrap();
     let mut uninterrupted = MemorySink::default();
-    train_with(&cfg, &setup, whole.path(), false, &mut uninterrupted, None).unwrap();
+    train_with(&cfg, whole.path(), false, &mut uninterrupted).unwrap();
     for step in 1..=5 {
         let has_copy = whole.path().join(format!("checkpoint-{step}/reference.safetensors")).is_file();
         assert_eq!(has_copy, step >= 3, "step {step}: a reference copy exists only once it has moved");
@@ -229,9 +230,9 @@ fn a_trust_region_reference_shares_the_initial_weights_until_its_first_update() 
     // Resuming before the first update (no copy in the checkpoint) continues exactly.
     let split = tempfile::tempdir().unwrap();
     let mut first = StopAfter { inner: MemorySink::default(), stop_at: 2, done: 0 };
-    train_with(&cfg, &setup, split.path(), false, &mut first, None).unwrap();
+    train_with(&cfg, split.path(), false, &mut first).unwrap();
     let mut second = first.inner.clone();
-    train_with(&cfg, &setup, split.path(), true, &mut second, None).unwrap();
+    train_with(&cfg, split.path(), true, &mut second).unwrap();
     assert_eq!(second.steps, uninterrupted.steps);
     let (a, b) = (whole.path().join("checkpoint-5"), split.path().join("checkpoint-5"));
     for file in ["model.safetensors", "reference.safetensors"] {
@@ -239,17 +240,16 @@ fn a_trust_region_reference_shares_the_initial_weights_until_its_first_update() 
     }
     // A vanilla run cannot resume a checkpoint whose reference has moved.
     let vanilla = config(json!({"max_steps": 5, "save_steps": 1}));
-    let err = train_with(&vanilla, &setup, whole.path(), true, &mut MemorySink::default(), None).unwrap_err();
+    let err = train_with(&vanilla, whole.path(), true, &mut MemorySink::default()).unwrap_err();
     assert!(err.to_string().contains("sync_ref_model"), "{err}");
 }
 
 #[test]
 fn a_narrower_export_keeps_float32_weights_for_an_exact_resume() {
     let cfg = config(json!({"export_dtype": "bfloat16", "max_steps": 4, "save_steps": 2}));
-    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
     let whole = tempfile::tempdir().unwrap();
     let mut uninterrupted = MemorySink::default();
-    train_with(&cfg, &setup, whole.path(), false, &mut uninterrupted, None).unwrap();
+    train_with(&cfg, whole.path(), false, &mut uninterrupted).unwrap();
     let ckpt = whole.path().join("checkpoint-2");
     let exported = candle_core::safetensors::load(ckpt.join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(exported.values().all(|t| t.dtype() == candle_core::DType::BF16));
@@ -260,9 +260,9 @@ fn a_narrower_export_keeps_float32_weights_for_an_exact_resume() {
     }
     let split = tempfile::tempdir().unwrap();
     let mut first = StopAfter { inner: MemorySink::default(), stop_at: 2, done: 0 };
-    train_with(&cfg, &setup, split.path(), false, &mut first, None).unwrap();
+    train_with(&cfg, split.path(), false, &mut first).unwrap();
     let mut second = first.inner.clone();
-    train_with(&cfg, &setup, split.path(), true, &mut second, None).unwrap();
+    train_with(&cfg, split.path(), true, &mut second).unwrap();
     assert_eq!(second.steps, uninterrupted.steps, "resumed from the float32 weights, not the bfloat16 export");
 }
 
@@ -277,7 +277,7 @@ fn bf16_and_fp16_runs_follow_the_float32_run_within_their_precision() {
         let cfg = config(cfg);
         let dir = tempfile::tempdir().unwrap();
         let mut sink = MemorySink::default();
-        train(&cfg, dir.path(), false, &mut sink).unwrap();
+        train_with(&cfg, dir.path(), false, &mut sink).unwrap();
         let state: Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join("checkpoint-6").join("trainer_state.json")).unwrap(),
         )
@@ -326,10 +326,10 @@ fn gradient_checkpointing_changes_nothing_but_rounding_for_every_loss() {
                 let cfg = config(json!({"gradient_checkpointing": checkpointing, "loss_type": loss_type,
                                         "num_threads": 2, "max_steps": 3, "sync_ref_model": true,
                                         "ref_model_sync_steps": 1}));
-                let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+                let setup = Setup::from_dataset(&cfg, &Device::Cpu).unwrap();
                 let dir = tempfile::tempdir().unwrap();
                 let mut sink = MemorySink::default();
-                train_with(&cfg, &setup, dir.path(), false, &mut sink, None).unwrap();
+                train_with(&cfg, dir.path(), false, &mut sink).unwrap();
                 (sink, weights(&dir.path().join("checkpoint-3"), "model.safetensors", &setup))
             })
             .collect();
@@ -349,10 +349,10 @@ fn gradient_checkpointing_changes_nothing_but_rounding_for_every_loss() {
 #[test]
 fn an_fp16_step_whose_gradients_overflow_is_skipped_and_the_loss_scale_halves() {
     let cfg = config(json!({"fp16": true, "max_steps": 4, "save_steps": 2}));
-    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&cfg, &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut first = StopAfter { inner: MemorySink::default(), stop_at: 2, done: 0 };
-    train_with(&cfg, &setup, dir.path(), false, &mut first, None).unwrap();
+    train_with(&cfg, dir.path(), false, &mut first).unwrap();
     // A scale no float16 gradient survives: the next steps must be skipped, not trained on.
     let state_file = dir.path().join("checkpoint-2").join("trainer_state.json");
     let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
@@ -361,7 +361,7 @@ fn an_fp16_step_whose_gradients_overflow_is_skipped_and_the_loss_scale_halves() 
     std::fs::write(&state_file, state.to_string()).unwrap();
 
     let mut sink = MemorySink::default();
-    let outcome = train_with(&cfg, &setup, dir.path(), true, &mut sink, None).unwrap();
+    let outcome = train_with(&cfg, dir.path(), true, &mut sink).unwrap();
     assert_eq!(outcome.global_step, 4, "skipped steps still count");
     let before = weights(&dir.path().join("checkpoint-2"), "model.safetensors", &setup);
     let after = weights(&dir.path().join("checkpoint-4"), "model.safetensors", &setup);
@@ -377,10 +377,10 @@ fn an_fp16_run_resumes_bit_exactly_from_a_checkpoint_written_after_a_skipped_ste
     let cfg = config(json!({
         "fp16": true, "max_steps": 10, "save_steps": 1, "lr_scheduler_type": "linear", "per_device_train_batch_size": 2,
     }));
-    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&cfg, &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut first = StopAfter { inner: MemorySink::default(), stop_at: 2, done: 0 };
-    train_with(&cfg, &setup, dir.path(), false, &mut first, None).unwrap();
+    train_with(&cfg, dir.path(), false, &mut first).unwrap();
     // A loss scale that float16 gradients overflow at: steps are skipped, halving it, until it
     // is small enough again, as happens at the start of real fp16 runs.
     let state_file = dir.path().join("checkpoint-2").join("trainer_state.json");
@@ -389,7 +389,7 @@ fn an_fp16_run_resumes_bit_exactly_from_a_checkpoint_written_after_a_skipped_ste
     std::fs::write(&state_file, state.to_string()).unwrap();
 
     let mut whole = first.inner.clone();
-    train_with(&cfg, &setup, dir.path(), true, &mut whole, None).unwrap();
+    train_with(&cfg, dir.path(), true, &mut whole).unwrap();
     let skipped: Vec<u64> = whole.steps.iter().filter(|(_, m)| !m.contains_key("grad_norm")).map(|(s, _)| *s).collect();
     let last_skipped = *skipped.last().expect("some steps overflowed");
     assert_eq!(skipped[0], 3);
@@ -408,7 +408,7 @@ fn an_fp16_run_resumes_bit_exactly_from_a_checkpoint_written_after_a_skipped_ste
         std::fs::remove_dir_all(dir.path().join(format!("checkpoint-{step}"))).unwrap();
     }
     let mut resumed = whole.clone();
-    let outcome = train_with(&cfg, &setup, dir.path(), true, &mut resumed, None).unwrap();
+    let outcome = train_with(&cfg, dir.path(), true, &mut resumed).unwrap();
     assert_eq!(outcome.global_step, 10);
     assert_eq!(resumed.steps, whole.steps, "every metric, bit for bit");
     let again = weights(&dir.path().join("checkpoint-10"), "model.safetensors", &setup);
@@ -447,7 +447,7 @@ fn a_stop_while_pi_init_trains_ends_the_run_within_one_sft_step_and_caches_nothi
     }))
     .unwrap();
     let mut stopped = StopDuringSft { inner: MemorySink::default(), after: 3 };
-    let outcome = train(&cfg, out.path(), false, &mut stopped).unwrap();
+    let outcome = train_with(&cfg, out.path(), false, &mut stopped).unwrap();
     assert!(outcome.stopped_early, "a stop during SFT is a stopped run, not a failed one: {outcome:?}");
     assert_eq!((outcome.global_step, outcome.last_checkpoint), (0, None));
     assert_eq!(stopped.inner.sft.len(), 3, "SFT stopped at the step after the request");
@@ -461,7 +461,7 @@ fn a_stop_while_pi_init_trains_ends_the_run_within_one_sft_step_and_caches_nothi
 
     // The run resumed (a requeued run after a shutdown) builds π_init in full and trains.
     let mut again = MemorySink::default();
-    let outcome = train(&cfg, out.path(), true, &mut again).unwrap();
+    let outcome = train_with(&cfg, out.path(), true, &mut again).unwrap();
     assert!(!outcome.stopped_early && outcome.global_step == 10, "{outcome:?}");
     assert!(again.sft.len() > 3, "SFT ran to its end: {} steps", again.sft.len());
 }

@@ -16,7 +16,8 @@ use trainer::data::{self, Batch, Collated, TextTokenizer};
 use trainer::logps::token_logps;
 use trainer::metrics::MemorySink;
 use trainer::model::CausalLm;
-use trainer::train::{train_with, Setup};
+use trainer::setup::Setup;
+use trainer::train::train_with;
 
 fn forward_matches_transformers(model_dir: &str) {
     let dir = fixtures().join(model_dir);
@@ -110,7 +111,7 @@ fn the_collated_batch_is_identical_to_trls_for_every_case() {
             seed: cfg.seed,
         };
         let loaded = data::load(cfg.dataset_path.as_deref().unwrap(), None, &tokenizer, &options).unwrap();
-        let train_data = trainer::train::dataset_for_loss(loaded.train, &cfg).unwrap();
+        let train_data = trainer::setup::dataset_for_loss(loaded.train, &cfg).unwrap();
         let batch = match &train_data {
             trainer::data::Dataset::Paired(p) => {
                 data::collate_paired(&p.iter().collect::<Vec<_>>(), tokenizer.pad_token_id)
@@ -150,10 +151,10 @@ fn the_collated_batch_is_identical_to_trls_for_every_case() {
 fn every_step_matches_trl(case: &str) {
     let cfg = run_config(case);
     let expected = read_json(&fixtures().join(case).join("expected.json"));
-    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&cfg, &Device::Cpu).unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut sink = MemorySink::default();
-    let outcome = train_with(&cfg, &setup, out.path(), false, &mut sink, None).unwrap();
+    let outcome = train_with(&cfg, out.path(), false, &mut sink).unwrap();
     assert_eq!(outcome.global_step, 4);
     let logs = expected["per_step_logs"].as_array().unwrap();
     assert_eq!(sink.steps.len(), logs.len(), "{case}: one logged step per TRL log");

@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use trainer::config::RunConfig;
 use trainer::data::{BatchSampler, DataCursor};
 use trainer::metrics::MemorySink;
-use trainer::train::{total_steps, train_with, Setup};
+use trainer::setup::Setup;
+use trainer::train::{total_steps, train_with};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trl-parity-ext")
@@ -73,7 +74,7 @@ fn case_matches_trl(case: &str) {
     let expected = read_json(&fixtures().join(case).join("expected.json"));
     assert_trl_drift_is_small(case, &expected);
     let cfg = run_config(&expected);
-    let setup = Setup::from_config(&cfg, &Device::Cpu).unwrap();
+    let setup = Setup::from_dataset(&cfg, &Device::Cpu).unwrap();
     assert_eq!(setup.data.len() as u64, expected["prepared_rows"].as_u64().unwrap(), "{case}: rows after filtering");
 
     // The data order: every micro-batch, as TRL's loader gave it.
@@ -85,7 +86,7 @@ fn case_matches_trl(case: &str) {
 
     let out = tempfile::tempdir().unwrap();
     let mut sink = MemorySink::default();
-    let outcome = train_with(&cfg, &setup, out.path(), false, &mut sink, None).unwrap();
+    let outcome = train_with(&cfg, out.path(), false, &mut sink).unwrap();
     let logs = expected["per_step_logs"].as_array().unwrap();
     assert_eq!(outcome.global_step, logs.last().unwrap()["step"].as_u64().unwrap(), "{case}: TRL's optimizer steps");
     assert_eq!(sink.steps.len(), logs.len(), "{case}: one logged step per TRL log");

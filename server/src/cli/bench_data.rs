@@ -14,7 +14,8 @@ use trainer::config::RunConfig;
 use trainer::data::synthetic::{self, LlamaShape};
 use trainer::data::Dataset;
 use trainer::metrics::{MetricSink, Metrics};
-use trainer::train::{train_with, Setup};
+use trainer::setup::Setup;
+use trainer::train::train_with;
 
 #[derive(Debug, clap::Args)]
 pub struct DataBenchArgs {
@@ -111,7 +112,7 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<()> {
         "bf16": args.bf16,
     }))
     .map_err(|e| anyhow::anyhow!("bench config: {}", trainer::error::FieldError::join(&e)))?;
-    let setup = Setup::from_config(&cfg, &Device::Cpu)?;
+    let setup = Setup::from_dataset(&cfg, &Device::Cpu)?;
     let lengths: Vec<usize> = match &setup.data {
         Dataset::Paired(p) => {
             p.iter().flat_map(|e| [&e.chosen, &e.rejected]).map(|s| s.prompt.len() + s.completion.len()).collect()
@@ -143,7 +144,7 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<()> {
     let out = work.join("run");
     let mut clock = StepClock { ends: Vec::new() };
     let start = Instant::now();
-    train_with(&cfg, &setup, &out, false, &mut clock, None)?;
+    train_with(&cfg, &out, false, &mut clock)?;
     let mut previous = start;
     let mut step_secs: Vec<f64> = clock
         .ends

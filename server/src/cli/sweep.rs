@@ -129,7 +129,7 @@ fn train_one(run: &SweepRun, output_dir: &Path, reuse: bool) -> anyhow::Result<F
     std::fs::write(dir.join("config.json"), config_text)?;
     let started = Instant::now();
     let mut sink = JsonlSink::create(&dir.join("metrics.jsonl"))?;
-    trainer::train::train(&run.config, &dir, false, &mut sink)?;
+    trainer::train::train_with(&run.config, &dir, false, &mut sink)?;
     let seconds = started.elapsed().as_secs_f64();
     let summary = summary::write_run_summary(&dir)?;
     let steps = JsonlSink::read(&dir.join("metrics.jsonl"))?;

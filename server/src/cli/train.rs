@@ -99,7 +99,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         dir: args.output_dir.clone(),
         bar,
     };
-    let outcome = trainer::train::train(&cfg, &args.output_dir, args.resume, &mut sink)?;
+    let outcome = trainer::train::train_with(&cfg, &args.output_dir, args.resume, &mut sink)?;
     sink.bar.finish();
     eprintln!(
         "finished {} of {} steps; metrics in {}",

@@ -23,7 +23,7 @@ use super::queue::{Claim, Outcome, QueueError, RunQueue};
 use super::sink::{DbSink, MetricWriter, WriteMsg};
 use crate::db::{self, Pool};
 
-/// What a claimed run executes: `trainer::train::train`, except in tests of the failure paths.
+/// What a claimed run executes: `trainer::train::train_with`, except in tests of the failure paths.
 pub type TrainFn = fn(&RunConfig, &Path, bool, &mut dyn MetricSink) -> trainer::Result<TrainOutcome>;
 
 pub struct Runner {

@@ -82,8 +82,7 @@ impl ChatTemplate {
     /// The template of the model in `dir`, with its special tokens; an error says why there is
     /// none usable.
     pub fn of_model(dir: &Path) -> Result<Self, String> {
-        Self::from_dir(dir, super::tokenizer::read_special_tokens(dir))?
-            .ok_or_else(|| super::tokenizer::no_template(dir))
+        Self::from_dir(dir, read_special_tokens(dir))?.ok_or_else(|| no_template(dir))
     }
 
     /// Renders `messages` (JSON objects with at least `role` and `content`) as
@@ -390,6 +389,37 @@ fn python_float_repr(f: f64) -> String {
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{mantissa}e{sign}{:02}", exp.abs())
     }
+}
+
+/// Special tokens (`eos_token`, `bos_token`, …) as text: `tokenizer_config.json`'s, completed by
+/// `special_tokens_map.json`'s. Values may be plain strings or `{content}` objects.
+pub(super) fn read_special_tokens(dir: &Path) -> Map<String, Json> {
+    let read = |file: &str| -> Map<String, Json> {
+        let Ok(text) = std::fs::read_to_string(dir.join(file)) else { return Map::new() };
+        let Ok(Json::Object(map)) = serde_json::from_str::<Json>(&text) else { return Map::new() };
+        map.into_iter()
+            .filter_map(|(k, v)| {
+                let s = match v {
+                    Json::String(s) => s,
+                    Json::Object(o) => o.get("content")?.as_str()?.to_string(),
+                    _ => return None,
+                };
+                Some((k, Json::String(s)))
+            })
+            .collect()
+    };
+    let mut tokens = read("tokenizer_config.json");
+    for (k, v) in read("special_tokens_map.json") {
+        tokens.entry(k).or_insert(v);
+    }
+    tokens
+}
+
+pub(super) fn no_template(dir: &Path) -> String {
+    format!(
+        "the model has no chat template (no `chat_template` in {}/tokenizer_config.json and no chat_template.jinja)",
+        dir.display()
+    )
 }
 
 #[cfg(test)]

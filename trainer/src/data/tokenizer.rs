@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::chat_template::ChatTemplate;
+use super::chat_template::{no_template, read_special_tokens, ChatTemplate};
 use crate::error::{Error, Result};
 
 /// A tokenizer from a model directory's `tokenizer.json`, with the ids the collator needs and
@@ -63,35 +63,4 @@ impl TextTokenizer {
     pub fn chat_template(&self) -> std::result::Result<&ChatTemplate, &str> {
         self.chat_template.as_ref().map_err(String::as_str)
     }
-}
-
-/// Special tokens (`eos_token`, `bos_token`, …) as text: `tokenizer_config.json`'s, completed by
-/// `special_tokens_map.json`'s. Values may be plain strings or `{content}` objects.
-pub(super) fn read_special_tokens(dir: &Path) -> Map<String, Value> {
-    let read = |file: &str| -> Map<String, Value> {
-        let Ok(text) = std::fs::read_to_string(dir.join(file)) else { return Map::new() };
-        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&text) else { return Map::new() };
-        map.into_iter()
-            .filter_map(|(k, v)| {
-                let s = match v {
-                    Value::String(s) => s,
-                    Value::Object(o) => o.get("content")?.as_str()?.to_string(),
-                    _ => return None,
-                };
-                Some((k, Value::String(s)))
-            })
-            .collect()
-    };
-    let mut tokens = read("tokenizer_config.json");
-    for (k, v) in read("special_tokens_map.json") {
-        tokens.entry(k).or_insert(v);
-    }
-    tokens
-}
-
-pub(super) fn no_template(dir: &Path) -> String {
-    format!(
-        "the model has no chat template (no `chat_template` in {}/tokenizer_config.json and no chat_template.jinja)",
-        dir.display()
-    )
 }

@@ -104,6 +104,28 @@ fn opt_token(map: &Map<String, Value>, key: &str) -> Option<u32> {
 }
 
 impl ModelConfig {
+    /// The toy tasks' small Llama (SPEC §4): `vocab_size` tokens, `hidden_size` wide, with an
+    /// MLP three times as wide, untied embeddings.
+    pub fn toy_llama(
+        vocab_size: usize,
+        max_positions: usize,
+        hidden_size: usize,
+        num_layers: usize,
+        num_heads: usize,
+    ) -> Result<Self> {
+        Self::from_hf_json(&serde_json::json!({
+            "model_type": "llama",
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "intermediate_size": 3 * hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": num_heads,
+            "max_position_embeddings": max_positions,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": false,
+        }))
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let value: Value =

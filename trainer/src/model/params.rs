@@ -172,7 +172,7 @@ impl ParamSet {
         Ok(Self { names, vars })
     }
 
-    /// A set of no weights: what a [`crate::train::Setup`] keeps once it has handed its
+    /// A set of no weights: what a [`crate::setup::Setup`] keeps once it has handed its
     /// initial weights to the policy.
     pub(crate) fn empty() -> Self {
         Self { names: Vec::new(), vars: Vec::new() }

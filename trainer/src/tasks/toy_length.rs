@@ -12,17 +12,18 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::{sigmoid, toy_model_config, TaskSetup};
+use super::common::{sigmoid, toy_dataset, toy_model_config, TaskSetup};
 use crate::config::RunConfig;
 use crate::data::{Collated, PairedExample, Sequence};
 use crate::error::Result;
 use crate::eval::{kl_estimate, sample_and_score, Estimate};
+use crate::eval::{EvalWeights, Evaluator};
 use crate::logps::token_logps;
 use crate::metrics::Metrics;
 use crate::model::sampling::{generate, SamplingConfig};
 use crate::model::{CausalLm, Weights};
+use crate::setup::Setup;
 use crate::sft::{self, SftTarget};
-use crate::train::{EvalWeights, Evaluator, Setup};
 
 const PROMPT_TOKENS: usize = 3;
 const GOOD_PER_PROMPT: usize = 8;
@@ -189,7 +190,7 @@ pub fn build(cfg: &RunConfig, device: &Device, progress: sft::SftProgress<'_>) -
     let setup = Setup {
         model,
         initial: cached.params,
-        data: super::toy_dataset(pairs, cfg)?,
+        data: toy_dataset(pairs, cfg)?,
         eval: None,
         pad_token_id: task.eos(),
         side_files: Vec::new(),
@@ -280,7 +281,7 @@ mod tests {
             ..RunConfig::parse("task = \"toy-length\"\n", "toml").unwrap()
         };
         let mut sink = crate::metrics::MemorySink::default();
-        crate::train::train(&cfg, &dir.path().join("run"), false, &mut sink).unwrap();
+        crate::train::train_with(&cfg, &dir.path().join("run"), false, &mut sink).unwrap();
         let kl = sink.series("eval/kl_init");
         assert_eq!(kl.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert!(kl[0].1.abs() < 1e-4, "KL to π_init is 0 at step 0: {}", kl[0].1);

@@ -18,14 +18,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::{sample_index, sigmoid, toy_model_config, TaskSetup};
+use super::common::{sample_index, sigmoid, toy_dataset, toy_model_config, TaskSetup};
 use crate::config::RunConfig;
 use crate::data::{PairedExample, Sequence};
 use crate::error::Result;
+use crate::eval::{EvalWeights, Evaluator};
 use crate::metrics::Metrics;
 use crate::model::{standard_normal, CausalLm, ForwardInput, ModelConfig, Weights};
+use crate::setup::Setup;
 use crate::sft::{self, SftTarget};
-use crate::train::{EvalWeights, Evaluator, Setup};
 
 /// Everything that determines the task, its π_init and its data (the cache key includes it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -424,7 +425,7 @@ pub fn build(cfg: &RunConfig, device: &Device, progress: sft::SftProgress<'_>) -
     let setup = Setup {
         model,
         initial: cached.params,
-        data: super::toy_dataset(pairs.pairs(&tree), cfg)?,
+        data: toy_dataset(pairs.pairs(&tree), cfg)?,
         eval: None,
         pad_token_id: 0,
         side_files: Vec::new(),

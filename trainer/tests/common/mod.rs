@@ -7,7 +7,7 @@ use candle_core::Device;
 use serde_json::{json, Value};
 use trainer::config::RunConfig;
 use trainer::model::ParamSet;
-use trainer::train::Setup;
+use trainer::setup::Setup;
 
 /// Final weights against TRL's: a float32 max |diff| bound on every parameter.
 pub const WEIGHT_ABS_TOL: f32 = 1e-5;
