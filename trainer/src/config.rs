@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, FieldError, Result};
-use crate::model::registry::ModelKind;
+use crate::model::registry::{self, ModelKind};
 
 /// The most optimizer steps a run may ask for: 2^53, the largest integer that JSON readers
 /// (JavaScript's numbers, SQLite's REAL) hold exactly, so the count is shown as it was sent.
@@ -705,39 +705,16 @@ impl RunConfig {
         };
         match &self.model_name_or_path {
             None => check(false, "model_name_or_path", "is required"),
-            Some(p) if !p.join("config.json").is_file() => {
-                check(
-                    false,
-                    "model_name_or_path",
-                    &format!("{} is not a model directory with a config.json", p.display()),
-                );
-            }
+            // A random init needs only the config.
             Some(p) => {
-                let info = crate::model::registry::inspect(p);
-                // A random init needs only the config.
-                let usable = if self.random_init {
-                    info.require_config(ModelKind::CausalLm)
-                } else {
-                    info.require(ModelKind::CausalLm)
-                };
-                if let Err(e) = usable {
+                if let Some(e) = registry::unusable(p, ModelKind::CausalLm, self.random_init) {
                     check(false, "model_name_or_path", &e);
                 }
             }
         }
-        match &self.reward_model_path {
-            None => {}
-            Some(p) if !p.join("config.json").is_file() => {
-                check(
-                    false,
-                    "reward_model_path",
-                    &format!("{} is not a model directory with a config.json", p.display()),
-                );
-            }
-            Some(p) => {
-                if let Err(e) = crate::model::registry::inspect(p).require(ModelKind::SequenceClassification) {
-                    check(false, "reward_model_path", &e);
-                }
+        if let Some(p) = &self.reward_model_path {
+            if let Some(e) = registry::unusable(p, ModelKind::SequenceClassification, false) {
+                check(false, "reward_model_path", &e);
             }
         }
         match &self.dataset_path {

@@ -110,6 +110,17 @@ fn walk(root: &Path, dir: &Path, depth: usize, found: &mut Vec<ModelInfo>) {
     }
 }
 
+/// Why `dir` cannot serve as a model of `kind` (`None`: it can). With `config_only` its config
+/// is all that must be usable (a random init reads no weights).
+pub fn unusable(dir: &Path, kind: ModelKind, config_only: bool) -> Option<String> {
+    if !dir.join("config.json").is_file() {
+        return Some(format!("{} is not a model directory with a config.json", dir.display()));
+    }
+    let info = inspect(dir);
+    let usable = if config_only { info.require_config(kind) } else { info.require(kind) };
+    usable.err()
+}
+
 /// One checkpoint directory. Never fails: what cannot be read becomes the entry's `error`.
 pub fn inspect(dir: &Path) -> ModelInfo {
     let mut info = ModelInfo {
