@@ -342,7 +342,7 @@ impl<'a> Plan<'a> {
         update: Update,
         eval: Option<Metrics>,
     ) -> Result<()> {
-        if step % self.cfg.logging_steps == 0 || step == self.total {
+        if step.is_multiple_of(self.cfg.logging_steps) || step == self.total {
             let mut metrics: Metrics = t.state.metric_window.drain();
             metrics.extend(eval.unwrap_or_default());
             if let Some(norm) = update.grad_norm {
