@@ -20,6 +20,7 @@ use crate::http::AppState;
 use crate::report::runs::{estimate, select, Column, Filter, RunRow};
 use crate::report::style::Styles;
 use crate::report::{self, duration};
+use trainer::metric_names as names;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/", get(show)).route("/runs/table", get(table))
@@ -91,7 +92,7 @@ pub fn progress_text(r: &RunRow, sft: Option<&(i64, BTreeMap<String, f64>)>) -> 
             None => "queued".to_string(),
         },
         (RunStatus::Running, None, Some((step, values))) => {
-            let kl = values.get("sft/kl_behaviour").map(|kl| format!(", KL(behaviour ‖ π) {}", num(Some(*kl))));
+            let kl = values.get(names::SFT_KL_BEHAVIOUR).map(|kl| format!(", KL(behaviour ‖ π) {}", num(Some(*kl))));
             format!("building π_init: SFT step {step}{}", kl.unwrap_or_default())
         }
         (RunStatus::Running, None, None) if r.meta.config.task.is_toy() => "starting: π_init first".to_string(),
