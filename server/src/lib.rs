@@ -1,5 +1,6 @@
 //! Goodhart's application crate: the `goodhart` command line and the web server.
 
+pub mod bench;
 pub mod charts;
 pub mod cli;
 pub mod db;
@@ -7,7 +8,7 @@ pub mod http;
 pub mod jobs;
 pub mod public;
 pub mod report;
-pub mod serve;
+pub mod lifecycle;
 
 /// The whole HTTP API as one router.
 pub fn app(state: http::AppState) -> axum::Router {

@@ -22,10 +22,10 @@ use serde_json::{json, Value};
 use trainer::metrics::{MetricSink, Metrics};
 
 use crate::db;
-use crate::jobs::events::event_bus;
+use crate::jobs::event_bus::event_bus;
 use crate::jobs::queue::{Outcome, RunQueue, SqliteQueue};
 use crate::jobs::sink::{DbSink, MetricWriter};
-use crate::serve::{start, ServeConfig};
+use crate::lifecycle::{start, ServeConfig};
 use trainer::metric_names as names;
 
 #[derive(Debug, clap::Args)]

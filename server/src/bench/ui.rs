@@ -15,7 +15,7 @@ use tower::ServiceExt;
 use crate::http::AppState;
 use crate::jobs::queue::Outcome;
 use crate::jobs::sink::{MetricWriter, WriteMsg};
-use crate::serve::ServeConfig;
+use crate::lifecycle::ServeConfig;
 use trainer::metric_names as names;
 
 #[derive(Debug, clap::Args)]
