@@ -6,9 +6,9 @@ pub mod cli;
 pub mod db;
 pub mod http;
 pub mod jobs;
+pub mod lifecycle;
 pub mod public;
 pub mod report;
-pub mod lifecycle;
 
 /// The whole HTTP API as one router.
 pub fn app(state: http::AppState) -> axum::Router {

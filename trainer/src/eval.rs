@@ -12,13 +12,17 @@ use crate::config::RunConfig;
 use crate::data::{self, Batch, Collated, PairedExample, Sequence, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::logps::sequence_logps;
+use crate::metric_names::{
+    EVAL_ENTROPY, EVAL_EOS_RATE, EVAL_GOLD_REWARD, EVAL_GOLD_REWARD_SE, EVAL_KL_INIT, EVAL_KL_INIT_SE, EVAL_KL_REF,
+    EVAL_KL_REF_SE, EVAL_LENGTH, EVAL_LENGTH_SE, EVAL_LOGPS_CHOSEN, EVAL_LOGPS_REJECTED, EVAL_REWARDS_ACCURACIES,
+    EVAL_REWARDS_ACCURACIES_SE, EVAL_REWARDS_MARGINS, EVAL_REWARDS_MARGINS_SE,
+};
 use crate::metrics::Metrics;
 use crate::model::inference;
 use crate::model::reward::RewardModel;
 use crate::model::sampling::{generate, Sample, SamplingConfig};
 use crate::model::{CausalLm, ParamSet};
 use crate::train::{EvalWeights, Evaluator};
-use crate::metric_names::{EVAL_ENTROPY, EVAL_EOS_RATE, EVAL_GOLD_REWARD, EVAL_GOLD_REWARD_SE, EVAL_KL_INIT, EVAL_KL_INIT_SE, EVAL_KL_REF, EVAL_KL_REF_SE, EVAL_LENGTH, EVAL_LENGTH_SE, EVAL_LOGPS_CHOSEN, EVAL_LOGPS_REJECTED, EVAL_REWARDS_ACCURACIES, EVAL_REWARDS_ACCURACIES_SE, EVAL_REWARDS_MARGINS, EVAL_REWARDS_MARGINS_SE};
 
 /// A sample mean and its standard error.
 #[derive(Debug, Clone, Copy, PartialEq)]

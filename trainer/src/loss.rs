@@ -6,7 +6,9 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::metric_names::{KL, LOGPS_CHOSEN, LOGPS_REJECTED, LOSS, REWARDS_ACCURACIES, REWARDS_CHOSEN, REWARDS_MARGINS, REWARDS_REJECTED};
+use crate::metric_names::{
+    KL, LOGPS_CHOSEN, LOGPS_REJECTED, LOSS, REWARDS_ACCURACIES, REWARDS_CHOSEN, REWARDS_MARGINS, REWARDS_REJECTED,
+};
 
 /// The loss of one micro-batch and TRL's metrics for it.
 #[derive(Debug, Clone)]

@@ -16,9 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
+use crate::metric_names::{SFT_KL_BEHAVIOUR, SFT_LOSS};
 use crate::model::{CausalLm, ParamSet, Weights};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::metric_names::{SFT_KL_BEHAVIOUR, SFT_LOSS};
 
 /// Bump when SFT or task generation changes, so old caches are not reused.
 pub const SFT_VERSION: u32 = 1;

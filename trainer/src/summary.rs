@@ -237,11 +237,7 @@ pub const SUMMARY_COLUMNS: [SummaryColumn; 22] = {
 
 /// The [`SummaryColumn`] of `key`. Panics on a key that is not one (a programming error).
 pub fn summary_column(key: &str) -> SummaryColumn {
-    SUMMARY_COLUMNS
-        .iter()
-        .copied()
-        .find(|c| c.key == key)
-        .unwrap_or_else(|| panic!("no summary column {key:?}"))
+    SUMMARY_COLUMNS.iter().copied().find(|c| c.key == key).unwrap_or_else(|| panic!("no summary column {key:?}"))
 }
 
 impl RunSummary {
@@ -712,7 +708,8 @@ mod tests {
 
     #[test]
     fn every_summary_column_has_one_value_with_full_precision_in_csv_and_one_rounding_on_display() {
-        let mut points: Vec<EvalPoint> = (0..20).map(|i| point(i * 10, i as f64 * 0.1, 1.0 + (i as f64 * 0.3).sin())).collect();
+        let mut points: Vec<EvalPoint> =
+            (0..20).map(|i| point(i * 10, i as f64 * 0.1, 1.0 + (i as f64 * 0.3).sin())).collect();
         points[19].gold = 0.123_456_789;
         let s = summarize(&points, &[]).unwrap();
         let columns = s.columns();

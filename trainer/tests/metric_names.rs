@@ -29,7 +29,11 @@ fn metric_literals(text: &str) -> Vec<(usize, String)> {
         for (at, _) in code.match_indices('"') {
             let rest = &code[at + 1..];
             for prefix in PREFIXES {
-                if rest.strip_prefix(prefix).and_then(|r| r.chars().next()).is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                if rest
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.chars().next())
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                {
                     let end = rest.find('"').unwrap_or(rest.len());
                     found.push((i + 1, rest[..end].to_string()));
                 }
@@ -54,7 +58,11 @@ fn every_metric_name_literal_lives_in_metric_names() {
             offenders.push(format!("{}:{line}: \"{name}\"", file.strip_prefix(&root).unwrap_or(file).display()));
         }
     }
-    assert!(offenders.is_empty(), "metric names written as literals (use trainer::metric_names):\n{}", offenders.join("\n"));
+    assert!(
+        offenders.is_empty(),
+        "metric names written as literals (use trainer::metric_names):\n{}",
+        offenders.join("\n")
+    );
 }
 
 #[test]

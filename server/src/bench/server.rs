@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use trainer::metric_names as names;
 use trainer::metrics::{MetricSink, Metrics};
 
 use crate::db;
@@ -26,7 +27,6 @@ use crate::jobs::event_bus::event_bus;
 use crate::jobs::queue::{Outcome, RunQueue, SqliteQueue};
 use crate::jobs::sink::{DbSink, MetricWriter};
 use crate::lifecycle::{start, ServeConfig};
-use trainer::metric_names as names;
 
 #[derive(Debug, clap::Args)]
 pub struct ServerBenchArgs {

@@ -12,11 +12,12 @@ use axum::http::Request;
 use serde_json::json;
 use tower::ServiceExt;
 
+use trainer::metric_names as names;
+
 use crate::http::AppState;
 use crate::jobs::queue::Outcome;
 use crate::jobs::sink::{MetricWriter, WriteMsg};
 use crate::lifecycle::ServeConfig;
-use trainer::metric_names as names;
 
 #[derive(Debug, clap::Args)]
 pub struct UiBenchArgs {

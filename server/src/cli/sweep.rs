@@ -10,13 +10,13 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context};
 use trainer::error::FieldError;
+use trainer::metric_names as names;
 use trainer::metrics::{JsonlSink, Metrics};
-use trainer::summary::{self, EvalPoint, FitForm, RunSummary};
+use trainer::summary::{self, EvalPoint, RunSummary, SUMMARY_COLUMNS};
 use trainer::sweep::SweepRun;
 
 use crate::report::compare::{Aggregate, CompareRun, Comparison, Options};
 use crate::report::{self, RunMeta};
-use trainer::metric_names as names;
 
 #[derive(Debug, clap::Args)]
 pub struct SweepArgs {
@@ -218,10 +218,13 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     let mut header: Vec<String> = vec!["run".into()];
     header.extend(param_keys.iter().cloned());
     header.extend(FIXED.map(String::from));
-    // The config columns above are the sweep's; the run's summary columns, at full precision,
-    // come from `RunSummary::columns`, as in every other table of a run summary.
+    // Seam: the columns above describe the run's config (the sweep's own choice of keys); the
+    // summary columns below, at full precision, come from `RunSummary::columns`, as in every
+    // other table of a run summary; then what the sweep adds (OOD mass, its Pareto front, time).
     header.extend(SUMMARY_COLUMNS.iter().map(|c| c.key.to_string()));
-    header.extend(["start_ood_mass", "max_ood_mass", "final_ood_mass", "sweep_pareto_points", "seconds"].map(String::from));
+    header.extend(
+        ["start_ood_mass", "max_ood_mass", "final_ood_mass", "sweep_pareto_points", "seconds"].map(String::from),
+    );
     let mut lines = vec![header.join(",")];
     for (i, f) in finished.iter().enumerate() {
         let c = &f.run.config;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde_json::Value;
-use trainer::summary::{summary_column, MeanCi, SUMMARY_COLUMNS};
+use trainer::summary::{summary_column, MeanCi};
 
 use super::sweep::{ood_stats, Finished};
 use crate::report::paired::paired;
@@ -18,7 +18,7 @@ use crate::report::{csv_field, RunMeta};
 /// Keys that define a variant's method; everything else that varies (bar the seed) joins its label.
 const METHOD_KEYS: [&str; 4] = ["loss_type", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps"];
 
-/// The run-summary columns the report averages over seeds ([`SUMMARY_COLUMNS`]' keys); the OOD
+/// The run-summary columns the report averages over seeds ([`trainer::summary::SUMMARY_COLUMNS`]' keys); the OOD
 /// mass's start, maximum and final value follow them.
 const SUMMARY_KEYS: [&str; 7] = ["start_gold", "peak_gold", "peak_step", "peak_kl", "final_gold", "drop", "final_kl"];
 const OOD_NAMES: [&str; 3] = ["start OOD", "max OOD", "final OOD"];

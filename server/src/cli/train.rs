@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use trainer::config::{ExportDtype, RunConfig};
-use trainer::metrics::{JsonlSink, MetricSink, Metrics};
 use trainer::metric_names as names;
+use trainer::metrics::{JsonlSink, MetricSink, Metrics};
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -60,7 +60,8 @@ impl MetricSink for CliSink {
         if step == 0 || self.sft.is_none() {
             self.sft = Some(JsonlSink::truncate(&self.dir.join("sft.jsonl"))?);
         }
-        let kl = metrics.get(names::SFT_KL_BEHAVIOUR).map(|kl| format!(", KL(behaviour ‖ π) {kl:.4}")).unwrap_or_default();
+        let kl =
+            metrics.get(names::SFT_KL_BEHAVIOUR).map(|kl| format!(", KL(behaviour ‖ π) {kl:.4}")).unwrap_or_default();
         self.bar.set_message(format!("π_init SFT step {step} of at most {max_steps}{kl}"));
         self.sft.as_mut().expect("just opened").log(step, metrics)
     }

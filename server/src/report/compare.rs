@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 use trainer::config::LossType;
+use trainer::metric_names as names;
 use trainer::summary::{self, summary_column, EvalPoint, FitForm, MeanCi, RunSummary, SummaryValue, SUMMARY_COLUMNS};
 
 use super::paired::{paired, Paired};
@@ -18,7 +19,6 @@ use crate::charts::colour::{self, Dash};
 use crate::charts::downsample::downsample;
 use crate::charts::{number, Axis, Band, Figure, Hover, LegendEntry, Line, LineKind, Marker, Panel, Shape};
 use plotters::style::RGBColor;
-use trainer::metric_names as names;
 
 /// Points a drawn line keeps (the SVG must stay small for dozens of runs); the extremes and
 /// the peak are always among them.
@@ -938,7 +938,8 @@ pub struct BestPolicy {
 
 /// The run-summary columns the table shows ([`trainer::summary::SUMMARY_COLUMNS`]' keys),
 /// before its two fit columns; the CSV has every column.
-const TABLE_KEYS: [&str; 7] = ["start_gold", "peak_gold", "peak_step", "peak_kl", "final_gold", "drop", "drop_fraction"];
+const TABLE_KEYS: [&str; 7] =
+    ["start_gold", "peak_gold", "peak_step", "peak_kl", "final_gold", "drop", "drop_fraction"];
 
 /// The table's headings after the parameters: [`TABLE_KEYS`]' labels, then one cell per fit.
 pub fn summary_headings() -> Vec<&'static str> {

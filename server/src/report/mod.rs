@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use trainer::config::{LossType, RunConfig};
+use trainer::metric_names as names;
 use trainer::overopt;
 use trainer::summary::{self, EvalPoint, RunSummary};
-use trainer::metric_names as names;
 
 /// One metric's points in step order; `None` for a non-finite value.
 pub type Series = Vec<(i64, Option<f64>)>;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use plotters::style::RGBColor;
+use trainer::metric_names as names;
 use trainer::summary::{FitForm, RunSummary};
 
 use super::style::Style;
@@ -12,7 +13,6 @@ use super::{RunMeta, Series};
 use crate::charts::colour::SECONDARY;
 use crate::charts::downsample::downsample;
 use crate::charts::{number, Axis, Dash, Figure, Hover, LegendEntry, Line, LineKind, Marker, Panel, Shape};
-use trainer::metric_names as names;
 
 const LINE_POINTS: usize = 500;
 const HOVERS_PER_LINE: usize = 60;
@@ -72,16 +72,23 @@ impl RunChart {
     pub fn metrics(self) -> &'static [&'static str] {
         match self {
             Self::Loss => &["loss"],
-            Self::Rewards => {
-                &[names::REWARDS_MARGINS, names::EVAL_INIT_REWARDS_MARGINS, names::REWARDS_ACCURACIES, names::EVAL_INIT_REWARDS_ACCURACIES]
-            }
+            Self::Rewards => &[
+                names::REWARDS_MARGINS,
+                names::EVAL_INIT_REWARDS_MARGINS,
+                names::REWARDS_ACCURACIES,
+                names::EVAL_INIT_REWARDS_ACCURACIES,
+            ],
             Self::Kl => &[names::EVAL_KL_INIT, names::EVAL_KL_REF],
             Self::Gold => &[names::EVAL_GOLD_REWARD],
             Self::Ood => &[names::EVAL_OOD_MASS],
             Self::Path => &[names::EVAL_KL_INIT, names::EVAL_GOLD_REWARD, names::EVAL_GOLD_REWARD_SE],
-            Self::Proxies => {
-                &[names::EVAL_KL_INIT, names::EVAL_REWARDS_MARGINS, names::EVAL_REWARDS_MARGINS_SE, names::EVAL_REWARDS_ACCURACIES, names::EVAL_LOGPS_CHOSEN]
-            }
+            Self::Proxies => &[
+                names::EVAL_KL_INIT,
+                names::EVAL_REWARDS_MARGINS,
+                names::EVAL_REWARDS_MARGINS_SE,
+                names::EVAL_REWARDS_ACCURACIES,
+                names::EVAL_LOGPS_CHOSEN,
+            ],
             Self::Sft => &[names::SFT_LOSS, names::SFT_KL_BEHAVIOUR],
         }
     }
@@ -89,8 +96,12 @@ impl RunChart {
 
 /// A metric against KL to π_init, joined by step, as a line of this run.
 fn kl_panel(meta: &RunMeta, series: &BTreeMap<String, Series>, name: &str, y_label: &str, colour: RGBColor) -> Panel {
-    let kl: BTreeMap<i64, f64> =
-        series.get(names::EVAL_KL_INIT).map_or(&[][..], Vec::as_slice).iter().filter_map(|&(s, v)| Some((s, v?))).collect();
+    let kl: BTreeMap<i64, f64> = series
+        .get(names::EVAL_KL_INIT)
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter_map(|&(s, v)| Some((s, v?)))
+        .collect();
     let points: Vec<(i64, f64, f64)> = series
         .get(name)
         .map_or(&[][..], Vec::as_slice)
@@ -240,8 +251,13 @@ pub fn figure(
             NO_EVALS,
         )],
         RunChart::Gold => {
-            let mut panel =
-                step_panel(meta, series, names::EVAL_GOLD_REWARD, &[(names::EVAL_GOLD_REWARD, "gold", own.0, own.1)], NO_EVALS);
+            let mut panel = step_panel(
+                meta,
+                series,
+                names::EVAL_GOLD_REWARD,
+                &[(names::EVAL_GOLD_REWARD, "gold", own.0, own.1)],
+                NO_EVALS,
+            );
             let evals = super::evals(series);
             if let Some(s) = super::summarize(&evals, kept) {
                 panel.markers.push(peak_marker(meta, s.peak_step as f64, s.peak_gold, &s, kept));
@@ -249,7 +265,13 @@ pub fn figure(
             vec![panel]
         }
         RunChart::Ood => {
-            vec![step_panel(meta, series, names::EVAL_OOD_MASS, &[(names::EVAL_OOD_MASS, "OOD mass", own.0, own.1)], NO_EVALS)]
+            vec![step_panel(
+                meta,
+                series,
+                names::EVAL_OOD_MASS,
+                &[(names::EVAL_OOD_MASS, "OOD mass", own.0, own.1)],
+                NO_EVALS,
+            )]
         }
         RunChart::Path => vec![path_panel(meta, style, series, kept)],
         RunChart::Proxies => vec![
@@ -465,7 +487,10 @@ mod tests {
             ("eval/kl_ref".to_string(), evals.iter().map(|&s| (s, Some(kl(s) / 2.0))).collect()),
             ("eval/gold_reward".to_string(), evals.iter().map(|&s| (s, Some(gold(s)))).collect()),
             (names::EVAL_REWARDS_MARGINS.to_string(), evals.iter().map(|&s| (s, Some(s as f64 / 100.0))).collect()),
-            (names::EVAL_REWARDS_ACCURACIES.to_string(), evals.iter().map(|&s| (s, Some(0.5 + s as f64 / 2500.0))).collect()),
+            (
+                names::EVAL_REWARDS_ACCURACIES.to_string(),
+                evals.iter().map(|&s| (s, Some(0.5 + s as f64 / 2500.0))).collect(),
+            ),
             (names::EVAL_LOGPS_CHOSEN.to_string(), evals.iter().map(|&s| (s, Some(-5.0 - s as f64 / 100.0))).collect()),
         ]
         .into()

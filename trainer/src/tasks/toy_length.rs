@@ -18,12 +18,15 @@ use crate::data::{Collated, PairedExample, Sequence};
 use crate::error::Result;
 use crate::eval::{kl_estimate, sample_and_score, Estimate};
 use crate::logps::token_logps;
+use crate::metric_names::{
+    EVAL_ENTROPY, EVAL_EOS_RATE, EVAL_GOLD_REWARD, EVAL_GOLD_REWARD_SE, EVAL_KL_INIT, EVAL_KL_INIT_SE, EVAL_KL_REF,
+    EVAL_KL_REF_SE, EVAL_LENGTH, EVAL_LENGTH_SE,
+};
 use crate::metrics::Metrics;
 use crate::model::sampling::{generate, SamplingConfig};
 use crate::model::{CausalLm, Weights};
 use crate::sft::{self, SftTarget};
 use crate::train::{EvalWeights, Evaluator, Setup};
-use crate::metric_names::{EVAL_ENTROPY, EVAL_EOS_RATE, EVAL_GOLD_REWARD, EVAL_GOLD_REWARD_SE, EVAL_KL_INIT, EVAL_KL_INIT_SE, EVAL_KL_REF, EVAL_KL_REF_SE, EVAL_LENGTH, EVAL_LENGTH_SE};
 
 const PROMPT_TOKENS: usize = 3;
 const GOOD_PER_PROMPT: usize = 8;

@@ -22,11 +22,14 @@ use super::{sample_index, sigmoid, toy_model_config, TaskSetup};
 use crate::config::RunConfig;
 use crate::data::{PairedExample, Sequence};
 use crate::error::Result;
+use crate::metric_names::{
+    EVAL_ENTROPY, EVAL_GOLD_REWARD, EVAL_INIT_REWARDS_ACCURACIES, EVAL_INIT_REWARDS_MARGINS, EVAL_INVALID_MASS,
+    EVAL_KL_INIT, EVAL_KL_REF, EVAL_OOD_MASS,
+};
 use crate::metrics::Metrics;
 use crate::model::{standard_normal, CausalLm, ForwardInput, ModelConfig, Weights};
 use crate::sft::{self, SftTarget};
 use crate::train::{EvalWeights, Evaluator, Setup};
-use crate::metric_names::{EVAL_ENTROPY, EVAL_GOLD_REWARD, EVAL_INIT_REWARDS_ACCURACIES, EVAL_INIT_REWARDS_MARGINS, EVAL_INVALID_MASS, EVAL_KL_INIT, EVAL_KL_REF, EVAL_OOD_MASS};
 
 /// Everything that determines the task, its π_init and its data (the cache key includes it).
 #[derive(Debug, Clone, PartialEq, Serialize)]

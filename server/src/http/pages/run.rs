@@ -25,9 +25,9 @@ use crate::report::run::{figure, RunChart};
 use crate::report::runs::{estimate, RunRow};
 use crate::report::style::{Style, Styles};
 use crate::report::{self, duration, Series};
+use trainer::metric_names as names;
 use trainer::summary::{FitForm, RunSummary};
 use trainer::tasks::toy_tree::SFT_TARGET_KL;
-use trainer::metric_names as names;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -12,6 +12,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
+use trainer::metric_names as names;
+
 use super::{num, page, pairs, value, PageResult};
 use crate::charts::colour::hex;
 use crate::db::{self, runs::RunStatus};
@@ -20,7 +22,6 @@ use crate::http::AppState;
 use crate::report::runs::{estimate, select, Column, Filter, RunRow};
 use crate::report::style::Styles;
 use crate::report::{self, duration};
-use trainer::metric_names as names;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/", get(show)).route("/runs/table", get(table))
