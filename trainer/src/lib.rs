@@ -14,6 +14,7 @@ mod lerp;
 pub mod logps;
 pub mod loss;
 pub mod memory;
+pub mod metric_names;
 pub mod metrics;
 pub mod model;
 pub mod optim;
