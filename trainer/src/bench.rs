@@ -229,7 +229,7 @@ pub fn run_trainer_step_with(
         dev.synchronize()?;
         let t3 = Instant::now();
         peak_gpu = peak_gpu.max(gpu_memory(dev).map(|(used, _)| used));
-        let loss = metrics.iter().find(|(n, _)| *n == "loss").map_or(f64::NAN, |m| m.1);
+        let loss = metrics.iter().find(|(n, _)| *n == crate::metric_names::LOSS).map_or(f64::NAN, |m| m.1);
         recorder.record(
             i,
             loss,
@@ -462,7 +462,7 @@ pub fn compare_step_across_devices(cfg: &ModelConfig, device: &Device, dtype: DT
             .zip(setup.initial.vars())
             .map(|(r, i)| r.as_tensor() - i.as_tensor())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let loss = metrics.iter().find(|(n, _)| *n == "loss").map_or(f64::NAN, |m| m.1);
+        let loss = metrics.iter().find(|(n, _)| *n == crate::metric_names::LOSS).map_or(f64::NAN, |m| m.1);
         let to_cpu =
             |ts: Vec<Tensor>| ts.iter().map(|t| t.to_device(&Device::Cpu)).collect::<candle_core::Result<Vec<_>>>();
         Ok(Outcome {

@@ -15,6 +15,7 @@ use crate::data_parallel::{micro_batch_grads, MicroBatchGrads, ReferenceLogps, R
 use crate::error::{Error, FieldError, Result};
 use crate::eval::{EvalWeights, Evaluator};
 use crate::memory::MemoryPlan;
+use crate::metric_names;
 use crate::metrics::{JsonlSink, MetricSink, MetricWindow, Metrics};
 use crate::model::{add_grads, ParamSet};
 use crate::optim::{clip_to_max_norm, global_grad_norm, AdamW, AdamWConfig, LrSchedule};
@@ -244,7 +245,7 @@ impl<'a> Plan<'a> {
         let learning_rate = self.schedule.lr_at(t.optimizer.steps_taken());
         if let Some(norm) = grad_norm {
             if !norm.is_finite() {
-                return Err(Error::NonFinite { step, what: "grad_norm".into() });
+                return Err(Error::NonFinite { step, what: metric_names::GRAD_NORM.into() });
             }
             clip_to_max_norm(&mut grads, norm, self.cfg.max_grad_norm)?;
             t.optimizer.step(t.policy.vars(), &grads, learning_rate)?;
@@ -292,7 +293,7 @@ impl<'a> Plan<'a> {
                     };
                     return Err(Error::NonFinite { step, what });
                 }
-                if name == "loss" {
+                if name == metric_names::LOSS {
                     step_loss += value / micro_batches.len() as f64;
                 } else {
                     t.state.metric_window.add(name, value);
@@ -300,7 +301,7 @@ impl<'a> Plan<'a> {
             }
             add_grads(&mut grads, micro_grads)?;
         }
-        t.state.metric_window.add("loss", step_loss);
+        t.state.metric_window.add(metric_names::LOSS, step_loss);
         t.policy.dense_grads(grads)
     }
 
@@ -346,13 +347,13 @@ impl<'a> Plan<'a> {
             let mut metrics: Metrics = t.state.metric_window.drain();
             metrics.extend(eval.unwrap_or_default());
             if let Some(norm) = update.grad_norm {
-                metrics.insert("grad_norm".into(), norm);
+                metrics.insert(metric_names::GRAD_NORM.into(), norm);
             }
             if let Some(scaler) = t.state.loss_scaler {
                 metrics.insert("loss_scale".into(), scaler.scale);
             }
             // transformers logs the rate this step used (read before the scheduler steps).
-            metrics.insert("learning_rate".into(), update.learning_rate);
+            metrics.insert(metric_names::LEARNING_RATE.into(), update.learning_rate);
             metrics.insert("epoch".into(), t.sampler.fractional_epoch());
             sink.log(step, &metrics)?;
         } else if let Some(metrics) = eval {
