@@ -74,11 +74,11 @@ fn check(doc: &Value, schema: &Value, value: &Value, path: &str, problems: &mut 
         }
     }
     if let Some(v) = value.as_f64() {
+        // OpenAPI 3.0: `exclusiveMinimum: true` makes `minimum` itself out of range.
         let bound = |k: &str| schema.get(k).and_then(Value::as_f64);
-        let broken = bound("minimum").is_some_and(|m| v < m)
-            || bound("maximum").is_some_and(|m| v > m)
-            || bound("exclusiveMinimum").is_some_and(|m| v <= m)
-            || bound("exclusiveMaximum").is_some_and(|m| v >= m);
+        let exclusive = |k: &str| schema.get(k) == Some(&json!(true));
+        let broken = bound("minimum").is_some_and(|m| v < m || (v == m && exclusive("exclusiveMinimum")))
+            || bound("maximum").is_some_and(|m| v > m || (v == m && exclusive("exclusiveMaximum")));
         if broken {
             problems.push(format!("{path}: {v} is out of range"));
         }
@@ -199,7 +199,7 @@ async fn the_run_config_schema_has_every_key_and_refuses_others() {
         assert!(p.get("default").is_some(), "{key} has no default");
     }
     assert_eq!(properties["ref_model_mixup_alpha"]["maximum"], json!(1.0));
-    assert_eq!(properties["beta"]["exclusiveMinimum"], json!(0.0));
+    assert_eq!((&properties["beta"]["minimum"], &properties["beta"]["exclusiveMinimum"]), (&json!(0.0), &json!(true)));
     assert_eq!(doc["components"]["schemas"]["Sweep"]["additionalProperties"], json!(false));
 }
 

@@ -249,14 +249,19 @@ impl Field {
         if self.kind == Kind::Int {
             s.insert("minimum".into(), 0.into());
         }
+        // OpenAPI 3.0's bounds: `minimum` with `exclusiveMinimum: true` for `> min`.
         if let Some(r) = &self.range {
             if let Some(min) = r.min {
-                let key = if r.min_exclusive { "exclusiveMinimum" } else { "minimum" };
-                s.insert(key.into(), number(min, self.kind));
+                s.insert("minimum".into(), number(min, self.kind));
+                if r.min_exclusive {
+                    s.insert("exclusiveMinimum".into(), true.into());
+                }
             }
             if let Some(max) = r.max {
-                let key = if r.max_exclusive { "exclusiveMaximum" } else { "maximum" };
-                s.insert(key.into(), number(max, self.kind));
+                s.insert("maximum".into(), number(max, self.kind));
+                if r.max_exclusive {
+                    s.insert("exclusiveMaximum".into(), true.into());
+                }
             }
         }
         match (self.kind, self.pattern) {
