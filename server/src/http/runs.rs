@@ -262,7 +262,8 @@ async fn retry(
     if let Some(key) = options.keys().find(|k| *k != "from") {
         return Err(Error::field(key, "unknown key: the only option is \"from\""));
     }
-    let from = RetryFrom::parse(options.get("from").map(|v| v.as_str().unwrap_or("?")))?;
+    // The API takes the two names its schema lists; only the page's form sends a blank choice.
+    let from = RetryFrom::parse(options.get("from").map(|v| v.as_str().filter(|s| !s.is_empty()).unwrap_or("?")))?;
     match from {
         RetryFrom::Checkpoint => {
             let step = resume_run(&state, id).await?;
