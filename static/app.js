@@ -123,7 +123,7 @@
     });
     source.addEventListener("sft", (event) => {
       const data = JSON.parse(event.data);
-      const kl = data.values && data.values["sft/kl_behaviour"];
+      const kl = data.values && data.values[body.dataset.sftKlName];
       const of = data.max_steps ? " of at most " + data.max_steps : "";
       if (text) {
         text.textContent = "building π_init: SFT step " + data.step + of +

@@ -1,5 +1,6 @@
 //! Every kind of bad input answers a 4xx naming the problem, and stores nothing.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{config, spawn, spawn_with, TestServer};
@@ -182,12 +183,12 @@ async fn a_public_bind_without_a_token_is_refused_unless_insecure() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = common::serve_config(dir.path());
     c.bind = "0.0.0.0:0".parse().unwrap();
-    let refused = server::serve::start(c.clone()).await.err().expect("refused");
+    let refused = server::lifecycle::start(c.clone()).await.err().expect("refused");
     assert!(refused.to_string().contains("--auth-token"), "{refused}");
 
     c.auth_token = Some("t".into());
-    server::serve::start(c.clone()).await.expect("with a token").stop().await.unwrap();
+    server::lifecycle::start(c.clone()).await.expect("with a token").stop().await.unwrap();
     c.auth_token = None;
     c.insecure = true;
-    server::serve::start(c).await.expect("with --insecure").stop().await.unwrap();
+    server::lifecycle::start(c).await.expect("with --insecure").stop().await.unwrap();
 }

@@ -1,6 +1,7 @@
 //! Slow or greedy clients cannot hold the server: hyper's header-read timeout, the connection
 //! cap, and the upload limits. Waits are generous; nothing here asserts a speed.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

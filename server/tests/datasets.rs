@@ -2,6 +2,7 @@
 //! show up in the listing with their format and row count; a run or sweep whose dataset has bad
 //! rows is refused with every one of them before anything is queued.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ fn chat_row(system: bool) -> Value {
 
 /// A server whose --models-dir holds `chatml` (a tiny random-init Llama with a ChatML template)
 /// and `strict` (a template that refuses system turns), and whose --datasets-dir starts empty.
-async fn lab(edit: impl FnOnce(&mut server::serve::ServeConfig)) -> (TestServer, PathBuf) {
+async fn lab(edit: impl FnOnce(&mut server::lifecycle::ServeConfig)) -> (TestServer, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     let texts: Vec<String> = ["Is water wet? Yes. No. Hi? Hello. Go away. Be terse.".to_string()]
@@ -45,7 +46,7 @@ async fn lab(edit: impl FnOnce(&mut server::serve::ServeConfig)) -> (TestServer,
     config.models_dir = models;
     config.datasets_dir = datasets.clone();
     edit(&mut config);
-    let server = server::serve::start(config).await.expect("server starts");
+    let server = server::lifecycle::start(config).await.expect("server starts");
     let base = format!("http://{}", server.addr);
     (TestServer { server, base, client: reqwest::Client::new(), dir }, datasets)
 }

@@ -1,5 +1,6 @@
 //! Live metrics over server-sent events, resumable with `Last-Event-ID`.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{config, spawn, TestServer};

@@ -1,6 +1,7 @@
 //! `GET /api/models` lists what is under `--models-dir`, and a run config naming a model the
 //! trainer cannot use is refused with the reason.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{config, fixtures, spawn_with};

@@ -1,6 +1,7 @@
 //! The served `/api/openapi.json` describes what the server does: every route it serves and no
 //! other, and the answers of the main routes validate against their schemas.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{lab, tiny_toy, Lab};

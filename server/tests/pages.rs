@@ -1,6 +1,7 @@
 //! The web pages, rendered through the whole router with `oneshot`: empty, running, failed and
 //! 100-run states; forms with inline errors; chart, CSV and checkpoint downloads.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{lab, lab_with, toy_config};
@@ -402,12 +403,12 @@ async fn serve_demo_queues_the_demo_sweep_into_an_empty_database_only() {
         c.demo_if_empty = true;
         c
     };
-    let first = server::serve::start(config(scratch.path())).await.unwrap();
+    let first = server::lifecycle::start(config(scratch.path())).await.unwrap();
     let runs = server::db::runs::list(&first.state.pool, None, None, server::db::runs::Sort::Oldest).await.unwrap();
     assert_eq!(runs.len(), 7);
     assert!(runs.iter().all(|r| r.sweep_id == Some(1)));
     first.stop().await.unwrap();
-    let again = server::serve::start(config(scratch.path())).await.unwrap();
+    let again = server::lifecycle::start(config(scratch.path())).await.unwrap();
     let runs = server::db::runs::list(&again.state.pool, None, None, server::db::runs::Sort::Oldest).await.unwrap();
     assert_eq!(runs.len(), 7, "a database with runs gets no second demo sweep");
     again.stop().await.unwrap();

@@ -1,6 +1,7 @@
 //! A run's life through the API: create, train, finish, metrics, checkpoints; cancel, retry,
 //! clone, delete; sweeps.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,7 @@
 //! A researcher's browser also visits other sites: none of them may launch, cancel or read
 //! anything on a server started on the same machine, with or without a token.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{config, spawn, spawn_with, tiny_toy, TestServer};

@@ -2,6 +2,7 @@
 //! flat: one worker pool, shared, of `--max-threads-per-run` threads. Alone in its test binary,
 //! because it counts the threads of the whole process.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use serde_json::json;

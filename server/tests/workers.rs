@@ -2,6 +2,7 @@
 //! worker ids do): a server that starts leaves the other's live runs alone, a cancel sent to
 //! either stops a run wherever it trains, and a run's ended metrics answer is kept in memory.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -9,10 +10,10 @@ use std::time::{Duration, Instant};
 use common::{config, create_run, lab, serve_config, toy_config, wait_for};
 use serde_json::{json, Value};
 use server::jobs::queue::Outcome;
-use server::serve::{default_worker_id, start, ServeConfig};
+use server::lifecycle::{default_worker_id, start, ServeConfig};
 
 /// A server over `root/goodhart.db` with its own data dir `root/<name>`.
-async fn server_on(root: &std::path::Path, name: &str) -> (server::serve::Server, String) {
+async fn server_on(root: &std::path::Path, name: &str) -> (server::lifecycle::Server, String) {
     let mut config: ServeConfig = serve_config(root);
     config.data_dir = root.join(name);
     config.heartbeat_interval = Duration::from_millis(200);

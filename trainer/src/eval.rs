@@ -12,6 +12,11 @@ use crate::config::RunConfig;
 use crate::data::{self, Batch, Collated, PairedExample, Sequence, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::logps::sequence_logps;
+use crate::metric_names::{
+    EVAL_ENTROPY, EVAL_EOS_RATE, EVAL_GOLD_REWARD, EVAL_GOLD_REWARD_SE, EVAL_KL_INIT, EVAL_KL_INIT_SE, EVAL_KL_REF,
+    EVAL_KL_REF_SE, EVAL_LENGTH, EVAL_LENGTH_SE, EVAL_LOGPS_CHOSEN, EVAL_LOGPS_REJECTED, EVAL_REWARDS_ACCURACIES,
+    EVAL_REWARDS_ACCURACIES_SE, EVAL_REWARDS_MARGINS, EVAL_REWARDS_MARGINS_SE,
+};
 use crate::metrics::Metrics;
 use crate::model::inference;
 use crate::model::reward::RewardModel;
@@ -205,12 +210,12 @@ impl HeldOutPairs {
         }
         let (margin, accuracy) = (Estimate::of(&margins), Estimate::of(&correct));
         Ok(Metrics::from([
-            ("eval/rewards/accuracies".to_string(), accuracy.mean),
-            ("eval/rewards/accuracies_se".to_string(), accuracy.se),
-            ("eval/rewards/margins".to_string(), margin.mean),
-            ("eval/rewards/margins_se".to_string(), margin.se),
-            ("eval/logps/chosen".to_string(), Estimate::of(&chosen).mean),
-            ("eval/logps/rejected".to_string(), Estimate::of(&rejected).mean),
+            (EVAL_REWARDS_ACCURACIES.to_string(), accuracy.mean),
+            (EVAL_REWARDS_ACCURACIES_SE.to_string(), accuracy.se),
+            (EVAL_REWARDS_MARGINS.to_string(), margin.mean),
+            (EVAL_REWARDS_MARGINS_SE.to_string(), margin.se),
+            (EVAL_LOGPS_CHOSEN.to_string(), Estimate::of(&chosen).mean),
+            (EVAL_LOGPS_REJECTED.to_string(), Estimate::of(&rejected).mean),
         ]))
     }
 }
@@ -315,14 +320,14 @@ impl Evaluator for PolicySampleEvaluator {
         let kl_ref = kl_estimate(&samples, if shared { 0 } else { 1 });
         let (length, entropy) = (Estimate::of(&length), Estimate::of(&entropy));
         let mut metrics = Metrics::from([
-            ("eval/kl_init".to_string(), kl_init.mean),
-            ("eval/kl_init_se".to_string(), kl_init.se),
-            ("eval/kl_ref".to_string(), kl_ref.mean),
-            ("eval/kl_ref_se".to_string(), kl_ref.se),
-            ("eval/entropy".to_string(), entropy.mean),
-            ("eval/length".to_string(), length.mean),
-            ("eval/length_se".to_string(), length.se),
-            ("eval/eos_rate".to_string(), finished),
+            (EVAL_KL_INIT.to_string(), kl_init.mean),
+            (EVAL_KL_INIT_SE.to_string(), kl_init.se),
+            (EVAL_KL_REF.to_string(), kl_ref.mean),
+            (EVAL_KL_REF_SE.to_string(), kl_ref.se),
+            (EVAL_ENTROPY.to_string(), entropy.mean),
+            (EVAL_LENGTH.to_string(), length.mean),
+            (EVAL_LENGTH_SE.to_string(), length.se),
+            (EVAL_EOS_RATE.to_string(), finished),
         ]);
         if let Some(rm) = &self.reward_model {
             let mut gold = Vec::with_capacity(samples.len());
@@ -331,8 +336,8 @@ impl Evaluator for PolicySampleEvaluator {
                 gold.extend(rm.score_texts(&texts)?.into_iter().map(f64::from));
             }
             let gold = Estimate::of(&gold);
-            metrics.insert("eval/gold_reward".into(), gold.mean);
-            metrics.insert("eval/gold_reward_se".into(), gold.se);
+            metrics.insert(EVAL_GOLD_REWARD.into(), gold.mean);
+            metrics.insert(EVAL_GOLD_REWARD_SE.into(), gold.se);
         }
         if let Some(pairs) = &self.held_out {
             metrics.extend(pairs.score(&w, self.batch_size)?);

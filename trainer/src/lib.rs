@@ -12,6 +12,7 @@ pub mod eval;
 pub mod logps;
 pub mod loss;
 pub mod memory;
+pub mod metric_names;
 pub mod metrics;
 pub mod model;
 pub mod optim;

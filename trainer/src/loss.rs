@@ -6,6 +6,9 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
+use crate::metric_names::{
+    KL, LOGPS_CHOSEN, LOGPS_REJECTED, LOSS, REWARDS_ACCURACIES, REWARDS_CHOSEN, REWARDS_MARGINS, REWARDS_REJECTED,
+};
 
 /// The loss of one micro-batch and TRL's metrics for it.
 #[derive(Debug, Clone)]
@@ -54,12 +57,12 @@ fn pair_metrics(
     let r: Vec<f32> = rejected_rewards.to_vec1()?;
     let accuracy = mean_of(&c.iter().zip(&r).map(|(a, b)| f64::from(u8::from(a > b))).collect::<Vec<_>>());
     Ok(vec![
-        ("rewards/chosen", mean(chosen_rewards)?),
-        ("rewards/rejected", mean(rejected_rewards)?),
-        ("rewards/accuracies", accuracy),
-        ("rewards/margins", mean(&(chosen_rewards - rejected_rewards)?)?),
-        ("logps/chosen", mean(policy_chosen_sums)?),
-        ("logps/rejected", mean(policy_rejected_sums)?),
+        (REWARDS_CHOSEN, mean(chosen_rewards)?),
+        (REWARDS_REJECTED, mean(rejected_rewards)?),
+        (REWARDS_ACCURACIES, accuracy),
+        (REWARDS_MARGINS, mean(&(chosen_rewards - rejected_rewards)?)?),
+        (LOGPS_CHOSEN, mean(policy_chosen_sums)?),
+        (LOGPS_REJECTED, mean(policy_rejected_sums)?),
     ])
 }
 
@@ -78,7 +81,7 @@ pub fn dpo_loss(policy: &Pair, reference: &Pair, beta: f64) -> Result<LossOutput
     let rejected_ratio = (&policy.rejected - &reference.rejected)?;
     let logits = ((&chosen_ratio - &rejected_ratio)? * beta)?;
     let loss = log_sigmoid(&logits)?.neg()?.mean_all()?;
-    let mut metrics = vec![("loss", mean(&loss)?)];
+    let mut metrics = vec![(LOSS, mean(&loss)?)];
     metrics.extend(pair_metrics(
         &(chosen_ratio.detach() * beta)?,
         &(rejected_ratio.detach() * beta)?,
@@ -95,7 +98,7 @@ pub fn ipo_loss(policy: &Pair, reference: &Pair, token_counts: &Pair, beta: f64)
     let rejected_ratio = (&policy.rejected - &reference.rejected)?;
     let logits = ((&chosen_ratio / &token_counts.chosen)? - (&rejected_ratio / &token_counts.rejected)?)?;
     let loss = (logits - 1.0 / (2.0 * beta))?.sqr()?.mean_all()?;
-    let mut metrics = vec![("loss", mean(&loss)?)];
+    let mut metrics = vec![(LOSS, mean(&loss)?)];
     metrics.extend(pair_metrics(
         &(chosen_ratio.detach() * beta)?,
         &(rejected_ratio.detach() * beta)?,
@@ -133,12 +136,12 @@ pub fn kto_loss(
     let pick = |values: &[f32], want: bool| -> Vec<f64> {
         values.iter().zip(labels).filter(|(_, &l)| l == want).map(|(&v, _)| f64::from(v)).collect()
     };
-    let mut metrics = vec![("loss", mean(&loss)?), ("kl", z0)];
+    let mut metrics = vec![(LOSS, mean(&loss)?), (KL, z0)];
     // TRL records a label's means only for a micro-batch that has rows of it, and the margin only
     // when it has both: the logged value averages the micro-batches that had them.
     let mut label_means = [None, None];
     for (want, [reward_name, logps_name], slot) in
-        [(true, ["rewards/chosen", "logps/chosen"], 0), (false, ["rewards/rejected", "logps/rejected"], 1)]
+        [(true, [REWARDS_CHOSEN, LOGPS_CHOSEN], 0), (false, [REWARDS_REJECTED, LOGPS_REJECTED], 1)]
     {
         if labels.contains(&want) {
             let reward = mean_of(&pick(&rewards, want));
@@ -147,7 +150,7 @@ pub fn kto_loss(
         }
     }
     if let [Some(chosen), Some(rejected)] = label_means {
-        metrics.push(("rewards/margins", chosen - rejected));
+        metrics.push((REWARDS_MARGINS, chosen - rejected));
     }
     Ok(LossOutput { loss, metrics })
 }

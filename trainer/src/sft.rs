@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
+use crate::metric_names::{SFT_KL_BEHAVIOUR, SFT_LOSS};
 use crate::model::{CausalLm, ParamSet, Weights};
 use crate::optim::{AdamW, AdamWConfig};
 
@@ -48,9 +49,9 @@ pub struct SftStep {
 impl SftStep {
     /// `sft/loss` and `sft/kl_behaviour`, as a sink logs them.
     pub fn metrics(&self) -> crate::metrics::Metrics {
-        let mut m = crate::metrics::Metrics::from([("sft/loss".to_string(), self.loss)]);
+        let mut m = crate::metrics::Metrics::from([(SFT_LOSS.to_string(), self.loss)]);
         if let Some(kl) = self.kl_behaviour {
-            m.insert("sft/kl_behaviour".to_string(), kl);
+            m.insert(SFT_KL_BEHAVIOUR.to_string(), kl);
         }
         m
     }

@@ -12,9 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::metrics::{JsonlSink, Metrics};
 
-pub const GOLD: &str = "eval/gold_reward";
-pub const GOLD_SE: &str = "eval/gold_reward_se";
-pub const KL_INIT: &str = "eval/kl_init";
+/// The names the summary reads, under the short names callers already use.
+pub use crate::metric_names::{EVAL_GOLD_REWARD as GOLD, EVAL_GOLD_REWARD_SE as GOLD_SE, EVAL_KL_INIT as KL_INIT};
 
 /// One evaluation: step, KL to π_init, gold reward (and its standard error for Monte Carlo
 /// estimates; none for exact ones).
@@ -155,6 +154,144 @@ impl RunSummary {
     /// sqrt(KL) at the peak, sqrt-nats.
     pub fn peak_d(&self) -> f64 {
         self.peak_kl.max(0.0).sqrt()
+    }
+}
+
+/// One column of a run summary as tables and CSV files show it: `key` heads a CSV column,
+/// `label` a table's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SummaryColumn {
+    pub key: &'static str,
+    pub label: &'static str,
+}
+
+/// The value of one [`SummaryColumn`] for one run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SummaryValue {
+    /// `None` where the summary has none (no rise, no fit, no fitted peak).
+    Number(Option<f64>),
+    Step(u64),
+    Flag(bool),
+}
+
+impl SummaryValue {
+    /// Full precision, as CSV files carry it; blank where there is no value.
+    pub fn csv(self) -> String {
+        match self {
+            Self::Number(v) => v.map(|v| format!("{v}")).unwrap_or_default(),
+            Self::Step(s) => s.to_string(),
+            Self::Flag(b) => b.to_string(),
+        }
+    }
+
+    /// Rounded as every table shows a summary ([`display_number`]); blank where there is none.
+    pub fn display(self) -> String {
+        match self {
+            Self::Number(v) => v.map(display_number).unwrap_or_default(),
+            Self::Step(s) => s.to_string(),
+            Self::Flag(b) => if b { "yes" } else { "no" }.to_string(),
+        }
+    }
+
+    /// The value as a number (a step as its count, a flag as 0 or 1), for means over runs.
+    pub fn as_f64(self) -> Option<f64> {
+        match self {
+            Self::Number(v) => v,
+            Self::Step(s) => Some(s as f64),
+            Self::Flag(b) => Some(f64::from(u8::from(b))),
+        }
+    }
+}
+
+/// Every column of a run summary, in the order of [`RunSummary::columns`]: the one list that
+/// the sweep CSV, the compare table and its CSV, and the seed report take their columns from.
+pub const SUMMARY_COLUMNS: [SummaryColumn; 22] = {
+    const fn c(key: &'static str, label: &'static str) -> SummaryColumn {
+        SummaryColumn { key, label }
+    }
+    [
+        c("start_gold", "start gold"),
+        c("peak_gold", "peak gold"),
+        c("peak_step", "peak step"),
+        c("peak_kl", "KL at peak (nats)"),
+        c("final_gold", "final gold"),
+        c("final_kl", "final KL (nats)"),
+        c("rise", "rise"),
+        c("drop", "drop"),
+        c("drop_fraction", "drop / rise"),
+        c("peaked", "peaked"),
+        c("rl_fit_a", "RL fit: a"),
+        c("rl_fit_b", "RL fit: b"),
+        c("rl_fit_d_star", "RL fit: d* (√nats)"),
+        c("rl_fit_r_star", "RL fit: R*"),
+        c("rl_fit_peak_error", "RL fit: error at peak"),
+        c("rl_fit_r_squared", "RL fit: R²"),
+        c("bon_fit_a", "best-of-n fit: a"),
+        c("bon_fit_b", "best-of-n fit: b"),
+        c("bon_fit_d_star", "best-of-n fit: d* (√nats)"),
+        c("bon_fit_r_star", "best-of-n fit: R*"),
+        c("bon_fit_peak_error", "best-of-n fit: error at peak"),
+        c("bon_fit_r_squared", "best-of-n fit: R²"),
+    ]
+};
+
+/// The [`SummaryColumn`] of `key`. Panics on a key that is not one (a programming error).
+pub fn summary_column(key: &str) -> SummaryColumn {
+    SUMMARY_COLUMNS.iter().copied().find(|c| c.key == key).unwrap_or_else(|| panic!("no summary column {key:?}"))
+}
+
+impl RunSummary {
+    /// Every column of the summary with its value, in the order of [`SUMMARY_COLUMNS`].
+    pub fn columns(&self) -> Vec<(SummaryColumn, SummaryValue)> {
+        use SummaryValue::{Flag, Number, Step};
+        let mut values = vec![
+            Number(Some(self.start_gold)),
+            Number(Some(self.peak_gold)),
+            Step(self.peak_step),
+            Number(Some(self.peak_kl)),
+            Number(Some(self.final_gold)),
+            Number(Some(self.final_kl)),
+            Number(Some(self.rise)),
+            Number(Some(self.drop)),
+            Number(self.drop_fraction),
+            Flag(self.peaked),
+        ];
+        for form in [FitForm::Rl, FitForm::BestOfN] {
+            let fit = self.fit(form);
+            values.extend([
+                Number(fit.map(|f| f.a)),
+                Number(fit.map(|f| f.b)),
+                Number(fit.and_then(|f| f.d_star)),
+                Number(fit.and_then(|f| f.r_star)),
+                Number(fit.map(|f| f.peak_error)),
+                Number(fit.map(|f| f.r_squared)),
+            ]);
+        }
+        SUMMARY_COLUMNS.iter().copied().zip(values).collect()
+    }
+
+    /// The value of the column `key` (see [`SUMMARY_COLUMNS`]).
+    pub fn value(&self, key: &str) -> Option<SummaryValue> {
+        self.columns().into_iter().find(|(c, _)| c.key == key).map(|(_, v)| v)
+    }
+}
+
+/// How every table and chart shows a number: three significant digits, trailing zeros dropped,
+/// scientific notation outside 1e-4..1e6. CSV files carry full precision instead.
+pub fn display_number(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    if !(-4..6).contains(&magnitude) {
+        return format!("{v:.2e}");
+    }
+    let decimals = (2 - magnitude).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
     }
 }
 
@@ -377,6 +514,18 @@ impl MeanCi {
     }
 }
 
+impl MeanCi {
+    /// "mean ± half-width" in the one rounding of tables ([`display_number`]); the mean alone
+    /// for a single value.
+    pub fn display(&self) -> String {
+        if self.half_width.is_finite() {
+            format!("{} ± {}", display_number(self.mean), display_number(self.half_width))
+        } else {
+            display_number(self.mean)
+        }
+    }
+}
+
 impl std::fmt::Display for MeanCi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let p = f.precision().unwrap_or(3);
@@ -555,6 +704,29 @@ mod tests {
         assert!(s.pareto.iter().any(|p| p.step == 30 && p.checkpoint));
         assert!(s.peaked, "the tail is clearly below the peak");
         assert!(summarize(&[], &[]).is_none());
+    }
+
+    #[test]
+    fn every_summary_column_has_one_value_with_full_precision_in_csv_and_one_rounding_on_display() {
+        let mut points: Vec<EvalPoint> =
+            (0..20).map(|i| point(i * 10, i as f64 * 0.1, 1.0 + (i as f64 * 0.3).sin())).collect();
+        points[19].gold = 0.123_456_789;
+        let s = summarize(&points, &[]).unwrap();
+        let columns = s.columns();
+        assert_eq!(columns.len(), SUMMARY_COLUMNS.len());
+        let keys: Vec<&str> = columns.iter().map(|(c, _)| c.key).collect();
+        let mut unique = keys.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len(), "{keys:?}");
+        assert_eq!(s.value("peak_step"), Some(SummaryValue::Step(s.peak_step)));
+        assert_eq!(s.value("final_gold").unwrap().csv(), format!("{}", s.final_gold));
+        assert_eq!(SummaryValue::Number(Some(0.123_456_789)).csv(), "0.123456789");
+        assert_eq!(SummaryValue::Number(Some(0.123_456_789)).display(), "0.123");
+        assert_eq!(SummaryValue::Number(None).display(), "");
+        assert_eq!(summary_column("peak_kl").label, "KL at peak (nats)");
+        assert_eq!(display_number(1234.4), "1234");
+        assert_eq!(display_number(1.5e-7), "1.50e-7");
     }
 
     #[test]

@@ -207,22 +207,10 @@ fn register_font() {
     });
 }
 
-/// A tick or tooltip number: short, with three significant digits.
+/// A tick or tooltip number: short, with three significant digits (the one rounding every
+/// table and chart shows, [`trainer::summary::display_number`]).
 pub fn number(v: f64) -> String {
-    if v == 0.0 || !v.is_finite() {
-        return format!("{v}");
-    }
-    let magnitude = v.abs().log10().floor() as i32;
-    if !(-4..6).contains(&magnitude) {
-        return format!("{v:.2e}");
-    }
-    let decimals = (2 - magnitude).max(0) as usize;
-    let s = format!("{v:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
+    trainer::summary::display_number(v)
 }
 
 #[cfg(test)]

@@ -1,10 +1,5 @@
 //! The `goodhart` subcommands.
 
-mod bench;
-mod bench_data;
-mod bench_gpu;
-mod bench_server;
-mod bench_ui;
 mod serve;
 mod sweep;
 mod sweep_report;
@@ -29,7 +24,7 @@ pub enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Benchmarks: `goodhart bench trainer`, `device`, `kernels`, `eval`, `scale`, `server`, `data`, `ui`.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(crate::bench::BenchCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -37,7 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Sweep(args) => sweep::run(&args),
         Command::Serve(args) => serve::run(*args),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => crate::bench::run(cmd),
     }
 }
 

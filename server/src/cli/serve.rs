@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::serve::{start, ServeConfig};
+use crate::lifecycle::{start, ServeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -65,7 +65,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GOODHART_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
     /// Connections open at once; more wait until one closes.
-    #[arg(long, env = "GOODHART_MAX_CONNECTIONS", default_value_t = crate::serve::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "GOODHART_MAX_CONNECTIONS", default_value_t = crate::lifecycle::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// The most worker threads one run may use (its `num_threads`), and the size of the one
     /// worker pool all runs share [default: the number of cores].
@@ -108,7 +108,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_threads_per_run: args.max_threads_per_run.unwrap_or_else(trainer::workers::cores),
         auth_token: args.auth_token,
         insecure: args.insecure,
-        static_dir: args.static_dir.unwrap_or_else(crate::serve::default_static_dir),
+        static_dir: args.static_dir.unwrap_or_else(crate::lifecycle::default_static_dir),
         demo_sweep: crate::http::pages::demo::sweep(),
         demo_if_empty: args.demo,
     };

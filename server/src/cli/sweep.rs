@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context};
 use trainer::error::FieldError;
+use trainer::metric_names as names;
 use trainer::metrics::{JsonlSink, Metrics};
-use trainer::summary::{self, EvalPoint, FitForm, RunSummary};
+use trainer::summary::{self, EvalPoint, RunSummary, SUMMARY_COLUMNS};
 use trainer::sweep::SweepRun;
 
 use crate::report::compare::{Aggregate, CompareRun, Comparison, Options};
@@ -139,7 +140,7 @@ fn train_one(run: &SweepRun, output_dir: &Path, reuse: bool) -> anyhow::Result<F
 /// `eval/ood_mass` at the first evaluation, its maximum, and its mean over the last 10% of
 /// evaluations ("final", as for the gold reward).
 pub(super) fn ood_stats(steps: &[(u64, Metrics)]) -> (Option<f64>, Option<f64>, Option<f64>) {
-    let ood: Vec<f64> = steps.iter().filter_map(|(_, m)| m.get("eval/ood_mass").copied()).collect();
+    let ood: Vec<f64> = steps.iter().filter_map(|(_, m)| m.get(names::EVAL_OOD_MASS).copied()).collect();
     let tail = &ood[ood.len() - ood.len().div_ceil(10)..];
     (
         ood.first().copied(),
@@ -217,35 +218,12 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     let mut header: Vec<String> = vec!["run".into()];
     header.extend(param_keys.iter().cloned());
     header.extend(fixed.iter().map(|k| k.to_string()));
+    // Seam: the columns above describe the run's config (the sweep's own choice of keys); the
+    // summary columns below, at full precision, come from `RunSummary::columns`, as in every
+    // other table of a run summary; then what the sweep adds (OOD mass, its Pareto front, time).
+    header.extend(SUMMARY_COLUMNS.iter().map(|c| c.key.to_string()));
     header.extend(
-        [
-            "start_gold",
-            "peak_gold",
-            "peak_step",
-            "peak_kl",
-            "final_gold",
-            "final_kl",
-            "rise",
-            "drop",
-            "drop_fraction",
-            "peaked",
-            "rl_fit_a",
-            "rl_fit_b",
-            "rl_fit_d_star",
-            "rl_fit_r_star",
-            "rl_fit_peak_error",
-            "bon_fit_a",
-            "bon_fit_b",
-            "bon_fit_d_star",
-            "bon_fit_r_star",
-            "bon_fit_peak_error",
-            "start_ood_mass",
-            "max_ood_mass",
-            "final_ood_mass",
-            "sweep_pareto_points",
-            "seconds",
-        ]
-        .map(String::from),
+        ["start_ood_mass", "max_ood_mass", "final_ood_mass", "sweep_pareto_points", "seconds"].map(String::from),
     );
     let mut lines = vec![header.join(",")];
     for (i, f) in finished.iter().enumerate() {
@@ -257,27 +235,9 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
         row.extend(param_keys.iter().map(|k| f.run.params.get(k).map_or(String::new(), csv_value)));
         let config = serde_json::to_value(c).unwrap_or_default();
         row.extend(fixed.iter().map(|k| config.get(*k).map_or(String::new(), config_cell)));
-        row.extend([
-            num(s.map(|s| s.start_gold)),
-            num(s.map(|s| s.peak_gold)),
-            s.map_or(String::new(), |s| s.peak_step.to_string()),
-            num(s.map(|s| s.peak_kl)),
-            num(s.map(|s| s.final_gold)),
-            num(s.map(|s| s.final_kl)),
-            num(s.map(|s| s.rise)),
-            num(s.map(|s| s.drop)),
-            num(s.and_then(|s| s.drop_fraction)),
-            s.map_or(String::new(), |s| s.peaked.to_string()),
-        ]);
-        for form in [FitForm::Rl, FitForm::BestOfN] {
-            let fit = s.and_then(|s| s.fit(form));
-            row.extend([
-                num(fit.map(|f| f.a)),
-                num(fit.map(|f| f.b)),
-                num(fit.and_then(|f| f.d_star)),
-                num(fit.and_then(|f| f.r_star)),
-                num(fit.map(|f| f.peak_error)),
-            ]);
+        match s {
+            Some(s) => row.extend(s.columns().into_iter().map(|(_, v)| v.csv())),
+            None => row.extend(SUMMARY_COLUMNS.iter().map(|_| String::new())),
         }
         row.extend([
             num(start_ood),

@@ -10,43 +10,36 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::Value;
 use trainer::config::fields::{role, Role};
-use trainer::summary::MeanCi;
+use trainer::summary::{summary_column, MeanCi};
 
 use super::sweep::{ood_stats, Finished};
 use crate::report::paired::paired;
 use crate::report::{csv_field, RunMeta};
 
-/// One run's scalar outcomes, in the order of [`STAT_NAMES`].
+/// The run-summary columns the report averages over seeds ([`trainer::summary::SUMMARY_COLUMNS`]' keys); the OOD
+/// mass's start, maximum and final value follow them.
+const SUMMARY_KEYS: [&str; 7] = ["start_gold", "peak_gold", "peak_step", "peak_kl", "final_gold", "drop", "final_kl"];
+const OOD_NAMES: [&str; 3] = ["start OOD", "max OOD", "final OOD"];
+
+/// One run's scalar outcomes, in the order of [`stat_names`].
 fn run_stats(f: &Finished) -> Option<[f64; 10]> {
     let s = f.summary.as_ref()?;
     let (start_ood, max_ood, final_ood) = ood_stats(&f.steps);
-    Some([
-        s.start_gold,
-        s.peak_gold,
-        s.peak_step as f64,
-        s.peak_kl,
-        s.final_gold,
-        s.drop,
-        s.final_kl,
-        start_ood.unwrap_or(f64::NAN),
-        max_ood.unwrap_or(f64::NAN),
-        final_ood.unwrap_or(f64::NAN),
-    ])
+    let mut stats = [f64::NAN; 10];
+    for (slot, key) in stats.iter_mut().zip(SUMMARY_KEYS) {
+        *slot = s.value(key).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    }
+    for (slot, v) in stats[SUMMARY_KEYS.len()..].iter_mut().zip([start_ood, max_ood, final_ood]) {
+        *slot = v.unwrap_or(f64::NAN);
+    }
+    Some(stats)
 }
 
-const STAT_NAMES: [&str; 10] = [
-    "start gold",
-    "peak gold",
-    "peak step",
-    "KL at peak",
-    "final gold",
-    "drop",
-    "final KL",
-    "start OOD",
-    "max OOD",
-    "final OOD",
-];
-/// The columns of the paired table: indices into [`STAT_NAMES`].
+/// The columns' names: the summary columns' labels, then [`OOD_NAMES`].
+fn stat_names() -> Vec<&'static str> {
+    SUMMARY_KEYS.iter().map(|k| summary_column(k).label).chain(OOD_NAMES).collect()
+}
+/// The columns of the paired table: indices into [`stat_names`].
 const PAIRED: [usize; 6] = [1, 4, 5, 8, 9, 6];
 
 /// A variant: the runs that differ only in their seeds.
@@ -83,23 +76,24 @@ fn groups(finished: &[Finished]) -> Vec<Group<'_>> {
 /// Writes the report when some variant ran with more than one seed; otherwise does nothing.
 pub fn write(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     let groups = groups(finished);
+    let stat_names = stat_names();
     if groups.iter().all(|g| g.runs.len() < 2) {
         return Ok(());
     }
     let mut md = String::from(
         "Mean ± 95% CI over seeds (Student's t). \"final\" is the mean of the last 10% of evaluations.\n\n",
     );
-    md.push_str(&format!("| variant | seeds | {} |\n", STAT_NAMES.join(" | ")));
-    md.push_str(&format!("|---|---|{}\n", "---|".repeat(STAT_NAMES.len())));
+    md.push_str(&format!("| variant | seeds | {} |\n", stat_names.join(" | ")));
+    md.push_str(&format!("|---|---|{}\n", "---|".repeat(stat_names.len())));
     let mut csv = vec![format!(
         "variant,seeds,{}",
-        STAT_NAMES.iter().map(|n| format!("{n} mean,{n} ci95")).collect::<Vec<_>>().join(",")
+        stat_names.iter().map(|n| format!("{n} mean,{n} ci95")).collect::<Vec<_>>().join(",")
     )];
     for g in &groups {
         let stats: Vec<[f64; 10]> = g.runs.iter().filter_map(|f| run_stats(f)).collect();
         let cols: Vec<Option<MeanCi>> =
-            (0..STAT_NAMES.len()).map(|i| MeanCi::of(&stats.iter().map(|s| s[i]).collect::<Vec<_>>())).collect();
-        let cell = |c: &Option<MeanCi>| c.map_or("–".to_string(), |c| format!("{c:.3}"));
+            (0..stat_names.len()).map(|i| MeanCi::of(&stats.iter().map(|s| s[i]).collect::<Vec<_>>())).collect();
+        let cell = |c: &Option<MeanCi>| c.map_or("–".to_string(), |c| c.display());
         md.push_str(&format!(
             "| {} | {} | {} |\n",
             g.label,
@@ -118,7 +112,7 @@ pub fn write(dir: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     md.push_str("\"better\" counts the pairs on which the TR run's drop from its peak was smaller.\n\n");
     md.push_str(&format!(
         "| variant | pairs | {} | better |\n|---|---|{}---|\n",
-        PAIRED.map(|i| format!("Δ {}", STAT_NAMES[i])).join(" | "),
+        PAIRED.map(|i| format!("Δ {}", stat_names[i])).join(" | "),
         "---|".repeat(PAIRED.len())
     ));
     let metas: Vec<RunMeta> =

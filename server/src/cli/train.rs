@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use trainer::config::{ExportDtype, RunConfig};
+use trainer::metric_names as names;
 use trainer::metrics::{JsonlSink, MetricSink, Metrics};
 
 #[derive(Debug, clap::Args)]
@@ -34,7 +35,7 @@ struct CliSink {
 
 impl MetricSink for CliSink {
     fn log(&mut self, step: u64, metrics: &Metrics) -> trainer::Result<()> {
-        if let Some(loss) = metrics.get("loss") {
+        if let Some(loss) = metrics.get(names::LOSS) {
             self.bar.set_message(format!("loss {loss:.4}"));
         }
         self.jsonl.log(step, metrics)
@@ -59,7 +60,8 @@ impl MetricSink for CliSink {
         if step == 0 || self.sft.is_none() {
             self.sft = Some(JsonlSink::truncate(&self.dir.join("sft.jsonl"))?);
         }
-        let kl = metrics.get("sft/kl_behaviour").map(|kl| format!(", KL(behaviour ‖ π) {kl:.4}")).unwrap_or_default();
+        let kl =
+            metrics.get(names::SFT_KL_BEHAVIOUR).map(|kl| format!(", KL(behaviour ‖ π) {kl:.4}")).unwrap_or_default();
         self.bar.set_message(format!("π_init SFT step {step} of at most {max_steps}{kl}"));
         self.sft.as_mut().expect("just opened").log(step, metrics)
     }

@@ -32,11 +32,9 @@ pub async fn upsert(conn: &mut SqliteConnection, rows: &[MetricRow]) -> sqlx::Re
     Ok(())
 }
 
-/// Metrics on π_init's SFT step axis rather than the run's (`sft/loss`, `sft/kl_behaviour`).
-pub const SFT_PREFIX: &str = "sft/";
-
 /// Forgets everything logged after `step` (the run resumed from the checkpoint at `step`). The
-/// SFT steps before training stay, unless the run starts over (`step < 0`).
+/// SFT steps before training stay, unless the run starts over (`step < 0`). (`'sft/'` in the
+/// query is `trainer::metric_names::SFT_PREFIX`, the prefix of metrics on π_init's SFT step axis.)
 pub async fn delete_after(conn: &mut SqliteConnection, run_id: i64, step: i64) -> sqlx::Result<()> {
     sqlx::query("delete from metrics where run_id = ?1 and step > ?2 and (?2 < 0 or substr(name, 1, 4) != 'sft/')")
         .bind(run_id)

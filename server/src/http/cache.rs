@@ -159,7 +159,7 @@ mod tests {
 
     use super::*;
     use crate::db::metrics::MetricRow;
-    use crate::jobs::events::event_bus;
+    use crate::jobs::event_bus::event_bus;
     use crate::jobs::queue::{Outcome, RunQueue, SqliteQueue};
 
     /// A finished and a running run, each with one loss value at step 1.

@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn every_path_key_of_the_trainer_is_contained() {
-        let settings = crate::serve::ServeConfig::for_dir(Path::new("/nonexistent")).settings();
+        let settings = crate::lifecycle::ServeConfig::for_dir(Path::new("/nonexistent")).settings();
         let contained: Vec<&str> = settings.path_fields().iter().map(|(k, _)| *k).collect();
         let keys = serde_json::to_value(RunConfig::default()).unwrap();
         for key in keys.as_object().unwrap().keys() {
@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn answers_name_paths_relative_to_the_servers_directories() {
         let dir = tempfile::tempdir().unwrap();
-        let mut settings = crate::serve::ServeConfig::for_dir(dir.path()).settings();
+        let mut settings = crate::lifecycle::ServeConfig::for_dir(dir.path()).settings();
         settings.models_dir = dir.path().join("models");
         std::fs::create_dir_all(&settings.models_dir).unwrap();
         let models = settings.models_dir.canonicalize().unwrap();

@@ -352,7 +352,7 @@ mod tests {
     fn past_the_listing_limit_the_rest_are_counted() {
         let problems: Vec<RowProblem> =
             (1..=LISTED_PROBLEMS + 5).map(|i| RowProblem::new(data::Location::Line(i), "bad")).collect();
-        let settings = crate::serve::ServeConfig::for_dir(Path::new("/nonexistent")).settings();
+        let settings = crate::lifecycle::ServeConfig::for_dir(Path::new("/nonexistent")).settings();
         let errors = field_errors("dataset_path", &problems, &settings);
         assert_eq!(errors.len(), LISTED_PROBLEMS + 1);
         assert_eq!(errors[0].message, "line 1: bad");

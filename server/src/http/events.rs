@@ -28,7 +28,7 @@ use super::AppState;
 use crate::db::metrics::{self, MetricRow};
 use crate::db::runs::RunStatus;
 use crate::db::Pool;
-use crate::jobs::events::{metrics_json, RunEvent};
+use crate::jobs::event_bus::{metrics_json, RunEvent};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/runs/{id}/events", get(events))

@@ -35,7 +35,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::db::Pool;
-use crate::jobs::events::EventBus;
+use crate::jobs::event_bus::EventBus;
 use crate::jobs::queue::RunQueue;
 
 /// What the server was started with, as handlers need it.
@@ -81,7 +81,7 @@ impl AppState {
     /// State over `pool` with the SQLite queue, claiming as `worker`, and a fresh event bus;
     /// nothing runs the queue until a [`crate::jobs::runner::Runner`] is started on it.
     pub fn new(pool: Pool, settings: Settings, worker: String) -> Self {
-        let events = crate::jobs::events::event_bus();
+        let events = crate::jobs::event_bus::event_bus();
         let queue: Arc<dyn RunQueue> =
             Arc::new(crate::jobs::queue::SqliteQueue::new(pool.clone(), events.clone(), worker));
         Self {

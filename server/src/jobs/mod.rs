@@ -2,7 +2,7 @@
 //! claimed runs on blocking threads, and the sink that carries metrics into SQLite and out to
 //! live subscribers.
 
-pub mod events;
+pub mod event_bus;
 pub mod queue;
 pub mod runner;
 pub mod sink;

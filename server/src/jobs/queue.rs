@@ -48,7 +48,7 @@ use serde_json::Value;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{Mutex, Notify};
 
-use super::events::{EventBus, RunEvent};
+use super::event_bus::{EventBus, RunEvent};
 use crate::db::{self, runs::RunStatus, Pool, BEGIN_WRITE};
 
 #[derive(Debug, thiserror::Error)]
@@ -579,7 +579,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::jobs::events::event_bus;
+    use crate::jobs::event_bus::event_bus;
 
     /// A database file and one worker's queue on it.
     async fn queue() -> (tempfile::TempDir, Arc<SqliteQueue>) {

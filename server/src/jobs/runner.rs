@@ -301,7 +301,7 @@ mod tests {
     use super::*;
     use crate::db;
     use crate::db::runs::RunStatus;
-    use crate::jobs::events::event_bus;
+    use crate::jobs::event_bus::event_bus;
     use crate::jobs::queue::{Reclaimed, SqliteQueue};
 
     /// Panics on seed 13, trains nothing (but logs a step) otherwise.

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use trainer::metrics::{MetricSink, Metrics};
 
-use super::events::{metrics_json, EventBus, RunEvent};
+use super::event_bus::{metrics_json, EventBus, RunEvent};
 use super::queue::{self, Lease};
 use crate::db::{self, checkpoints::CheckpointFile, metrics::MetricRow, Pool};
 
@@ -395,7 +395,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::jobs::events::event_bus;
+    use crate::jobs::event_bus::event_bus;
     use crate::jobs::queue::{RunQueue, SqliteQueue};
 
     fn loss(value: f64) -> Metrics {

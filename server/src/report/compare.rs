@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 use trainer::config::LossType;
-use trainer::summary::{self, EvalPoint, FitForm, MeanCi, RunSummary};
+use trainer::metric_names as names;
+use trainer::summary::{self, summary_column, EvalPoint, FitForm, MeanCi, RunSummary, SummaryValue, SUMMARY_COLUMNS};
 
 use super::paired::{paired, Paired};
 use super::style::{shown_params, Styles};
@@ -421,7 +422,7 @@ impl Comparison {
             panels: vec![Panel {
                 title: String::new(),
                 x: Axis::new("step"),
-                y: Axis::new("eval/ood_mass"),
+                y: Axis::new(names::EVAL_OOD_MASS),
                 bands,
                 lines,
                 empty_note: "no OOD mass logged (toy-tree runs log it)".into(),
@@ -935,40 +936,17 @@ pub struct BestPolicy {
     pub checkpoint: Option<i64>,
 }
 
-/// The summary columns after the parameters, as the page shows them (fits in one cell each).
-pub const SUMMARY_COLUMNS: [&str; 9] = [
-    "start gold",
-    "peak gold",
-    "peak step",
-    "KL at peak (nats)",
-    "final gold",
-    "drop",
-    "drop / rise",
-    "RL fit: d* (√nats), R*, error at peak",
-    "best-of-n fit: d* (√nats), R*, error at peak",
-];
+/// The run-summary columns the table shows ([`trainer::summary::SUMMARY_COLUMNS`]' keys),
+/// before its two fit columns; the CSV has every column.
+const TABLE_KEYS: [&str; 7] =
+    ["start_gold", "peak_gold", "peak_step", "peak_kl", "final_gold", "drop", "drop_fraction"];
 
-/// The CSV's columns after the parameters: every number on its own.
-pub const SUMMARY_CSV_COLUMNS: [&str; 18] = [
-    "start_gold",
-    "peak_gold",
-    "peak_step",
-    "peak_kl_nats",
-    "final_gold",
-    "drop",
-    "drop_over_rise",
-    "peaked",
-    "rl_a",
-    "rl_b",
-    "rl_d_star_sqrt_nats",
-    "rl_r_star",
-    "rl_peak_error",
-    "rl_r_squared",
-    "bon_a",
-    "bon_b",
-    "bon_d_star_sqrt_nats",
-    "bon_r_star",
-];
+/// The table's headings after the parameters: [`TABLE_KEYS`]' labels, then one cell per fit.
+pub fn summary_headings() -> Vec<&'static str> {
+    let mut headings: Vec<&'static str> = TABLE_KEYS.iter().map(|k| summary_column(k).label).collect();
+    headings.extend(["RL fit: d* (√nats), R*, error at peak", "best-of-n fit: d* (√nats), R*, error at peak"]);
+    headings
+}
 
 /// The alarm's count for one method, α and τ (blank where the reference does not move).
 #[derive(Debug, Clone, PartialEq)]
@@ -1010,24 +988,16 @@ pub struct SummaryRow {
     pub method: String,
     pub colour: String,
     pub params: Vec<String>,
-    /// One per [`SUMMARY_COLUMNS`].
+    /// One per [`summary_headings`].
     pub cells: Vec<Cell>,
-    /// One per [`SUMMARY_CSV_COLUMNS`].
+    /// One per [`SUMMARY_COLUMNS`], at full precision.
     pub csv: Vec<String>,
 }
 
 fn summary_cells(s: Option<&RunSummary>) -> Vec<Cell> {
-    let Some(s) = s else { return vec![Cell::default(); SUMMARY_COLUMNS.len()] };
-    let num = |v: f64| Cell::text(number(v));
-    let mut cells = vec![
-        num(s.start_gold),
-        num(s.peak_gold),
-        Cell::text(s.peak_step.to_string()),
-        num(s.peak_kl),
-        num(s.final_gold),
-        num(s.drop),
-        Cell::text(s.drop_fraction.map(number).unwrap_or_default()),
-    ];
+    let Some(s) = s else { return vec![Cell::default(); TABLE_KEYS.len() + FitForm::ALL.len()] };
+    let mut cells: Vec<Cell> =
+        TABLE_KEYS.iter().map(|k| Cell::text(s.value(k).map(SummaryValue::display).unwrap_or_default())).collect();
     for form in FitForm::ALL {
         cells.push(fit_cell(s, form));
     }
@@ -1077,35 +1047,16 @@ fn signed(v: f64) -> String {
 }
 
 fn summary_csv_cells(s: Option<&RunSummary>) -> Vec<String> {
-    let Some(s) = s else { return vec![String::new(); SUMMARY_CSV_COLUMNS.len()] };
-    let num = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_default();
-    let (rl, bon) = (s.fit(FitForm::Rl), s.fit(FitForm::BestOfN));
-    vec![
-        num(Some(s.start_gold)),
-        num(Some(s.peak_gold)),
-        s.peak_step.to_string(),
-        num(Some(s.peak_kl)),
-        num(Some(s.final_gold)),
-        num(Some(s.drop)),
-        num(s.drop_fraction),
-        s.peaked.to_string(),
-        num(rl.map(|f| f.a)),
-        num(rl.map(|f| f.b)),
-        num(rl.and_then(|f| f.d_star)),
-        num(rl.and_then(|f| f.r_star)),
-        num(rl.map(|f| f.peak_error)),
-        num(rl.map(|f| f.r_squared)),
-        num(bon.map(|f| f.a)),
-        num(bon.map(|f| f.b)),
-        num(bon.and_then(|f| f.d_star)),
-        num(bon.and_then(|f| f.r_star)),
-    ]
+    match s {
+        Some(s) => s.columns().into_iter().map(|(_, v)| v.csv()).collect(),
+        None => vec![String::new(); SUMMARY_COLUMNS.len()],
+    }
 }
 
 pub fn summary_csv(table: &SummaryTable) -> String {
     let mut header: Vec<String> = vec!["run".into(), "method".into()];
     header.extend(table.params.iter().cloned());
-    header.extend(SUMMARY_CSV_COLUMNS.iter().map(|c| (*c).to_string()));
+    header.extend(SUMMARY_COLUMNS.iter().map(|c| c.key.to_string()));
     let mut out = header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",") + "\n";
     for row in &table.rows {
         let mut cells = vec![row.run_id.to_string(), row.method.clone()];

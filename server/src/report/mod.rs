@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use trainer::config::{LossType, RunConfig};
+use trainer::metric_names as names;
 use trainer::overopt;
 use trainer::summary::{self, EvalPoint, RunSummary};
 
@@ -146,10 +147,10 @@ impl Eval {
 /// The metrics evaluations log, as [`evals`] reads them.
 pub const EVAL_METRICS: [&str; 9] = [
     summary::KL_INIT,
-    "eval/kl_ref",
+    names::EVAL_KL_REF,
     summary::GOLD,
     summary::GOLD_SE,
-    "eval/ood_mass",
+    names::EVAL_OOD_MASS,
     overopt::PAST_PEAK,
     overopt::PEAK_STEP,
     overopt::PEAK_KL,

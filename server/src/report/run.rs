@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use plotters::style::RGBColor;
+use trainer::metric_names as names;
 use trainer::summary::{FitForm, RunSummary};
 
 use super::style::Style;
@@ -71,30 +72,36 @@ impl RunChart {
     pub fn metrics(self) -> &'static [&'static str] {
         match self {
             Self::Loss => &["loss"],
-            Self::Rewards => {
-                &["rewards/margins", "eval/init_rewards/margins", "rewards/accuracies", "eval/init_rewards/accuracies"]
-            }
-            Self::Kl => &["eval/kl_init", "eval/kl_ref"],
-            Self::Gold => &["eval/gold_reward"],
-            Self::Ood => &["eval/ood_mass"],
-            Self::Path => &["eval/kl_init", "eval/gold_reward", "eval/gold_reward_se"],
-            Self::Proxies => {
-                &["eval/kl_init", PROXY_MARGIN, "eval/rewards/margins_se", PROXY_ACCURACY, PROXY_CHOSEN_LOGP]
-            }
-            Self::Sft => &["sft/loss", "sft/kl_behaviour"],
+            Self::Rewards => &[
+                names::REWARDS_MARGINS,
+                names::EVAL_INIT_REWARDS_MARGINS,
+                names::REWARDS_ACCURACIES,
+                names::EVAL_INIT_REWARDS_ACCURACIES,
+            ],
+            Self::Kl => &[names::EVAL_KL_INIT, names::EVAL_KL_REF],
+            Self::Gold => &[names::EVAL_GOLD_REWARD],
+            Self::Ood => &[names::EVAL_OOD_MASS],
+            Self::Path => &[names::EVAL_KL_INIT, names::EVAL_GOLD_REWARD, names::EVAL_GOLD_REWARD_SE],
+            Self::Proxies => &[
+                names::EVAL_KL_INIT,
+                names::EVAL_REWARDS_MARGINS,
+                names::EVAL_REWARDS_MARGINS_SE,
+                names::EVAL_REWARDS_ACCURACIES,
+                names::EVAL_LOGPS_CHOSEN,
+            ],
+            Self::Sft => &[names::SFT_LOSS, names::SFT_KL_BEHAVIOUR],
         }
     }
 }
 
-/// The held-out implicit reward's margin, accuracy and chosen log-probability (`trainer::eval`).
-pub const PROXY_MARGIN: &str = "eval/rewards/margins";
-pub const PROXY_ACCURACY: &str = "eval/rewards/accuracies";
-pub const PROXY_CHOSEN_LOGP: &str = "eval/logps/chosen";
-
 /// A metric against KL to π_init, joined by step, as a line of this run.
 fn kl_panel(meta: &RunMeta, series: &BTreeMap<String, Series>, name: &str, y_label: &str, colour: RGBColor) -> Panel {
-    let kl: BTreeMap<i64, f64> =
-        series.get("eval/kl_init").map_or(&[][..], Vec::as_slice).iter().filter_map(|&(s, v)| Some((s, v?))).collect();
+    let kl: BTreeMap<i64, f64> = series
+        .get(names::EVAL_KL_INIT)
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter_map(|&(s, v)| Some((s, v?)))
+        .collect();
     let points: Vec<(i64, f64, f64)> = series
         .get(name)
         .map_or(&[][..], Vec::as_slice)
@@ -215,20 +222,20 @@ pub fn figure(
             step_panel(
                 meta,
                 series,
-                "rewards/margins",
+                names::REWARDS_MARGINS,
                 &[
-                    ("rewards/margins", "against the reference", own.0, own.1),
-                    ("eval/init_rewards/margins", "against π_init", SECONDARY, Dash::Dashed),
+                    (names::REWARDS_MARGINS, "against the reference", own.0, own.1),
+                    (names::EVAL_INIT_REWARDS_MARGINS, "against π_init", SECONDARY, Dash::Dashed),
                 ],
                 "no steps logged yet",
             ),
             step_panel(
                 meta,
                 series,
-                "rewards/accuracies",
+                names::REWARDS_ACCURACIES,
                 &[
-                    ("rewards/accuracies", "against the reference", own.0, own.1),
-                    ("eval/init_rewards/accuracies", "against π_init", SECONDARY, Dash::Dashed),
+                    (names::REWARDS_ACCURACIES, "against the reference", own.0, own.1),
+                    (names::EVAL_INIT_REWARDS_ACCURACIES, "against π_init", SECONDARY, Dash::Dashed),
                 ],
                 "no steps logged yet",
             ),
@@ -238,14 +245,19 @@ pub fn figure(
             series,
             "KL (nats)",
             &[
-                ("eval/kl_init", "KL to π_init (nats)", own.0, own.1),
-                ("eval/kl_ref", "KL to the reference (nats)", SECONDARY, Dash::Dashed),
+                (names::EVAL_KL_INIT, "KL to π_init (nats)", own.0, own.1),
+                (names::EVAL_KL_REF, "KL to the reference (nats)", SECONDARY, Dash::Dashed),
             ],
             NO_EVALS,
         )],
         RunChart::Gold => {
-            let mut panel =
-                step_panel(meta, series, "eval/gold_reward", &[("eval/gold_reward", "gold", own.0, own.1)], NO_EVALS);
+            let mut panel = step_panel(
+                meta,
+                series,
+                names::EVAL_GOLD_REWARD,
+                &[(names::EVAL_GOLD_REWARD, "gold", own.0, own.1)],
+                NO_EVALS,
+            );
             let evals = super::evals(series);
             if let Some(s) = super::summarize(&evals, kept) {
                 panel.markers.push(peak_marker(meta, s.peak_step as f64, s.peak_gold, &s, kept));
@@ -253,13 +265,19 @@ pub fn figure(
             vec![panel]
         }
         RunChart::Ood => {
-            vec![step_panel(meta, series, "eval/ood_mass", &[("eval/ood_mass", "OOD mass", own.0, own.1)], NO_EVALS)]
+            vec![step_panel(
+                meta,
+                series,
+                names::EVAL_OOD_MASS,
+                &[(names::EVAL_OOD_MASS, "OOD mass", own.0, own.1)],
+                NO_EVALS,
+            )]
         }
         RunChart::Path => vec![path_panel(meta, style, series, kept)],
         RunChart::Proxies => vec![
-            kl_panel(meta, series, PROXY_MARGIN, "held-out implicit-reward margin", own.0),
-            kl_panel(meta, series, PROXY_ACCURACY, "held-out implicit-reward accuracy", own.0),
-            kl_panel(meta, series, PROXY_CHOSEN_LOGP, "held-out chosen log-prob (nats)", own.0),
+            kl_panel(meta, series, names::EVAL_REWARDS_MARGINS, "held-out implicit-reward margin", own.0),
+            kl_panel(meta, series, names::EVAL_REWARDS_ACCURACIES, "held-out implicit-reward accuracy", own.0),
+            kl_panel(meta, series, names::EVAL_LOGPS_CHOSEN, "held-out chosen log-prob (nats)", own.0),
         ],
         RunChart::Sft => vec![sft_panel(meta, series, own.0)],
     };
@@ -278,8 +296,8 @@ fn sft_panel(meta: &RunMeta, series: &BTreeMap<String, Series>, colour: RGBColor
         series,
         "nats (log)",
         &[
-            ("sft/loss", "SFT loss (cross-entropy)", colour, Dash::Solid),
-            ("sft/kl_behaviour", "KL(behaviour ‖ π)", SECONDARY, Dash::Dashed),
+            (names::SFT_LOSS, "SFT loss (cross-entropy)", colour, Dash::Solid),
+            (names::SFT_KL_BEHAVIOUR, "KL(behaviour ‖ π)", SECONDARY, Dash::Dashed),
         ],
         note,
     );
@@ -468,9 +486,12 @@ mod tests {
             ("eval/kl_init".to_string(), evals.iter().map(|&s| (s, Some(kl(s)))).collect()),
             ("eval/kl_ref".to_string(), evals.iter().map(|&s| (s, Some(kl(s) / 2.0))).collect()),
             ("eval/gold_reward".to_string(), evals.iter().map(|&s| (s, Some(gold(s)))).collect()),
-            (PROXY_MARGIN.to_string(), evals.iter().map(|&s| (s, Some(s as f64 / 100.0))).collect()),
-            (PROXY_ACCURACY.to_string(), evals.iter().map(|&s| (s, Some(0.5 + s as f64 / 2500.0))).collect()),
-            (PROXY_CHOSEN_LOGP.to_string(), evals.iter().map(|&s| (s, Some(-5.0 - s as f64 / 100.0))).collect()),
+            (names::EVAL_REWARDS_MARGINS.to_string(), evals.iter().map(|&s| (s, Some(s as f64 / 100.0))).collect()),
+            (
+                names::EVAL_REWARDS_ACCURACIES.to_string(),
+                evals.iter().map(|&s| (s, Some(0.5 + s as f64 / 2500.0))).collect(),
+            ),
+            (names::EVAL_LOGPS_CHOSEN.to_string(), evals.iter().map(|&s| (s, Some(-5.0 - s as f64 / 100.0))).collect()),
         ]
         .into()
     }

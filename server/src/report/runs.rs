@@ -93,11 +93,10 @@ impl RunRow {
             Column::Beta => Key::Number(self.meta.config.beta),
             Column::Seed => Key::Number(self.meta.config.task_seed as f64 * 1e9 + self.meta.config.seed as f64),
             Column::Progress => num(self.progress),
-            Column::StartGold => num(s.map(|s| s.start_gold)),
-            Column::PeakGold => num(s.map(|s| s.peak_gold)),
-            Column::FinalGold => num(s.map(|s| s.final_gold)),
-            Column::PeakKl => num(s.map(|s| s.peak_kl)),
-            Column::Drop => num(s.map(|s| s.drop)),
+            // The run summary's own columns (`RunSummary::columns`), under the same keys.
+            Column::StartGold | Column::PeakGold | Column::FinalGold | Column::PeakKl | Column::Drop => {
+                num(s.and_then(|s| s.value(column.as_str())?.as_f64()))
+            }
         }
     }
 }

@@ -18,6 +18,10 @@ use crate::data::{Collated, PairedExample, Sequence};
 use crate::error::Result;
 use crate::eval::{kl_estimate, sample_and_score, Estimate};
 use crate::logps::token_logps;
+use crate::metric_names::{
+    EVAL_ENTROPY, EVAL_EOS_RATE, EVAL_GOLD_REWARD, EVAL_GOLD_REWARD_SE, EVAL_KL_INIT, EVAL_KL_INIT_SE, EVAL_KL_REF,
+    EVAL_KL_REF_SE, EVAL_LENGTH, EVAL_LENGTH_SE,
+};
 use crate::metrics::Metrics;
 use crate::model::sampling::{generate, SamplingConfig};
 use crate::model::{CausalLm, Weights};
@@ -229,16 +233,16 @@ impl Evaluator for ToyLengthEvaluator {
         let (kl_init, kl_ref) = (kl_estimate(&samples, 0), kl_estimate(&samples, 1));
         let (gold, length, entropy) = (Estimate::of(&gold), Estimate::of(&length), Estimate::of(&entropy));
         Ok(Metrics::from([
-            ("eval/kl_init".to_string(), kl_init.mean),
-            ("eval/kl_init_se".to_string(), kl_init.se),
-            ("eval/kl_ref".to_string(), kl_ref.mean),
-            ("eval/kl_ref_se".to_string(), kl_ref.se),
-            ("eval/gold_reward".to_string(), gold.mean),
-            ("eval/gold_reward_se".to_string(), gold.se),
-            ("eval/entropy".to_string(), entropy.mean),
-            ("eval/length".to_string(), length.mean),
-            ("eval/length_se".to_string(), length.se),
-            ("eval/eos_rate".to_string(), finished),
+            (EVAL_KL_INIT.to_string(), kl_init.mean),
+            (EVAL_KL_INIT_SE.to_string(), kl_init.se),
+            (EVAL_KL_REF.to_string(), kl_ref.mean),
+            (EVAL_KL_REF_SE.to_string(), kl_ref.se),
+            (EVAL_GOLD_REWARD.to_string(), gold.mean),
+            (EVAL_GOLD_REWARD_SE.to_string(), gold.se),
+            (EVAL_ENTROPY.to_string(), entropy.mean),
+            (EVAL_LENGTH.to_string(), length.mean),
+            (EVAL_LENGTH_SE.to_string(), length.se),
+            (EVAL_EOS_RATE.to_string(), finished),
         ]))
     }
 }

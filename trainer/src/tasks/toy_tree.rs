@@ -22,6 +22,10 @@ use super::{sample_index, sigmoid, toy_model_config, TaskSetup};
 use crate::config::RunConfig;
 use crate::data::{PairedExample, Sequence};
 use crate::error::Result;
+use crate::metric_names::{
+    EVAL_ENTROPY, EVAL_GOLD_REWARD, EVAL_INIT_REWARDS_ACCURACIES, EVAL_INIT_REWARDS_MARGINS, EVAL_INVALID_MASS,
+    EVAL_KL_INIT, EVAL_KL_REF, EVAL_OOD_MASS,
+};
 use crate::metrics::Metrics;
 use crate::model::{standard_normal, CausalLm, ForwardInput, ModelConfig, Weights};
 use crate::sft::{self, SftTarget};
@@ -477,14 +481,14 @@ impl ToyTreeEvaluator {
         }
         let n = self.pairs.pairs.len().max(1) as f64;
         Metrics::from([
-            ("eval/kl_init".to_string(), kl_init / p),
-            ("eval/kl_ref".to_string(), kl_ref / p),
-            ("eval/gold_reward".to_string(), gold / p),
-            ("eval/ood_mass".to_string(), ood / p),
-            ("eval/entropy".to_string(), entropy / p),
-            ("eval/invalid_mass".to_string(), invalid / p),
-            ("eval/init_rewards/margins".to_string(), margins / n),
-            ("eval/init_rewards/accuracies".to_string(), correct / n),
+            (EVAL_KL_INIT.to_string(), kl_init / p),
+            (EVAL_KL_REF.to_string(), kl_ref / p),
+            (EVAL_GOLD_REWARD.to_string(), gold / p),
+            (EVAL_OOD_MASS.to_string(), ood / p),
+            (EVAL_ENTROPY.to_string(), entropy / p),
+            (EVAL_INVALID_MASS.to_string(), invalid / p),
+            (EVAL_INIT_REWARDS_MARGINS.to_string(), margins / n),
+            (EVAL_INIT_REWARDS_ACCURACIES.to_string(), correct / n),
         ])
     }
 }

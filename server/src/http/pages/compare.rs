@@ -22,7 +22,7 @@ use crate::http::error::Error;
 use crate::http::runs::parse_id;
 use crate::http::AppState;
 use crate::report::compare::{
-    self, Aggregate, CompareRun, Comparison, LegendItem, Options, SummaryTable, XAxis, PAIRED_STATS, SUMMARY_COLUMNS,
+    self, Aggregate, CompareRun, Comparison, LegendItem, Options, SummaryTable, XAxis, PAIRED_STATS,
 };
 use crate::report::runs::{estimate, RunRow};
 use crate::report::{self, duration, RunMeta};
@@ -218,7 +218,7 @@ struct ComparePage {
     legend: Vec<LegendItem>,
     band_notes: Vec<String>,
     table: SummaryTable,
-    columns: &'static [&'static str],
+    columns: Vec<&'static str>,
     best: Vec<BestView>,
     fronts: Vec<FrontView>,
     paired: Vec<PairedView>,
@@ -275,7 +275,7 @@ async fn render(state: &AppState, q: &[(String, String)], sweep: Option<SweepVie
         legend: c.legend_items(),
         band_notes: c.band_notes(),
         table: c.summary_table(diff),
-        columns: &SUMMARY_COLUMNS,
+        columns: compare::summary_headings(),
         best: c
             .best_policies()
             .into_iter()

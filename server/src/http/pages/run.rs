@@ -21,10 +21,11 @@ use crate::http::runs::{find, parse_id, RetryFrom};
 use crate::http::security::CsrfToken;
 use crate::http::AppState;
 use crate::report::compare::fit_cell;
-use crate::report::run::{figure, RunChart, PROXY_CHOSEN_LOGP, PROXY_MARGIN};
+use crate::report::run::{figure, RunChart};
 use crate::report::runs::{estimate, RunRow};
 use crate::report::style::{Style, Styles};
 use crate::report::{self, duration, Series};
+use trainer::metric_names as names;
 use trainer::summary::{FitForm, RunSummary};
 use trainer::tasks::toy_tree::SFT_TARGET_KL;
 
@@ -216,7 +217,7 @@ fn proxy_warning(series: &BTreeMap<String, Series>) -> String {
         let values: Vec<f64> = series.get(name)?.iter().filter_map(|(_, v)| *v).filter(|v| v.is_finite()).collect();
         Some((*values.first()?, *values.last()?)).filter(|_| values.len() >= 2)
     };
-    match (ends(PROXY_CHOSEN_LOGP), ends(PROXY_MARGIN)) {
+    match (ends(names::EVAL_LOGPS_CHOSEN), ends(names::EVAL_REWARDS_MARGINS)) {
         (Some((c0, c1)), Some((m0, m1))) if c1 < c0 && m1 > m0 => format!(
             " ⚠ The held-out chosen log-probability fell from {} to {} nats while the margin grew from {} to {}: \
              the policy is pushing probability off the preferred answers too, a sign (not proof) of \
@@ -337,7 +338,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         (RunStatus::Running, None) => match &sft {
             Some((step, values)) => {
                 let kl = values
-                    .get("sft/kl_behaviour")
+                    .get(names::SFT_KL_BEHAVIOUR)
                     .map(|kl| format!(", KL(behaviour ‖ π) {} nats (stops at {})", num(Some(*kl)), SFT_TARGET_KL))
                     .unwrap_or_default();
                 format!("building π_init: SFT step {step}{kl}")

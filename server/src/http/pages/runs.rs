@@ -12,6 +12,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
+use trainer::metric_names as names;
+
 use super::{num, page, pairs, value, PageResult};
 use crate::charts::colour::hex;
 use crate::db::{self, runs::RunStatus};
@@ -91,7 +93,7 @@ pub fn progress_text(r: &RunRow, sft: Option<&(i64, BTreeMap<String, f64>)>) -> 
             None => "queued".to_string(),
         },
         (RunStatus::Running, None, Some((step, values))) => {
-            let kl = values.get("sft/kl_behaviour").map(|kl| format!(", KL(behaviour ‖ π) {}", num(Some(*kl))));
+            let kl = values.get(names::SFT_KL_BEHAVIOUR).map(|kl| format!(", KL(behaviour ‖ π) {}", num(Some(*kl))));
             format!("building π_init: SFT step {step}{}", kl.unwrap_or_default())
         }
         (RunStatus::Running, None, None) if r.meta.config.task.is_toy() => "starting: π_init first".to_string(),

@@ -1,8 +1,17 @@
+//! `goodhart bench …`: the benchmarks, kept apart from the product's modules (BENCHMARKS.md has
+//! the commands and the numbers). One file per group: `gpu` (`device`, `kernels`, `eval`,
+//! `scale`), `server`, `data` and `ui`; this one dispatches and holds `goodhart bench trainer`.
+//! The measuring code they share with the trainer's tests lives in `trainer::bench`.
+//!
 //! `goodhart bench trainer`: median ms per TR-DPO step on the peer baseline's workload, run
 //! interleaved with the PyTorch peer (`../shared/bench/peer/bench_plain.py`) when given one.
-//!
 //! Every measurement is its own process, so peak RSS is per run; Goodhart and the peer
 //! alternate (A B, then B A) so that the machine's slow and fast phases hit both alike.
+
+mod data;
+mod gpu;
+mod server;
+mod ui;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,20 +34,20 @@ pub enum BenchCommand {
     Device(DeviceBenchArgs),
     /// The fused kernels against candle's composed ops on `--device` (values and gradients):
     /// the `cuda_*` tests of the trainer, from this binary.
-    Kernels(super::bench_gpu::KernelBenchArgs),
+    Kernels(gpu::KernelBenchArgs),
     /// One evaluation (64 prompts × 64 new tokens by default) through the trainer's own sampler
     /// and through candle-transformers, timed both ways.
-    Eval(super::bench_gpu::EvalBenchArgs),
+    Eval(gpu::EvalBenchArgs),
     /// The memory plan of a TR-DPO run of Pythia-1.4B / -2.8B's shapes and, where it fits the
     /// GPU, TR-DPO step times, tokens/s and peak GPU memory.
-    Scale(super::bench_gpu::ScaleBenchArgs),
+    Scale(gpu::ScaleBenchArgs),
     /// The server's load benchmark: metric ingestion, metrics GET latency, SSE fan-out cost.
-    Server(super::bench_server::ServerBenchArgs),
+    Server(server::ServerBenchArgs),
     /// CPU steps per second of the training loop on generated HH-style data (~10M-parameter
     /// Llama, 512-token sequences).
-    Data(super::bench_data::DataBenchArgs),
+    Data(data::DataBenchArgs),
     /// Render time of a sweep's compare page (48 runs × 2,000 evaluations) and its SVG size.
-    Ui(super::bench_ui::UiBenchArgs),
+    Ui(ui::UiBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -388,11 +397,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Trainer(args) => trainer_bench(&args),
         BenchCommand::Device(args) => device_bench(&args),
         BenchCommand::TrainerOnce(args) => once(&args),
-        BenchCommand::Kernels(args) => super::bench_gpu::kernels(&args),
-        BenchCommand::Eval(args) => super::bench_gpu::eval(&args),
-        BenchCommand::Scale(args) => super::bench_gpu::scale(&args),
-        BenchCommand::Server(args) => super::bench_server::run(&args),
-        BenchCommand::Data(args) => super::bench_data::run(&args),
-        BenchCommand::Ui(args) => super::bench_ui::run(&args),
+        BenchCommand::Kernels(args) => gpu::kernels(&args),
+        BenchCommand::Eval(args) => gpu::eval(&args),
+        BenchCommand::Scale(args) => gpu::scale(&args),
+        BenchCommand::Server(args) => server::run(&args),
+        BenchCommand::Data(args) => data::run(&args),
+        BenchCommand::Ui(args) => ui::run(&args),
     }
 }

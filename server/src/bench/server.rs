@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use trainer::metric_names as names;
 use trainer::metrics::{MetricSink, Metrics};
 
 use crate::db;
-use crate::jobs::events::event_bus;
+use crate::jobs::event_bus::event_bus;
 use crate::jobs::queue::{Outcome, RunQueue, SqliteQueue};
 use crate::jobs::sink::{DbSink, MetricWriter};
-use crate::serve::{start, ServeConfig};
+use crate::lifecycle::{start, ServeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServerBenchArgs {
@@ -73,18 +74,18 @@ pub enum ServerBenchPart {
 }
 
 const METRIC_NAMES: [&str; 12] = [
-    "loss",
-    "grad_norm",
-    "learning_rate",
-    "epoch",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "logps/chosen",
-    "logps/rejected",
-    "kl",
-    "eval/gold_reward",
+    names::LOSS,
+    names::GRAD_NORM,
+    names::LEARNING_RATE,
+    names::EPOCH,
+    names::REWARDS_CHOSEN,
+    names::REWARDS_REJECTED,
+    names::REWARDS_MARGINS,
+    names::REWARDS_ACCURACIES,
+    names::LOGPS_CHOSEN,
+    names::LOGPS_REJECTED,
+    names::KL,
+    names::EVAL_GOLD_REWARD,
 ];
 
 fn step_metrics(step: u64) -> Metrics {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use server::serve::{start, ServeConfig, Server};
+use server::lifecycle::{start, ServeConfig, Server};
 
 /// `../shared/reference/trl-parity` from the repository root: a tiny Llama and preference pairs.
 pub fn fixtures() -> PathBuf {

@@ -12,10 +12,12 @@ use axum::http::Request;
 use serde_json::json;
 use tower::ServiceExt;
 
+use trainer::metric_names as names;
+
 use crate::http::AppState;
 use crate::jobs::queue::Outcome;
 use crate::jobs::sink::{MetricWriter, WriteMsg};
-use crate::serve::ServeConfig;
+use crate::lifecycle::ServeConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct UiBenchArgs {
@@ -77,10 +79,10 @@ async fn fill(state: &AppState, writer: &MetricWriter, runs: usize, points: usiz
             let d = kl.sqrt();
             let gold = 1.5 + d * (0.6 - 0.45 * d.ln()) + 0.03 * noise.next();
             let values = vec![
-                ("eval/kl_init".to_string(), Some(kl)),
-                ("eval/kl_ref".to_string(), Some(kl * 0.4)),
-                ("eval/gold_reward".to_string(), Some(gold)),
-                ("eval/ood_mass".to_string(), Some(0.2 + 0.3 * (1.0 - (-kl / 20.0).exp()))),
+                (names::EVAL_KL_INIT.to_string(), Some(kl)),
+                (names::EVAL_KL_REF.to_string(), Some(kl * 0.4)),
+                (names::EVAL_GOLD_REWARD.to_string(), Some(gold)),
+                (names::EVAL_OOD_MASS.to_string(), Some(0.2 + 0.3 * (1.0 - (-kl / 20.0).exp()))),
             ];
             writer.send(WriteMsg::Metrics { lease: claim.lease(), step, values }).await.map_err(anyhow::Error::msg)?;
         }
