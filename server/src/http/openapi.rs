@@ -122,7 +122,7 @@ fn sweep_schema() -> Value {
         .iter()
         .map(|f| {
             let one = f.schema();
-            let many = json!({ "type": "array", "items": one.clone(), "minItems": 1 });
+            let many = json!({ "type": "array", "items": one, "minItems": 1 });
             (f.name.to_string(), json!({ "oneOf": [one, many] }))
         })
         .collect();
