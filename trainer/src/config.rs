@@ -8,6 +8,8 @@ use serde_json::Value;
 use crate::error::{Error, FieldError, Result};
 use crate::model::registry::{self, ModelKind};
 
+pub mod fields;
+
 /// The most optimizer steps a run may ask for: 2^53, the largest integer that JSON readers
 /// (JavaScript's numbers, SQLite's REAL) hold exactly, so the count is shown as it was sent.
 pub const MAX_STEPS: u64 = 1 << 53;
@@ -165,43 +167,9 @@ impl Task {
         self != Self::Dataset
     }
 
-    /// Keys a toy task sets when the config leaves them out: TRL's defaults suit fine-tuning a
-    /// pretrained model, not a 100k-parameter toy trained for thousands of steps (SPEC §4).
+    /// Keys a toy task sets when the config leaves them out (each key's [`fields::Toy`]).
     fn default_overrides(self) -> Vec<(&'static str, Value)> {
-        use serde_json::json;
-        let training = || {
-            vec![
-                ("per_device_train_batch_size", json!(32)),
-                ("lr_scheduler_type", json!("constant")),
-                ("max_grad_norm", json!(0.0)),
-                ("eval_steps", json!(25)),
-                ("logging_steps", json!(25)),
-                ("save_steps", json!(500)),
-            ]
-        };
-        match self {
-            Self::Dataset => Vec::new(),
-            Self::ToyTree => {
-                let mut v = training();
-                // SPEC §4's reference used 3e-4; here that moves KL(π‖π_init) to 2 nats within 25
-                // steps and the gold reward only falls. At 3e-5 it rises, peaks, then falls
-                // (EXPERIMENTS.md).
-                v.extend([("max_steps", json!(2000)), ("learning_rate", json!(3e-5))]);
-                v
-            }
-            Self::ToyLength => {
-                let mut v = training();
-                v.extend([
-                    ("max_steps", json!(1000)),
-                    ("learning_rate", json!(3e-4)),
-                    ("toy_num_prompts", json!(16)),
-                    ("toy_alphabet_size", json!(16)),
-                    ("toy_response_length", json!(24)),
-                    ("toy_pairs_per_prompt", json!(64)),
-                ]);
-                v
-            }
-        }
+        fields::toy_defaults(self)
     }
 }
 
@@ -503,28 +471,22 @@ impl RunConfig {
         Self::parse(&text, format).map_err(Error::Config)
     }
 
-    /// Every problem at once, each naming its field and the allowed range.
+    /// Every problem at once, each naming its field and the allowed range: first every key's
+    /// [`fields::Range`], then the rules that tie keys together.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
+        fields::check_ranges(self, false, &mut errors);
         let mut check = |ok: bool, field: &str, message: &str| {
             if !ok {
                 errors.push(FieldError::new(field, message));
             }
         };
         let finite = |v: f64| v.is_finite();
-        check(finite(self.beta) && self.beta > 0.0, "beta", "must be > 0");
-        check(finite(self.learning_rate) && self.learning_rate > 0.0, "learning_rate", "must be > 0");
-        check((0.0..=1.0).contains(&self.ref_model_mixup_alpha), "ref_model_mixup_alpha", "must be in [0, 1]");
-        check(self.ref_model_sync_steps >= 1, "ref_model_sync_steps", "must be >= 1");
-        check((0.0..0.5).contains(&self.label_smoothing), "label_smoothing", "must be in [0, 0.5)");
         check(
             self.label_smoothing == 0.0 || self.loss_type != LossType::Kto,
             "label_smoothing",
             "KTO has no label smoothing (TRL's KTOConfig has no such key)",
         );
-        check(finite(self.desirable_weight) && self.desirable_weight > 0.0, "desirable_weight", "must be > 0");
-        check(finite(self.undesirable_weight) && self.undesirable_weight > 0.0, "undesirable_weight", "must be > 0");
-        check(self.max_steps != Some(0), "max_steps", "must be >= 1 (or unset to train num_train_epochs)");
         check(
             self.max_steps.is_none_or(|s| s <= MAX_STEPS),
             "max_steps",
@@ -544,7 +506,6 @@ impl RunConfig {
             "num_train_epochs",
             "must be > 0",
         );
-        check(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1");
         check(
             self.loss_type != LossType::Kto || self.per_device_train_batch_size != 1,
             "per_device_train_batch_size",
@@ -556,13 +517,6 @@ impl RunConfig {
             "KTO needs \"sequential\": its mismatched pairs are neighbours in a fixed-order batch (TRL refuses \
              \"random\" too)",
         );
-        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1");
-        check(
-            finite(self.max_grad_norm) && self.max_grad_norm >= 0.0,
-            "max_grad_norm",
-            "must be >= 0 (0 disables clipping)",
-        );
-        check(finite(self.weight_decay) && self.weight_decay >= 0.0, "weight_decay", "must be >= 0");
         check(
             finite(self.warmup_steps)
                 && self.warmup_steps >= 0.0
@@ -570,14 +524,6 @@ impl RunConfig {
             "warmup_steps",
             "must be a whole number of steps, or a ratio of the steps in [0, 1)",
         );
-        check((0.0..1.0).contains(&self.adam_beta1), "adam_beta1", "must be in [0, 1)");
-        check((0.0..1.0).contains(&self.adam_beta2), "adam_beta2", "must be in [0, 1)");
-        check(finite(self.adam_epsilon) && self.adam_epsilon > 0.0, "adam_epsilon", "must be > 0");
-        check(finite(self.initializer_range) && self.initializer_range > 0.0, "initializer_range", "must be > 0");
-        check(self.logging_steps >= 1, "logging_steps", "must be >= 1");
-        check(self.eval_steps != Some(0), "eval_steps", "must be >= 1 (or unset)");
-        check(self.max_length.is_none_or(|m| m >= 2), "max_length", "must be >= 2");
-        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1");
         check(
             !(self.precompute_ref_log_probs && self.sync_ref_model),
             "precompute_ref_log_probs",
@@ -585,7 +531,6 @@ impl RunConfig {
              log-probs cannot be computed in advance",
         );
         check(!(self.bf16 && self.fp16), "fp16", "cannot be combined with bf16: choose one compute dtype");
-        check(self.max_prompt_length.is_none_or(|m| m >= 1), "max_prompt_length", "must be >= 1");
         check(
             match (self.max_prompt_length, self.max_length) {
                 (Some(p), Some(m)) => p < m,
@@ -594,7 +539,6 @@ impl RunConfig {
             "max_prompt_length",
             "must be < max_length",
         );
-        check((0.0..1.0).contains(&self.eval_split_ratio), "eval_split_ratio", "must be in [0, 1)");
         check(
             self.eval_split_ratio == 0.0 || self.eval_dataset_path.is_none(),
             "eval_split_ratio",
@@ -623,27 +567,11 @@ impl RunConfig {
 
     /// Checkpoint keys: what `best` and `pareto` rank by, and that the run evaluates at all.
     fn validate_saving(&self, errors: &mut Vec<FieldError>) {
-        if self.save_pareto_limit < 2 {
-            errors.push(FieldError::new(
-                "save_pareto_limit",
-                "must be >= 2: the front's two ends (lowest KL, best metric) are always kept",
-            ));
-        }
-        if self.save_total_limit == Some(0) {
-            errors
-                .push(FieldError::new("save_total_limit", "must be >= 1 (or unset to keep every periodic checkpoint)"));
-        }
         if self.metric_for_best_model.as_deref().is_some_and(|m| m.trim().is_empty() || m.trim() == "eval/") {
             errors.push(FieldError::new(
                 "metric_for_best_model",
                 "must name an evaluation metric, e.g. eval/gold_reward",
             ));
-        }
-        if self.early_stopping_patience == 0 {
-            errors.push(FieldError::new("early_stopping_patience", "must be >= 1"));
-        }
-        if !(self.early_stopping_threshold.is_finite() && self.early_stopping_threshold >= 0.0) {
-            errors.push(FieldError::new("early_stopping_threshold", "must be >= 0"));
         }
         if self.early_stopping && !(self.has_gold_reward() && self.metric_for_best_model.is_some()) {
             errors.push(FieldError::new(
@@ -749,9 +677,12 @@ impl RunConfig {
             "eval_split_ratio",
             format!("must be unset: task {task:?} evaluates on its own prompts"),
         );
-        check((1..=64).contains(&self.toy_num_prompts), "toy_num_prompts", "must be in [1, 64]".into());
-        check((2..=32).contains(&self.toy_alphabet_size), "toy_alphabet_size", "must be in [2, 32]".into());
-        check((1..=64).contains(&self.toy_response_length), "toy_response_length", "must be in [1, 64]".into());
+        fields::check_ranges(self, true, errors);
+        let mut check = |ok: bool, field: &str, message: String| {
+            if !ok {
+                errors.push(FieldError::new(field, message));
+            }
+        };
         if self.task == Task::ToyTree {
             // Exact metrics enumerate A^L responses per prompt: keep that a table, not a universe.
             let responses = (self.toy_alphabet_size as f64).powi(self.toy_response_length as i32);
@@ -764,19 +695,6 @@ impl RunConfig {
                 ),
             );
         }
-        check(self.toy_pairs_per_prompt >= 1, "toy_pairs_per_prompt", "must be >= 1".into());
-        check(
-            self.toy_label_temperature.is_finite() && self.toy_label_temperature > 0.0,
-            "toy_label_temperature",
-            "must be > 0".into(),
-        );
-        check(
-            self.toy_behaviour_temperature.is_finite() && self.toy_behaviour_temperature > 0.0,
-            "toy_behaviour_temperature",
-            "must be > 0".into(),
-        );
-        check((1..=1024).contains(&self.toy_hidden_size), "toy_hidden_size", "must be in [1, 1024]".into());
-        check((1..=16).contains(&self.toy_num_layers), "toy_num_layers", "must be in [1, 16]".into());
         check(
             self.toy_num_heads >= 1 && self.toy_hidden_size.is_multiple_of(self.toy_num_heads),
             "toy_num_heads",

@@ -1,5 +1,7 @@
 //! Sweep grids: a base config plus one or more grids of values, expanded into run configs.
-//! A library function, so the CLI (`goodhart sweep`) and the server expand sweeps alike.
+//! The one expander: the CLI (`goodhart sweep`) calls [`expand`], and the server
+//! (`POST /api/sweeps`, `/sweeps/new`) calls [`count`] and [`points`] and then checks each point
+//! against its own directories, dropping duplicates by the same rule.
 //!
 //! ```toml
 //! [base]                       # any run config keys, shared by every run
@@ -14,7 +16,9 @@
 //! ref_model_mixup_alpha = [0.01, 0.1, 0.6]
 //! ```
 //!
-//! A single `[grid]` table works too. A value that is not an array is one value.
+//! A single `[grid]` table works too. The rules, for both callers:
+//! - a value that is not an array is one value (a one-element list); an empty array is refused;
+//! - grid points that come out as the same run config are run once (the duplicates are dropped).
 
 use std::collections::BTreeMap;
 
@@ -61,42 +65,7 @@ pub fn expand(spec: &Value) -> Result<Vec<SweepRun>, Vec<FieldError>> {
         Some(Value::Object(m)) => m.clone(),
         Some(_) => return Err(vec![FieldError::new("base", "must be a table of run config keys")]),
     };
-    let grids: Vec<&Map<String, Value>> = match obj.get("grid") {
-        None => Vec::new(),
-        Some(Value::Object(g)) => vec![g],
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|g| g.as_object().ok_or_else(|| vec![FieldError::new("grid", "each [[grid]] must be a table")]))
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(vec![FieldError::new("grid", "must be a table or an array of tables")]),
-    };
-    let mut combos: Vec<BTreeMap<String, Value>> = Vec::new();
-    if grids.is_empty() {
-        combos.push(BTreeMap::new());
-    }
-    for (gi, grid) in grids.iter().enumerate() {
-        let mut partial: Vec<Vec<(String, Value)>> = vec![Vec::new()];
-        for (key, values) in *grid {
-            let values: Vec<Value> = match values {
-                Value::Array(v) if v.is_empty() => {
-                    return Err(vec![FieldError::new(format!("grid[{gi}].{key}"), "has no values")]);
-                }
-                Value::Array(v) => v.clone(),
-                single => vec![single.clone()],
-            };
-            partial = partial
-                .into_iter()
-                .flat_map(|prefix| {
-                    values.iter().map(move |v| {
-                        let mut next = prefix.clone();
-                        next.push((key.clone(), v.clone()));
-                        next
-                    })
-                })
-                .collect();
-        }
-        combos.extend(partial.into_iter().map(|kv| kv.into_iter().collect::<BTreeMap<_, _>>()));
-    }
+    let combos = points(obj.get("grid").unwrap_or(&Value::Null), usize::MAX)?;
 
     let mut runs: Vec<SweepRun> = Vec::new();
     let mut errors = Vec::new();
@@ -125,6 +94,93 @@ pub fn expand(spec: &Value) -> Result<Vec<SweepRun>, Vec<FieldError>> {
         errors.dedup();
         Err(errors)
     }
+}
+
+/// One grid (key -> values) and the name its errors use: `grid` for a single table, `grid[i]`
+/// in a list.
+type NamedGrid<'a> = (String, &'a Map<String, Value>);
+
+/// A sweep's `grid`: absent (`null`: the base config alone), one table, or a list of them (a union).
+fn grids(grid: &Value) -> Result<Vec<NamedGrid<'_>>, Vec<FieldError>> {
+    let shape = || vec![FieldError::new("grid", "must be a table (object) of key -> values, or a list of them")];
+    match grid {
+        Value::Null => Ok(Vec::new()),
+        Value::Object(g) => Ok(vec![("grid".to_string(), g)]),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, g)| g.as_object().map(|g| (format!("grid[{i}]"), g)).ok_or_else(shape))
+            .collect(),
+        _ => Err(shape()),
+    }
+}
+
+/// A grid key's values: an array, or a single value as a one-element list.
+fn values_of(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(items) => items,
+        single => std::slice::from_ref(single),
+    }
+}
+
+/// How many grid points `grid` expands to (before duplicates are dropped), or why it cannot.
+pub fn count(grid: &Value) -> Result<usize, Vec<FieldError>> {
+    let grids = grids(grid)?;
+    if grids.is_empty() {
+        return Ok(1);
+    }
+    let mut errors = Vec::new();
+    let mut total: usize = 0;
+    for (name, grid) in &grids {
+        let mut product: usize = 1;
+        for (key, values) in *grid {
+            match values_of(values).len() {
+                0 => errors.push(FieldError::new(format!("{name}.{key}"), "has no values")),
+                n => product = product.saturating_mul(n),
+            }
+        }
+        total = total.saturating_add(product);
+    }
+    if errors.is_empty() {
+        Ok(total)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Every grid point (the grid keys and their values): each grid's combinations, in key order
+/// with later keys varying fastest, grids one after the other; one empty point without a grid.
+/// Refused before expanding when there would be more than `max_runs`.
+pub fn points(grid: &Value, max_runs: usize) -> Result<Vec<BTreeMap<String, Value>>, Vec<FieldError>> {
+    let total = count(grid)?;
+    if total > max_runs {
+        return Err(vec![FieldError::new(
+            "grid",
+            format!("{total} runs is more than this server's --max-sweep-runs ({max_runs})"),
+        )]);
+    }
+    let grids = grids(grid)?;
+    if grids.is_empty() {
+        return Ok(vec![BTreeMap::new()]);
+    }
+    let mut all = Vec::with_capacity(total);
+    for (_, grid) in grids {
+        let mut partial = vec![BTreeMap::new()];
+        for (key, values) in grid {
+            partial = partial
+                .into_iter()
+                .flat_map(|prefix: BTreeMap<String, Value>| {
+                    values_of(values).iter().map(move |v| {
+                        let mut next = prefix.clone();
+                        next.insert(key.clone(), v.clone());
+                        next
+                    })
+                })
+                .collect();
+        }
+        all.extend(partial);
+    }
+    Ok(all)
 }
 
 fn label(params: &BTreeMap<String, Value>) -> String {
@@ -200,8 +256,22 @@ mod tests {
         let errors = parse("[base]\ntask = \"toy-tree\"\n[grid]\nbetaa = [1]\n", "toml").unwrap_err();
         assert_eq!(errors[0].field, "betaa");
         let errors = parse("[grid]\nbeta = []\n", "toml").unwrap_err();
-        assert_eq!(errors[0].field, "grid[0].beta");
+        assert_eq!(errors[0].field, "grid.beta");
+        let errors = parse("[[grid]]\nbeta = [0.1]\n[[grid]]\nbeta = []\n", "toml").unwrap_err();
+        assert_eq!(errors[0].field, "grid[1].beta");
         assert!(parse("[bases]\n", "toml").is_err());
+    }
+
+    #[test]
+    fn single_values_are_one_element_lists_and_the_limit_counts_before_expanding() {
+        let grid = serde_json::json!([{"sync_ref_model": false}, {"sync_ref_model": [true], "beta": [0.1, 0.2]}]);
+        assert_eq!(count(&grid).unwrap(), 3);
+        let all = points(&grid, 3).unwrap();
+        assert_eq!(all[0]["sync_ref_model"], serde_json::json!(false));
+        assert_eq!(all[2]["beta"], serde_json::json!(0.2));
+        assert_eq!(points(&grid, 2).unwrap_err()[0].field, "grid", "the limit counts the union");
+        assert_eq!(count(&Value::Null).unwrap(), 1, "no grid: the base config alone");
+        assert_eq!(count(&serde_json::json!(3)).unwrap_err()[0].field, "grid");
     }
 
     #[test]

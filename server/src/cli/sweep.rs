@@ -203,13 +203,13 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     let front = summary::pareto_front(&all.iter().map(|(_, p)| *p).collect::<Vec<_>>());
     let on_front = |i: usize| all.iter().filter(|(j, p)| *j == i && front.contains(p)).count();
 
-    const FIXED: [&str; 6] =
-        ["loss_type", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps", "beta", "seed"];
+    // The config columns every sweep CSV has (the method, β and seed), then any other grid key.
+    let fixed = trainer::config::fields::sweep_columns();
     let param_keys: Vec<String> = {
         let mut keys: Vec<String> = finished
             .iter()
             .flat_map(|f| f.run.params.keys().cloned())
-            .filter(|k| !FIXED.contains(&k.as_str()))
+            .filter(|k| !fixed.contains(&k.as_str()))
             .collect();
         keys.sort();
         keys.dedup();
@@ -217,7 +217,7 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
     };
     let mut header: Vec<String> = vec!["run".into()];
     header.extend(param_keys.iter().cloned());
-    header.extend(FIXED.map(String::from));
+    header.extend(fixed.iter().map(|k| k.to_string()));
     // Seam: the columns above describe the run's config (the sweep's own choice of keys); the
     // summary columns below, at full precision, come from `RunSummary::columns`, as in every
     // other table of a run summary; then what the sweep adds (OOD mass, its Pareto front, time).
@@ -233,14 +233,8 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
         let (start_ood, max_ood, final_ood) = ood_stats(&f.steps);
         let mut row: Vec<String> = vec![report::csv_field(&f.run.name)];
         row.extend(param_keys.iter().map(|k| f.run.params.get(k).map_or(String::new(), csv_value)));
-        row.extend([
-            c.loss_type.as_str().to_string(),
-            c.sync_ref_model.to_string(),
-            c.ref_model_mixup_alpha.to_string(),
-            c.ref_model_sync_steps.to_string(),
-            c.beta.to_string(),
-            c.seed.to_string(),
-        ]);
+        let config = serde_json::to_value(c).unwrap_or_default();
+        row.extend(fixed.iter().map(|k| config.get(*k).map_or(String::new(), config_cell)));
         match s {
             Some(s) => row.extend(s.columns().into_iter().map(|(_, v)| v.csv())),
             None => row.extend(SUMMARY_COLUMNS.iter().map(|_| String::new())),
@@ -255,6 +249,14 @@ fn write_csv(path: &Path, finished: &[Finished]) -> anyhow::Result<()> {
         lines.push(row.join(","));
     }
     std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// A config value as its CSV cell: numbers as Rust prints them (`1`, not JSON's `1.0`).
+fn config_cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => n.as_f64().map_or(String::new(), |f| f.to_string()),
+        other => csv_value(other),
+    }
 }
 
 fn csv_value(v: &serde_json::Value) -> String {

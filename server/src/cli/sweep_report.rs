@@ -9,14 +9,12 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde_json::Value;
+use trainer::config::fields::{role, Role};
 use trainer::summary::{summary_column, MeanCi};
 
 use super::sweep::{ood_stats, Finished};
 use crate::report::paired::paired;
 use crate::report::{csv_field, RunMeta};
-
-/// Keys that define a variant's method; everything else that varies (bar the seed) joins its label.
-const METHOD_KEYS: [&str; 4] = ["loss_type", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps"];
 
 /// The run-summary columns the report averages over seeds ([`trainer::summary::SUMMARY_COLUMNS`]' keys); the OOD
 /// mass's start, maximum and final value follow them.
@@ -57,7 +55,9 @@ fn groups(finished: &[Finished]) -> Vec<Group<'_>> {
             .run
             .params
             .iter()
-            .filter(|(k, _)| *k != "seed" && *k != "task_seed" && !METHOD_KEYS.contains(&k.as_str()))
+            // The method and the seeds make the variant's label and its repeats; anything else
+            // that varies joins the label.
+            .filter(|(k, _)| !matches!(role(k), Some(Role::Method | Role::Seed)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let meta = RunMeta { id: 0, config: f.run.config.clone(), params: serde_json::Map::new() };

@@ -16,7 +16,7 @@ pub struct Checkpoint {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct CheckpointFile {
     pub name: String,
     pub bytes: i64,

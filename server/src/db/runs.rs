@@ -179,7 +179,7 @@ pub async fn set_progress(conn: &mut SqliteConnection, id: i64, step: i64, total
     Ok(())
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 pub struct SummaryRow {
     pub name: String,
     pub first_value: Option<f64>,

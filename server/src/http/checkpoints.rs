@@ -11,7 +11,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,21 +30,40 @@ pub fn router() -> Router<AppState> {
         .route("/api/runs/{id}/checkpoints/{step}/files/{name}", get(file))
 }
 
-async fn list(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+/// A run's checkpoints (`GET /api/runs/{id}/checkpoints`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CheckpointList {
+    pub run_id: i64,
+    pub checkpoints: Vec<CheckpointView>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CheckpointView {
+    pub step: i64,
+    pub bytes: i64,
+    pub sha256: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub files: Vec<checkpoints::CheckpointFile>,
+    /// Where the whole checkpoint downloads as one archive.
+    pub archive: String,
+}
+
+async fn list(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<CheckpointList>> {
     let run = find(&state, &id).await?;
     let mut out = Vec::new();
     for c in checkpoints::list(&state.pool, run.id).await? {
         let files = checkpoints::files(&state.pool, run.id, c.step).await?;
-        out.push(json!({
-            "step": c.step,
-            "bytes": c.bytes,
-            "sha256": c.sha256,
-            "created_at": c.created_at,
-            "files": files,
-            "archive": format!("/api/runs/{}/checkpoints/{}/archive", run.id, c.step),
-        }));
+        out.push(CheckpointView {
+            step: c.step,
+            bytes: c.bytes,
+            sha256: c.sha256,
+            created_at: c.created_at,
+            files,
+            archive: format!("/api/runs/{}/checkpoints/{}/archive", run.id, c.step),
+        });
     }
-    Ok(Json(json!({ "run_id": run.id, "checkpoints": out })))
+    Ok(Json(CheckpointList { run_id: run.id, checkpoints: out }))
 }
 
 async fn find_checkpoint(state: &AppState, id: &str, step: &str) -> Result<(i64, Checkpoint)> {

@@ -10,7 +10,9 @@ use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use trainer::config::{LossType, RunConfig};
 use trainer::data::{self, DatasetReport, FileFormat, RowProblem, RowType};
@@ -100,22 +102,48 @@ fn field_errors(field: &str, problems: &[RowProblem], settings: &Settings) -> Ve
 }
 
 /// A dataset as the API shows it.
-fn view(name: &str, path: &Path, report: &DatasetReport) -> Value {
-    let size_bytes = std::fs::metadata(path).map(|m| m.len()).ok();
-    json!({
-        "name": name,
-        "format": report.format.map(FileFormat::as_str),
-        "kind": report.kind,
-        "description": report.kind.map(|k| k.to_string()),
-        "rows": report.rows,
-        "size_bytes": size_bytes,
-    })
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Dataset")]
+pub struct DatasetView {
+    /// Path relative to --datasets-dir: what dataset_path takes.
+    pub name: String,
+    #[schemars(schema_with = "super::openapi::dataset_format")]
+    pub format: Option<&'static str>,
+    /// TRL's dataset type, from the first row.
+    #[schemars(schema_with = "super::openapi::dataset_kind")]
+    pub kind: Option<Value>,
+    /// In words, e.g. "conversational preference {prompt, chosen, rejected}".
+    pub description: Option<String>,
+    pub rows: usize,
+    pub size_bytes: Option<u64>,
+    /// The first problem seen without a full check (uploads were checked in full).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
-async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
+/// The datasets under `--datasets-dir` (`GET /api/datasets`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DatasetList {
+    pub datasets: Vec<DatasetView>,
+}
+
+fn view(name: &str, path: &Path, report: &DatasetReport) -> DatasetView {
+    let size_bytes = std::fs::metadata(path).map(|m| m.len()).ok();
+    DatasetView {
+        name: name.to_string(),
+        format: report.format.map(FileFormat::as_str),
+        kind: report.kind.map(|k| serde_json::to_value(k).unwrap_or(Value::Null)),
+        description: report.kind.map(|k| k.to_string()),
+        rows: report.rows,
+        size_bytes,
+        problem: None,
+    }
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<DatasetList>> {
     let root = state.settings.datasets_dir.clone();
     let settings = state.settings.clone();
-    let datasets = tokio::task::spawn_blocking(move || -> Vec<Value> {
+    let datasets = tokio::task::spawn_blocking(move || -> Vec<DatasetView> {
         let mut files = Vec::new();
         collect_files(&root, &root, 0, &mut files);
         files.sort();
@@ -133,7 +161,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
                 let mut v = view(name, path, &report);
                 // The first problem seen without a full check (uploads were checked in full).
                 if let Some(problem) = kind.err().or(rows.err()) {
-                    v["problem"] = Value::String(settings.redact(&problem.to_string()));
+                    v.problem = Some(settings.redact(&problem.to_string()));
                 }
                 v
             })
@@ -141,7 +169,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
     })
     .await
     .map_err(|e| Error::Internal(format!("listing datasets: {e}")))?;
-    Ok(Json(json!({ "datasets": datasets })))
+    Ok(Json(DatasetList { datasets }))
 }
 
 /// Dataset files under `dir` (relative names), skipping hidden entries and unfinished uploads.
@@ -199,7 +227,7 @@ async fn upload(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     multipart: std::result::Result<Multipart, MultipartRejection>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<DatasetView>)> {
     if let Some(problem) = super::security::multipart_problem(&headers) {
         return Err(Error::UnsupportedMediaType(problem));
     }

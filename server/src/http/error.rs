@@ -12,7 +12,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use trainer::error::FieldError;
 
 use super::AppState;
@@ -112,7 +111,7 @@ impl Error {
 /// A JSON error answer.
 pub fn json(public: Public) -> Response {
     let Public { status, message, fields } = public;
-    let mut response = (status, Json(json!({ "error": message, "fields": fields }))).into_response();
+    let mut response = (status, Json(super::openapi::ErrorBody { error: message, fields })).into_response();
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }

@@ -9,8 +9,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde::Deserialize;
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use super::runs::find;
@@ -21,6 +21,18 @@ use crate::report::csv_field;
 
 /// JSON answers are downsampled to this many points per series unless asked otherwise.
 const DEFAULT_JSON_POINTS: usize = 2000;
+
+/// A run's metric series (`GET /api/runs/{id}/metrics`, JSON).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct MetricsAnswer {
+    pub run_id: i64,
+    /// Points stored for the names asked for.
+    pub points: usize,
+    /// Points in this answer, after downsampling to `max_points` per series.
+    pub returned: usize,
+    #[schemars(schema_with = "super::openapi::metric_series")]
+    pub series: BTreeMap<String, Vec<(i64, Option<f64>)>>,
+}
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/runs/{id}/metrics", get(series))
@@ -86,12 +98,7 @@ async fn series(
         Bytes::from(out)
     } else {
         let returned: usize = by_name.values().map(Vec::len).sum();
-        let answer = json!({
-            "run_id": run.id,
-            "points": total_points,
-            "returned": returned,
-            "series": by_name,
-        });
+        let answer = MetricsAnswer { run_id: run.id, points: total_points, returned, series: by_name };
         Bytes::from(serde_json::to_vec(&answer).map_err(|e| Error::Internal(format!("metrics JSON: {e}")))?)
     };
     state.ended_runs.keep_metrics_body(&run, query, body.clone());

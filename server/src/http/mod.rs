@@ -11,6 +11,7 @@ pub mod events;
 pub mod listen;
 pub mod metrics;
 pub mod models;
+pub mod openapi;
 pub mod pages;
 pub mod runs;
 pub mod security;
@@ -125,25 +126,7 @@ pub fn router(state: AppState) -> Router {
 /// The API's OpenAPI document, as this server answers: without `--auth-token`, no route asks
 /// for one, so none lists the bearer requirement or its 401.
 async fn openapi(State(state): State<AppState>) -> Response {
-    const DOCUMENT: &str = include_str!("openapi.json");
-    if state.settings.auth_token.is_some() {
-        return ([(header::CONTENT_TYPE, "application/json")], DOCUMENT).into_response();
-    }
-    let mut document: serde_json::Value = match serde_json::from_str(DOCUMENT) {
-        Ok(document) => document,
-        Err(e) => return error::Error::Internal(format!("openapi.json: {e}")).into_response(),
-    };
-    if let Some(paths) = document["paths"].as_object_mut() {
-        for operation in paths.values_mut().filter_map(serde_json::Value::as_object_mut).flat_map(|p| p.values_mut()) {
-            if let Some(operation) = operation.as_object_mut() {
-                operation.remove("security");
-                if let Some(responses) = operation.get_mut("responses").and_then(serde_json::Value::as_object_mut) {
-                    responses.remove("401");
-                }
-            }
-        }
-    }
-    axum::Json(document).into_response()
+    axum::Json(openapi::document(state.settings.auth_token.is_some())).into_response()
 }
 
 /// With a token configured, everything that changes state or downloads files needs it.

@@ -6,8 +6,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::config::{parse_body, prepare};
 use super::datasets::check_datasets;
@@ -35,28 +38,103 @@ pub async fn find(state: &AppState, raw_id: &str) -> Result<Run> {
     runs::get(&state.pool, id).await?.ok_or_else(|| Error::NotFound(format!("run {id}")))
 }
 
+/// A run as the API shows it (`Run` in the OpenAPI document).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(rename = "Run")]
+pub struct RunView {
+    pub id: i64,
+    pub sweep_id: Option<i64>,
+    #[schemars(schema_with = "super::openapi::run_status")]
+    pub status: String,
+    /// The stored config: every key, paths resolved.
+    #[schemars(schema_with = "super::openapi::run_config")]
+    pub config: Value,
+    pub step: i64,
+    pub total_steps: Option<i64>,
+    /// `step / total_steps`.
+    pub progress: Option<f64>,
+    pub error: Option<String>,
+    /// Why a finished run ended before its last step, e.g. "stopped: past its peak at step N".
+    pub status_reason: Option<String>,
+    pub cancel_requested: bool,
+    pub attempts: i64,
+    /// The run this one retries or clones.
+    pub parent_id: Option<i64>,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub heartbeat_at: Option<i64>,
+    /// The server holding the run while it runs: `<host>:<data dir name>-<digest>`.
+    pub worker: Option<String>,
+}
+
+/// A run with the summary of each metric it logged (`GET /api/runs/{id}`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunView,
+    /// Per metric name: first, last, min and max value, last step and point count; `null`
+    /// before any metric.
+    pub summary: Option<BTreeMap<String, runs::SummaryRow>>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunList {
+    pub runs: Vec<RunView>,
+}
+
+/// A queued run's id.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Created {
+    pub id: i64,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CancelAnswer {
+    pub id: i64,
+    /// `cancelled`, or `cancel requested: …` while it stops.
+    pub result: String,
+}
+
+/// A retried run: the same id resumed (`resumes_from_step`), or a new run (`retry_of` names the old).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RetryAnswer {
+    pub id: i64,
+    pub retry_of: i64,
+    /// The checkpoint the run resumes from (`null`: from the start); only when resumed in place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes_from_step: Option<Option<i64>>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CloneAnswer {
+    pub id: i64,
+    pub cloned_from: i64,
+}
+
 /// A run as the API shows it.
-pub fn view(run: &Run) -> Value {
+pub fn view(run: &Run) -> RunView {
     let progress = run.total_steps.filter(|t| *t > 0).map(|t| run.step as f64 / t as f64);
-    json!({
-        "id": run.id,
-        "sweep_id": run.sweep_id,
-        "status": run.status,
-        "config": run.config_json(),
-        "step": run.step,
-        "total_steps": run.total_steps,
-        "progress": progress,
-        "error": run.error,
-        "status_reason": run.status_reason,
-        "cancel_requested": run.cancel_requested,
-        "attempts": run.attempts,
-        "parent_id": run.parent_id,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "heartbeat_at": run.heartbeat_at,
-        "worker": run.worker.as_deref().map(public_worker),
-    })
+    RunView {
+        id: run.id,
+        sweep_id: run.sweep_id,
+        status: run.status.clone(),
+        config: run.config_json(),
+        step: run.step,
+        total_steps: run.total_steps,
+        progress,
+        error: run.error.clone(),
+        status_reason: run.status_reason.clone(),
+        cancel_requested: run.cancel_requested,
+        attempts: run.attempts,
+        parent_id: run.parent_id,
+        created_at: run.created_at,
+        started_at: run.started_at,
+        finished_at: run.finished_at,
+        heartbeat_at: run.heartbeat_at,
+        worker: run.worker.as_deref().map(public_worker),
+    }
 }
 
 /// A worker id as anyone may read it. Ids are `<host>:<data dir name>-<digest>` now; one stored
@@ -76,10 +154,10 @@ async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Created>)> {
     let value = parse_body(&headers, body, state.settings.max_body_bytes)?;
     let id = launch(&state, value, None).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+    Ok((StatusCode::CREATED, Json(Created { id })))
 }
 
 /// Validates a config and queues it as a new run (`parent`: the run it retries or clones).
@@ -96,7 +174,7 @@ struct ListQuery {
     sort: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>> {
+async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<RunList>> {
     let mut errors = Vec::new();
     // Strict where the runs page is lenient: that page leaves out a filter sent blank.
     let status = match q.status.as_deref() {
@@ -127,31 +205,23 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
         return Err(Error::Invalid(errors));
     }
     let runs = runs::list(&state.pool, status, sweep, sort).await?;
-    Ok(Json(json!({ "runs": runs.iter().map(view).collect::<Vec<_>>() })))
+    Ok(Json(RunList { runs: runs.iter().map(view).collect() }))
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<RunDetail>> {
     let run = find(&state, &id).await?;
-    let summary: serde_json::Map<String, Value> = runs::summary(&state.pool, run.id)
-        .await?
-        .into_iter()
-        .map(|s| {
-            let name = s.name.clone();
-            (name, serde_json::to_value(s).unwrap_or(Value::Null))
-        })
-        .collect();
-    let mut body = view(&run);
-    body["summary"] = if summary.is_empty() { Value::Null } else { Value::Object(summary) };
-    Ok(Json(body))
+    let summary: BTreeMap<String, runs::SummaryRow> =
+        runs::summary(&state.pool, run.id).await?.into_iter().map(|s| (s.name.clone(), s)).collect();
+    Ok(Json(RunDetail { run: view(&run), summary: (!summary.is_empty()).then_some(summary) }))
 }
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<CancelAnswer>> {
     let id = parse_id(&id, "run")?;
     let answer = match state.queue.cancel(id).await? {
         Cancelled::Now => "cancelled",
         Cancelled::Requested => "cancel requested: the run checkpoints and stops before its next step",
     };
-    Ok(Json(json!({ "id": id, "result": answer })))
+    Ok(Json(CancelAnswer { id, result: answer.into() }))
 }
 
 /// How a failed or cancelled run is retried.
@@ -179,7 +249,7 @@ async fn retry(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<RetryAnswer>)> {
     let id = parse_id(&id, "run")?;
     let options = if body.as_ref().is_ok_and(Bytes::is_empty) && headers.get(header::CONTENT_TYPE).is_none() {
         Value::Object(serde_json::Map::new())
@@ -192,15 +262,16 @@ async fn retry(
     if let Some(key) = options.keys().find(|k| *k != "from") {
         return Err(Error::field(key, "unknown key: the only option is \"from\""));
     }
-    let from = RetryFrom::parse(options.get("from").map(|v| v.as_str().unwrap_or("?")))?;
+    // The API takes the two names its schema lists; only the page's form sends a blank choice.
+    let from = RetryFrom::parse(options.get("from").map(|v| v.as_str().filter(|s| !s.is_empty()).unwrap_or("?")))?;
     match from {
         RetryFrom::Checkpoint => {
             let step = resume_run(&state, id).await?;
-            Ok((StatusCode::OK, Json(json!({ "id": id, "retry_of": id, "resumes_from_step": step }))))
+            Ok((StatusCode::OK, Json(RetryAnswer { id, retry_of: id, resumes_from_step: Some(step) })))
         }
         RetryFrom::Start => {
             let new_id = retry_run(&state, id).await?;
-            Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "retry_of": id }))))
+            Ok((StatusCode::CREATED, Json(RetryAnswer { id: new_id, retry_of: id, resumes_from_step: None })))
         }
     }
 }
@@ -233,7 +304,7 @@ async fn clone_with_edits(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<CloneAnswer>)> {
     let run = find(&state, &id).await?;
     let edits = if body.as_ref().is_ok_and(Bytes::is_empty) && headers.get(header::CONTENT_TYPE).is_none() {
         Value::Object(serde_json::Map::new())
@@ -249,7 +320,7 @@ async fn clone_with_edits(
     };
     object.extend(edits);
     let new_id = launch(&state, config, Some(run.id)).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "cloned_from": run.id }))))
+    Ok((StatusCode::CREATED, Json(CloneAnswer { id: new_id, cloned_from: run.id })))
 }
 
 /// Deletes a run that is not running, and its files.

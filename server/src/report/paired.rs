@@ -7,31 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
+use trainer::config::fields::{role, Role};
 use trainer::config::LossType;
 use trainer::summary::MeanCi;
 
 use super::RunMeta;
-
-/// The keys that make a run a variant of a method; everything else that varies (bar seeds and
-/// bookkeeping) is part of the problem or the training, and must match for two runs to pair.
-const METHOD_KEYS: [&str; 4] = ["loss_type", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps"];
-/// Keys that do not change what a run computes.
-const BOOKKEEPING: [&str; 14] = [
-    "seed",
-    "task_seed",
-    "toy_cache_dir",
-    "num_threads",
-    "device",
-    "logging_steps",
-    "save_steps",
-    "save_strategy",
-    "save_total_limit",
-    "save_pareto_limit",
-    "metric_for_best_model",
-    "greater_is_better",
-    "export_dtype",
-    "gradient_checkpointing",
-];
 
 /// One TR variant against its vanilla twin.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +39,9 @@ pub fn paired<const K: usize>(runs: &[(&RunMeta, [f64; K])], better_at: usize) -
     let rest = |m: &RunMeta| -> BTreeMap<String, String> {
         m.params
             .iter()
-            .filter(|(k, _)| !METHOD_KEYS.contains(&k.as_str()) && !BOOKKEEPING.contains(&k.as_str()))
+            // The method keys make the variant, and seeds and bookkeeping change nothing it
+            // computes: the rest must match for two runs to pair.
+            .filter(|(k, _)| !matches!(role(k), Some(Role::Method | Role::Seed | Role::Bookkeeping)))
             .map(|(k, v)| (k.clone(), canonical(v)))
             .collect()
     };

@@ -29,7 +29,7 @@ pub fn sweep() -> Value {
 /// Queues the demo sweep this server was configured with; answers the sweep id.
 pub async fn queue(state: &AppState) -> crate::http::error::Result<i64> {
     let spec = &state.settings.demo_sweep;
-    let (id, _) = crate::http::sweeps::launch(state, spec["base"].clone(), spec["grid"].clone()).await?;
+    let id = crate::http::sweeps::launch(state, spec["base"].clone(), spec["grid"].clone()).await?.id;
     Ok(id)
 }
 

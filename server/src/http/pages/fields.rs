@@ -1,6 +1,7 @@
-//! Every run config field as a form shows it: its group, input, default and help text; and a
-//! posted form back to a config object. Blank inputs are left out, so the defaults (TRL's, or a
-//! toy task's own) apply exactly as they would to a config file without the key.
+//! The run form's side of the config fields, whose group, kind and help are the trainer's one
+//! description ([`trainer::config::fields`]): a posted form back to a config object. Blank
+//! inputs are left out, so the defaults (TRL's, or a toy task's own) apply exactly as they would
+//! to a config file without the key.
 
 use std::collections::BTreeMap;
 
@@ -8,160 +9,8 @@ use serde_json::{Map, Number, Value};
 use trainer::config::RunConfig;
 use trainer::error::FieldError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Float,
-    /// A whole number >= 0.
-    Int,
-    Bool,
-    Choice(&'static [(&'static str, &'static str)]),
-    /// A model directory under `--models-dir`.
-    Model,
-    /// A JSONL file under `--datasets-dir`.
-    Dataset,
-    Text,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Field {
-    pub name: &'static str,
-    pub group: Group,
-    pub kind: Kind,
-    pub help: &'static str,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Group {
-    Task,
-    Toy,
-    Method,
-    TrustRegion,
-    Optimization,
-    Logging,
-}
-
-impl Group {
-    pub const ALL: [Group; 6] =
-        [Self::Task, Self::Toy, Self::Method, Self::TrustRegion, Self::Optimization, Self::Logging];
-
-    pub fn title(self) -> &'static str {
-        match self {
-            Self::Task => "Task, model and data",
-            Self::Toy => "Toy task (task = toy-tree or toy-length)",
-            Self::Method => "Method",
-            Self::TrustRegion => "Trust region",
-            Self::Optimization => "Optimization",
-            Self::Logging => "Evaluation, checkpoints and threads",
-        }
-    }
-
-    pub fn id(self) -> &'static str {
-        match self {
-            Self::Task => "task",
-            Self::Toy => "toy",
-            Self::Method => "method",
-            Self::TrustRegion => "trust-region",
-            Self::Optimization => "optimization",
-            Self::Logging => "logging",
-        }
-    }
-}
-
-const TASKS: &[(&str, &str)] = &[
-    ("dataset", "dataset: an HF model and a JSONL dataset"),
-    ("toy-tree", "toy-tree: exact metrics, no download"),
-    ("toy-length", "toy-length: sampled metrics, no download"),
-];
-const LOSSES: &[(&str, &str)] =
-    &[("sigmoid", "sigmoid (DPO)"), ("ipo", "ipo (IPO)"), ("kto", "kto (KTO, unpaired data)")];
-const SCHEDULES: &[(&str, &str)] = &[
-    ("linear", "linear"),
-    ("cosine", "cosine"),
-    ("constant_with_warmup", "constant_with_warmup"),
-    ("constant", "constant (no warmup)"),
-];
-const SAMPLING: &[(&str, &str)] =
-    &[("random", "random (reshuffled each epoch)"), ("sequential", "sequential (file order)")];
-const DEVICES: &[(&str, &str)] = &[("cpu", "cpu"), ("cuda", "cuda (a --features cuda build)")];
-const DTYPES: &[(&str, &str)] = &[("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")];
-const SAVE_STRATEGIES: &[(&str, &str)] = &[
-    ("steps", "steps: every save_steps and at the end"),
-    ("best", "best: also the best evaluation so far"),
-    ("pareto", "pareto: also the (KL, metric) front of evaluations"),
-];
-const YES_NO: &[(&str, &str)] = &[("true", "yes"), ("false", "no")];
-
-use Group::{Logging, Method, Optimization, Task, Toy, TrustRegion};
+pub use trainer::config::fields::{field, Field, Group, Kind, FIELDS, YES_NO};
 use Kind::{Bool, Choice, Dataset, Float, Int, Model, Text};
-
-/// Every [`RunConfig`] field (a test checks none is missing).
-pub const FIELDS: &[Field] = &[
-    Field { name: "task", group: Task, kind: Choice(TASKS), help: "Built-in toy tasks need no model or dataset and have a known gold reward (SPEC §4)." },
-    Field { name: "model_name_or_path", group: Task, kind: Model, help: "An HF model directory (config.json, model.safetensors, tokenizer.json) under the server's --models-dir." },
-    Field { name: "random_init", group: Task, kind: Bool, help: "Start from a seeded random init of the model's config.json instead of its weights." },
-    Field { name: "initializer_range", group: Task, kind: Float, help: "Standard deviation of the random init (transformers' initializer_range)." },
-    Field { name: "dataset_path", group: Task, kind: Dataset, help: "JSONL in TRL's format, under --datasets-dir: {prompt, chosen, rejected}, or {prompt, completion, label} for KTO." },
-    Field { name: "max_length", group: Task, kind: Int, help: "Longest prompt + completion in tokens; longer sequences keep their start." },
-    Field { name: "max_prompt_length", group: Task, kind: Int, help: "Longest prompt in tokens; longer prompts keep their end. Blank: no limit." },
-    Field { name: "eval_split_ratio", group: Task, kind: Float, help: "Fraction of the dataset's distinct prompts held out for evaluation (chosen by the seed, never trained on). 0: none." },
-    Field { name: "eval_dataset_path", group: Task, kind: Dataset, help: "A separate dataset under --datasets-dir whose prompts are the evaluation set (instead of eval_split_ratio)." },
-    Field { name: "reward_model_path", group: Task, kind: Model, help: "Optional gold reward model: an HF sequence-classification directory under --models-dir. Its score of the policy's samples is logged as eval/gold_reward." },
-    Field { name: "toy_num_prompts", group: Toy, kind: Int, help: "Number of prompts P." },
-    Field { name: "toy_alphabet_size", group: Toy, kind: Int, help: "Response alphabet size A (toy-tree) or content vocabulary (toy-length)." },
-    Field { name: "toy_response_length", group: Toy, kind: Int, help: "Response length L (toy-tree) or most tokens generated (toy-length). toy-tree enumerates P·A^L responses." },
-    Field { name: "toy_pairs_per_prompt", group: Toy, kind: Int, help: "Preference pairs sampled from π_init per prompt. Fewer pairs: more overoptimization." },
-    Field { name: "toy_label_temperature", group: Toy, kind: Float, help: "Bradley–Terry label temperature T: P(y₁ ≻ y₂) = σ((r*(y₁) − r*(y₂)) / T). At T = 1 about 30% of labels disagree with r*." },
-    Field { name: "toy_behaviour_temperature", group: Toy, kind: Float, help: "Temperature of the behaviour distribution π_init learns (toy-tree); sets the starting OOD mass." },
-    Field { name: "toy_hidden_size", group: Toy, kind: Int, help: "Width of the toy policy." },
-    Field { name: "toy_num_layers", group: Toy, kind: Int, help: "Depth of the toy policy." },
-    Field { name: "toy_num_heads", group: Toy, kind: Int, help: "Attention heads; must divide toy_hidden_size into even head sizes." },
-    Field { name: "task_seed", group: Toy, kind: Int, help: "Seeds the toy problem itself: gold reward, behaviour, π_init and preference data. Runs with one task_seed train on the same problem, so repeats over seed pair up." },
-    Field { name: "toy_cache_dir", group: Toy, kind: Text, help: "Where π_init is cached: a directory inside the server's --data-dir. Blank: toy-cache." },
-    Field { name: "loss_type", group: Method, kind: Choice(LOSSES), help: "TRL's loss_type: sigmoid is DPO, ipo is IPO (length-averaged), kto is KTO." },
-    Field { name: "beta", group: Method, kind: Float, help: "β, the strength of the KL penalty to the reference. TRL's default 0.1." },
-    Field { name: "precompute_ref_log_probs", group: Method, kind: Bool, help: "Compute the reference log-probs once before training (TRL's option); vanilla runs only, since a trust-region reference moves." },
-    Field { name: "label_smoothing", group: Method, kind: Float, help: "Accepted as TRL 1.16 accepts it, and ignored (with a warning) as TRL ignores it for sigmoid and ipo: only its robust and EXO losses use it. Refused for kto (KTOConfig has no such key)." },
-    Field { name: "desirable_weight", group: Method, kind: Float, help: "KTO: weight of desirable examples (ignored, with a warning, by sigmoid and ipo)." },
-    Field { name: "undesirable_weight", group: Method, kind: Float, help: "KTO: weight of undesirable examples (ignored, with a warning, by sigmoid and ipo)." },
-    Field { name: "sync_ref_model", group: TrustRegion, kind: Bool, help: "Move the reference during training: TR-DPO, TR-IPO, TR-KTO. Off: the reference is the initial policy." },
-    Field { name: "ref_model_mixup_alpha", group: TrustRegion, kind: Float, help: "α in θ_ref ← α θ + (1 − α) θ_ref. TRL's default 0.6, the paper's choice for soft updates on large models; α = 1 replaces the reference (hard update). Sweep it over orders of magnitude (0.01 … 1)." },
-    Field { name: "ref_model_sync_steps", group: TrustRegion, kind: Int, help: "τ: update the reference after every τ-th optimizer step. TRL's default 512, the paper's choice for hard updates on large models; soft updates use τ = 1." },
-    Field { name: "learning_rate", group: Optimization, kind: Float, help: "AdamW learning rate. TRL's default 1e-6 suits pretrained models; the toy tasks bring their own." },
-    Field { name: "max_steps", group: Optimization, kind: Int, help: "Optimizer steps to run. Blank: num_train_epochs passes over the data (toy tasks default to a fixed number)." },
-    Field { name: "num_train_epochs", group: Optimization, kind: Float, help: "Passes over the data when max_steps is blank." },
-    Field { name: "per_device_train_batch_size", group: Optimization, kind: Int, help: "Examples (pairs) per micro-batch." },
-    Field { name: "gradient_accumulation_steps", group: Optimization, kind: Int, help: "Micro-batches per optimizer step." },
-    Field { name: "max_grad_norm", group: Optimization, kind: Float, help: "Clip gradients to this global norm; 0 disables clipping." },
-    Field { name: "warmup_steps", group: Optimization, kind: Float, help: "Linear warmup from 0: a number of steps, or a ratio of all steps when below 1 (transformers 5). The constant schedule ignores it." },
-    Field { name: "lr_scheduler_type", group: Optimization, kind: Choice(SCHEDULES), help: "transformers' schedule: linear or cosine decay to 0 after warmup, constant_with_warmup, or constant (which ignores warmup_steps)." },
-    Field { name: "weight_decay", group: Optimization, kind: Float, help: "AdamW's decoupled weight decay, on every weight but biases and norms (as transformers' Trainer)." },
-    Field { name: "adam_beta1", group: Optimization, kind: Float, help: "AdamW β₁." },
-    Field { name: "adam_beta2", group: Optimization, kind: Float, help: "AdamW β₂." },
-    Field { name: "adam_epsilon", group: Optimization, kind: Float, help: "AdamW ε." },
-    Field { name: "seed", group: Optimization, kind: Int, help: "The training seed: the data order (unless data_seed is set), evaluation sampling and a random_init. A toy task's problem comes from task_seed." },
-    Field { name: "data_seed", group: Optimization, kind: Int, help: "Seeds the data order (random sampling) as in transformers: epoch e is torch.randperm seeded with data_seed + e. Blank: seed." },
-    Field { name: "train_sampling_strategy", group: Optimization, kind: Choice(SAMPLING), help: "Data order. Blank: TRL's default for the loss, random for sigmoid and ipo, sequential for kto (which refuses random: its KL pairs are neighbours)." },
-    Field { name: "dataloader_drop_last", group: Optimization, kind: Bool, help: "Drop the last, short batch of every epoch." },
-    Field { name: "logging_steps", group: Logging, kind: Int, help: "Log training metrics every this many steps (averaged over the window)." },
-    Field { name: "eval_steps", group: Logging, kind: Int, help: "Evaluate KL, gold reward and OOD mass every this many steps (toy tasks). Blank: never (dataset runs)." },
-    Field { name: "save_steps", group: Logging, kind: Int, help: "Write a checkpoint every this many steps and at the end; 0: only at the end." },
-    Field { name: "save_strategy", group: Logging, kind: Choice(SAVE_STRATEGIES), help: "Which checkpoints to keep besides the periodic ones: pareto keeps every evaluation on the front of (KL to π_init ↓, metric ↑), so the best policy at each distance can be downloaded. Default pareto with a gold reward (toy tasks, reward_model_path)." },
-    Field { name: "metric_for_best_model", group: Logging, kind: Text, help: "The evaluation metric best and pareto rank by; default eval/gold_reward when there is one (transformers' name; eval/ is added to a bare name)." },
-    Field { name: "greater_is_better", group: Logging, kind: Choice(YES_NO), help: "Whether a larger metric_for_best_model is better. Blank: yes, unless its name ends in loss." },
-    Field { name: "save_total_limit", group: Logging, kind: Int, help: "Keep at most this many periodic checkpoints, the newest. Blank: all. The best and Pareto ones and the newest are kept whatever it says." },
-    Field { name: "save_pareto_limit", group: Logging, kind: Int, help: "At most this many Pareto checkpoints: both ends of the front (π_init's KL, the peak) and those that spread most evenly between." },
-    Field { name: "load_best_model_at_end", group: Logging, kind: Bool, help: "At the end, export the best evaluation's weights (the gold reward's peak by default) as final-model/, as transformers does. Needs save_strategy best or pareto." },
-    Field { name: "early_stopping", group: Logging, kind: Bool, help: "Stop the run, as finished, once the overoptimization alarm says it is past its peak. The alarm itself runs whenever there is a gold reward." },
-    Field { name: "early_stopping_patience", group: Logging, kind: Int, help: "Evaluations in a row below the running peak before the run counts as past it. Default 8: under 5% false alarms on a flat curve of 41 Monte Carlo evaluations." },
-    Field { name: "early_stopping_threshold", group: Logging, kind: Float, help: "The least drop below the peak that counts, in the metric's units; Monte Carlo estimates must also drop by more than 2 standard errors of the difference." },
-    Field { name: "num_threads", group: Logging, kind: Int, help: "Worker threads per micro-batch, at most the cores (or the server's --max-threads-per-run); 0: one per core." },
-    Field { name: "max_new_tokens", group: Logging, kind: Int, help: "Tokens the policy samples per evaluation prompt (temperature 1) for KL, gold reward and length (dataset runs)." },
-    Field { name: "device", group: Logging, kind: Choice(DEVICES), help: "Where the model trains: cpu, or cuda in a build with --features cuda (cuda:N through the API)." },
-    Field { name: "bf16", group: Optimization, kind: Bool, help: "Mixed precision as transformers' bf16: bfloat16 matmuls and activations on float32 weights; norms, softmaxes and the loss stay float32. For GPUs: on the CPU it is slower." },
-    Field { name: "fp16", group: Optimization, kind: Bool, help: "The same in float16, with dynamic loss scaling (an overflowing step is skipped and the scale halves). Not with bf16." },
-    Field { name: "gradient_checkpointing", group: Optimization, kind: Bool, help: "Keep only each layer's input and recompute the layer in the backward pass: about half the memory at 6 layers, for one more policy forward pass per step." },
-    Field { name: "export_dtype", group: Logging, kind: Choice(DTYPES), help: "Dtype of the exported checkpoint weights; the trained weights stay float32 (also with bf16/fp16), and a float32 copy is kept for resuming." },
-];
 
 /// The paper's methods by name: each fills `loss_type`, `sync_ref_model`, α and τ. Soft updates
 /// use TRL's (and the paper's) α = 0.6 every step; hard updates replace the reference every
@@ -225,10 +74,6 @@ pub fn apply_preset(form: &mut Vec<(String, String)>) {
             form.push((key.to_string(), value));
         }
     }
-}
-
-pub fn field(name: &str) -> Option<&'static Field> {
-    FIELDS.iter().find(|f| f.name == name)
 }
 
 /// Posted form values (the last value of each key) to a config object. Blank inputs are left

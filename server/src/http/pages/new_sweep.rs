@@ -14,19 +14,62 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use trainer::error::FieldError;
 
+use super::fields::{Field, Group, Kind, FIELDS};
 use super::new_run::{groups, summary, GroupView};
 use super::{fields, flag, page, pairs, see_other, value, values, PageError, PageResult};
 use crate::http::error::Error;
 use crate::http::security::CsrfToken;
 use crate::http::AppState;
+use trainer::config::fields::Sweep;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/sweeps/new", get(show).post(submit)).route("/sweeps/new/count", post(count))
 }
 
-/// Base config fields the form shows; anything else goes in the TOML box.
-const BASE_FIELDS: [&str; 6] =
-    ["task", "model_name_or_path", "dataset_path", "max_steps", "learning_rate", "eval_steps"];
+/// Base config fields the form shows (each field's [`Sweep::Base`]); anything else goes in the
+/// TOML box.
+fn base_fields() -> Vec<&'static str> {
+    FIELDS.iter().filter(|f| f.sweep == Sweep::Base).map(|f| f.name).collect()
+}
+
+/// The config key offered as check boxes (the loss), its form name and its choices.
+fn choice_field() -> Option<(&'static Field, &'static str)> {
+    FIELDS.iter().find_map(|f| match f.sweep {
+        Sweep::Choices { param } => Some((f, param)),
+        _ => None,
+    })
+}
+
+/// A list of grid values: the config key, and the input's name, label, first value and help.
+struct List {
+    field: &'static Field,
+    param: &'static str,
+    label: &'static str,
+    default: &'static str,
+    help: &'static str,
+}
+
+impl List {
+    /// Trust-region keys mean nothing without a moving reference: they vary in trust-region
+    /// runs only.
+    fn trust_region_only(&self) -> bool {
+        self.field.group == Group::TrustRegion
+    }
+}
+
+/// The keys offered as lists of values (each field's [`Sweep::List`]): the trust region's first,
+/// under the reference choice they depend on, then the others, each in form order.
+fn lists() -> Vec<List> {
+    let mut out: Vec<List> = FIELDS
+        .iter()
+        .filter_map(|field| match field.sweep {
+            Sweep::List { param, label, default, help } => Some(List { field, param, label, default, help }),
+            _ => None,
+        })
+        .collect();
+    out.sort_by_key(|l| !l.trust_region_only());
+    out
+}
 
 /// One list of grid values.
 pub struct ListView {
@@ -59,19 +102,6 @@ struct Built {
     grid: Value,
 }
 
-const LOSSES: [(&str, &str); 3] = [("sigmoid", "DPO"), ("ipo", "IPO"), ("kto", "KTO")];
-const LISTS: [(&str, &str, &str, &str); 4] = [
-    (
-        "alphas",
-        "α values (ref_model_mixup_alpha)",
-        "0.01, 0.1, 0.6",
-        "Trust-region runs only. Span orders of magnitude; 1 is a hard update.",
-    ),
-    ("taus", "τ values (ref_model_sync_steps)", "1", "Trust-region runs only: update the reference every τ steps."),
-    ("betas", "β values", "0.1", "Every run."),
-    ("seeds", "Seeds", "1", "Every run; aggregate them on the compare page."),
-];
-
 fn numbers(raw: &str, field: &str, whole: bool, errors: &mut Vec<FieldError>) -> Vec<Value> {
     let mut out = Vec::new();
     for item in raw.split([',', ' ', ';']).map(str::trim).filter(|s| !s.is_empty()) {
@@ -94,7 +124,7 @@ fn numbers(raw: &str, field: &str, whole: bool, errors: &mut Vec<FieldError>) ->
 fn build(form: &[(String, String)]) -> (Built, Vec<FieldError>) {
     let mut errors = Vec::new();
     let base_form: Vec<(String, String)> =
-        form.iter().filter(|(k, _)| BASE_FIELDS.contains(&k.as_str())).cloned().collect();
+        form.iter().filter(|(k, _)| base_fields().contains(&k.as_str())).cloned().collect();
     let (base, mut base_errors) = fields::config_from_form(&base_form);
     errors.append(&mut base_errors);
     let mut base = match base {
@@ -114,16 +144,20 @@ fn build(form: &[(String, String)]) -> (Built, Vec<FieldError>) {
             Err(e) => errors.push(FieldError::new("base_toml", format!("malformed TOML: {}", e.message()))),
         }
     }
-    let losses: Vec<Value> = values(form, "loss").into_iter().map(Value::String).collect();
-    let list = |name: &str, whole: bool, errors: &mut Vec<FieldError>| {
-        numbers(value(form, name).unwrap_or(""), name, whole, errors)
-    };
-    let (alphas, taus) = (list("alphas", false, &mut errors), list("taus", true, &mut errors));
-    let (betas, seeds) = (list("betas", false, &mut errors), list("seeds", true, &mut errors));
     let mut common = Map::new();
-    for (key, vals) in [("loss_type", losses), ("beta", betas), ("seed", seeds)] {
+    if let Some((field, param)) = choice_field() {
+        let chosen: Vec<Value> = values(form, param).into_iter().map(Value::String).collect();
+        if !chosen.is_empty() {
+            common.insert(field.name.into(), Value::Array(chosen));
+        }
+    }
+    let mut trust_region = Map::new();
+    for list in lists() {
+        let vals =
+            numbers(value(form, list.param).unwrap_or(""), list.param, list.field.kind == Kind::Int, &mut errors);
         if !vals.is_empty() {
-            common.insert(key.into(), Value::Array(vals));
+            let grid = if list.trust_region_only() { &mut trust_region } else { &mut common };
+            grid.insert(list.field.name.into(), Value::Array(vals));
         }
     }
     let mut grids = Vec::new();
@@ -135,11 +169,7 @@ fn build(form: &[(String, String)]) -> (Built, Vec<FieldError>) {
     if flag(form, "trust_region") {
         let mut g = common;
         g.insert("sync_ref_model".into(), json!([true]));
-        for (key, vals) in [("ref_model_mixup_alpha", alphas), ("ref_model_sync_steps", taus)] {
-            if !vals.is_empty() {
-                g.insert(key.into(), Value::Array(vals));
-            }
-        }
+        g.extend(trust_region);
         grids.push(Value::Object(g));
     }
     if grids.is_empty() {
@@ -157,35 +187,41 @@ fn render(
     status: StatusCode,
 ) -> PageResult {
     let fresh = form.is_empty();
-    let chosen = values(form, "loss");
     let mut filled: BTreeMap<String, String> = form.iter().cloned().collect();
     if fresh {
         filled.insert("task".into(), "toy-tree".into());
     }
-    let lists = LISTS
-        .iter()
-        .map(|&(name, label, default, help)| ListView {
-            name,
-            label,
-            value: if fresh { default.to_string() } else { value(form, name).unwrap_or("").to_string() },
-            help,
+    let lists: Vec<ListView> = lists()
+        .into_iter()
+        .map(|l| ListView {
+            name: l.param,
+            label: l.label,
+            value: if fresh { l.default.to_string() } else { value(form, l.param).unwrap_or("").to_string() },
+            help: l.help,
         })
         .collect();
+    let (losses, chosen) = match choice_field() {
+        Some((field, param)) => (field.choices(), values(form, param)),
+        None => (&[][..], Vec::new()),
+    };
+    let grid_errors = errors
+        .iter()
+        .filter(|e| e.field.starts_with("grid") || lists.iter().any(|l| l.name == e.field) || e.field == "base_toml")
+        .map(ToString::to_string)
+        .collect();
     let page_data = NewSweepPage {
-        base: groups(state, &filled, errors, Some(&BASE_FIELDS)),
+        base: groups(state, &filled, errors, Some(&base_fields())),
         base_toml: value(form, "base_toml").unwrap_or("").to_string(),
-        losses: LOSSES
+        // A fresh form ticks the first choice (TRL's default loss).
+        losses: losses
             .iter()
-            .map(|&(v, l)| (v, l, if fresh { v == "sigmoid" } else { chosen.iter().any(|c| c == v) }))
+            .enumerate()
+            .map(|(i, &(v, l))| (v, l, if fresh { i == 0 } else { chosen.iter().any(|c| c == v) }))
             .collect(),
         fixed: fresh || flag(form, "fixed"),
         trust_region: fresh || flag(form, "trust_region"),
         lists,
-        grid_errors: errors
-            .iter()
-            .filter(|e| e.field.starts_with("grid") || LISTS.iter().any(|l| l.0 == e.field) || e.field == "base_toml")
-            .map(ToString::to_string)
-            .collect(),
+        grid_errors,
         summary: summary(errors),
         runs,
         limit: state.settings.max_sweep_runs,
@@ -207,18 +243,28 @@ async fn submit(State(state): State<AppState>, csrf: CsrfToken, body: String) ->
     let runs = crate::http::sweeps::count(&built.grid).ok();
     if value(&form, "action") == Some("count") {
         return match crate::http::sweeps::validate(&state, &built.base, &built.grid) {
-            Ok(configs) => render(&state, &csrf, &form, &[], Some(configs.len()), StatusCode::OK),
+            Ok((configs, _)) => render(&state, &csrf, &form, &[], Some(configs.len()), StatusCode::OK),
             Err(errors) => render(&state, &csrf, &form, &errors, runs, StatusCode::UNPROCESSABLE_ENTITY),
         };
     }
     match crate::http::sweeps::launch(&state, built.base, built.grid).await {
-        Ok((id, _)) => Ok(see_other(&format!("/sweeps/{id}"))),
+        Ok(launched) => Ok(see_other(&format!("/sweeps/{}", launched.id))),
         Err(Error::Invalid(errors)) => render(&state, &csrf, &form, &errors, runs, StatusCode::UNPROCESSABLE_ENTITY),
         Err(e) => Err(PageError(e)),
     }
 }
 
-/// The live "N runs" of the form as the user types: `{"runs", "limit", "errors"}`.
+/// The answer of `/sweeps/new/count`.
+#[derive(Debug, serde::Serialize)]
+struct RunCount {
+    /// Grid points, before duplicates are dropped.
+    runs: usize,
+    /// The server's `--max-sweep-runs`.
+    limit: usize,
+    errors: Vec<FieldError>,
+}
+
+/// The live "N runs" of the form as the user types.
 async fn count(State(state): State<AppState>, body: String) -> Response {
     let form = pairs(&body);
     let (built, mut errors) = build(&form);
@@ -232,7 +278,7 @@ async fn count(State(state): State<AppState>, body: String) -> Response {
             format!("{runs} runs is more than this server's limit ({})", state.settings.max_sweep_runs),
         ));
     }
-    Json(json!({ "runs": runs, "limit": state.settings.max_sweep_runs, "errors": errors })).into_response()
+    Json(RunCount { runs, limit: state.settings.max_sweep_runs, errors }).into_response()
 }
 
 #[cfg(test)]
