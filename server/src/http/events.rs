@@ -19,7 +19,6 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures_util::StreamExt;
-use serde_json::json;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::error::Result;
@@ -28,7 +27,7 @@ use super::AppState;
 use crate::db::metrics::{self, MetricRow};
 use crate::db::runs::RunStatus;
 use crate::db::Pool;
-use crate::jobs::event_bus::{metrics_json, RunEvent};
+use crate::jobs::event_bus::{data_line, metrics_json, CheckpointData, RunEvent, SftData, StatusData};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/runs/{id}/events", get(events))
@@ -61,12 +60,12 @@ impl Frames {
     }
 
     fn status(&mut self, status: RunStatus, error: Option<&str>) {
-        let data = json!({ "status": status, "error": error });
+        let data = data_line(&StatusData { status, error });
         let _ = write!(self.0, "event: status\ndata: {data}\n\n");
     }
 
     fn checkpoint(&mut self, step: i64, deleted: bool) {
-        let _ = write!(self.0, "event: checkpoint\ndata: {}\n\n", json!({ "step": step, "deleted": deleted }));
+        let _ = write!(self.0, "event: checkpoint\ndata: {}\n\n", data_line(&CheckpointData { step, deleted }));
     }
 
     /// π_init's SFT progress; not an id'd metrics event, as it has its own step axis.
@@ -149,7 +148,8 @@ async fn events(State(state): State<AppState>, Path(id): Path<String>, headers: 
         // A run still building its π_init: where its SFT is.
         if run.total_steps.is_none() && !run.status().is_terminal() {
             if let Ok(Some((step, values))) = metrics::latest_sft(&pool, &[run_id]).await.map(|mut m| m.remove(&run_id)) {
-                out.sft(&json!({ "step": step, "max_steps": null, "values": values }).to_string());
+                let values = values.iter().map(|(k, v)| (k.as_str(), Some(*v))).collect();
+                out.sft(&data_line(&SftData { step, max_steps: None, values }));
             }
         }
         if let Some(chunk) = out.take() {

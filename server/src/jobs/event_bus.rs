@@ -1,7 +1,10 @@
 //! What live subscribers hear. Events are sent only after the change they describe is committed,
 //! so a subscriber that replays from the database and then listens misses nothing.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use serde::Serialize;
 
 use crate::db::runs::RunStatus;
 
@@ -51,9 +54,42 @@ pub fn event_bus() -> EventBus {
     tokio::sync::broadcast::channel(16_384).0
 }
 
+/// The `data` of a `metrics` event: every metric logged at one step.
+#[derive(Serialize)]
+pub struct MetricsData<'a> {
+    pub step: i64,
+    pub values: BTreeMap<&'a str, Option<f64>>,
+}
+
+/// The `data` of an `sft` event: one step of π_init's SFT, on its own step axis.
+#[derive(Serialize)]
+pub struct SftData<'a> {
+    pub step: i64,
+    /// Unknown (`null`) when the stream reads the step back from the database.
+    pub max_steps: Option<i64>,
+    pub values: BTreeMap<&'a str, Option<f64>>,
+}
+
+/// The `data` of a `status` event.
+#[derive(Serialize)]
+pub struct StatusData<'a> {
+    pub status: RunStatus,
+    pub error: Option<&'a str>,
+}
+
+/// The `data` of a `checkpoint` event.
+#[derive(Serialize)]
+pub struct CheckpointData {
+    pub step: i64,
+    pub deleted: bool,
+}
+
+/// An event's `data` line. The payloads are plain numbers and names, which always serialize.
+pub fn data_line(data: &impl Serialize) -> String {
+    serde_json::to_string(data).expect("event data serializes")
+}
+
 /// The `data` of a metrics event.
 pub fn metrics_json<'a>(step: i64, values: impl IntoIterator<Item = (&'a String, &'a Option<f64>)>) -> String {
-    let values: serde_json::Map<String, serde_json::Value> =
-        values.into_iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
-    serde_json::json!({ "step": step, "values": values }).to_string()
+    data_line(&MetricsData { step, values: values.into_iter().map(|(k, v)| (k.as_str(), *v)).collect() })
 }

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use trainer::metrics::{MetricSink, Metrics};
 
-use super::event_bus::{metrics_json, EventBus, RunEvent};
+use super::event_bus::{data_line, metrics_json, EventBus, RunEvent, SftData};
 use super::queue::{self, Lease};
 use crate::db::{self, checkpoints::CheckpointFile, metrics::MetricRow, Pool};
 
@@ -269,9 +269,8 @@ fn values(metrics: &Metrics) -> Vec<(String, Option<f64>)> {
 
 /// The `data` of an `sft` event: `{"step", "max_steps", "values": {name: value}}`.
 fn sft_json(step: i64, max_steps: i64, values: &[(String, Option<f64>)]) -> String {
-    let values: serde_json::Map<String, serde_json::Value> =
-        values.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
-    serde_json::json!({ "step": step, "max_steps": max_steps, "values": values }).to_string()
+    let values = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    data_line(&SftData { step, max_steps: Some(max_steps), values })
 }
 
 fn step_i64(step: u64) -> i64 {
