@@ -276,7 +276,7 @@ async fn upload(
             }
             Some("model_name_or_path") => {
                 let raw = field.text().await.map_err(multipart_error)?;
-                let path = super::config::contain(&raw, settings.models_root())
+                let path = super::posted_config::contain(&raw, settings.models_root())
                     .map_err(|m| Error::field("model_name_or_path", m))?;
                 model = Some(path);
             }

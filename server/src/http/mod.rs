@@ -4,7 +4,6 @@
 
 pub mod cache;
 pub mod checkpoints;
-pub mod config;
 pub mod datasets;
 pub mod error;
 pub mod events;
@@ -13,6 +12,7 @@ pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod pages;
+pub mod posted_config;
 pub mod runs;
 pub mod security;
 pub mod sweeps;

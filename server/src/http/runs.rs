@@ -12,9 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::config::{parse_body, prepare};
 use super::datasets::check_datasets;
 use super::error::{Error, Result};
+use super::posted_config::{parse_body, prepare};
 use super::AppState;
 use crate::db::runs::{self, Run, RunStatus, Sort};
 use crate::jobs::queue::Cancelled;

@@ -12,9 +12,9 @@ use serde_json::{Map, Value};
 use trainer::config::RunConfig;
 use trainer::error::FieldError;
 
-use super::config::{parse_body, prepare};
 use super::datasets::check_datasets;
 use super::error::{Error, Result};
+use super::posted_config::{parse_body, prepare};
 use super::runs::{parse_id, view, RunView};
 use super::AppState;
 use crate::db::runs::{self, Sort};

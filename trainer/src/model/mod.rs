@@ -9,10 +9,10 @@
 //! gradients come back to them in float32. Norms, the attention softmax and the log-softmax over
 //! the vocabulary run in float32, as autocast and HF's eager attention run them.
 
-mod config;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub(crate) mod fused;
+mod hf_config;
 pub mod inference;
 pub mod kernel_check;
 mod ops;
@@ -25,8 +25,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 
-pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use fused::{apply_rope, gelu, layer_norm, rms_norm, scaled_masked_softmax, swiglu, target_log_probs};
+pub use hf_config::{Architecture, ModelConfig, RopeScaling};
 pub use ops::{linear, softmax_last_dim};
 pub(crate) use params::standard_normal;
 pub use params::{add_grads, param_specs, ParamSet, Weights};

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
-use super::config::{Architecture, ModelConfig};
+use super::hf_config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 
 /// The parameter names and shapes of an architecture, in a fixed order: HF's names, so a saved

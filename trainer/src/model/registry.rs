@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::config::ModelConfig;
+use super::hf_config::ModelConfig;
 use super::params::param_specs;
 use crate::error::{Error, Result};
 

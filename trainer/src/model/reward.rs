@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
-use super::config::ModelConfig;
+use super::hf_config::ModelConfig;
 use super::params::{param_specs, ParamSet};
 use super::registry::{self, ModelKind};
 use super::{linear, CausalLm, ForwardInput};
