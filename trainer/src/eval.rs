@@ -168,6 +168,28 @@ pub fn kl_estimate(samples: &[ScoredSample], which: usize) -> Estimate {
     Estimate::of(&ratios)
 }
 
+/// The `eval/*` metrics every sampled evaluation logs: KL to π_init (`other_logps[0]`) and to the
+/// reference (`other_logps[reference]`), entropy, answer length without `eos`, and the share of
+/// answers that ended. The gold reward is the caller's: each task scores it its own way.
+pub fn sample_metrics(samples: &[ScoredSample], eos: Option<u32>, reference: usize) -> Metrics {
+    let length: Vec<f64> =
+        samples.iter().map(|s| s.sample.tokens.iter().filter(|&&t| Some(t) != eos).count() as f64).collect();
+    let entropy: Vec<f64> = samples.iter().map(|s| -s.policy_logp).collect();
+    let finished = samples.iter().filter(|s| s.sample.finished).count() as f64 / samples.len() as f64;
+    let (kl_init, kl_ref) = (kl_estimate(samples, 0), kl_estimate(samples, reference));
+    let (length, entropy) = (Estimate::of(&length), Estimate::of(&entropy));
+    Metrics::from([
+        (EVAL_KL_INIT.to_string(), kl_init.mean),
+        (EVAL_KL_INIT_SE.to_string(), kl_init.se),
+        (EVAL_KL_REF.to_string(), kl_ref.mean),
+        (EVAL_KL_REF_SE.to_string(), kl_ref.se),
+        (EVAL_ENTROPY.to_string(), entropy.mean),
+        (EVAL_LENGTH.to_string(), length.mean),
+        (EVAL_LENGTH_SE.to_string(), length.se),
+        (EVAL_EOS_RATE.to_string(), finished),
+    ])
+}
+
 /// `eval/*` for runs on a model directory and a dataset: at each evaluation the policy answers
 /// every evaluation prompt once at temperature 1 (`max_new_tokens`), and the answers give Monte
 /// Carlo KL to the initial policy and to the reference, the gold reward model's score when
@@ -327,24 +349,7 @@ impl Evaluator for PolicySampleEvaluator {
                 s
             }));
         }
-        let eos = self.sampling.eos_token_id;
-        let length: Vec<f64> =
-            samples.iter().map(|s| s.sample.tokens.iter().filter(|&&t| Some(t) != eos).count() as f64).collect();
-        let entropy: Vec<f64> = samples.iter().map(|s| -s.policy_logp).collect();
-        let finished = samples.iter().filter(|s| s.sample.finished).count() as f64 / samples.len() as f64;
-        let kl_init = kl_estimate(&samples, 0);
-        let kl_ref = kl_estimate(&samples, if shared { 0 } else { 1 });
-        let (length, entropy) = (Estimate::of(&length), Estimate::of(&entropy));
-        let mut metrics = Metrics::from([
-            (EVAL_KL_INIT.to_string(), kl_init.mean),
-            (EVAL_KL_INIT_SE.to_string(), kl_init.se),
-            (EVAL_KL_REF.to_string(), kl_ref.mean),
-            (EVAL_KL_REF_SE.to_string(), kl_ref.se),
-            (EVAL_ENTROPY.to_string(), entropy.mean),
-            (EVAL_LENGTH.to_string(), length.mean),
-            (EVAL_LENGTH_SE.to_string(), length.se),
-            (EVAL_EOS_RATE.to_string(), finished),
-        ]);
+        let mut metrics = sample_metrics(&samples, self.sampling.eos_token_id, if shared { 0 } else { 1 });
         if let Some(rm) = &self.reward_model {
             let mut gold = Vec::with_capacity(samples.len());
             for chunk in samples.chunks(self.batch_size) {

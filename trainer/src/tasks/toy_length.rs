@@ -16,13 +16,10 @@ use super::common::{sigmoid, toy_dataset, toy_model_config, TaskSetup};
 use crate::config::RunConfig;
 use crate::data::{Collated, PairedExample, Sequence};
 use crate::error::Result;
-use crate::eval::{kl_estimate, sample_and_score, Estimate};
+use crate::eval::{sample_and_score, sample_metrics, Estimate};
 use crate::eval::{EvalWeights, Evaluator};
 use crate::logps::token_logps;
-use crate::metric_names::{
-    EVAL_ENTROPY, EVAL_EOS_RATE, EVAL_GOLD_REWARD, EVAL_GOLD_REWARD_SE, EVAL_KL_INIT, EVAL_KL_INIT_SE, EVAL_KL_REF,
-    EVAL_KL_REF_SE, EVAL_LENGTH, EVAL_LENGTH_SE,
-};
+use crate::metric_names::{EVAL_GOLD_REWARD, EVAL_GOLD_REWARD_SE};
 use crate::metrics::Metrics;
 use crate::model::sampling::{generate, SamplingConfig};
 use crate::model::{CausalLm, Weights};
@@ -226,25 +223,11 @@ impl Evaluator for ToyLengthEvaluator {
             &mut rng,
         )?;
         let gold: Vec<f64> = samples.iter().map(|s| self.task.gold(s.prompt, &s.sample.tokens)).collect();
-        let eos = self.task.eos();
-        let length: Vec<f64> =
-            samples.iter().map(|s| s.sample.tokens.iter().filter(|&&t| t != eos).count() as f64).collect();
-        let entropy: Vec<f64> = samples.iter().map(|s| -s.policy_logp).collect();
-        let finished = samples.iter().filter(|s| s.sample.finished).count() as f64 / samples.len().max(1) as f64;
-        let (kl_init, kl_ref) = (kl_estimate(&samples, 0), kl_estimate(&samples, 1));
-        let (gold, length, entropy) = (Estimate::of(&gold), Estimate::of(&length), Estimate::of(&entropy));
-        Ok(Metrics::from([
-            (EVAL_KL_INIT.to_string(), kl_init.mean),
-            (EVAL_KL_INIT_SE.to_string(), kl_init.se),
-            (EVAL_KL_REF.to_string(), kl_ref.mean),
-            (EVAL_KL_REF_SE.to_string(), kl_ref.se),
-            (EVAL_GOLD_REWARD.to_string(), gold.mean),
-            (EVAL_GOLD_REWARD_SE.to_string(), gold.se),
-            (EVAL_ENTROPY.to_string(), entropy.mean),
-            (EVAL_LENGTH.to_string(), length.mean),
-            (EVAL_LENGTH_SE.to_string(), length.se),
-            (EVAL_EOS_RATE.to_string(), finished),
-        ]))
+        let gold = Estimate::of(&gold);
+        let mut metrics = sample_metrics(&samples, Some(self.task.eos()), 1);
+        metrics.insert(EVAL_GOLD_REWARD.into(), gold.mean);
+        metrics.insert(EVAL_GOLD_REWARD_SE.into(), gold.se);
+        Ok(metrics)
     }
 }
 
