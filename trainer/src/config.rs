@@ -416,7 +416,7 @@ impl RunConfig {
             let has_gold = task.is_toy() || map.get("reward_model_path").is_some_and(|p| !p.is_null());
             if has_gold {
                 map.entry("save_strategy").or_insert(Value::from("pareto"));
-                map.entry("metric_for_best_model").or_insert(Value::from(crate::summary::GOLD));
+                map.entry("metric_for_best_model").or_insert(Value::from(crate::metric_names::EVAL_GOLD_REWARD));
             }
         }
         let as_field_error = |e: serde_path_to_error::Error<serde_json::Error>| {

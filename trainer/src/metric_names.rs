@@ -56,6 +56,16 @@ pub const EVAL_REWARDS_MARGINS_SE: &str = "eval/rewards/margins_se";
 pub const EVAL_LOGPS_CHOSEN: &str = "eval/logps/chosen";
 pub const EVAL_LOGPS_REJECTED: &str = "eval/logps/rejected";
 
+// The overoptimization alarm's state, logged at each evaluation (`overopt.rs`).
+/// 1 while the run is past its peak, else 0.
+pub const OVEROPT_PAST_PEAK: &str = "overopt/past_peak";
+/// The step of the running peak.
+pub const OVEROPT_PEAK_STEP: &str = "overopt/peak_step";
+/// KL to π_init at the running peak, in nats.
+pub const OVEROPT_PEAK_KL: &str = "overopt/peak_kl";
+/// The step at which the alarm fired (logged while the run is past its peak).
+pub const OVEROPT_ALARM_STEP: &str = "overopt/alarm_step";
+
 // π_init's SFT (toy tasks), on its own step axis.
 /// Before every SFT metric; they are kept when a run resumes.
 pub const SFT_PREFIX: &str = "sft/";
@@ -65,7 +75,7 @@ pub const SFT_KL_BEHAVIOUR: &str = "sft/kl_behaviour";
 
 /// The prefixes of metric names: a string literal that starts with one of these followed by a
 /// name is a metric name, and belongs in this module.
-pub const PREFIXES: [&str; 6] = ["eval/", "sft/", "train/", "rewards/", "logps/", "logits/"];
+pub const PREFIXES: [&str; 7] = ["eval/", "sft/", "train/", "rewards/", "logps/", "logits/", "overopt/"];
 
 #[cfg(test)]
 mod tests {

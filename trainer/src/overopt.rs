@@ -22,16 +22,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
+use crate::metric_names::{OVEROPT_ALARM_STEP, OVEROPT_PAST_PEAK, OVEROPT_PEAK_KL, OVEROPT_PEAK_STEP};
 use crate::metrics::Metrics;
-
-/// 1 while the run is past its peak, else 0.
-pub const PAST_PEAK: &str = "overopt/past_peak";
-/// The step of the running peak.
-pub const PEAK_STEP: &str = "overopt/peak_step";
-/// KL to π_init at the running peak, in nats.
-pub const PEAK_KL: &str = "overopt/peak_kl";
-/// The step at which the alarm fired (logged while the run is past its peak).
-pub const ALARM_STEP: &str = "overopt/alarm_step";
 
 /// How many standard errors of the difference an evaluation must be below the peak.
 pub const SE_MULTIPLE: f64 = 2.0;
@@ -114,11 +106,11 @@ impl Detector {
     pub fn metrics(&self) -> Metrics {
         let mut m = Metrics::new();
         let Some(peak) = self.peak else { return m };
-        m.insert(PAST_PEAK.into(), if self.alarm.is_some() { 1.0 } else { 0.0 });
-        m.insert(PEAK_STEP.into(), peak.step as f64);
-        m.insert(PEAK_KL.into(), peak.kl);
+        m.insert(OVEROPT_PAST_PEAK.into(), if self.alarm.is_some() { 1.0 } else { 0.0 });
+        m.insert(OVEROPT_PEAK_STEP.into(), peak.step as f64);
+        m.insert(OVEROPT_PEAK_KL.into(), peak.kl);
         if let Some(alarm) = self.alarm {
-            m.insert(ALARM_STEP.into(), alarm.step as f64);
+            m.insert(OVEROPT_ALARM_STEP.into(), alarm.step as f64);
         }
         m
     }
@@ -157,7 +149,8 @@ impl Watch {
     /// answers the alarm if this evaluation fired it. An evaluation without the metric or KL to
     /// π_init is skipped.
     pub fn evaluated(&self, detector: &mut Detector, step: u64, metrics: &mut Metrics) -> Option<Alarm> {
-        let (Some(&value), Some(&kl)) = (metrics.get(&self.metric), metrics.get(crate::summary::KL_INIT)) else {
+        let (Some(&value), Some(&kl)) = (metrics.get(&self.metric), metrics.get(crate::metric_names::EVAL_KL_INIT))
+        else {
             return None;
         };
         let se = metrics.get(&format!("{}_se", self.metric)).copied().unwrap_or(0.0);
@@ -262,12 +255,15 @@ mod tests {
         at(&mut d, 0, 1.0);
         at(&mut d, 25, 0.4);
         assert!(at(&mut d, 50, 0.3).is_some(), "two evaluations below by more than 0.5");
-        assert_eq!(d.metrics()[PAST_PEAK], 1.0);
-        assert_eq!(d.metrics()[ALARM_STEP], 50.0);
+        assert_eq!(d.metrics()[OVEROPT_PAST_PEAK], 1.0);
+        assert_eq!(d.metrics()[OVEROPT_ALARM_STEP], 50.0);
         assert!(at(&mut d, 75, 0.2).is_none(), "fires once");
         at(&mut d, 100, 1.1);
-        assert_eq!((d.alarm, d.below, d.metrics()[PAST_PEAK], d.metrics()[PEAK_STEP]), (None, 0, 0.0, 100.0));
-        assert!(!d.metrics().contains_key(ALARM_STEP));
+        assert_eq!(
+            (d.alarm, d.below, d.metrics()[OVEROPT_PAST_PEAK], d.metrics()[OVEROPT_PEAK_STEP]),
+            (None, 0, 0.0, 100.0)
+        );
+        assert!(!d.metrics().contains_key(OVEROPT_ALARM_STEP));
     }
 
     #[test]
@@ -282,10 +278,10 @@ mod tests {
         };
         let mut m = evaluation(1.0, 0.1);
         assert!(watch.evaluated(&mut d, 0, &mut m).is_none());
-        assert_eq!((m[PAST_PEAK], m[PEAK_STEP], m[PEAK_KL]), (0.0, 0.0, 0.5));
+        assert_eq!((m[OVEROPT_PAST_PEAK], m[OVEROPT_PEAK_STEP], m[OVEROPT_PEAK_KL]), (0.0, 0.0, 0.5));
         assert!(watch.evaluated(&mut d, 25, &mut evaluation(1.2, 0.1)).is_none(), "within 2 SE of the difference");
         assert!(watch.evaluated(&mut d, 50, &mut evaluation(1.4, 0.1)).is_some(), "0.4 > 2·√0.02 ≈ 0.28");
         let mut without_kl: Metrics = [("eval/loss".to_string(), 9.0)].into_iter().collect();
-        assert!(watch.evaluated(&mut d, 75, &mut without_kl).is_none() && !without_kl.contains_key(PAST_PEAK));
+        assert!(watch.evaluated(&mut d, 75, &mut without_kl).is_none() && !without_kl.contains_key(OVEROPT_PAST_PEAK));
     }
 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{JsonlSink, Metrics};
 
 /// The names the summary reads, under the short names callers already use.
-pub use crate::metric_names::{EVAL_GOLD_REWARD as GOLD, EVAL_GOLD_REWARD_SE as GOLD_SE, EVAL_KL_INIT as KL_INIT};
+use crate::metric_names::{EVAL_GOLD_REWARD, EVAL_GOLD_REWARD_SE, EVAL_KL_INIT};
 
 /// One evaluation: step, KL to π_init, gold reward (and its standard error for Monte Carlo
 /// estimates; none for exact ones).
@@ -310,7 +310,12 @@ pub fn eval_points(steps: &[(u64, Metrics)]) -> Vec<EvalPoint> {
     let mut points: Vec<EvalPoint> = steps
         .iter()
         .filter_map(|(step, m)| {
-            Some(EvalPoint { step: *step, kl: *m.get(KL_INIT)?, gold: *m.get(GOLD)?, gold_se: m.get(GOLD_SE).copied() })
+            Some(EvalPoint {
+                step: *step,
+                kl: *m.get(EVAL_KL_INIT)?,
+                gold: *m.get(EVAL_GOLD_REWARD)?,
+                gold_se: m.get(EVAL_GOLD_REWARD_SE).copied(),
+            })
         })
         .collect();
     points.sort_by_key(|p| p.step);
@@ -731,7 +736,8 @@ mod tests {
 
     #[test]
     fn eval_points_ignore_training_only_steps() {
-        let with = |kl: f64, gold: f64| Metrics::from([(KL_INIT.to_string(), kl), (GOLD.to_string(), gold)]);
+        let with =
+            |kl: f64, gold: f64| Metrics::from([(EVAL_KL_INIT.to_string(), kl), (EVAL_GOLD_REWARD.to_string(), gold)]);
         let steps = vec![(0, with(0.0, 1.0)), (1, Metrics::from([("loss".to_string(), 0.7)])), (25, with(0.5, 1.2))];
         assert_eq!(eval_points(&steps), vec![point(0, 0.0, 1.0), point(25, 0.5, 1.2)]);
     }

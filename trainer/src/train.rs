@@ -327,7 +327,7 @@ impl<'a> Plan<'a> {
     /// Whether an evaluation's weights are worth keeping (`save_strategy` best or pareto).
     fn worth_keeping(&self, state: &mut TrainerState, step: u64, metrics: &Metrics) -> bool {
         let Some((name, greater)) = &self.best_metric else { return false };
-        let (Some(&kl), Some(&value)) = (metrics.get(crate::summary::KL_INIT), metrics.get(name)) else {
+        let (Some(&kl), Some(&value)) = (metrics.get(crate::metric_names::EVAL_KL_INIT), metrics.get(name)) else {
             return false;
         };
         state.retention.evaluated(&self.keeping, Scored { step, kl, metric: if *greater { value } else { -value } })

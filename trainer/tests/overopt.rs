@@ -7,7 +7,7 @@
 use serde_json::json;
 use trainer::config::RunConfig;
 use trainer::metrics::MemorySink;
-use trainer::{checkpoint, overopt, summary};
+use trainer::{checkpoint, metric_names, summary};
 
 #[test]
 fn the_default_toy_run_stops_within_patience_evaluations_of_its_peak_and_keeps_the_peaks_weights() {
@@ -39,12 +39,12 @@ fn the_default_toy_run_stops_within_patience_evaluations_of_its_peak_and_keeps_t
     assert_eq!(points.last().unwrap().step, alarm.step, "no evaluation after the stop");
 
     // The logged alarm: 0 until it fired, then 1, naming the peak.
-    for (step, past) in sink.series(overopt::PAST_PEAK) {
+    for (step, past) in sink.series(metric_names::OVEROPT_PAST_PEAK) {
         assert_eq!(past, f64::from(u8::from(step >= alarm.step)), "overopt/past_peak at step {step}");
     }
     let last = &sink.steps.last().unwrap().1;
-    assert_eq!(last[overopt::PEAK_STEP], peak.step as f64);
-    assert_eq!(last[overopt::ALARM_STEP], alarm.step as f64);
+    assert_eq!(last[metric_names::OVEROPT_PEAK_STEP], peak.step as f64);
+    assert_eq!(last[metric_names::OVEROPT_ALARM_STEP], alarm.step as f64);
 
     // The exported final model is the peak's, whose checkpoint the Pareto retention kept.
     let final_model = outcome.final_model.expect("load_best_model_at_end exports a final model");
@@ -65,7 +65,7 @@ fn a_run_too_short_to_peak_raises_no_alarm() {
     let mut sink = MemorySink::default();
     let outcome = trainer::train::train_with(&cfg, out.path(), false, &mut sink).unwrap();
     assert_eq!((outcome.global_step, outcome.past_peak, outcome.finish_reason), (100, None, None));
-    let past = sink.series(overopt::PAST_PEAK);
+    let past = sink.series(metric_names::OVEROPT_PAST_PEAK);
     assert_eq!(past.len(), 5, "logged at every evaluation: {past:?}");
     assert!(past.iter().all(|(_, p)| *p == 0.0), "{past:?}");
 }

@@ -113,12 +113,21 @@ fn a_stopped_and_resumed_pareto_run_ends_with_the_checkpoints_of_an_uninterrupte
     trainer::train::train_with(&cfg, split.path(), true, &mut second).unwrap();
     assert!(second.deleted.contains(&stray), "the stray checkpoint-{stray} was deleted: {:?}", second.deleted);
     assert_eq!(checkpoint::steps(split.path()).unwrap(), checkpoint::steps(whole.path()).unwrap());
-    let gold =
-        |s: &StopAfter| s.inner.series(summary::GOLD).into_iter().filter(|(step, _)| *step > 12).collect::<Vec<_>>();
+    let gold = |s: &StopAfter| {
+        s.inner
+            .series(trainer::metric_names::EVAL_GOLD_REWARD)
+            .into_iter()
+            .filter(|(step, _)| *step > 12)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(gold(&second), gold(&uninterrupted), "the resumed run evaluated the same policies");
     // The overoptimization detector's state travelled in the checkpoint: the same peak after resuming.
     let peak = |s: &StopAfter| {
-        s.inner.series(trainer::overopt::PEAK_STEP).into_iter().filter(|(step, _)| *step > 12).collect::<Vec<_>>()
+        s.inner
+            .series(trainer::metric_names::OVEROPT_PEAK_STEP)
+            .into_iter()
+            .filter(|(step, _)| *step > 12)
+            .collect::<Vec<_>>()
     };
     assert!(!peak(&second).is_empty());
     assert_eq!(peak(&second), peak(&uninterrupted), "the resumed run remembers its peak");

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use trainer::config::{LossType, RunConfig};
 use trainer::metric_names as names;
-use trainer::overopt;
 use trainer::summary::{self, EvalPoint, RunSummary};
 
 /// One metric's points in step order; `None` for a non-finite value.
@@ -146,15 +145,15 @@ impl Eval {
 
 /// The metrics evaluations log, as [`evals`] reads them.
 pub const EVAL_METRICS: [&str; 9] = [
-    summary::KL_INIT,
+    names::EVAL_KL_INIT,
     names::EVAL_KL_REF,
-    summary::GOLD,
-    summary::GOLD_SE,
+    names::EVAL_GOLD_REWARD,
+    names::EVAL_GOLD_REWARD_SE,
     names::EVAL_OOD_MASS,
-    overopt::PAST_PEAK,
-    overopt::PEAK_STEP,
-    overopt::PEAK_KL,
-    overopt::ALARM_STEP,
+    names::OVEROPT_PAST_PEAK,
+    names::OVEROPT_PEAK_STEP,
+    names::OVEROPT_PEAK_KL,
+    names::OVEROPT_ALARM_STEP,
 ];
 
 /// The steps at which any evaluation metric was logged, with what was logged there.
