@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod public;
 pub mod report;
+pub mod store;
 
 /// The whole HTTP API as one router.
 pub fn app(state: http::AppState) -> axum::Router {
