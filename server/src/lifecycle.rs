@@ -19,6 +19,8 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     pub database_url: String,
     pub data_dir: PathBuf,
+    /// Where checkpoints are kept (`--store URL`); `None`: the data dir.
+    pub store: Option<String>,
     pub models_dir: PathBuf,
     pub datasets_dir: PathBuf,
     pub max_concurrent_runs: usize,
@@ -120,6 +122,7 @@ impl ServeConfig {
             allowed_hosts: Vec::new(),
             database_url: format!("sqlite://{}", root.join("goodhart.db").display()),
             data_dir: root.join("data"),
+            store: None,
             models_dir: root.to_path_buf(),
             datasets_dir: root.to_path_buf(),
             max_concurrent_runs: 1,
@@ -170,6 +173,12 @@ impl Server {
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
+    let store = crate::store::open(config.store.as_deref(), &config.data_dir)?;
+    start_with_store(config, store).await
+}
+
+/// [`start`] with its checkpoint store already open (`config.store` is not read).
+pub async fn start_with_store(config: ServeConfig, store: crate::store::CheckpointStore) -> anyhow::Result<Server> {
     if config.heartbeat_interval.is_zero() {
         bail!("--heartbeat-interval must be longer than 0");
     }
@@ -216,7 +225,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         None => default_worker_id(&config.data_dir)
             .with_context(|| format!("naming this worker after {}", config.data_dir.display()))?,
     };
-    let state = AppState::new(pool.clone(), config.settings(), worker.clone());
+    let mut state = AppState::new(pool.clone(), config.settings(), worker.clone());
+    state.store = store.clone();
     let orphans = state.queue.requeue_orphans().await?;
     if !orphans.is_empty() {
         tracing::info!(
@@ -235,7 +245,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         );
     }
     let shutdown = state.shutdown.clone();
-    let (writer, writer_task) = MetricWriter::spawn(pool.clone(), state.events.clone());
+    let (writer, writer_task) = MetricWriter::spawn_with_store(pool.clone(), state.events.clone(), Some(store.clone()));
     let runner = Runner {
         queue: state.queue.clone(),
         pool: pool.clone(),
@@ -273,6 +283,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         tracing::info!("stopped");
         served.context("http server")
     });
-    tracing::info!(max_concurrent_runs = config.max_concurrent_runs, %worker, "listening on http://{addr}");
+    tracing::info!(
+        max_concurrent_runs = config.max_concurrent_runs,
+        %worker,
+        store = store.description(),
+        "listening on http://{addr}"
+    );
     Ok(Server { addr, state, shutdown, task })
 }

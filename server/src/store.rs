@@ -9,8 +9,10 @@
 //! the run later downloads the recorded checkpoints it lacks before training resumes.
 //!
 //! What the `checkpoints.path` column holds is therefore one of two things, told apart by
-//! [`Location::of`]: an absolute directory on the machine that wrote it (the default store, and
-//! every checkpoint recorded before stores existed), or a key relative to the store's URL. The
+//! [`Location::of`]: a directory on the machine that wrote it (the default store, and every
+//! checkpoint recorded before stores existed; relative to the server's working directory when
+//! its `--data-dir` was), or a key relative to the store's URL, always of the form
+//! `runs/<id>/attempt-<n>/checkpoint-<step>` (see [`checkpoint_key`]). The
 //! attempt in the key keeps a worker that lost its claim from overwriting, with a late upload,
 //! the checkpoint its run's new holder recorded at the same step.
 
@@ -30,8 +32,9 @@ use crate::db::checkpoints::CheckpointFile;
 /// The checkpoint store a server (or worker) was started with; cheap to clone.
 #[derive(Clone)]
 pub struct CheckpointStore {
-    /// The configured store, rooted at its URL's prefix (the data dir for the default).
-    store: Arc<dyn ObjectStore>,
+    /// The configured store, rooted at its URL's prefix (the data dir for the default; none
+    /// for [`CheckpointStore::directories`]).
+    store: Option<Arc<dyn ObjectStore>>,
     /// The filesystem from `/`, for checkpoints recorded by absolute path.
     files: Arc<LocalFileSystem>,
     /// The store is the data dir: checkpoints are recorded where the trainer wrote them.
@@ -61,10 +64,16 @@ pub enum Location {
 impl Location {
     /// Reads a `checkpoints.path` value.
     pub fn of(recorded: &str) -> Self {
-        if Path::new(recorded).is_absolute() {
-            Self::Dir(PathBuf::from(recorded))
-        } else {
+        let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let parts: Vec<&str> = recorded.split('/').collect();
+        let is_key = matches!(parts.as_slice(), ["runs", id, attempt, step]
+            if number(id)
+                && attempt.strip_prefix("attempt-").is_some_and(number)
+                && step.strip_prefix("checkpoint-").is_some_and(number));
+        if is_key {
             Self::Key(recorded.to_string())
+        } else {
+            Self::Dir(PathBuf::from(recorded))
         }
     }
 }
@@ -95,7 +104,10 @@ pub fn open(url: Option<&str>, data_dir: &Path) -> anyhow::Result<CheckpointStor
             if parsed.host_str().unwrap_or("").is_empty() {
                 return Err(bad("names no bucket (s3://BUCKET/PREFIX)"));
             }
-            let s3 = object_store::aws::AmazonS3Builder::from_env().with_url(raw).build().map_err(|e| bad(&e.to_string()))?;
+            let s3 = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(raw)
+                .build()
+                .map_err(|e| bad(&e.to_string()))?;
             Arc::new(PrefixStore::new(s3, prefix))
         }
         "gs" => {
@@ -120,9 +132,7 @@ pub fn open(url: Option<&str>, data_dir: &Path) -> anyhow::Result<CheckpointStor
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("--store {raw:?}: creating {}", dir.display()))?;
             Arc::new(
-                LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| bad(&e.to_string()))?
-                    .with_automatic_cleanup(true),
+                LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(&e.to_string()))?.with_automatic_cleanup(true),
             )
         }
         other => bail!("--store {raw:?}: unknown scheme {other}:// (use s3://, gs://, az:// or file://)"),
@@ -144,16 +154,37 @@ impl CheckpointStore {
         let (_, dir) = same_dir(data_dir, data_dir)?;
         let store = LocalFileSystem::new_with_prefix(&dir).with_context(|| format!("opening {}", dir.display()))?;
         Ok(Self {
-            store: Arc::new(store),
+            store: Some(Arc::new(store)),
             files: Arc::new(LocalFileSystem::new()),
             in_place: true,
             description: format!("the data dir {}", dir.display()),
         })
     }
 
+    /// Checkpoints recorded by directory only (state built without a configured store).
+    pub fn directories() -> Self {
+        Self {
+            store: None,
+            files: Arc::new(LocalFileSystem::new()),
+            in_place: true,
+            description: "no store".to_string(),
+        }
+    }
+
     /// A store that checkpoints are uploaded to (tests wrap a real one to inject faults).
     pub fn new(store: Arc<dyn ObjectStore>, description: String) -> Self {
-        Self { store, files: Arc::new(LocalFileSystem::new()), in_place: false, description }
+        Self { store: Some(store), files: Arc::new(LocalFileSystem::new()), in_place: false, description }
+    }
+
+    /// The configured object store (none for [`CheckpointStore::directories`]).
+    pub fn object_store(&self) -> Option<&Arc<dyn ObjectStore>> {
+        self.store.as_ref()
+    }
+
+    fn store(&self) -> StoreResult<&Arc<dyn ObjectStore>> {
+        self.store.as_ref().ok_or_else(|| {
+            "the checkpoint is in an object store, and this server was started without --store".to_string()
+        })
     }
 
     /// Whether checkpoints are kept where the trainer writes them (the default store).
@@ -169,12 +200,13 @@ impl CheckpointStore {
     fn locate(&self, location: &Location, name: &str) -> StoreResult<(&dyn ObjectStore, Key)> {
         match location {
             Location::Dir(dir) => {
-                let key = Key::from_absolute_path(dir.join(name)).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let path = std::path::absolute(dir.join(name)).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let key = Key::from_absolute_path(path).map_err(|e| format!("{}: {e}", dir.display()))?;
                 Ok((self.files.as_ref(), key))
             }
             Location::Key(prefix) => {
                 let key = Key::parse(format!("{prefix}/{name}")).map_err(|e| format!("{prefix}/{name}: {e}"))?;
-                Ok((self.store.as_ref(), key))
+                Ok((self.store()?.as_ref(), key))
             }
         }
     }
@@ -202,25 +234,22 @@ impl CheckpointStore {
         let (_, key) = self.locate(location, name)?;
         let mut file = tokio::fs::File::open(from).await.map_err(|e| format!("{}: {e}", from.display()))?;
         // Small files go up in one PUT, large ones as a multipart upload of 10 MiB parts.
-        let mut writer = object_store::buffered::BufWriter::new(self.store.clone(), key);
-        let copied = tokio::io::copy(&mut file, &mut writer).await;
-        let copied = match copied {
-            Ok(_) => writer.shutdown().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = copied {
+        let mut writer = object_store::buffered::BufWriter::new(self.store()?.clone(), key);
+        if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
+            // Drops the parts of a multipart upload sent so far.
             let _ = writer.abort().await;
             return Err(e.to_string());
         }
-        Ok(())
+        writer.shutdown().await.map_err(|e| e.to_string())
     }
 
     /// Deletes a recorded checkpoint's objects (a key's; a directory is the trainer's to remove).
     pub async fn remove(&self, location: &Location) -> StoreResult<()> {
         let Location::Key(prefix) = location else { return Ok(()) };
         let prefix = Key::parse(prefix).map_err(|e| e.to_string())?;
-        let listed = self.store.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
-        let mut deleted = self.store.delete_stream(listed);
+        let store = self.store()?;
+        let listed = store.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
+        let mut deleted = store.delete_stream(listed);
         while let Some(result) = deleted.next().await {
             match result {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
@@ -285,7 +314,14 @@ mod tests {
     #[test]
     fn recorded_paths_are_directories_when_absolute_and_store_keys_otherwise() {
         assert_eq!(Location::of("/data/runs/1/checkpoint-5"), Location::Dir("/data/runs/1/checkpoint-5".into()));
-        assert_eq!(Location::of("runs/1/attempt-2/checkpoint-5"), Location::Key("runs/1/attempt-2/checkpoint-5".into()));
+        assert_eq!(
+            Location::of("runs/1/attempt-2/checkpoint-5"),
+            Location::Key("runs/1/attempt-2/checkpoint-5".into())
+        );
+        // A data dir given as a relative path recorded relative paths.
+        for dir in ["goodhart-data/runs/1/checkpoint-5", "runs/1/checkpoint-5", "./runs/1/attempt-2/checkpoint-5"] {
+            assert_eq!(Location::of(dir), Location::Dir(dir.into()));
+        }
         assert_eq!(checkpoint_key(1, 2, 5), "runs/1/attempt-2/checkpoint-5");
     }
 
@@ -325,7 +361,8 @@ mod tests {
         let key = store.upload(&dir, "runs/1/attempt-1/checkpoint-3", &files).await.unwrap();
         let location = Location::of(&key);
         assert_eq!(store.size(&location, "a.bin").await.unwrap(), 10);
-        let part: Vec<axum::body::Bytes> = store.read(&location, "a.bin", Some((2, 4))).await.unwrap().try_collect().await.unwrap();
+        let part: Vec<axum::body::Bytes> =
+            store.read(&location, "a.bin", Some((2, 4))).await.unwrap().try_collect().await.unwrap();
         assert_eq!(part.concat(), b"234");
         let copy = data.path().join("copy");
         store.download(&location, &files, &copy).await.unwrap();

@@ -22,6 +22,14 @@ pub struct ServeArgs {
     /// Checkpoints and caches (`runs/<id>/checkpoint-<step>/`).
     #[arg(long, env = "GOODHART_DATA_DIR", default_value = "./goodhart-data")]
     pub data_dir: PathBuf,
+    /// Where checkpoints are kept: `s3://BUCKET/PREFIX` (S3 or an S3-compatible server),
+    /// `gs://BUCKET/PREFIX`, `az://CONTAINER/PREFIX` or `file:///DIR`, with credentials,
+    /// endpoint and region from the environment as each cloud's SDK reads them
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+    /// `AWS_ALLOW_HTTP`, …) [default: the data dir]. Servers and workers sharing a database
+    /// must share it.
+    #[arg(long, env = "GOODHART_STORE")]
+    pub store: Option<String>,
     /// Run configs may only name models inside this directory.
     #[arg(long, env = "GOODHART_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
@@ -92,6 +100,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         allowed_hosts: args.allowed_hosts.into_iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect(),
         database_url: args.database_url,
         data_dir: args.data_dir,
+        store: args.store,
         models_dir: args.models_dir,
         datasets_dir: args.datasets_dir,
         max_concurrent_runs: args.max_concurrent_runs.unwrap_or((cores / 2).max(1)),

@@ -67,6 +67,24 @@ pub async fn delete(conn: &mut SqliteConnection, run_id: i64, step: i64) -> sqlx
     Ok(())
 }
 
+/// Where the checkpoint of `step` is recorded to be, if it is (see [`crate::store::Location`]).
+pub async fn path_of(conn: &mut SqliteConnection, run_id: i64, step: i64) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("select path from checkpoints where run_id = $1 and step = $2")
+        .bind(run_id)
+        .bind(step)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Where the checkpoints after `step` are recorded to be.
+pub async fn paths_after(conn: &mut SqliteConnection, run_id: i64, step: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("select path from checkpoints where run_id = $1 and step > $2")
+        .bind(run_id)
+        .bind(step)
+        .fetch_all(conn)
+        .await
+}
+
 /// Forgets checkpoints after `step` (the run resumed from an earlier one).
 pub async fn delete_after(conn: &mut SqliteConnection, run_id: i64, step: i64) -> sqlx::Result<()> {
     sqlx::query("delete from checkpoints where run_id = ? and step > ?").bind(run_id).bind(step).execute(conn).await?;

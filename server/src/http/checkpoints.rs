@@ -1,9 +1,9 @@
 //! `/api/runs/{id}/checkpoints`: the list, a streamed tar of one checkpoint, and single files
-//! with HTTP Range support. File names and directories come from the database, never from the
-//! URL: the URL's name only selects one of the recorded files.
+//! with HTTP Range support, read from the checkpoint store (`--store`, or the directory the
+//! checkpoint was recorded in) as they are sent. File names and locations come from the
+//! database, never from the URL: the URL's name only selects one of the recorded files.
 
-use std::io::{self, SeekFrom, Write};
-use std::path::PathBuf;
+use std::io::{self, Read, Write};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -13,15 +13,15 @@ use axum::routing::get;
 use axum::{Json, Router};
 use schemars::JsonSchema;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::io::ReaderStream;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::error::{Error, Result};
 use super::runs::{find, parse_id};
 use super::AppState;
 use crate::db::checkpoints::{self, Checkpoint};
+use crate::store::Location;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -91,21 +91,62 @@ impl Write for ChannelWriter {
     }
 }
 
-/// The checkpoint's directory as a tar stream (`checkpoint-<step>/<file>`), built on a blocking
-/// thread while it is sent, so no archive is ever held whole in memory or on disk.
+/// Reads exactly `left` bytes, failing rather than ending early (a tar entry's size is in its
+/// header before its bytes).
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stored file ended early"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The mtime `tar::HeaderMode::Deterministic` writes.
+const DETERMINISTIC_MTIME: u64 = 1_153_704_088;
+
+/// The checkpoint as a tar stream (`checkpoint-<step>/<file>`), built on a blocking thread from
+/// the store's streams while it is sent, so no archive is ever held whole in memory or on disk.
 async fn archive(State(state): State<AppState>, Path((id, step)): Path<(String, String)>) -> Result<Response> {
     let (run_id, checkpoint) = find_checkpoint(&state, &id, &step).await?;
     let files = checkpoints::files(&state.pool, run_id, checkpoint.step).await?;
-    let dir = PathBuf::from(&checkpoint.path);
+    let location = Location::of(&checkpoint.path);
     let prefix = format!("checkpoint-{}", checkpoint.step);
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let (store, runtime) = (state.store.clone(), tokio::runtime::Handle::current());
     tokio::task::spawn_blocking(move || {
         let errors = tx.clone();
         let result = (|| -> io::Result<()> {
             let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 16, ChannelWriter(tx)));
-            tar.mode(tar::HeaderMode::Deterministic);
             for f in &files {
-                tar.append_path_with_name(dir.join(&f.name), format!("{prefix}/{}", f.name))?;
+                let opened = runtime.block_on(async {
+                    let size = store.size(&location, &f.name).await?;
+                    Ok::<_, String>((size, store.read(&location, &f.name, None).await?))
+                });
+                let (size, stream) = opened.map_err(io::Error::other)?;
+                let mut header = tar::Header::new_gnu();
+                header.set_size(size);
+                header.set_mode(0o644);
+                header.set_mtime(DETERMINISTIC_MTIME);
+                header.set_uid(0);
+                header.set_gid(0);
+                header.set_entry_type(tar::EntryType::Regular);
+                let reader = Exact {
+                    inner: SyncIoBridge::new_with_handle(StreamReader::new(stream), runtime.clone()),
+                    left: size,
+                };
+                tar.append_data(&mut header, format!("{prefix}/{}", f.name), reader)?;
             }
             tar.into_inner()?.flush()
         })();
@@ -161,28 +202,27 @@ async fn file(
         .into_iter()
         .find(|f| f.name == name)
         .ok_or_else(|| Error::NotFound(format!("file {name:?} in checkpoint {}", checkpoint.step)))?;
-    let path = PathBuf::from(&checkpoint.path).join(&entry.name);
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| Error::Internal(format!("checkpoint file {}: {e}", path.display())))?;
-    let len = file.metadata().await.map_err(|e| Error::Internal(e.to_string()))?.len();
+    let location = Location::of(&checkpoint.path);
+    let store = &state.store;
+    let internal = |e: String| Error::Internal(format!("checkpoint {} of run {run_id}: {e}", checkpoint.step));
+    let len = store.size(&location, &entry.name).await.map_err(internal)?;
     let disposition = format!("attachment; filename=\"{}\"", entry.name);
     let mut response = match parse_range(headers.get(header::RANGE), len) {
         None => Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_LENGTH, len)
-            .body(Body::from_stream(ReaderStream::new(file))),
+            .body(Body::from_stream(store.read(&location, &entry.name, None).await.map_err(internal)?)),
         Some(Err(())) => Response::builder()
             .status(StatusCode::RANGE_NOT_SATISFIABLE)
             .header(header::CONTENT_RANGE, format!("bytes */{len}"))
             .body(Body::empty()),
         Some(Ok((start, end))) => {
-            file.seek(SeekFrom::Start(start)).await.map_err(|e| Error::Internal(e.to_string()))?;
+            let part = store.read(&location, &entry.name, Some((start, end))).await.map_err(internal)?;
             Response::builder()
                 .status(StatusCode::PARTIAL_CONTENT)
                 .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
                 .header(header::CONTENT_LENGTH, end - start + 1)
-                .body(Body::from_stream(ReaderStream::new(file.take(end - start + 1))))
+                .body(Body::from_stream(part))
         }
     }
     .map_err(|e| Error::Internal(e.to_string()))?;

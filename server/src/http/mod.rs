@@ -75,6 +75,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// What ended runs serve (their series for the pages, their metrics API answers).
     pub ended_runs: Arc<cache::EndedRunCache>,
+    /// Where checkpoint downloads are read from (`--store`; set by [`crate::lifecycle::start`]).
+    pub store: crate::store::CheckpointStore,
 }
 
 impl AppState {
@@ -91,6 +93,7 @@ impl AppState {
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
             ended_runs: Arc::default(),
+            store: crate::store::CheckpointStore::directories(),
         }
     }
 }

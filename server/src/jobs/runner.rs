@@ -22,6 +22,7 @@ use trainer::train::TrainOutcome;
 use super::queue::{Claim, Outcome, QueueError, RunQueue};
 use super::sink::{DbSink, MetricWriter, WriteMsg};
 use crate::db::{self, Pool};
+use crate::store::{CheckpointStore, Location};
 
 /// What a claimed run executes: `trainer::train::train_with`, except in tests of the failure paths.
 pub type TrainFn = fn(&RunConfig, &Path, bool, &mut dyn MetricSink) -> trainer::Result<TrainOutcome>;
@@ -209,7 +210,10 @@ async fn train_blocking(
         // Stored relative to the data directory: each server keeps the cache in its own.
         cfg.toy_cache_dir = Some(super::toy_cache_dir(&cfg, &dirs.data));
     }
-    discard_unrecorded_checkpoints(pool, claim.run_id, &output_dir).await?;
+    match writer.store() {
+        None => discard_unrecorded_checkpoints(pool, claim.run_id, &output_dir).await?,
+        Some(store) => fetch_recorded_checkpoints(store, pool, claim.run_id, &output_dir).await?,
+    }
     // Without a checkpoint the run starts over: forget anything an earlier attempt logged.
     let has_checkpoint = trainer::checkpoint::latest(&output_dir).map_err(|e| e.to_string())?.is_some();
     if !has_checkpoint {
@@ -280,6 +284,74 @@ async fn discard_unrecorded_checkpoints(pool: &Pool, run_id: i64, output_dir: &P
         std::fs::remove_dir_all(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// With a checkpoint store: makes this worker's run directory (its scratch) hold the run's
+/// recorded checkpoints, each as recorded. A local copy that is missing (another machine wrote
+/// it, or this one lost its disk) or whose digest differs (another claim recorded that step
+/// since) is downloaded from the store; one the database does not list is removed, for the
+/// reasons [`discard_unrecorded_checkpoints`] gives. The trainer then resumes from the latest.
+async fn fetch_recorded_checkpoints(
+    store: &CheckpointStore,
+    pool: &Pool,
+    run_id: i64,
+    output_dir: &Path,
+) -> Result<(), String> {
+    let recorded =
+        db::checkpoints::list(pool, run_id).await.map_err(|e| format!("listing the run's checkpoints: {e}"))?;
+    let steps: HashSet<String> = recorded.iter().map(|c| format!("checkpoint-{}", c.step)).collect();
+    if let Ok(entries) = std::fs::read_dir(output_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("checkpoint-") || steps.contains(&name) {
+                continue;
+            }
+            let path = entry.path();
+            tracing::warn!(run_id, dir = %path.display(), "removing a checkpoint that the database does not list");
+            std::fs::remove_dir_all(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        }
+    }
+    for c in &recorded {
+        let local = output_dir.join(format!("checkpoint-{}", c.step));
+        if local.is_dir() && digest(local.clone()).await.is_ok_and(|d| d == c.sha256) {
+            continue;
+        }
+        let location = Location::of(&c.path);
+        if let Location::Dir(dir) = &location {
+            if !dir.is_dir() {
+                // Recorded in another machine's data dir (before this store was configured).
+                tracing::warn!(run_id, step = c.step, dir = %dir.display(), "a recorded checkpoint is not on this machine");
+                continue;
+            }
+        }
+        tracing::info!(run_id, step = c.step, from = %c.path, store = store.description(), "downloading a checkpoint");
+        let files = db::checkpoints::files(pool, run_id, c.step)
+            .await
+            .map_err(|e| format!("listing checkpoint {}'s files: {e}", c.step))?;
+        store
+            .download(&location, &files, &local)
+            .await
+            .map_err(|e| format!("downloading checkpoint {} of run {run_id}: {e}", c.step))?;
+        let got = digest(local.clone()).await?;
+        if got != c.sha256 {
+            return Err(format!(
+                "checkpoint {} of run {run_id} in {} does not match its recorded digest ({got} != {})",
+                c.step,
+                store.description(),
+                c.sha256
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The digest [`super::sink::hash_dir`] records for a checkpoint directory, off the runtime.
+async fn digest(dir: PathBuf) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || {
+        super::sink::hash_dir(&dir).map(|(sha256, _)| sha256).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {

@@ -12,6 +12,11 @@
 //! checkpoint after a crash has every earlier step stored, and its later steps are deleted and
 //! logged again. A checkpoint the trainer no longer keeps is forgotten here before its directory
 //! is removed.
+//!
+//! Checkpoint rule: with a [`CheckpointStore`] other than the data dir, a checkpoint is recorded
+//! only after every file of it is uploaded (by the trainer's thread, which waits), and the
+//! objects of checkpoints the database forgets (or never took, the claim being lost) are
+//! deleted from the store after the commit that forgot them.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -27,6 +32,7 @@ use trainer::metrics::{MetricSink, Metrics};
 use super::event_bus::{data_line, metrics_json, EventBus, RunEvent, SftData};
 use super::queue::{self, Lease};
 use crate::db::{self, checkpoints::CheckpointFile, metrics::MetricRow, Pool};
+use crate::store::{checkpoint_key, CheckpointStore, Location};
 
 /// The most messages one transaction takes.
 const MAX_BATCH: usize = 4096;
@@ -78,15 +84,30 @@ pub struct MetricWriter {
     /// Set when a batch could not be committed after retries; every sink then fails its run
     /// rather than train on while losing metrics.
     failure: Arc<Mutex<Option<String>>>,
+    /// Where checkpoints are uploaded; `None`: recorded where the trainer wrote them.
+    store: Option<CheckpointStore>,
+    /// The runtime the trainers' threads upload on.
+    runtime: tokio::runtime::Handle,
 }
 
 impl MetricWriter {
     /// Starts the writer task; it ends when every handle is dropped and the queue is drained.
+    /// Checkpoints are recorded where the trainer wrote them.
     pub fn spawn(pool: Pool, events: EventBus) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::spawn_with_store(pool, events, None)
+    }
+
+    /// [`MetricWriter::spawn`], with checkpoints uploaded to `store` before they are recorded.
+    pub fn spawn_with_store(
+        pool: Pool,
+        events: EventBus,
+        store: Option<CheckpointStore>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let store = store.filter(|s| !s.in_place());
         let (tx, rx) = mpsc::channel(65_536);
         let failure = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(write_loop(pool, events, rx, failure.clone()));
-        (Self { tx, failure }, task)
+        let task = tokio::spawn(write_loop(pool, events, rx, failure.clone(), store.clone()));
+        (Self { tx, failure, store, runtime: tokio::runtime::Handle::current() }, task)
     }
 
     /// From a blocking thread; waits when the writer is behind (backpressure).
@@ -111,6 +132,11 @@ impl MetricWriter {
         rx.await.map_err(|_| "the metrics writer has stopped".to_string())?
     }
 
+    /// Where checkpoints are uploaded; `None` when they stay where the trainer writes them.
+    pub fn store(&self) -> Option<&CheckpointStore> {
+        self.store.as_ref()
+    }
+
     fn failure(&self) -> Option<String> {
         self.failure.lock().expect("failure lock").clone()
     }
@@ -121,6 +147,7 @@ async fn write_loop(
     events: EventBus,
     mut rx: mpsc::Receiver<WriteMsg>,
     failure: Arc<Mutex<Option<String>>>,
+    store: Option<CheckpointStore>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -139,9 +166,18 @@ async fn write_loop(
             tracing::error!(error = %e, "metrics batch lost");
             *failure.lock().expect("failure lock") = Some(e.clone());
         }
-        let held = result.as_ref().ok();
+        let held = result.as_ref().ok().map(|(held, _)| held);
         // Subscribers hear only what was stored.
         let stored = |lease: &Lease| held.is_some_and(|h| h.contains(lease));
+        if let Some(store) = &store {
+            // Uploaded but never recorded (the claim was lost), or recorded and now forgotten.
+            let mut doomed: Vec<String> = result.as_ref().map(|(_, forgotten)| forgotten.clone()).unwrap_or_default();
+            doomed.extend(batch.iter().filter_map(|msg| match msg {
+                WriteMsg::Checkpoint { lease, path, .. } if held.is_some() && !stored(lease) => Some(path.clone()),
+                _ => None,
+            }));
+            remove_objects(store, doomed);
+        }
         for msg in batch.drain(..) {
             match msg {
                 WriteMsg::Flush(ack) => {
@@ -181,9 +217,25 @@ impl WriteMsg {
     }
 }
 
+/// Deletes, in the background and best effort, the objects of checkpoints no record lists.
+fn remove_objects(store: &CheckpointStore, recorded_paths: Vec<String>) {
+    for path in recorded_paths {
+        let location = Location::of(&path);
+        if !matches!(location, Location::Key(_)) {
+            continue;
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.remove(&location).await {
+                tracing::warn!(key = path, error = %e, "deleting a forgotten checkpoint from the store failed");
+            }
+        });
+    }
+}
+
 /// One transaction for the whole batch, applied in order, of the messages whose claims are
-/// still held; answers those claims.
-async fn commit(pool: &Pool, batch: &[WriteMsg]) -> sqlx::Result<HashSet<Lease>> {
+/// still held; answers those claims, and the recorded paths of the checkpoints it forgot.
+async fn commit(pool: &Pool, batch: &[WriteMsg]) -> sqlx::Result<(HashSet<Lease>, Vec<String>)> {
     let mut tx = pool.begin_with(db::BEGIN_WRITE).await?;
     let leases: Vec<Lease> = batch.iter().filter_map(WriteMsg::lease).collect::<HashSet<_>>().into_iter().collect();
     let held = queue::still_held(&mut tx, &leases).await?;
@@ -193,6 +245,7 @@ async fn commit(pool: &Pool, batch: &[WriteMsg]) -> sqlx::Result<HashSet<Lease>>
     }
     let mut rows: Vec<MetricRow> = Vec::new();
     let mut progress: HashMap<i64, (i64, i64)> = HashMap::new();
+    let mut forgotten: Vec<String> = Vec::new();
     for msg in batch.iter().filter(|m| m.lease().is_some_and(|l| held.contains(&l))) {
         match msg {
             WriteMsg::Metrics { lease, step, values } => rows.extend(values.iter().map(|(name, value)| MetricRow {
@@ -207,12 +260,16 @@ async fn commit(pool: &Pool, batch: &[WriteMsg]) -> sqlx::Result<HashSet<Lease>>
             WriteMsg::ResumedAt { lease, step } => {
                 db::metrics::upsert(&mut tx, &std::mem::take(&mut rows)).await?;
                 db::metrics::delete_after(&mut tx, lease.run_id, *step).await?;
+                forgotten.extend(db::checkpoints::paths_after(&mut tx, lease.run_id, *step).await?);
                 db::checkpoints::delete_after(&mut tx, lease.run_id, *step).await?;
             }
             WriteMsg::Checkpoint { lease, step, path, sha256, files } => {
+                // Re-recorded by another claim: the earlier upload is no longer listed.
+                forgotten.extend(db::checkpoints::path_of(&mut tx, lease.run_id, *step).await?.filter(|p| p != path));
                 db::checkpoints::upsert(&mut tx, lease.run_id, *step, path, sha256, files, db::now_ms()).await?;
             }
             WriteMsg::CheckpointDeleted { lease, step } => {
+                forgotten.extend(db::checkpoints::path_of(&mut tx, lease.run_id, *step).await?);
                 db::checkpoints::delete(&mut tx, lease.run_id, *step).await?;
             }
             WriteMsg::Sft { lease, step, values, .. } => rows.extend(values.iter().map(|(name, value)| MetricRow {
@@ -229,7 +286,7 @@ async fn commit(pool: &Pool, batch: &[WriteMsg]) -> sqlx::Result<HashSet<Lease>>
         db::runs::set_progress(&mut tx, run_id, step, total).await?;
     }
     tx.commit().await?;
-    Ok(held)
+    Ok((held, forgotten))
 }
 
 /// The trainer's sink for a queued run.
@@ -308,15 +365,28 @@ impl MetricSink for DbSink {
         self.flush()
     }
 
+    /// Recorded once it is durable: with a store, after every file is uploaded.
     fn checkpoint_saved(&mut self, step: u64, dir: &Path) -> trainer::Result<()> {
         let (sha256, files) = hash_dir(dir)?;
-        self.send(WriteMsg::Checkpoint {
-            lease: self.lease,
-            step: step_i64(step),
-            path: dir.to_string_lossy().into_owned(),
-            sha256,
-            files,
-        })?;
+        let step = step_i64(step);
+        let path = match &self.writer.store {
+            None => dir.to_string_lossy().into_owned(),
+            Some(store) => {
+                let key = checkpoint_key(self.lease.run_id, self.lease.attempt, step);
+                let uploaded = self.writer.runtime.block_on(store.upload(dir, &key, &files));
+                uploaded.map_err(|e| {
+                    tracing::error!(run_id = self.lease.run_id, step, error = %e, "uploading a checkpoint failed");
+                    trainer::Error::Checkpoint {
+                        path: dir.to_path_buf(),
+                        message: format!(
+                            "uploading it to the checkpoint store failed, so it was not recorded: {}",
+                            crate::public::internal(&e)
+                        ),
+                    }
+                })?
+            }
+        };
+        self.send(WriteMsg::Checkpoint { lease: self.lease, step, path, sha256, files })?;
         self.flush()
     }
 
