@@ -4,6 +4,7 @@ mod serve;
 mod sweep;
 mod sweep_report;
 mod train;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
     /// The web server: a run queue, background trainers and the JSON API.
     Serve(Box<serve::ServeArgs>),
+    /// A trainer without HTTP, for GPU machines: claims runs from the shared database.
+    Worker(Box<worker::WorkerArgs>),
     /// Benchmarks: `goodhart bench trainer`, `device`, `kernels`, `eval`, `scale`, `server`, `data`, `ui`.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -32,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Sweep(args) => sweep::run(&args),
         Command::Serve(args) => serve::run(*args),
+        Command::Worker(args) => worker::run(*args),
         Command::Bench(cmd) => crate::bench::run(cmd),
     }
 }
