@@ -14,10 +14,10 @@ pub mod sweeps;
 pub mod testing;
 
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyConnection, Arguments, Connection, Encode, Executor, FromRow, Type};
+use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyConnection, Arguments, ConnectOptions, Connection, Encode, Executor, FromRow, Type};
 
 /// The database handle everything outside `db/` and the queue holds: one pool type for both
 /// backends. (An alias rather than a wrapper: callers only pass it back into `db::` functions.)
@@ -119,7 +119,12 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Po
                 Ok(())
             })
         })
-        .connect(&normalized_url(database_url))
+        .connect_with(
+            normalized_url(database_url)
+                .parse::<AnyConnectOptions>()?
+                // sqlx logs a slow statement whole: a 4000-row metrics insert is 100 KB of text.
+                .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(60)),
+        )
         .await?;
     match backend {
         Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
