@@ -10,6 +10,7 @@
 
 mod data;
 mod gpu;
+mod scale_out;
 mod server;
 mod ui;
 
@@ -43,6 +44,12 @@ pub enum BenchCommand {
     Scale(gpu::ScaleBenchArgs),
     /// The server's load benchmark: metric ingestion, metrics GET latency, SSE fan-out cost.
     Server(server::ServerBenchArgs),
+    /// Scale-out on Postgres (and SQLite): ingestion from worker processes, claim latency, SSE
+    /// fan-out across processes, the runs page with 10,000 runs.
+    ScaleOut(scale_out::ScaleOutBenchArgs),
+    /// One worker process of `scale-out` (what it spawns).
+    #[command(hide = true)]
+    ScaleOutWorker(scale_out::ScaleOutWorkerArgs),
     /// CPU steps per second of the training loop on generated HH-style data (~10M-parameter
     /// Llama, 512-token sequences).
     Data(data::DataBenchArgs),
@@ -401,6 +408,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Eval(args) => gpu::eval(&args),
         BenchCommand::Scale(args) => gpu::scale(&args),
         BenchCommand::Server(args) => server::run(&args),
+        BenchCommand::ScaleOut(args) => scale_out::run(&args),
+        BenchCommand::ScaleOutWorker(args) => scale_out::worker(&args),
         BenchCommand::Data(args) => data::run(&args),
         BenchCommand::Ui(args) => ui::run(&args),
     }

@@ -73,7 +73,7 @@ pub enum ServerBenchPart {
     SlowHeaders,
 }
 
-const METRIC_NAMES: [&str; 12] = [
+pub(super) const METRIC_NAMES: [&str; 12] = [
     names::LOSS,
     names::GRAD_NORM,
     names::LEARNING_RATE,
@@ -88,12 +88,12 @@ const METRIC_NAMES: [&str; 12] = [
     names::EVAL_GOLD_REWARD,
 ];
 
-fn step_metrics(step: u64) -> Metrics {
+pub(super) fn step_metrics(step: u64) -> Metrics {
     let s = step as f64;
     METRIC_NAMES.iter().enumerate().map(|(i, n)| ((*n).to_string(), (s * 0.001 + i as f64).sin())).collect()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -101,7 +101,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     percentile(&values, 50.0)
 }

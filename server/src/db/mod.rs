@@ -14,10 +14,10 @@ pub mod sweeps;
 pub mod testing;
 
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyConnection, Arguments, Connection, Encode, Executor, FromRow, Type};
+use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyConnection, Arguments, ConnectOptions, Connection, Encode, Executor, FromRow, Type};
 
 /// The database handle everything outside `db/` and the queue holds: one pool type for both
 /// backends. (An alias rather than a wrapper: callers only pass it back into `db::` functions.)
@@ -103,19 +103,28 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Po
         .max_connections(max_connections)
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                if backend == Backend::Sqlite {
+                match backend {
                     // WAL + NORMAL is durable across process crashes (only an OS crash can
                     // lose the last commits).
-                    conn.execute(
+                    Backend::Sqlite => conn.execute(
                         "pragma journal_mode = wal; pragma synchronous = normal; \
                          pragma busy_timeout = 10000; pragma foreign_keys = on;",
-                    )
-                    .await?;
+                    ),
+                    // A worker cut off from the database inside a transaction would otherwise
+                    // keep its row locks (the metric writer's share lock on its runs) until
+                    // TCP gives up, hours later, and no reclaim could take its runs back.
+                    Backend::Postgres => conn.execute("set idle_in_transaction_session_timeout = '10s'"),
                 }
+                .await?;
                 Ok(())
             })
         })
-        .connect(&normalized_url(database_url))
+        .connect_with(
+            normalized_url(database_url)
+                .parse::<AnyConnectOptions>()?
+                // sqlx logs a slow statement whole: a 4000-row metrics insert is 100 KB of text.
+                .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(60)),
+        )
         .await?;
     match backend {
         Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
