@@ -1,9 +1,12 @@
 //! All SQL, one file per table. SQLite in WAL mode: readers never block the single writer.
 
+pub mod api_tokens;
 pub mod checkpoints;
 pub mod metrics;
 pub mod runs;
+pub mod sessions;
 pub mod sweeps;
+pub mod users;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
