@@ -186,14 +186,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     if config.worker_id.as_deref().is_some_and(|w| w.trim().is_empty()) {
         bail!("--worker-id must not be empty (leave it out for the default: this host and the data dir)");
     }
-    let token = config.auth_token.clone().filter(|t| !t.is_empty());
-    if !config.bind.ip().is_loopback() && token.is_none() && !config.insecure {
-        bail!(
-            "refusing to listen on {} without --auth-token (or GOODHART_TOKEN): anyone who can reach it could \
-             start runs and download checkpoints. Pass --insecure to do it anyway.",
-            config.bind
-        );
-    }
     if config.max_connections == 0 {
         bail!("--max-connections must be at least 1");
     }
@@ -211,6 +203,15 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     let pool = crate::db::connect(&config.database_url)
         .await
         .with_context(|| format!("opening database {}", config.database_url))?;
+    // Users (`goodhart user add`) sign in as a token does.
+    let token = config.auth_token.clone().filter(|t| !t.is_empty());
+    if !config.bind.ip().is_loopback() && token.is_none() && !config.insecure && !crate::db::users::any(&pool).await? {
+        bail!(
+            "refusing to listen on {} without --auth-token (or GOODHART_TOKEN) or a user (`goodhart user add`): \
+             anyone who can reach it could start runs and download checkpoints. Pass --insecure to do it anyway.",
+            config.bind
+        );
+    }
     let worker = match &config.worker_id {
         Some(id) => id.trim().to_string(),
         None => default_worker_id(&config.data_dir)
@@ -249,7 +250,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         shutdown: shutdown.clone(),
     };
     if config.demo_if_empty && !crate::db::runs::any(&pool).await? {
-        let sweep = crate::http::pages::demo::queue(&state)
+        let sweep = crate::http::pages::demo::queue(&state, &crate::http::auth::Identity::Open)
             .await
             .map_err(|e| anyhow::anyhow!("queueing the demo sweep: {e}"))?;
         tracing::info!(sweep, "the database had no runs: queued the demo sweep");

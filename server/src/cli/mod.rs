@@ -4,6 +4,7 @@ mod serve;
 mod sweep;
 mod sweep_report;
 mod train;
+mod user;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
     /// The web server: a run queue, background trainers and the JSON API.
     Serve(Box<serve::ServeArgs>),
+    /// Who may sign in to the server: `goodhart user add NAME`, `list`, `remove`, `token`, `revoke-token`.
+    User(user::UserArgs),
     /// Benchmarks: `goodhart bench trainer`, `device`, `kernels`, `eval`, `scale`, `server`, `data`, `ui`.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -32,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Sweep(args) => sweep::run(&args),
         Command::Serve(args) => serve::run(*args),
+        Command::User(args) => user::run(args),
         Command::Bench(cmd) => crate::bench::run(cmd),
     }
 }

@@ -8,7 +8,7 @@ use crate::lifecycle::{start, ServeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Anything but loopback needs --auth-token (or --insecure).
+    /// Address to listen on. Anything but loopback needs --auth-token or a user (or --insecure).
     #[arg(long, env = "GOODHART_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
     /// A host name this server is reached by, besides its address and `localhost` (repeat it, or
@@ -71,7 +71,8 @@ pub struct ServeArgs {
     /// worker pool all runs share [default: the number of cores].
     #[arg(long, env = "GOODHART_MAX_THREADS_PER_RUN")]
     pub max_threads_per_run: Option<usize>,
-    /// Require `Authorization: Bearer <token>` on every mutating route and every download.
+    /// Require sign-in: the API takes `Authorization: Bearer <token>`, the pages this token as the
+    /// password of user `admin` (users from `goodhart user add` sign in too).
     #[arg(long, env = "GOODHART_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
     /// Listen on a non-loopback address without a token.
