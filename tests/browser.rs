@@ -275,9 +275,17 @@ async fn sign_in_journey(t: &common::TestServer, client: &Client, downloads: &Pa
     // Launch a small toy run from the form.
     client.find(Locator::Css("#f-task")).await.unwrap().select_by_value("toy-tree").await.unwrap();
     for (key, value) in [
-        ("max_steps", "20"), ("eval_steps", "5"), ("logging_steps", "5"), ("save_steps", "10"),
-        ("toy_num_prompts", "3"), ("toy_alphabet_size", "3"), ("toy_response_length", "3"),
-        ("toy_hidden_size", "16"), ("toy_num_layers", "1"), ("toy_num_heads", "2"), ("toy_pairs_per_prompt", "4"),
+        ("max_steps", "20"),
+        ("eval_steps", "5"),
+        ("logging_steps", "5"),
+        ("save_steps", "10"),
+        ("toy_num_prompts", "3"),
+        ("toy_alphabet_size", "3"),
+        ("toy_response_length", "3"),
+        ("toy_hidden_size", "16"),
+        ("toy_num_layers", "1"),
+        ("toy_num_heads", "2"),
+        ("toy_pairs_per_prompt", "4"),
         ("num_threads", "1"),
     ] {
         let field = client.find(Locator::Css(&format!("#f-{key}"))).await.unwrap_or_else(|_| panic!("#f-{key}"));
@@ -295,7 +303,9 @@ async fn sign_in_journey(t: &common::TestServer, client: &Client, downloads: &Pa
 
     // The API, for scripts, takes the token; the run finishes with its checkpoints.
     let api = reqwest::Client::builder()
-        .default_headers([("authorization".parse().unwrap(), "Bearer team-s3cret".parse().unwrap())].into_iter().collect())
+        .default_headers(
+            [("authorization".parse().unwrap(), "Bearer team-s3cret".parse().unwrap())].into_iter().collect(),
+        )
         .build()
         .unwrap();
     let run = common::wait_for(&api, &t.base, id, "finished", |r| r["status"] == "finished").await;

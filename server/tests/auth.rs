@@ -307,7 +307,8 @@ async fn a_users_api_token_works_until_revoked_and_runs_filter_by_who_launched_t
         let url = t.url(&format!("/api/runs{query}"));
         async move {
             let body: Value = client.get(url).send().await.unwrap().json().await.unwrap();
-            let mut ids: Vec<i64> = body["runs"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+            let mut ids: Vec<i64> =
+                body["runs"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
             ids.sort_unstable();
             (ids, body)
         }

@@ -148,7 +148,9 @@ async fn with_a_token_every_api_route_needs_it() {
     let anonymous = std::mem::replace(
         &mut t.client,
         reqwest::Client::builder()
-            .default_headers([("authorization".parse().unwrap(), "Bearer s3cret".parse().unwrap())].into_iter().collect())
+            .default_headers(
+                [("authorization".parse().unwrap(), "Bearer s3cret".parse().unwrap())].into_iter().collect(),
+            )
             .build()
             .unwrap(),
     );

@@ -64,9 +64,8 @@ pub fn run(args: UserArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let pool = db::connect(&args.database_url)
-            .await
-            .with_context(|| format!("opening database {}", args.database_url))?;
+        let pool =
+            db::connect(&args.database_url).await.with_context(|| format!("opening database {}", args.database_url))?;
         let done = command(&pool, args.command, password).await;
         pool.close().await;
         done

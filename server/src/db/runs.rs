@@ -151,12 +151,7 @@ pub async fn list_launched_by(
          and ($3 is null or launched_by = $3) order by {}",
         sort.order_by()
     );
-    sqlx::query_as(&sql)
-        .bind(status.map(RunStatus::as_str))
-        .bind(sweep_id)
-        .bind(launched_by)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(&sql).bind(status.map(RunStatus::as_str)).bind(sweep_id).bind(launched_by).fetch_all(pool).await
 }
 
 /// Records who launched these runs (right after the queue stored them).

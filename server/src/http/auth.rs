@@ -236,7 +236,8 @@ async fn login_page(State(state): State<AppState>, csrf: CsrfToken, Query(q): Qu
     if !required(&state).await? {
         return Ok(Redirect::to("/").into_response());
     }
-    let form = LoginPage { csrf: csrf.0, next: safe_next(q.next.as_deref()), user: String::new(), error: String::new() };
+    let form =
+        LoginPage { csrf: csrf.0, next: safe_next(q.next.as_deref()), user: String::new(), error: String::new() };
     page(StatusCode::OK, &form)
 }
 
@@ -269,10 +270,8 @@ async fn sign_in(State(state): State<AppState>, csrf: CsrfToken, headers: Header
     };
     db::sessions::add(&state.pool, &accounts::sha256_hex(&id), user_id, admin_token.as_deref(), expires).await?;
     let secure = if over_tls(&headers) { "; Secure" } else { "" };
-    let cookie = format!(
-        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        SESSION_DAYS * 86_400
-    );
+    let cookie =
+        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", SESSION_DAYS * 86_400);
     let mut response = Redirect::to(&next).into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
@@ -284,7 +283,8 @@ async fn sign_in(State(state): State<AppState>, csrf: CsrfToken, headers: Header
 async fn check_password(state: &AppState, user: &str, password: String) -> Result<Option<Option<i64>>, Error> {
     if user.is_empty() || user.eq_ignore_ascii_case(ADMIN) {
         let token = state.settings.auth_token.as_deref();
-        let ok = token.is_some_and(|t| !password.is_empty() && security::constant_time_eq(password.as_bytes(), t.as_bytes()));
+        let ok = token
+            .is_some_and(|t| !password.is_empty() && security::constant_time_eq(password.as_bytes(), t.as_bytes()));
         return Ok(ok.then_some(None));
     }
     let found = db::users::by_name(&state.pool, user).await?;
@@ -329,7 +329,8 @@ mod tests {
     #[test]
     fn after_sign_in_a_browser_goes_back_only_to_this_servers_own_pages() {
         assert_eq!(safe_next(Some("/runs/3?x=1")), "/runs/3?x=1");
-        for elsewhere in [None, Some(""), Some("https://evil.example/"), Some("//evil.example"), Some("/\\evil"), Some("/login")]
+        for elsewhere in
+            [None, Some(""), Some("https://evil.example/"), Some("//evil.example"), Some("/\\evil"), Some("/login")]
         {
             assert_eq!(safe_next(elsewhere), "/", "{elsewhere:?}");
         }

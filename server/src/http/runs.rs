@@ -12,10 +12,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::auth::Identity;
 use super::datasets::check_datasets;
 use super::error::{Error, Result};
 use super::posted_config::{parse_body, prepare};
-use super::auth::Identity;
 use super::AppState;
 use crate::db::runs::{self, Run, RunStatus, Sort};
 use crate::jobs::queue::Cancelled;

@@ -12,11 +12,11 @@ use serde_json::{Map, Value};
 use trainer::config::RunConfig;
 use trainer::error::FieldError;
 
+use super::auth::Identity;
 use super::datasets::check_datasets;
 use super::error::{Error, Result};
 use super::posted_config::{parse_body, prepare};
 use super::runs::{parse_id, view, RunView};
-use super::auth::Identity;
 use super::AppState;
 use crate::db::runs::{self, Sort};
 use crate::db::sweeps;

@@ -14,9 +14,9 @@ use trainer::error::FieldError;
 
 use super::fields::{self, Group, Kind, FIELDS};
 use super::{page, pairs, see_other, value, PageError, PageResult};
+use crate::http::auth::Identity;
 use crate::http::error::Error;
 use crate::http::posted_config::prepare;
-use crate::http::auth::Identity;
 use crate::http::security::CsrfToken;
 use crate::http::AppState;
 

@@ -243,7 +243,8 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
         .map(|c| {
             let active = c == column;
             // A click sorts by the column, or flips the direction of the current one.
-            let next_desc = if active { !descending } else { !matches!(c, Column::Status | Column::Method | Column::LaunchedBy) };
+            let next_desc =
+                if active { !descending } else { !matches!(c, Column::Status | Column::Method | Column::LaunchedBy) };
             HeaderView {
                 title: c.title(),
                 href: keep(&[("sort", c.as_str().into()), ("dir", if next_desc { "desc" } else { "asc" }.into())]),
