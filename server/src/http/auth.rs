@@ -252,6 +252,9 @@ struct LoginForm {
 
 /// Checks a name and password (or the `--auth-token`), and on success starts a session.
 async fn sign_in(State(state): State<AppState>, csrf: CsrfToken, headers: HeaderMap, body: String) -> PageResult {
+    if !required(&state).await? {
+        return Ok(Redirect::to("/").into_response());
+    }
     let form: LoginForm = serde_urlencoded::from_str(&body)
         .map_err(|e| Error::BadRequest(format!("a sign-in form has a user and a password: {e}")))?;
     let next = safe_next(form.next.as_deref());
@@ -280,25 +283,24 @@ async fn sign_in(State(state): State<AppState>, csrf: CsrfToken, headers: Header
 }
 
 /// `Some(Some(user id))` for a user, `Some(None)` for the `--auth-token`, `None` for a wrong pair.
+/// Every attempt costs one argon2 verification, the token's too: guessing is as slow either way,
+/// and the time taken tells nothing of which names exist.
 async fn check_password(state: &AppState, user: &str, password: String) -> Result<Option<Option<i64>>, Error> {
-    if user.is_empty() || user.eq_ignore_ascii_case(ADMIN) {
-        let token = state.settings.auth_token.as_deref();
-        let ok = token
-            .is_some_and(|t| !password.is_empty() && security::constant_time_eq(password.as_bytes(), t.as_bytes()));
-        return Ok(ok.then_some(None));
-    }
-    let found = db::users::by_name(&state.pool, user).await?;
+    let as_admin = user.is_empty() || user.eq_ignore_ascii_case(ADMIN);
+    let found = if as_admin { None } else { db::users::by_name(&state.pool, user).await? };
+    let token = state.settings.auth_token.clone().filter(|_| as_admin);
     // argon2 takes tens of milliseconds on purpose: off the async workers.
-    let ok = tokio::task::spawn_blocking(move || match &found {
-        Some(u) => accounts::verify_password(&password, &u.password_hash).then_some(u.id),
-        None => {
+    tokio::task::spawn_blocking(move || match (&found, token) {
+        (Some(u), _) => accounts::verify_password(&password, &u.password_hash).then_some(Some(u.id)),
+        (None, token) => {
             accounts::verify_nobody(&password);
-            None
+            let right = token
+                .is_some_and(|t| !password.is_empty() && security::constant_time_eq(password.as_bytes(), t.as_bytes()));
+            right.then_some(None)
         }
     })
     .await
-    .map_err(|e| Error::Internal(format!("checking a password: {e}")))?;
-    Ok(ok.map(Some))
+    .map_err(|e| Error::Internal(format!("checking a password: {e}")))
 }
 
 /// Whether the browser reached this server over TLS, as the proxy in front of it says.
