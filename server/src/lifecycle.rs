@@ -170,6 +170,137 @@ impl Server {
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
+    let token = config.auth_token.clone().filter(|t| !t.is_empty());
+    if !config.bind.ip().is_loopback() && token.is_none() && !config.insecure && !has_users(&config).await? {
+        bail!(
+            "refusing to listen on {} without --auth-token (or GOODHART_TOKEN) or a user (`goodhart user add`): \
+             anyone who can reach it could start runs and download checkpoints. Pass --insecure to do it anyway.",
+            config.bind
+        );
+    }
+    if config.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    if config.header_read_timeout.is_zero() {
+        bail!("--header-read-timeout must be longer than 0");
+    }
+    if config.upload_idle_timeout.is_zero() {
+        bail!("--upload-idle-timeout must be longer than 0");
+    }
+    let jobs = start_jobs(&config).await?;
+    let state = jobs.state.clone();
+    let shutdown = state.shutdown.clone();
+    if config.demo_if_empty && !crate::db::runs::any(&state.pool).await? {
+        let sweep = crate::http::pages::demo::queue(&state, &crate::http::auth::Identity::Open)
+            .await
+            .map_err(|e| anyhow::anyhow!("queueing the demo sweep: {e}"))?;
+        tracing::info!(sweep, "the database had no runs: queued the demo sweep");
+    }
+    let listener =
+        tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let app = crate::app(state.clone());
+    let limits = crate::http::listen::Limits {
+        header_read_timeout: config.header_read_timeout,
+        max_connections: config.max_connections,
+    };
+    let http = tokio::spawn(crate::http::listen::serve(listener, app, limits, shutdown.clone()));
+    let task = tokio::spawn(async move {
+        let served = http.await;
+        jobs.finish().await?;
+        tracing::info!("stopped");
+        served.context("http server")
+    });
+    tracing::info!(
+        max_concurrent_runs = config.max_concurrent_runs,
+        worker = %state.queue.worker(),
+        "listening on http://{addr}{}",
+        if config.max_concurrent_runs == 0 { " (web and API only: runs train on `goodhart worker`s)" } else { "" }
+    );
+    Ok(Server { addr, state, shutdown, task })
+}
+
+/// Whether the database has users (`goodhart user add`), who sign in as a token does.
+async fn has_users(config: &ServeConfig) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let pool = crate::db::connect(&config.database_url)
+        .await
+        .with_context(|| format!("opening database {}", crate::db::redacted(&config.database_url)))?;
+    let any = crate::db::users::any(&pool).await;
+    pool.close().await;
+    Ok(any?)
+}
+
+/// A `goodhart worker`: claims and trains runs from the database, without HTTP.
+pub struct Worker {
+    pub state: AppState,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Worker {
+    /// Asks trainers to checkpoint (their runs go back to `queued` for any worker to resume),
+    /// commits the last metrics, and returns.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("worker task")?
+    }
+
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("worker task")?
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts a worker: `config`'s database, data dir (scratch space for checkpoints), store and
+/// run limits; its HTTP settings are not used.
+pub async fn start_worker(config: ServeConfig) -> anyhow::Result<Worker> {
+    if config.max_concurrent_runs == 0 {
+        bail!("--max-concurrent-runs must be at least 1 for a worker");
+    }
+    let jobs = start_jobs(&config).await?;
+    let state = jobs.state.clone();
+    let shutdown = state.shutdown.clone();
+    tracing::info!(max_concurrent_runs = config.max_concurrent_runs, worker = %state.queue.worker(), "worker started");
+    let task = tokio::spawn(async move {
+        jobs.state.shutdown.cancelled().await;
+        jobs.finish().await?;
+        tracing::info!("stopped");
+        Ok(())
+    });
+    Ok(Worker { state, shutdown, task })
+}
+
+/// What every process on the database runs besides HTTP: the queue (orphans and stale runs
+/// taken back at start), the metric writer, the runner (unless `--max-concurrent-runs 0`) and,
+/// on Postgres, the relay of live events between processes.
+struct Jobs {
+    state: AppState,
+    runner: Option<JoinHandle<()>>,
+    writer: JoinHandle<()>,
+    relay: Vec<JoinHandle<()>>,
+}
+
+impl Jobs {
+    /// After shutdown: trainers checkpoint and their runs are requeued; then the writer drains
+    /// and stops, and the relay sends what is left.
+    async fn finish(self) -> anyhow::Result<()> {
+        if let Some(runner) = self.runner {
+            runner.await.context("runner task")?;
+        }
+        self.writer.await.context("metrics writer task")?;
+        for task in self.relay {
+            task.await.context("live-event relay task")?;
+        }
+        self.state.pool.close().await;
+        Ok(())
+    }
+}
+
+async fn start_jobs(config: &ServeConfig) -> anyhow::Result<Jobs> {
     if config.heartbeat_interval.is_zero() {
         bail!("--heartbeat-interval must be longer than 0");
     }
@@ -186,15 +317,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     if config.worker_id.as_deref().is_some_and(|w| w.trim().is_empty()) {
         bail!("--worker-id must not be empty (leave it out for the default: this host and the data dir)");
     }
-    if config.max_connections == 0 {
-        bail!("--max-connections must be at least 1");
-    }
-    if config.header_read_timeout.is_zero() {
-        bail!("--header-read-timeout must be longer than 0");
-    }
-    if config.upload_idle_timeout.is_zero() {
-        bail!("--upload-idle-timeout must be longer than 0");
-    }
     if config.max_threads_per_run == 0 {
         bail!("--max-threads-per-run must be at least 1");
     }
@@ -202,16 +324,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let pool = crate::db::connect(&config.database_url)
         .await
-        .with_context(|| format!("opening database {}", config.database_url))?;
-    // Users (`goodhart user add`) sign in as a token does.
-    let token = config.auth_token.clone().filter(|t| !t.is_empty());
-    if !config.bind.ip().is_loopback() && token.is_none() && !config.insecure && !crate::db::users::any(&pool).await? {
-        bail!(
-            "refusing to listen on {} without --auth-token (or GOODHART_TOKEN) or a user (`goodhart user add`): \
-             anyone who can reach it could start runs and download checkpoints. Pass --insecure to do it anyway.",
-            config.bind
-        );
-    }
+        .with_context(|| format!("opening database {}", crate::db::redacted(&config.database_url)))?;
     let worker = match &config.worker_id {
         Some(id) => id.trim().to_string(),
         None => default_worker_id(&config.data_dir)
@@ -236,8 +349,21 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         );
     }
     let shutdown = state.shutdown.clone();
+    let relay = if crate::db::Backend::of_url(&config.database_url) == crate::db::Backend::Postgres {
+        crate::jobs::relay::start(
+            &config.database_url,
+            pool.clone(),
+            state.events.clone(),
+            state.queue.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .context("listening for other processes' live events (LISTEN goodhart_events)")?
+    } else {
+        Vec::new()
+    };
     let (writer, writer_task) = MetricWriter::spawn(pool.clone(), state.events.clone());
-    let runner = Runner {
+    let runner = (config.max_concurrent_runs > 0).then(|| Runner {
         queue: state.queue.clone(),
         pool: pool.clone(),
         train: trainer::train::train_with,
@@ -248,32 +374,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         heartbeat_interval: config.heartbeat_interval,
         stale_after: config.stale_after,
         shutdown: shutdown.clone(),
-    };
-    if config.demo_if_empty && !crate::db::runs::any(&pool).await? {
-        let sweep = crate::http::pages::demo::queue(&state, &crate::http::auth::Identity::Open)
-            .await
-            .map_err(|e| anyhow::anyhow!("queueing the demo sweep: {e}"))?;
-        tracing::info!(sweep, "the database had no runs: queued the demo sweep");
-    }
-    let listener =
-        tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
-    let addr = listener.local_addr()?;
-    let app = crate::app(state.clone());
-    let runner_task = tokio::spawn(runner.run());
-    let limits = crate::http::listen::Limits {
-        header_read_timeout: config.header_read_timeout,
-        max_connections: config.max_connections,
-    };
-    let http = tokio::spawn(crate::http::listen::serve(listener, app, limits, shutdown.clone()));
-    let task = tokio::spawn(async move {
-        let served = http.await;
-        // Trainers checkpoint and their runs are requeued; then the writer drains and stops.
-        runner_task.await.context("runner task")?;
-        writer_task.await.context("metrics writer task")?;
-        pool.close().await;
-        tracing::info!("stopped");
-        served.context("http server")
     });
-    tracing::info!(max_concurrent_runs = config.max_concurrent_runs, %worker, "listening on http://{addr}");
-    Ok(Server { addr, state, shutdown, task })
+    let runner = runner.map(|r| tokio::spawn(r.run()));
+    Ok(Jobs { state, runner, writer: writer_task, relay })
 }

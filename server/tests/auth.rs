@@ -72,9 +72,10 @@ async fn add_user(t: &TestServer, name: &str, password: &str) {
     server::db::users::add(&t.server.state.pool, name, &hash).await.unwrap().expect("a new user");
 }
 
-/// `goodhart user …` on the server's database, `stdin` piped in; (success, stdout, stderr).
-fn goodhart_user(t: &TestServer, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let db = format!("sqlite://{}", t.dir.path().join("goodhart.db").display());
+/// `goodhart user …` on the server's database (SQLite, or the test's Postgres database),
+/// `stdin` piped in; (success, stdout, stderr).
+async fn goodhart_user(t: &TestServer, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let db = server::db::testing::database_url(t.dir.path()).await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_goodhart"))
         .arg("user")
         .args(args)
@@ -270,24 +271,25 @@ async fn a_cross_site_form_post_is_refused_even_when_signed_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_api_token_works_until_revoked_and_runs_filter_by_who_launched_them() {
     let t = spawn_with(|c| c.auth_token = Some("s3cret".into())).await;
-    let (ok, _, err) = goodhart_user(&t, &["add", "alice", "--password-stdin"], "correct horse\n");
+    let (ok, _, err) = goodhart_user(&t, &["add", "alice", "--password-stdin"], "correct horse\n").await;
     assert!(ok, "{err}");
-    let (ok, _, err) = goodhart_user(&t, &["add", "bob", "--password-stdin"], "short\n");
+    let (ok, _, err) = goodhart_user(&t, &["add", "bob", "--password-stdin"], "short\n").await;
     assert!(!ok && err.contains("at least 8 characters"), "{err}");
-    let (ok, _, err) = goodhart_user(&t, &["add", "bob", "--password-stdin"], "battery staple\n");
+    let (ok, _, err) = goodhart_user(&t, &["add", "bob", "--password-stdin"], "battery staple\n").await;
     assert!(ok, "{err}");
-    let (ok, _, err) = goodhart_user(&t, &["add", "alice", "--password-stdin"], "another one\n");
+    let (ok, _, err) = goodhart_user(&t, &["add", "alice", "--password-stdin"], "another one\n").await;
     assert!(!ok && err.contains("already a user"), "{err}");
-    let (ok, _, err) = goodhart_user(&t, &["add", "admin", "--password-stdin"], "another one\n");
+    let (ok, _, err) = goodhart_user(&t, &["add", "admin", "--password-stdin"], "another one\n").await;
     assert!(!ok && err.contains("reserved"), "{err}");
-    let token = |user: &str, label: &str| {
-        let (ok, out, err) = goodhart_user(&t, &["token", user, "--label", label], "");
-        assert!(ok, "{err}");
-        out.trim().to_string()
-    };
-    let (alices, bobs) = (token("alice", "ci"), token("bob", "laptop"));
+    let mut tokens = Vec::new();
+    for (user, label) in [("alice", "ci"), ("bob", "laptop")] {
+        let (ok, out, err) = goodhart_user(&t, &["token", user, "--label", label], "").await;
+        assert!(ok && err.contains("shown once"), "{err}");
+        tokens.push(out.trim().to_string());
+    }
+    let (alices, bobs) = (tokens[0].clone(), tokens[1].clone());
     assert!(alices.starts_with("gdh_") && alices != bobs);
-    let (_, listed, _) = goodhart_user(&t, &["list"], "");
+    let (_, listed, _) = goodhart_user(&t, &["list"], "").await;
     assert!(listed.contains("alice") && listed.contains("\"ci\"") && !listed.contains(&alices), "{listed}");
 
     let api = |bearer: &str| {
@@ -329,7 +331,7 @@ async fn a_users_api_token_works_until_revoked_and_runs_filter_by_who_launched_t
     assert!(html.contains("Launched by") && html.contains("<option value=\"bob\" selected>"), "{html}");
 
     // Revoked: the token answers 401, saying it is not valid; the other keeps working.
-    let (ok, out, err) = goodhart_user(&t, &["revoke-token", "alice", "--label", "ci"], "");
+    let (ok, out, err) = goodhart_user(&t, &["revoke-token", "alice", "--label", "ci"], "").await;
     assert!(ok && out.contains("revoked 1 token"), "{out}{err}");
     let r = api(&alices).post(t.url("/api/runs")).json(&tiny_toy(json!({}))).send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -338,7 +340,7 @@ async fn a_users_api_token_works_until_revoked_and_runs_filter_by_who_launched_t
     assert_eq!(api(&bobs).get(t.url("/api/runs")).send().await.unwrap().status(), 200);
     // Removing a user ends their tokens and sessions; their runs keep their name.
     let bob_session = session(&t, "bob", "battery staple").await;
-    let (ok, _, err) = goodhart_user(&t, &["remove", "bob"], "");
+    let (ok, _, err) = goodhart_user(&t, &["remove", "bob"], "").await;
     assert!(ok, "{err}");
     assert_eq!(api(&bobs).get(t.url("/api/runs")).send().await.unwrap().status(), 401);
     assert_eq!(browser().get(t.url("/")).header("cookie", &bob_session).send().await.unwrap().status(), 303);

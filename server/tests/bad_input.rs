@@ -193,7 +193,7 @@ async fn without_a_token_everything_is_open_on_loopback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_bind_without_a_token_is_refused_unless_insecure() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = common::serve_config(dir.path());
+    let mut c = common::serve_config(dir.path()).await;
     c.bind = "0.0.0.0:0".parse().unwrap();
     let refused = server::lifecycle::start(c.clone()).await.err().expect("refused");
     assert!(refused.to_string().contains("--auth-token"), "{refused}");

@@ -42,7 +42,7 @@ async fn lab(edit: impl FnOnce(&mut server::lifecycle::ServeConfig)) -> (TestSer
     synthetic::write_model_dir(&models.join("strict"), &texts, 400, LlamaShape::TINY, Some(strict)).unwrap();
     let datasets = dir.path().join("datasets");
     std::fs::create_dir_all(&datasets).unwrap();
-    let mut config = common::serve_config(dir.path());
+    let mut config = common::serve_config(dir.path()).await;
     config.models_dir = models;
     config.datasets_dir = datasets.clone();
     edit(&mut config);

@@ -397,18 +397,15 @@ async fn the_demo_button_queues_dpo_against_tr_dpo_on_toy_tree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_demo_queues_the_demo_sweep_into_an_empty_database_only() {
     let scratch = tempfile::tempdir().unwrap();
-    let config = |dir: &std::path::Path| {
-        let mut c = common::serve_config(dir);
-        c.demo_sweep = common::fast_demo();
-        c.demo_if_empty = true;
-        c
-    };
-    let first = server::lifecycle::start(config(scratch.path())).await.unwrap();
+    let mut config = common::serve_config(scratch.path()).await;
+    config.demo_sweep = common::fast_demo();
+    config.demo_if_empty = true;
+    let first = server::lifecycle::start(config.clone()).await.unwrap();
     let runs = server::db::runs::list(&first.state.pool, None, None, server::db::runs::Sort::Oldest).await.unwrap();
     assert_eq!(runs.len(), 7);
     assert!(runs.iter().all(|r| r.sweep_id == Some(1)));
     first.stop().await.unwrap();
-    let again = server::lifecycle::start(config(scratch.path())).await.unwrap();
+    let again = server::lifecycle::start(config).await.unwrap();
     let runs = server::db::runs::list(&again.state.pool, None, None, server::db::runs::Sort::Oldest).await.unwrap();
     assert_eq!(runs.len(), 7, "a database with runs gets no second demo sweep");
     again.stop().await.unwrap();

@@ -14,7 +14,7 @@ use server::lifecycle::{default_worker_id, start, ServeConfig};
 
 /// A server over `root/goodhart.db` with its own data dir `root/<name>`.
 async fn server_on(root: &std::path::Path, name: &str) -> (server::lifecycle::Server, String) {
-    let mut config: ServeConfig = serve_config(root);
+    let mut config: ServeConfig = serve_config(root).await;
     config.data_dir = root.join(name);
     config.heartbeat_interval = Duration::from_millis(200);
     config.stale_after = Duration::from_secs(30);

@@ -35,8 +35,11 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
 }
 
-pub fn serve_config(dir: &std::path::Path) -> ServeConfig {
+/// A server's settings for a test over `dir`, on the test database's backend (see
+/// `server::db::testing`).
+pub async fn serve_config(dir: &std::path::Path) -> ServeConfig {
     let mut config = ServeConfig::for_dir(dir);
+    config.database_url = server::db::testing::database_url(dir).await;
     config.models_dir = fixtures();
     config.datasets_dir = fixtures();
     config
@@ -48,7 +51,7 @@ pub async fn spawn() -> TestServer {
 
 pub async fn spawn_with(edit: impl FnOnce(&mut ServeConfig)) -> TestServer {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = serve_config(dir.path());
+    let mut config = serve_config(dir.path()).await;
     edit(&mut config);
     let server = start(config).await.expect("server starts");
     let base = format!("http://{}", server.addr);
@@ -158,9 +161,8 @@ pub async fn lab() -> Lab {
 
 pub async fn lab_with(edit: impl FnOnce(&mut server::http::Settings)) -> Lab {
     let dir = tempfile::tempdir().expect("temp dir");
-    let pool =
-        server::db::connect(&format!("sqlite://{}", dir.path().join("goodhart.db").display())).await.expect("db");
-    let mut settings = serve_config(dir.path()).settings();
+    let pool = server::db::testing::pool(dir.path()).await;
+    let mut settings = serve_config(dir.path()).await.settings();
     edit(&mut settings);
     let state = server::http::AppState::new(pool.clone(), settings, "test".into());
     let (writer, _task) = server::jobs::sink::MetricWriter::spawn(pool, state.events.clone());

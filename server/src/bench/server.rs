@@ -24,7 +24,7 @@ use trainer::metrics::{MetricSink, Metrics};
 
 use crate::db;
 use crate::jobs::event_bus::event_bus;
-use crate::jobs::queue::{Outcome, RunQueue, SqliteQueue};
+use crate::jobs::queue::{DbQueue, Outcome, RunQueue};
 use crate::jobs::sink::{DbSink, MetricWriter};
 use crate::lifecycle::{start, ServeConfig};
 
@@ -130,7 +130,7 @@ pub fn run(args: &ServerBenchArgs) -> anyhow::Result<()> {
 
 /// Logs `steps` steps into a fresh run through the trainer's sink, as the worker that claimed
 /// it; answers the run (then cancelled: it has ended) and rows per second.
-async fn ingest_once(queue: &SqliteQueue, writer: &MetricWriter, steps: u64) -> anyhow::Result<(i64, f64)> {
+async fn ingest_once(queue: &DbQueue, writer: &MetricWriter, steps: u64) -> anyhow::Result<(i64, f64)> {
     let run_id = queue.enqueue(json!({}), None).await?;
     let claim = queue.claim().await?.context("the run just queued")?;
     anyhow::ensure!(claim.run_id == run_id, "claimed run {} instead of {run_id}", claim.run_id);
@@ -155,7 +155,7 @@ async fn ingestion(args: &ServerBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pool = db::connect(&format!("sqlite://{}", dir.path().join("bench.db").display())).await?;
     let events = event_bus();
-    let queue = SqliteQueue::new(pool.clone(), events.clone(), "bench");
+    let queue = DbQueue::new(pool.clone(), events.clone(), "bench");
     let (writer, task) = MetricWriter::spawn(pool.clone(), events);
     let mut rates = Vec::new();
     for _ in 0..args.repeats {
@@ -189,7 +189,7 @@ async fn metrics_latency(args: &ServerBenchArgs) -> anyhow::Result<()> {
     let run_id = {
         let pool = db::connect(&config.database_url).await?;
         let events = event_bus();
-        let queue = SqliteQueue::new(pool.clone(), events.clone(), "bench");
+        let queue = DbQueue::new(pool.clone(), events.clone(), "bench");
         let (writer, task) = MetricWriter::spawn(pool.clone(), events);
         let (run_id, _) = ingest_once(&queue, &writer, 20_000).await?;
         drop(writer);

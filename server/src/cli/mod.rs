@@ -5,6 +5,7 @@ mod sweep;
 mod sweep_report;
 mod train;
 mod user;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ pub enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Who may sign in to the server: `goodhart user add NAME`, `list`, `remove`, `token`, `revoke-token`.
     User(user::UserArgs),
+    /// A trainer without HTTP, for GPU machines: claims runs from the shared database.
+    Worker(Box<worker::WorkerArgs>),
     /// Benchmarks: `goodhart bench trainer`, `device`, `kernels`, `eval`, `scale`, `server`, `data`, `ui`.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -36,6 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(args) => sweep::run(&args),
         Command::Serve(args) => serve::run(*args),
         Command::User(args) => user::run(args),
+        Command::Worker(args) => worker::run(*args),
         Command::Bench(cmd) => crate::bench::run(cmd),
     }
 }

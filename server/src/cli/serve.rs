@@ -16,35 +16,8 @@ pub struct ServeArgs {
     /// naming another host are refused, as a guard against DNS rebinding.
     #[arg(long = "allowed-host", env = "GOODHART_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
-    /// SQLite database (`sqlite://PATH` or a path); created if missing, migrated at start.
-    #[arg(long, env = "GOODHART_DATABASE_URL", default_value = "sqlite://goodhart.db", value_parser = parse_database_url)]
-    pub database_url: String,
-    /// Checkpoints and caches (`runs/<id>/checkpoint-<step>/`).
-    #[arg(long, env = "GOODHART_DATA_DIR", default_value = "./goodhart-data")]
-    pub data_dir: PathBuf,
-    /// Run configs may only name models inside this directory.
-    #[arg(long, env = "GOODHART_MODELS_DIR", default_value = "./models")]
-    pub models_dir: PathBuf,
-    /// Run configs may only name datasets inside this directory.
-    #[arg(long, env = "GOODHART_DATASETS_DIR", default_value = "./datasets")]
-    pub datasets_dir: PathBuf,
-    /// Trainers running at once, at least 1 [default: half the cores, at least 1].
-    #[arg(long, env = "GOODHART_MAX_CONCURRENT_RUNS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub max_concurrent_runs: Option<usize>,
-    /// The name this server claims runs under, unique among the servers sharing the database
-    /// [default: <host>:<canonical data dir>, the same across restarts]. At start, runs still
-    /// `running` under this id are queued again at once (its previous process died holding them).
-    #[arg(long, env = "GOODHART_WORKER_ID")]
-    pub worker_id: Option<String>,
-    /// How often this server renews the runs it is running and hears of cancels sent to other
-    /// servers (`500ms`, `5s`, `1m`; a bare number is seconds).
-    #[arg(long, env = "GOODHART_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
-    pub heartbeat_interval: Duration,
-    /// Another server's running runs are queued again once its heartbeat is older than this (it
-    /// is taken to be dead); longer than --heartbeat-interval, best several times it. Servers
-    /// sharing a database should agree on both: each judges the others by its own value.
-    #[arg(long, env = "GOODHART_STALE_AFTER", default_value = "60s", value_parser = parse_duration)]
-    pub stale_after: Duration,
+    #[command(flatten)]
+    pub jobs: JobArgs,
     /// The largest grid `POST /api/sweeps` accepts, in runs.
     #[arg(long, env = "GOODHART_MAX_SWEEP_RUNS", default_value_t = 512)]
     pub max_sweep_runs: usize,
@@ -67,10 +40,6 @@ pub struct ServeArgs {
     /// Connections open at once; more wait until one closes.
     #[arg(long, env = "GOODHART_MAX_CONNECTIONS", default_value_t = crate::lifecycle::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
-    /// The most worker threads one run may use (its `num_threads`), and the size of the one
-    /// worker pool all runs share [default: the number of cores].
-    #[arg(long, env = "GOODHART_MAX_THREADS_PER_RUN")]
-    pub max_threads_per_run: Option<usize>,
     /// Require sign-in: the API takes `Authorization: Bearer <token>`, the pages this token as the
     /// password of user `admin` (users from `goodhart user add` sign in too).
     #[arg(long, env = "GOODHART_TOKEN", hide_env_values = true)]
@@ -86,19 +55,70 @@ pub struct ServeArgs {
     pub demo: bool,
 }
 
+/// What every process that claims runs from the database takes: `serve` and `worker`.
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    /// The database: a SQLite file (`sqlite://PATH` or a path; created if missing), or
+    /// Postgres (`postgres://USER:PASSWORD@HOST:PORT/DB`) shared by a web node and its workers.
+    /// Migrated at start.
+    #[arg(long, env = "GOODHART_DATABASE_URL", default_value = "sqlite://goodhart.db", value_parser = parse_database_url)]
+    pub database_url: String,
+    /// Checkpoints and caches (`runs/<id>/checkpoint-<step>/`).
+    #[arg(long, env = "GOODHART_DATA_DIR", default_value = "./goodhart-data")]
+    pub data_dir: PathBuf,
+    /// Run configs may only name models inside this directory.
+    #[arg(long, env = "GOODHART_MODELS_DIR", default_value = "./models")]
+    pub models_dir: PathBuf,
+    /// Run configs may only name datasets inside this directory.
+    #[arg(long, env = "GOODHART_DATASETS_DIR", default_value = "./datasets")]
+    pub datasets_dir: PathBuf,
+    /// Trainers running at once [default: half the cores, at least 1]. `serve
+    /// --max-concurrent-runs 0` is a web and API node that trains nothing (its runs train on
+    /// `goodhart worker`s); a worker needs at least 1.
+    #[arg(long, env = "GOODHART_MAX_CONCURRENT_RUNS")]
+    pub max_concurrent_runs: Option<usize>,
+    /// The name this server claims runs under, unique among the servers sharing the database
+    /// [default: <host>:<canonical data dir>, the same across restarts]. At start, runs still
+    /// `running` under this id are queued again at once (its previous process died holding them).
+    #[arg(long, env = "GOODHART_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// How often this server renews the runs it is running and hears of cancels sent to other
+    /// servers (`500ms`, `5s`, `1m`; a bare number is seconds).
+    #[arg(long, env = "GOODHART_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Another server's running runs are queued again once its heartbeat is older than this (it
+    /// is taken to be dead); longer than --heartbeat-interval, best several times it. Servers
+    /// sharing a database should agree on both: each judges the others by its own value.
+    #[arg(long, env = "GOODHART_STALE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub stale_after: Duration,
+    /// The most worker threads one run may use (its `num_threads`), and the size of the one
+    /// worker pool all runs share [default: the number of cores].
+    #[arg(long, env = "GOODHART_MAX_THREADS_PER_RUN")]
+    pub max_threads_per_run: Option<usize>,
+}
+
+impl JobArgs {
+    /// These settings over the defaults of the HTTP ones.
+    pub fn config(self) -> ServeConfig {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let mut config = ServeConfig::for_dir(&self.data_dir);
+        config.database_url = self.database_url;
+        config.data_dir = self.data_dir;
+        config.models_dir = self.models_dir;
+        config.datasets_dir = self.datasets_dir;
+        config.max_concurrent_runs = self.max_concurrent_runs.unwrap_or((cores / 2).max(1));
+        config.worker_id = self.worker_id;
+        config.heartbeat_interval = self.heartbeat_interval;
+        config.stale_after = self.stale_after;
+        config.max_threads_per_run = self.max_threads_per_run.unwrap_or_else(trainer::workers::cores);
+        config
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let config = ServeConfig {
         bind: args.bind,
         allowed_hosts: args.allowed_hosts.into_iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect(),
-        database_url: args.database_url,
-        data_dir: args.data_dir,
-        models_dir: args.models_dir,
-        datasets_dir: args.datasets_dir,
-        max_concurrent_runs: args.max_concurrent_runs.unwrap_or((cores / 2).max(1)),
-        worker_id: args.worker_id,
-        heartbeat_interval: args.heartbeat_interval,
-        stale_after: args.stale_after,
         max_sweep_runs: args.max_sweep_runs,
         max_body_bytes: args.max_body_bytes,
         max_upload_bytes: args.max_upload_bytes,
@@ -106,12 +126,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         header_read_timeout: args.header_read_timeout,
         max_connections: args.max_connections,
-        max_threads_per_run: args.max_threads_per_run.unwrap_or_else(trainer::workers::cores),
         auth_token: args.auth_token,
         insecure: args.insecure,
         static_dir: args.static_dir.unwrap_or_else(crate::lifecycle::default_static_dir),
         demo_sweep: crate::http::pages::demo::sweep(),
         demo_if_empty: args.demo,
+        ..args.jobs.config()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -126,19 +146,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Only SQLite is built in: another engine's URL would otherwise be read as a SQLite file name
-/// and fail later with "unable to open database file".
-fn parse_database_url(raw: &str) -> Result<String, String> {
+/// SQLite and Postgres are built in: another engine's URL would otherwise be read as a SQLite
+/// file name and fail later with "unable to open database file".
+pub(super) fn parse_database_url(raw: &str) -> Result<String, String> {
     match raw.split_once("://") {
-        Some(("sqlite", _)) | None => Ok(raw.to_string()),
+        Some(("sqlite" | "postgres" | "postgresql", _)) | None => Ok(raw.to_string()),
         Some((scheme, _)) => Err(format!(
-            "{scheme}:// is not supported: Goodhart stores runs in SQLite only (sqlite://PATH or a file path)"
+            "{scheme}:// is not supported: Goodhart stores runs in SQLite (sqlite://PATH or a file path) or \
+             Postgres (postgres://USER:PASSWORD@HOST:PORT/DB)"
         )),
     }
 }
 
 /// `500ms`, `5s`, `2m`, or a bare number of seconds.
-fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (number, unit) = raw.split_at(split);
@@ -152,7 +173,7 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -195,17 +216,11 @@ mod tests {
     }
 
     #[test]
-    fn another_engines_database_url_is_refused_naming_the_flag_and_sqlite_paths_pass() {
-        let refused = serve_error(&["--database-url", "postgres://u@db/goodhart"]);
-        assert!(refused.contains("--database-url") && refused.contains("SQLite only"), "{refused}");
-        for ok in ["sqlite://goodhart.db", "runs.db", "sqlite::memory:"] {
+    fn another_engines_database_url_is_refused_naming_the_flag_and_sqlite_and_postgres_pass() {
+        let refused = serve_error(&["--database-url", "mysql://u@db/goodhart"]);
+        assert!(refused.contains("--database-url") && refused.contains("mysql:// is not supported"), "{refused}");
+        for ok in ["sqlite://goodhart.db", "runs.db", "sqlite::memory:", "postgres://u:p@db:5432/goodhart"] {
             assert_eq!(parse_database_url(ok).as_deref(), Ok(ok));
         }
-    }
-
-    #[test]
-    fn zero_concurrent_runs_is_refused_rather_than_raised_to_one() {
-        let refused = serve_error(&["--max-concurrent-runs", "0"]);
-        assert!(refused.contains("--max-concurrent-runs") && refused.contains("0 is not in 1.."), "{refused}");
     }
 }

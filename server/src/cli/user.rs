@@ -9,8 +9,9 @@ use crate::db::{self, api_tokens::Which};
 
 #[derive(Debug, clap::Args)]
 pub struct UserArgs {
-    /// The server's database (`sqlite://PATH` or a path), as `goodhart serve` takes it.
-    #[arg(long, env = "GOODHART_DATABASE_URL", default_value = "sqlite://goodhart.db", global = true)]
+    /// The server's database (`sqlite://PATH`, a path, or `postgres://…`), as `goodhart serve` takes it.
+    #[arg(long, env = "GOODHART_DATABASE_URL", default_value = "sqlite://goodhart.db", global = true,
+          value_parser = super::serve::parse_database_url)]
     pub database_url: String,
     #[command(subcommand)]
     pub command: UserCommand,

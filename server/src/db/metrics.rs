@@ -2,9 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
-
-use super::Pool;
+use super::{Backend, Conn, Pool, Sql};
 
 /// One value of one metric at one step.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -15,19 +13,22 @@ pub struct MetricRow {
     pub value: Option<f64>,
 }
 
-/// SQLite allows 32766 bound variables per statement; 4 per row.
+/// SQLite allows 32766 bound variables per statement and Postgres 65535; 4 per row.
 const ROWS_PER_STATEMENT: usize = 4000;
 
 /// Upserts rows inside the caller's transaction: a step logged again after a resume replaces
 /// the old value, so each (run, step, name) exists once.
-pub async fn upsert(conn: &mut SqliteConnection, rows: &[MetricRow]) -> sqlx::Result<()> {
+///
+/// Multi-row inserts: one statement (and one round trip) per 4000 rows.
+pub async fn upsert(conn: &mut Conn, rows: &[MetricRow]) -> sqlx::Result<()> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("insert into metrics (run_id, name, step, value) ");
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.run_id).push_bind(&r.name).push_bind(r.step).push_bind(r.value);
-        });
+        let mut q = Sql::new("insert into metrics (run_id, name, step, value) values ");
+        for (i, r) in chunk.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { ", (" });
+            q.bind(r.run_id).push(", ").bind(r.name.clone()).push(", ").bind(r.step).push(", ").bind(r.value).push(")");
+        }
         q.push(" on conflict (run_id, name, step) do update set value = excluded.value");
-        q.build().execute(&mut *conn).await?;
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -35,8 +36,8 @@ pub async fn upsert(conn: &mut SqliteConnection, rows: &[MetricRow]) -> sqlx::Re
 /// Forgets everything logged after `step` (the run resumed from the checkpoint at `step`). The
 /// SFT steps before training stay, unless the run starts over (`step < 0`). (`'sft/'` in the
 /// query is `trainer::metric_names::SFT_PREFIX`, the prefix of metrics on π_init's SFT step axis.)
-pub async fn delete_after(conn: &mut SqliteConnection, run_id: i64, step: i64) -> sqlx::Result<()> {
-    sqlx::query("delete from metrics where run_id = ?1 and step > ?2 and (?2 < 0 or substr(name, 1, 4) != 'sft/')")
+pub async fn delete_after(conn: &mut Conn, run_id: i64, step: i64) -> sqlx::Result<()> {
+    sqlx::query("delete from metrics where run_id = $1 and step > $2 and ($2 < 0 or substr(name, 1, 4) != 'sft/')")
         .bind(run_id)
         .bind(step)
         .execute(conn)
@@ -57,9 +58,9 @@ pub async fn series(pool: &Pool, run_id: i64, names: &[String]) -> sqlx::Result<
 /// [`series`] for several runs in one query: run id -> name -> points. Runs without any of the
 /// metrics are absent.
 ///
-/// SQLite packs each series into one string (`step value,step value,...`, values printed with
-/// 17 significant digits, which round-trips an f64 exactly): decoding one row per point through
-/// the driver costs ~20x more than parsing the packed text.
+/// The database packs each series into one string (`step value,step value,...`, values printed
+/// so that they round-trip an f64 exactly: SQLite's `%!.17g`, Postgres's shortest exact text):
+/// decoding one row per point through the driver costs ~20x more than parsing the packed text.
 pub async fn series_of_runs(
     pool: &Pool,
     run_ids: &[i64],
@@ -85,25 +86,19 @@ async fn series_of_some_runs(
     ids: &[i64],
     names: &[String],
 ) -> sqlx::Result<HashMap<i64, BTreeMap<String, Series>>> {
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "select run_id, name, group_concat(step || ' ' || iif(value is null, '', printf('%!.17g', value)), ',' \
-         order by step) from metrics where run_id in (",
-    );
-    let mut sep = q.separated(", ");
-    for id in ids {
-        sep.push_bind(id);
-    }
-    q.push(")");
-    if !names.is_empty() {
-        q.push(" and name in (");
-        let mut sep = q.separated(", ");
-        for n in names {
-            sep.push_bind(n);
+    let packed_series = match Backend::of_pool(pool) {
+        Backend::Sqlite => {
+            "group_concat(step || ' ' || iif(value is null, '', printf('%!.17g', value)), ',' order by step)"
         }
-        q.push(")");
+        Backend::Postgres => "string_agg(step || ' ' || coalesce(value::text, ''), ',' order by step)",
+    };
+    let mut q = Sql::new(format!("select run_id, name, {packed_series} from metrics where run_id in ("));
+    q.bind_list(ids.iter().copied()).push(")");
+    if !names.is_empty() {
+        q.push(" and name in (").bind_list(names.iter().cloned()).push(")");
     }
     q.push(" group by run_id, name order by run_id, name");
-    let packed: Vec<(i64, String, String)> = q.build_query_as().fetch_all(pool).await?;
+    let packed: Vec<(i64, String, String)> = q.fetch_all(pool).await?;
     let mut out: HashMap<i64, BTreeMap<String, Series>> = HashMap::new();
     for (run_id, name, text) in packed {
         out.entry(run_id).or_default().insert(name, unpack(&text)?);
@@ -130,7 +125,7 @@ fn unpack(text: &str) -> sqlx::Result<Series> {
 /// the SFT steps have their own axis, see [`latest_sft`]).
 pub async fn after_step(pool: &Pool, run_id: i64, step: i64) -> sqlx::Result<Vec<MetricRow>> {
     sqlx::query_as(
-        "select run_id, name, step, value from metrics where run_id = ? and step > ? \
+        "select run_id, name, step, value from metrics where run_id = $1 and step > $2 \
          and substr(name, 1, 4) != 'sft/' order by step, name",
     )
     .bind(run_id)
@@ -143,16 +138,13 @@ pub async fn after_step(pool: &Pool, run_id: i64, step: i64) -> sqlx::Result<Vec
 pub async fn latest_sft(pool: &Pool, run_ids: &[i64]) -> sqlx::Result<HashMap<i64, (i64, BTreeMap<String, f64>)>> {
     let mut out: HashMap<i64, (i64, BTreeMap<String, f64>)> = HashMap::new();
     for ids in run_ids.chunks(500) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let mut q = Sql::new(
             "select m.run_id, m.name, m.step, m.value from metrics m join (select run_id, max(step) as step \
              from metrics where substr(name, 1, 4) = 'sft/' and run_id in (",
         );
-        let mut sep = q.separated(", ");
-        for id in ids {
-            sep.push_bind(id);
-        }
+        q.bind_list(ids.iter().copied());
         q.push(") group by run_id) last on m.run_id = last.run_id and m.step = last.step where substr(m.name, 1, 4) = 'sft/'");
-        let rows: Vec<MetricRow> = q.build_query_as().fetch_all(pool).await?;
+        let rows: Vec<MetricRow> = q.fetch_all(pool).await?;
         for r in rows {
             let entry = out.entry(r.run_id).or_insert_with(|| (r.step, BTreeMap::new()));
             if let Some(v) = r.value {
@@ -169,15 +161,15 @@ pub async fn count(pool: &Pool) -> sqlx::Result<i64> {
 }
 
 /// Recomputes the run's summary rows from its metrics.
-pub async fn summarize(conn: &mut SqliteConnection, run_id: i64) -> sqlx::Result<()> {
-    sqlx::query("delete from run_summaries where run_id = ?").bind(run_id).execute(&mut *conn).await?;
+pub async fn summarize(conn: &mut Conn, run_id: i64) -> sqlx::Result<()> {
+    sqlx::query("delete from run_summaries where run_id = $1").bind(run_id).execute(&mut *conn).await?;
     sqlx::query(
         "insert into run_summaries (run_id, name, first_value, last_value, min_value, max_value, last_step, points)
-         select ?1, m.name,
-                (select value from metrics f where f.run_id = ?1 and f.name = m.name order by step asc limit 1),
-                (select value from metrics l where l.run_id = ?1 and l.name = m.name order by step desc limit 1),
+         select $1, m.name,
+                (select value from metrics f where f.run_id = $1 and f.name = m.name order by step asc limit 1),
+                (select value from metrics l where l.run_id = $1 and l.name = m.name order by step desc limit 1),
                 min(m.value), max(m.value), max(m.step), count(*)
-         from metrics m where m.run_id = ?1 group by m.name",
+         from metrics m where m.run_id = $1 group by m.name",
     )
     .bind(run_id)
     .execute(&mut *conn)
@@ -192,7 +184,7 @@ mod tests {
     #[tokio::test]
     async fn packed_series_round_trip_every_value_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = crate::db::connect(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap();
+        let pool = crate::db::testing::pool(dir.path()).await;
         sqlx::query("insert into runs (config, created_at) values ('{}', 0)").execute(&pool).await.unwrap();
         let values = [0.1 + 0.2, 1.0 / 3.0, -1e-300, 6.02214076e23, f64::MIN_POSITIVE, 1e-7, 123_456_789.123_456_78];
         let mut rows: Vec<MetricRow> = values

@@ -1,11 +1,9 @@
 //! Reading runs and recording their progress. Every status change lives in `jobs::queue`.
 
+use super::{Conn, Pool, Sql};
 use serde::Serialize;
-use sqlx::SqliteConnection;
 
-use super::Pool;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Queued,
@@ -44,7 +42,8 @@ pub struct Run {
     pub sweep_id: Option<i64>,
     pub config: String,
     pub status: String,
-    pub cancel_requested: bool,
+    /// 1 once a cancel arrived for the running run (see `jobs::queue`), else 0.
+    pub cancel_requested: i64,
     pub step: i64,
     pub total_steps: Option<i64>,
     pub error: Option<String>,
@@ -72,7 +71,7 @@ impl Run {
             sweep_id: None,
             config: "{}".into(),
             status: status.into(),
-            cancel_requested: false,
+            cancel_requested: 0,
             step: 0,
             total_steps: None,
             error: None,
@@ -90,6 +89,11 @@ impl Run {
 }
 
 impl Run {
+    /// A cancel arrived while it ran; the trainer stops before its next step.
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel_requested != 0
+    }
+
     pub fn status(&self) -> RunStatus {
         RunStatus::parse(&self.status).unwrap_or(RunStatus::Failed)
     }
@@ -104,7 +108,7 @@ const COLUMNS: &str =
                        parent_id, created_at, started_at, finished_at, heartbeat_at, worker, launched_by";
 
 pub async fn get(pool: &Pool, id: i64) -> sqlx::Result<Option<Run>> {
-    sqlx::query_as(&format!("select {COLUMNS} from runs where id = ?")).bind(id).fetch_optional(pool).await
+    sqlx::query_as(&format!("select {COLUMNS} from runs where id = $1")).bind(id).fetch_optional(pool).await
 }
 
 /// How `GET /api/runs` may order its answer.
@@ -156,25 +160,21 @@ pub async fn list_launched_by(
 
 /// Records who launched these runs (right after the queue stored them).
 pub async fn set_launched_by(pool: &Pool, ids: &[i64], user: &str) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
-    for id in ids {
-        sqlx::query("update runs set launched_by = $1 where id = $2").bind(user).bind(id).execute(&mut *tx).await?;
+    for chunk in ids.chunks(500) {
+        let mut q = super::Sql::new("update runs set launched_by = ");
+        q.bind(user.to_string()).push(" where id in (").bind_list(chunk.iter().copied()).push(")");
+        q.execute(pool).await?;
     }
-    tx.commit().await
+    Ok(())
 }
 
 /// The runs with these ids that exist, in the order of `ids`.
 pub async fn by_ids(pool: &Pool, ids: &[i64]) -> sqlx::Result<Vec<Run>> {
     let mut found: Vec<Run> = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
-        let mut q: sqlx::QueryBuilder<sqlx::Sqlite> =
-            sqlx::QueryBuilder::new(format!("select {COLUMNS} from runs where id in ("));
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_bind(id);
-        }
-        q.push(")");
-        found.extend(q.build_query_as::<Run>().fetch_all(pool).await?);
+        let mut q = Sql::new(format!("select {COLUMNS} from runs where id in ("));
+        q.bind_list(chunk.iter().copied()).push(")");
+        found.extend(q.fetch_all::<Run, _>(pool).await?);
     }
     let mut ordered = Vec::with_capacity(found.len());
     for id in ids {
@@ -187,13 +187,14 @@ pub async fn by_ids(pool: &Pool, ids: &[i64]) -> sqlx::Result<Vec<Run>> {
 
 /// Whether any run exists (`serve --demo` queues the demo sweep into an empty database).
 pub async fn any(pool: &Pool) -> sqlx::Result<bool> {
-    sqlx::query_scalar("select exists (select 1 from runs)").fetch_one(pool).await
+    let found: Option<i64> = sqlx::query_scalar("select id from runs limit 1").fetch_optional(pool).await?;
+    Ok(found.is_some())
 }
 
 /// Records how far a run has trained, inside the metric writer's transaction (which has
 /// checked that the writing worker still holds the run).
-pub async fn set_progress(conn: &mut SqliteConnection, id: i64, step: i64, total: i64) -> sqlx::Result<()> {
-    sqlx::query("update runs set step = ?, total_steps = ? where id = ?")
+pub async fn set_progress(conn: &mut Conn, id: i64, step: i64, total: i64) -> sqlx::Result<()> {
+    sqlx::query("update runs set step = $1, total_steps = $2 where id = $3")
         .bind(step)
         .bind(total)
         .bind(id)
@@ -216,7 +217,7 @@ pub struct SummaryRow {
 pub async fn summary(pool: &Pool, id: i64) -> sqlx::Result<Vec<SummaryRow>> {
     sqlx::query_as(
         "select name, first_value, last_value, min_value, max_value, last_step, points \
-         from run_summaries where run_id = ? order by name",
+         from run_summaries where run_id = $1 order by name",
     )
     .bind(id)
     .fetch_all(pool)

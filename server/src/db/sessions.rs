@@ -20,7 +20,7 @@ pub async fn add(
     expires_at: i64,
 ) -> sqlx::Result<()> {
     let now = super::now_ms();
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin_append(pool).await?;
     sqlx::query("delete from sessions where expires_at <= $1").bind(now).execute(&mut *tx).await?;
     sqlx::query(
         "insert into sessions (sha256, user_id, auth_token_sha256, created_at, expires_at) values ($1, $2, $3, $4, $5)",

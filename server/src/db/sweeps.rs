@@ -11,7 +11,7 @@ pub struct Sweep {
 }
 
 pub async fn get(pool: &Pool, id: i64) -> sqlx::Result<Option<Sweep>> {
-    sqlx::query_as("select id, base_config, grid, created_at from sweeps where id = ?")
+    sqlx::query_as("select id, base_config, grid, created_at from sweeps where id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await

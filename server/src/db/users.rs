@@ -42,7 +42,7 @@ pub async fn add(pool: &Pool, name: &str, password_hash: &str) -> sqlx::Result<O
 
 /// Removes a user with their API tokens and sessions; whether there was one.
 pub async fn remove(pool: &Pool, name: &str) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin_append(pool).await?;
     // Spelled out rather than left to `on delete cascade`, which a connection may not enforce;
     // writes only, so the transaction takes the write lock at its first statement.
     let of_user = "user_id in (select id from users where name = $1)";

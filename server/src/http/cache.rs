@@ -160,13 +160,13 @@ mod tests {
     use super::*;
     use crate::db::metrics::MetricRow;
     use crate::jobs::event_bus::event_bus;
-    use crate::jobs::queue::{Outcome, RunQueue, SqliteQueue};
+    use crate::jobs::queue::{DbQueue, Outcome, RunQueue};
 
     /// A finished and a running run, each with one loss value at step 1.
     async fn ended_and_running() -> (tempfile::TempDir, Pool, Vec<Run>) {
         let dir = tempfile::tempdir().unwrap();
-        let pool = crate::db::connect(&format!("sqlite://{}", dir.path().join("c.db").display())).await.unwrap();
-        let queue = SqliteQueue::new(pool.clone(), event_bus(), "w");
+        let pool = crate::db::testing::pool(dir.path()).await;
+        let queue = DbQueue::new(pool.clone(), event_bus(), "w");
         let (ended, running) =
             (queue.enqueue(json!({}), None).await.unwrap(), queue.enqueue(json!({}), None).await.unwrap());
         queue.claim().await.unwrap();

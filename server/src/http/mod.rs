@@ -83,8 +83,7 @@ impl AppState {
     /// nothing runs the queue until a [`crate::jobs::runner::Runner`] is started on it.
     pub fn new(pool: Pool, settings: Settings, worker: String) -> Self {
         let events = crate::jobs::event_bus::event_bus();
-        let queue: Arc<dyn RunQueue> =
-            Arc::new(crate::jobs::queue::SqliteQueue::new(pool.clone(), events.clone(), worker));
+        let queue: Arc<dyn RunQueue> = Arc::new(crate::jobs::queue::DbQueue::new(pool.clone(), events.clone(), worker));
         Self {
             pool,
             queue,

@@ -129,7 +129,7 @@ pub fn view(run: &Run) -> RunView {
         progress,
         error: run.error.clone(),
         status_reason: run.status_reason.clone(),
-        cancel_requested: run.cancel_requested,
+        cancel_requested: run.cancel_requested(),
         attempts: run.attempts,
         parent_id: run.parent_id,
         created_at: run.created_at,

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::db::runs::RunStatus;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum RunEvent {
     /// Every metric logged at one step, as the JSON `{"step": N, "values": {name: value}}`,
     /// serialized once for all subscribers.
@@ -47,11 +48,44 @@ impl RunEvent {
     }
 }
 
-/// Fan-out to every subscriber. Slow subscribers lag and then catch up from the database.
-pub type EventBus = tokio::sync::broadcast::Sender<RunEvent>;
+/// Fan-out to every subscriber of this process. Slow subscribers lag and then catch up from
+/// the database. On Postgres, [`super::relay`] also carries what this process sends to every
+/// other process on the same database, and delivers theirs here.
+#[derive(Clone)]
+pub struct EventBus {
+    local: tokio::sync::broadcast::Sender<RunEvent>,
+    /// To the relay, when one runs: the events that happened in this process.
+    outbox: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RunEvent>>>,
+}
 
 pub fn event_bus() -> EventBus {
-    tokio::sync::broadcast::channel(16_384).0
+    EventBus { local: tokio::sync::broadcast::channel(16_384).0, outbox: Arc::default() }
+}
+
+impl EventBus {
+    /// Announces something that happened in this process (after it was committed).
+    pub fn send(&self, event: RunEvent) {
+        if let Some(outbox) = self.outbox.get() {
+            // The relay stopped only when the process is stopping.
+            let _ = outbox.send(event.clone());
+        }
+        // No subscribers is fine.
+        let _ = self.local.send(event);
+    }
+
+    /// Delivers an event that happened in another process to this one's subscribers.
+    pub fn deliver(&self, event: RunEvent) {
+        let _ = self.local.send(event);
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RunEvent> {
+        self.local.subscribe()
+    }
+
+    /// Hands every event sent from now on also to `outbox` (once per bus; later calls are ignored).
+    pub fn relay_to(&self, outbox: tokio::sync::mpsc::UnboundedSender<RunEvent>) {
+        let _ = self.outbox.set(outbox);
+    }
 }
 
 /// The `data` of a `metrics` event: every metric logged at one step.

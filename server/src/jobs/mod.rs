@@ -4,6 +4,7 @@
 
 pub mod event_bus;
 pub mod queue;
+pub mod relay;
 pub mod runner;
 pub mod sink;
 

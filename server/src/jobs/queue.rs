@@ -36,7 +36,7 @@
 //!
 //! Handlers and the runner talk to [`RunQueue`], not to SQLite, so a Postgres queue serving
 //! remote workers (claim with `for update skip locked`, the same heartbeat and fencing) can
-//! replace [`SqliteQueue`] without touching them.
+//! replace [`DbQueue`] without touching them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,11 +45,10 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{Mutex, Notify};
 
 use super::event_bus::{EventBus, RunEvent};
-use crate::db::{self, runs::RunStatus, Pool, BEGIN_WRITE};
+use crate::db::{self, runs::RunStatus, Backend, Conn, Pool, Sql};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -151,6 +150,8 @@ pub trait RunQueue: Send + Sync {
     fn claim(&self) -> BoxFuture<'_, Result<Option<Claim>>>;
     /// Resolves when work may be available (a hint; claim decides).
     fn work_available(&self) -> BoxFuture<'_, ()>;
+    /// Says that work may be available: another process queued a run (see `jobs::relay`).
+    fn wake(&self);
     /// Records how the trainer of a run this worker claimed ended; [`QueueError::Lost`] if this
     /// worker no longer holds it.
     fn finish(&self, run_id: i64, outcome: Outcome) -> BoxFuture<'_, Result<RunStatus>>;
@@ -186,7 +187,7 @@ enum Reclaim<'a> {
     StaleBefore(i64),
 }
 
-pub struct SqliteQueue {
+pub struct DbQueue {
     pool: Pool,
     events: EventBus,
     worker: String,
@@ -197,48 +198,42 @@ pub struct SqliteQueue {
     running: Mutex<HashMap<i64, Held>>,
 }
 
-impl SqliteQueue {
+impl DbQueue {
     /// The queue as seen by worker `worker` (see `goodhart serve --worker-id`).
     pub fn new(pool: Pool, events: EventBus, worker: impl Into<String>) -> Self {
         Self { pool, events, worker: worker.into(), work: Notify::new(), running: Mutex::new(HashMap::new()) }
     }
 
     fn announce(&self, run_id: i64, status: RunStatus, error: Option<String>) {
-        // No subscribers is fine.
-        let _ = self.events.send(RunEvent::Status { run_id, status, error });
+        self.events.send(RunEvent::Status { run_id, status, error });
     }
 
     async fn status_of(&self, run_id: i64) -> Result<RunStatus> {
         let status: Option<String> =
-            sqlx::query_scalar("select status from runs where id = ?").bind(run_id).fetch_optional(&self.pool).await?;
+            sqlx::query_scalar("select status from runs where id = $1").bind(run_id).fetch_optional(&self.pool).await?;
         status.and_then(|s| RunStatus::parse(&s)).ok_or(QueueError::NotFound(run_id))
     }
 
     async fn reclaim(&self, which: Reclaim<'_>) -> Result<Reclaimed> {
         let held = self.running.lock().await;
         let now = db::now_ms();
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = db::begin_write(&self.pool).await?;
         // A cancel that arrived before the worker went away still counts.
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "update runs set status = case when cancel_requested then 'cancelled' else 'queued' end,
-                    finished_at = case when cancel_requested then ",
+        let mut q = Sql::new(
+            "update runs set status = case when cancel_requested != 0 then 'cancelled' else 'queued' end,
+                    finished_at = case when cancel_requested != 0 then ",
         );
-        q.push_bind(now).push(" else finished_at end, worker = null where status = 'running' and ");
+        q.bind(now).push(" else finished_at end, worker = null where status = 'running' and ");
         match which {
-            Reclaim::Orphans(worker) => q.push("worker = ").push_bind(worker),
-            Reclaim::StaleBefore(cutoff) => q.push("coalesce(heartbeat_at, 0) < ").push_bind(cutoff),
+            Reclaim::Orphans(worker) => q.push("worker = ").bind(worker.to_string()),
+            Reclaim::StaleBefore(cutoff) => q.push("coalesce(heartbeat_at, 0) < ").bind(cutoff),
         };
         // What this process holds is alive, whatever its timestamps say.
         if !held.is_empty() {
-            q.push(" and id not in (");
-            let mut ids = q.separated(", ");
-            for id in held.keys() {
-                ids.push_bind(*id);
-            }
-            q.push(")");
+            q.push(" and id not in (").bind_list(held.keys().copied()).push(")");
         }
         q.push(" returning id, status");
-        let rows: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        let rows: Vec<(i64, String)> = q.fetch_all(&mut *tx).await?;
         let mut reclaimed = Reclaimed::default();
         for (id, status) in rows {
             if status == RunStatus::Cancelled.as_str() {
@@ -268,29 +263,35 @@ impl SqliteQueue {
 /// Which of `leases` are still held, that is their run is `running` under that attempt: the
 /// metric writer's check, inside its own transaction, before it stores anything for a claim.
 /// The attempt alone decides (only a claim changes it), so the writer needs no worker id.
-pub async fn still_held(conn: &mut SqliteConnection, leases: &[Lease]) -> sqlx::Result<HashSet<Lease>> {
+///
+/// On Postgres the rows it finds stay share-locked until the writer's transaction ends, so a
+/// reclaim (which updates them) waits for the writer and the writer never writes after one.
+/// SQLite's writer holds the database's write lock already.
+pub async fn still_held(conn: &mut Conn, leases: &[Lease]) -> sqlx::Result<HashSet<Lease>> {
     if leases.is_empty() {
         return Ok(HashSet::new());
     }
-    let mut q: QueryBuilder<Sqlite> =
-        QueryBuilder::new("select id, attempts from runs where status = 'running' and (id, attempts) in (values ");
+    let mut q = Sql::new("select id, attempts from runs where status = 'running' and (id, attempts) in (values ");
     push_leases(&mut q, leases.iter().copied());
     q.push(")");
-    let rows: Vec<(i64, i64)> = q.build_query_as().fetch_all(conn).await?;
+    if Backend::of_conn(conn) == Backend::Postgres {
+        q.push(" for share");
+    }
+    let rows: Vec<(i64, i64)> = q.fetch_all(conn).await?;
     Ok(rows.into_iter().map(|(run_id, attempt)| Lease { run_id, attempt }).collect())
 }
 
 /// `(id, attempt), ...` as bound row values.
-fn push_leases(q: &mut QueryBuilder<'_, Sqlite>, leases: impl Iterator<Item = Lease>) {
+fn push_leases(q: &mut Sql, leases: impl Iterator<Item = Lease>) {
     for (i, lease) in leases.enumerate() {
         if i > 0 {
             q.push(", ");
         }
-        q.push("(").push_bind(lease.run_id).push(", ").push_bind(lease.attempt).push(")");
+        q.push("(").bind(lease.run_id).push(", ").bind(lease.attempt).push(")");
     }
 }
 
-impl RunQueue for SqliteQueue {
+impl RunQueue for DbQueue {
     fn worker(&self) -> &str {
         &self.worker
     }
@@ -298,7 +299,7 @@ impl RunQueue for SqliteQueue {
     fn enqueue(&self, config: Value, parent_id: Option<i64>) -> BoxFuture<'_, Result<i64>> {
         Box::pin(async move {
             let id: i64 = sqlx::query_scalar(
-                "insert into runs (config, status, parent_id, created_at) values (?, 'queued', ?, ?) returning id",
+                "insert into runs (config, status, parent_id, created_at) values ($1, 'queued', $2, $3) returning id",
             )
             .bind(config.to_string())
             .bind(parent_id)
@@ -314,18 +315,19 @@ impl RunQueue for SqliteQueue {
     fn enqueue_sweep(&self, base: Value, grid: Value, configs: Vec<Value>) -> BoxFuture<'_, Result<(i64, Vec<i64>)>> {
         Box::pin(async move {
             let now = db::now_ms();
-            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-            let sweep_id: i64 =
-                sqlx::query_scalar("insert into sweeps (base_config, grid, created_at) values (?, ?, ?) returning id")
-                    .bind(base.to_string())
-                    .bind(grid.to_string())
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let mut tx = db::begin_write(&self.pool).await?;
+            let sweep_id: i64 = sqlx::query_scalar(
+                "insert into sweeps (base_config, grid, created_at) values ($1, $2, $3) returning id",
+            )
+            .bind(base.to_string())
+            .bind(grid.to_string())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
             let mut ids = Vec::with_capacity(configs.len());
             for config in &configs {
                 let id: i64 = sqlx::query_scalar(
-                    "insert into runs (sweep_id, config, status, created_at) values (?, ?, 'queued', ?) returning id",
+                    "insert into runs (sweep_id, config, status, created_at) values ($1, $2, 'queued', $3) returning id",
                 )
                 .bind(sweep_id)
                 .bind(config.to_string())
@@ -347,13 +349,20 @@ impl RunQueue for SqliteQueue {
         Box::pin(async move {
             let mut running = self.running.lock().await;
             let now = db::now_ms();
-            // One statement, so two workers can never take the same run.
-            let row: Option<(i64, String, i64)> = sqlx::query_as(
-                "update runs set status = 'running', worker = ?1, attempts = attempts + 1, error = null,
-                        started_at = coalesce(started_at, ?2), heartbeat_at = ?2
-                 where id = (select id from runs where status = 'queued' order by id limit 1)
-                 returning id, config, attempts",
-            )
+            // One statement, so two workers can never take the same run. On Postgres, `skip
+            // locked` lets workers claiming at once each take a different run without waiting.
+            let pick = match Backend::of_pool(&self.pool) {
+                Backend::Sqlite => "select id from runs where status = 'queued' order by id limit 1",
+                Backend::Postgres => {
+                    "select id from runs where status = 'queued' order by id limit 1 for update skip locked"
+                }
+            };
+            let row: Option<(i64, String, i64)> = sqlx::query_as(&format!(
+                "update runs set status = 'running', worker = $1, attempts = attempts + 1, error = null,
+                        started_at = coalesce(started_at, $2), heartbeat_at = $2
+                 where id = ({pick}) and status = 'queued'
+                 returning id, config, attempts"
+            ))
             .bind(&self.worker)
             .bind(now)
             .fetch_optional(&self.pool)
@@ -371,6 +380,10 @@ impl RunQueue for SqliteQueue {
         Box::pin(self.work.notified())
     }
 
+    fn wake(&self) {
+        self.work.notify_one();
+    }
+
     fn finish(&self, run_id: i64, outcome: Outcome) -> BoxFuture<'_, Result<RunStatus>> {
         Box::pin(async move {
             let mut running = self.running.lock().await;
@@ -378,16 +391,18 @@ impl RunQueue for SqliteQueue {
                 return Err(QueueError::Lost(run_id));
             };
             let now = db::now_ms();
-            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-            let cancel_requested: Option<bool> = sqlx::query_scalar(
-                "select cancel_requested from runs where id = ? and status = 'running' and worker = ? and attempts = ?",
-            )
+            let mut tx = db::begin_write(&self.pool).await?;
+            // `for update` on Postgres: a cancel arriving now waits until this run has ended.
+            let lock = if Backend::of_pool(&self.pool) == Backend::Postgres { " for update" } else { "" };
+            let cancel_requested: Option<i64> = sqlx::query_scalar(&format!(
+                "select cancel_requested from runs where id = $1 and status = 'running' and worker = $2 and attempts = $3{lock}",
+            ))
             .bind(run_id)
             .bind(&self.worker)
             .bind(attempt)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(cancel_requested) = cancel_requested else {
+            let Some(cancel_requested) = cancel_requested.map(|c| c != 0) else {
                 running.remove(&run_id);
                 return Err(QueueError::Lost(run_id));
             };
@@ -399,9 +414,9 @@ impl RunQueue for SqliteQueue {
                 Outcome::Stopped => (RunStatus::Queued, None, None),
             };
             let finished_at = status.is_terminal().then_some(now);
-            // The write lock is ours since the check above (BEGIN IMMEDIATE): it still holds.
+            // The write lock (SQLite) or the row lock (Postgres) is ours since the check above: it still holds.
             sqlx::query(
-                "update runs set status = ?, error = ?, status_reason = ?, finished_at = ?, worker = null where id = ?",
+                "update runs set status = $1, error = $2, status_reason = $3, finished_at = $4, worker = null where id = $5",
             )
             .bind(status.as_str())
             .bind(&error)
@@ -425,19 +440,20 @@ impl RunQueue for SqliteQueue {
         Box::pin(async move {
             let running = self.running.lock().await;
             let now = db::now_ms();
-            let queued =
-                sqlx::query("update runs set status = 'cancelled', finished_at = ? where id = ? and status = 'queued'")
-                    .bind(now)
-                    .bind(run_id)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
+            let queued = sqlx::query(
+                "update runs set status = 'cancelled', finished_at = $1 where id = $2 and status = 'queued'",
+            )
+            .bind(now)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
             if queued > 0 {
                 drop(running);
                 self.announce(run_id, RunStatus::Cancelled, None);
                 return Ok(Cancelled::Now);
             }
-            let requested = sqlx::query("update runs set cancel_requested = 1 where id = ? and status = 'running'")
+            let requested = sqlx::query("update runs set cancel_requested = 1 where id = $1 and status = 'running'")
                 .bind(run_id)
                 .execute(&self.pool)
                 .await?
@@ -470,17 +486,17 @@ impl RunQueue for SqliteQueue {
                 });
             }
             let config: String =
-                sqlx::query_scalar("select config from runs where id = ?").bind(run_id).fetch_one(&self.pool).await?;
+                sqlx::query_scalar("select config from runs where id = $1").bind(run_id).fetch_one(&self.pool).await?;
             Ok(config)
         })
     }
 
     fn resume(&self, run_id: i64) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+            let mut tx = db::begin_write(&self.pool).await?;
             let requeued = sqlx::query(
                 "update runs set status = 'queued', error = null, finished_at = null, cancel_requested = 0
-                 where id = ? and status in ('failed', 'cancelled')",
+                 where id = $1 and status in ('failed', 'cancelled')",
             )
             .bind(run_id)
             .execute(&mut *tx)
@@ -496,7 +512,7 @@ impl RunQueue for SqliteQueue {
                 });
             }
             // Written again when the run ends.
-            sqlx::query("delete from run_summaries where run_id = ?").bind(run_id).execute(&mut *tx).await?;
+            sqlx::query("delete from run_summaries where run_id = $1").bind(run_id).execute(&mut *tx).await?;
             tx.commit().await?;
             self.announce(run_id, RunStatus::Queued, None);
             self.work.notify_one();
@@ -506,7 +522,7 @@ impl RunQueue for SqliteQueue {
 
     fn delete(&self, run_id: i64) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let deleted = sqlx::query("delete from runs where id = ? and status != 'running'")
+            let deleted = sqlx::query("delete from runs where id = $1 and status != 'running'")
                 .bind(run_id)
                 .execute(&self.pool)
                 .await?
@@ -525,15 +541,15 @@ impl RunQueue for SqliteQueue {
             if running.is_empty() {
                 return Ok(Beat::default());
             }
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("update runs set heartbeat_at = ");
-            q.push_bind(db::now_ms())
+            let mut q = Sql::new("update runs set heartbeat_at = ");
+            q.bind(db::now_ms())
                 .push(" where status = 'running' and worker = ")
-                .push_bind(&self.worker)
+                .bind(self.worker.clone())
                 .push(" and (id, attempts) in (values ");
             push_leases(&mut q, running.iter().map(|(id, h)| Lease { run_id: *id, attempt: h.attempt }));
             q.push(") returning id, cancel_requested");
             let rows: HashMap<i64, bool> =
-                q.build_query_as::<(i64, bool)>().fetch_all(&self.pool).await?.into_iter().collect();
+                q.fetch_all::<(i64, i64), _>(&self.pool).await?.into_iter().map(|(id, c)| (id, c != 0)).collect();
             let mut beat = Beat { renewed: rows.len(), ..Beat::default() };
             for (id, held) in running.iter() {
                 match rows.get(id) {
@@ -582,19 +598,19 @@ mod tests {
     use crate::jobs::event_bus::event_bus;
 
     /// A database file and one worker's queue on it.
-    async fn queue() -> (tempfile::TempDir, Arc<SqliteQueue>) {
+    async fn queue() -> (tempfile::TempDir, Arc<DbQueue>) {
         let dir = tempfile::tempdir().unwrap();
         let q = worker(&dir, "w").await;
         (dir, q)
     }
 
     /// Another worker (or a later process of the same one) on the database in `dir`.
-    async fn worker(dir: &tempfile::TempDir, id: &str) -> Arc<SqliteQueue> {
-        let pool = db::connect(&format!("sqlite://{}", dir.path().join("q.db").display())).await.unwrap();
-        Arc::new(SqliteQueue::new(pool, event_bus(), id))
+    async fn worker(dir: &tempfile::TempDir, id: &str) -> Arc<DbQueue> {
+        let pool = db::testing::pool(dir.path()).await;
+        Arc::new(DbQueue::new(pool, event_bus(), id))
     }
 
-    async fn run(q: &SqliteQueue, id: i64) -> db::runs::Run {
+    async fn run(q: &DbQueue, id: i64) -> db::runs::Run {
         db::runs::get(&q.pool, id).await.unwrap().unwrap()
     }
 
@@ -714,7 +730,7 @@ mod tests {
     }
 
     /// `slow` claims a run, goes quiet past `STALE`, and `fast` reclaims and claims it.
-    async fn taken_over(dir: &tempfile::TempDir) -> (Arc<SqliteQueue>, Claim, Arc<SqliteQueue>, Claim) {
+    async fn taken_over(dir: &tempfile::TempDir) -> (Arc<DbQueue>, Claim, Arc<DbQueue>, Claim) {
         let (slow, fast) = (worker(dir, "slow").await, worker(dir, "fast").await);
         slow.enqueue(json!({}), None).await.unwrap();
         let old = slow.claim().await.unwrap().unwrap();

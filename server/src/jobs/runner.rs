@@ -302,7 +302,7 @@ mod tests {
     use crate::db;
     use crate::db::runs::RunStatus;
     use crate::jobs::event_bus::event_bus;
-    use crate::jobs::queue::{Reclaimed, SqliteQueue};
+    use crate::jobs::queue::{DbQueue, Reclaimed};
 
     /// Panics on seed 13, trains nothing (but logs a step) otherwise.
     fn panics_on_seed_13(
@@ -353,14 +353,14 @@ mod tests {
 
     async fn database() -> (tempfile::TempDir, db::Pool) {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::connect(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
+        let pool = db::testing::pool(dir.path()).await;
         (dir, pool)
     }
 
     /// A runner (worker "runner", data dir `dir`) on a fresh database with `configs` queued.
     async fn start(train: TrainFn, heartbeat_interval: Duration, configs: &[serde_json::Value]) -> Started {
         let (dir, pool) = database().await;
-        let queue = SqliteQueue::new(pool.clone(), event_bus(), "runner");
+        let queue = DbQueue::new(pool.clone(), event_bus(), "runner");
         for config in configs {
             queue.enqueue(config.clone(), None).await.unwrap();
         }
@@ -372,7 +372,7 @@ mod tests {
         let (writer, writer_task) = MetricWriter::spawn(pool.clone(), events.clone());
         let shutdown = CancellationToken::new();
         let runner = Runner {
-            queue: Arc::new(SqliteQueue::new(pool.clone(), events, "runner")),
+            queue: Arc::new(DbQueue::new(pool.clone(), events, "runner")),
             pool: pool.clone(),
             train,
             writer,
@@ -433,7 +433,7 @@ mod tests {
         r.wait(1, "trained a few steps", |run| run.step >= 5).await;
         // Another worker finds the heartbeat stale (as if this one had been paused) and takes
         // over; "stale" is "older than now", so only a beat in the very same millisecond misses.
-        let other = SqliteQueue::new(r.pool.clone(), event_bus(), "other");
+        let other = DbQueue::new(r.pool.clone(), event_bus(), "other");
         let mut taken = Reclaimed::default();
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -482,7 +482,7 @@ mod tests {
         let (dir, pool) = database().await;
         // An earlier attempt recorded its checkpoint at step 5. The one at step 9 was written
         // but never recorded: its worker stopped first, or another worker has run the run since.
-        let earlier = SqliteQueue::new(pool.clone(), event_bus(), "earlier");
+        let earlier = DbQueue::new(pool.clone(), event_bus(), "earlier");
         let id = earlier.enqueue(json!({"task": "toy-tree", "max_steps": 1}), None).await.unwrap();
         let lease = earlier.claim().await.unwrap().unwrap().lease();
         let run_dir = super::super::run_dir(dir.path(), id);

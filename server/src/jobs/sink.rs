@@ -149,17 +149,17 @@ async fn write_loop(
                 }
                 WriteMsg::Metrics { lease, step, values } if stored(&lease) => {
                     let data = metrics_json(step, values.iter().map(|(k, v)| (k, v)));
-                    let _ = events.send(RunEvent::Metrics { run_id: lease.run_id, step, data: data.into() });
+                    events.send(RunEvent::Metrics { run_id: lease.run_id, step, data: data.into() });
                 }
                 WriteMsg::Checkpoint { lease, step, .. } if stored(&lease) => {
-                    let _ = events.send(RunEvent::Checkpoint { run_id: lease.run_id, step, deleted: false });
+                    events.send(RunEvent::Checkpoint { run_id: lease.run_id, step, deleted: false });
                 }
                 WriteMsg::CheckpointDeleted { lease, step } if stored(&lease) => {
-                    let _ = events.send(RunEvent::Checkpoint { run_id: lease.run_id, step, deleted: true });
+                    events.send(RunEvent::Checkpoint { run_id: lease.run_id, step, deleted: true });
                 }
                 WriteMsg::Sft { lease, step, max_steps, values } if stored(&lease) => {
                     let data = sft_json(step, max_steps, &values);
-                    let _ = events.send(RunEvent::Sft { run_id: lease.run_id, step, data: data.into() });
+                    events.send(RunEvent::Sft { run_id: lease.run_id, step, data: data.into() });
                 }
                 _ => {}
             }
@@ -184,7 +184,7 @@ impl WriteMsg {
 /// One transaction for the whole batch, applied in order, of the messages whose claims are
 /// still held; answers those claims.
 async fn commit(pool: &Pool, batch: &[WriteMsg]) -> sqlx::Result<HashSet<Lease>> {
-    let mut tx = pool.begin_with(db::BEGIN_WRITE).await?;
+    let mut tx = db::begin_append(pool).await?;
     let leases: Vec<Lease> = batch.iter().filter_map(WriteMsg::lease).collect::<HashSet<_>>().into_iter().collect();
     let held = queue::still_held(&mut tx, &leases).await?;
     if held.len() < leases.len() {
@@ -395,7 +395,7 @@ mod tests {
 
     use super::*;
     use crate::jobs::event_bus::event_bus;
-    use crate::jobs::queue::{RunQueue, SqliteQueue};
+    use crate::jobs::queue::{DbQueue, RunQueue};
 
     fn loss(value: f64) -> Metrics {
         [("loss".to_string(), value)].into_iter().collect()
@@ -404,10 +404,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_resume_replaces_later_steps_so_each_step_is_stored_once_and_subscribers_hear_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::connect(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap();
+        let pool = db::testing::pool(dir.path()).await;
         let events = event_bus();
         let mut rx = events.subscribe();
-        let queue = SqliteQueue::new(pool.clone(), events.clone(), "w");
+        let queue = DbQueue::new(pool.clone(), events.clone(), "w");
         let run_id = queue.enqueue(json!({}), None).await.unwrap();
         let lease = queue.claim().await.unwrap().unwrap().lease();
         let (writer, task) = MetricWriter::spawn(pool.clone(), events);
@@ -445,12 +445,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_trainer_whose_run_was_reclaimed_can_neither_log_nor_resume_over_the_new_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let url = db::testing::database_url(dir.path()).await;
         let pool = db::connect(&url).await.unwrap();
         let events = event_bus();
         let mut rx = events.subscribe();
-        let slow = SqliteQueue::new(pool.clone(), events.clone(), "slow");
-        let fast = SqliteQueue::new(db::connect(&url).await.unwrap(), event_bus(), "fast");
+        let slow = DbQueue::new(pool.clone(), events.clone(), "slow");
+        let fast = DbQueue::new(db::connect(&url).await.unwrap(), event_bus(), "fast");
         let run_id = slow.enqueue(json!({}), None).await.unwrap();
         let old = slow.claim().await.unwrap().unwrap().lease();
         tokio::time::sleep(Duration::from_millis(60)).await;
