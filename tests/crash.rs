@@ -14,19 +14,21 @@ use common::{config, create_run, fixtures, full_series, wait_for};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-/// `goodhart serve` on port 0 over `dir`; answers the child and its base URL.
-fn start_server(dir: &Path) -> (Child, String) {
-    start_server_with(dir, &[])
+/// `goodhart serve` on port 0 over `dir` (and the test database, see `server::db::testing`);
+/// answers the child and its base URL.
+async fn start_server(dir: &Path) -> (Child, String) {
+    start_server_with(dir, &[]).await
 }
 
 /// [`start_server`] with more environment variables (each flag is also one).
-fn start_server_with(dir: &Path, env: &[(&str, &str)]) -> (Child, String) {
+async fn start_server_with(dir: &Path, env: &[(&str, &str)]) -> (Child, String) {
+    let database_url = server::db::testing::database_url(dir).await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_goodhart"))
         .envs(env.iter().copied())
         .arg("serve")
         .args(["--bind", "127.0.0.1:0"])
         .arg("--database-url")
-        .arg(format!("sqlite://{}", dir.join("goodhart.db").display()))
+        .arg(database_url)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--models-dir")
@@ -70,7 +72,7 @@ async fn a_run_killed_with_sigkill_resumes_at_the_next_start_with_complete_dupli
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let (total, save_steps) = (600, 50);
-    let (mut first, base) = start_server(dir.path());
+    let (mut first, base) = start_server(dir.path()).await;
     let id = create_run(&client, &base, &config(total, save_steps)).await;
     let before = wait_for(&client, &base, id, "step 120", |r| r["step"].as_i64().unwrap_or(0) >= 120).await;
     first.kill().unwrap(); // SIGKILL: no chance to checkpoint or flush
@@ -79,7 +81,7 @@ async fn a_run_killed_with_sigkill_resumes_at_the_next_start_with_complete_dupli
     assert!(killed_at < total as i64, "killed mid-run");
     let restarted_at = server::db::now_ms();
 
-    let (mut second, base) = start_server(dir.path());
+    let (mut second, base) = start_server(dir.path()).await;
     let run = wait_for(&client, &base, id, "finished", |r| r["status"] == "finished").await;
     assert_eq!(run["attempts"], 2, "claimed once, then again after the crash: {run}");
     assert_eq!(run["step"].as_i64(), Some(total as i64));
@@ -118,7 +120,7 @@ async fn a_run_killed_with_sigkill_resumes_at_the_next_start_with_complete_dupli
 async fn sigterm_checkpoints_running_trainers_ends_live_streams_and_the_run_resumes_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let (mut first, base) = start_server(dir.path());
+    let (mut first, base) = start_server(dir.path()).await;
     let id = create_run(&client, &base, &config(100_000, 0)).await;
     wait_for(&client, &base, id, "step 5", |r| r["step"].as_i64().unwrap_or(0) >= 5).await;
     // A live stream is open when the signal arrives; it must not hold the shutdown up.
@@ -133,7 +135,7 @@ async fn sigterm_checkpoints_running_trainers_ends_live_streams_and_the_run_resu
     assert!(status.success(), "a clean exit: {status}");
     tokio::time::timeout(Duration::from_secs(5), reader).await.expect("the stream ended").unwrap();
 
-    let (mut second, base) = start_server(dir.path());
+    let (mut second, base) = start_server(dir.path()).await;
     let checkpoints: Value =
         client.get(format!("{base}/api/runs/{id}/checkpoints")).send().await.unwrap().json().await.unwrap();
     let stopped_at = checkpoints["checkpoints"][0]["step"].as_i64().expect("a checkpoint where it stopped");
@@ -159,7 +161,8 @@ async fn a_dead_servers_run_is_left_alone_until_its_heartbeat_is_stale_then_anot
     let (total, save_steps) = (600, 50);
     let stale_after = Duration::from_secs(5);
     let beats = [("GOODHART_HEARTBEAT_INTERVAL", "200ms"), ("GOODHART_STALE_AFTER", "5s")];
-    let (mut first, base) = start_server_with(dir.path(), &[&beats[..], &[("GOODHART_WORKER_ID", "first")]].concat());
+    let (mut first, base) =
+        start_server_with(dir.path(), &[&beats[..], &[("GOODHART_WORKER_ID", "first")]].concat()).await;
     let id = create_run(&client, &base, &config(total, save_steps)).await;
     wait_for(&client, &base, id, "step 120", |r| r["step"].as_i64().unwrap_or(0) >= 120).await;
     first.kill().unwrap();
@@ -167,7 +170,8 @@ async fn a_dead_servers_run_is_left_alone_until_its_heartbeat_is_stale_then_anot
     let (killed, killed_ms) = (std::time::Instant::now(), server::db::now_ms());
 
     // Another worker on the same database and data dir: not its run to take back at start.
-    let (mut second, base) = start_server_with(dir.path(), &[&beats[..], &[("GOODHART_WORKER_ID", "second")]].concat());
+    let (mut second, base) =
+        start_server_with(dir.path(), &[&beats[..], &[("GOODHART_WORKER_ID", "second")]].concat()).await;
     let at_start: Value = client.get(format!("{base}/api/runs/{id}")).send().await.unwrap().json().await.unwrap();
     assert!(killed.elapsed() < stale_after, "the second server took too long to start to check this");
     assert_eq!((at_start["status"].as_str(), at_start["attempts"].as_i64()), (Some("running"), Some(1)), "{at_start}");

@@ -2,6 +2,8 @@
 //! temporary directory, training the TRL fixture model for real.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

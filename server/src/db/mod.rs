@@ -106,15 +106,19 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Po
         .max_connections(max_connections)
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                if backend == Backend::Sqlite {
+                match backend {
                     // WAL + NORMAL is durable across process crashes (only an OS crash can
                     // lose the last commits).
-                    conn.execute(
+                    Backend::Sqlite => conn.execute(
                         "pragma journal_mode = wal; pragma synchronous = normal; \
                          pragma busy_timeout = 10000; pragma foreign_keys = on;",
-                    )
-                    .await?;
+                    ),
+                    // A worker cut off from the database inside a transaction would otherwise
+                    // keep its row locks (the metric writer's share lock on its runs) until
+                    // TCP gives up, hours later, and no reclaim could take its runs back.
+                    Backend::Postgres => conn.execute("set idle_in_transaction_session_timeout = '10s'"),
                 }
+                .await?;
                 Ok(())
             })
         })

@@ -177,17 +177,23 @@ async fn run_one(
         Outcome::Failed(reason) => tracing::warn!(run_id, %reason, "run failed"),
         other => tracing::info!(run_id, outcome = ?other, "run ended"),
     }
-    // A run whose end is not recorded would stay `running` until the next start: retry.
-    for attempt in 1..=5u32 {
+    // A run whose end is not recorded would stay `running` until it is reclaimed: retry, as
+    // long as the metric writer does (a database restart takes seconds).
+    let started = tokio::time::Instant::now();
+    for attempt in 0.. {
         match queue.finish(run_id, outcome.clone()).await {
             Ok(_) => break,
             Err(e @ QueueError::Lost(_)) => {
                 tracing::warn!(run_id, error = %e, "this worker's outcome of the run is discarded");
                 break;
             }
+            Err(e) if started.elapsed() < super::sink::RETRY_FOR => {
+                tracing::warn!(run_id, attempt, error = %e, "recording the end of a run failed; retrying");
+                tokio::time::sleep(super::sink::retry_delay(attempt)).await;
+            }
             Err(e) => {
-                tracing::error!(run_id, attempt, error = %e, "recording the end of a run failed");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                tracing::error!(run_id, error = %e, "recording the end of a run failed; it stays running until reclaimed");
+                break;
             }
         }
     }

@@ -116,6 +116,14 @@ impl MetricWriter {
     }
 }
 
+/// How long the writer retries a batch that fails, before it gives up on it.
+pub const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The pause before retry `attempt` (from 0): 100 ms, doubling, at most 2 s.
+pub fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(5)).min(2000))
+}
+
 async fn write_loop(
     pool: Pool,
     events: EventBus,
@@ -124,16 +132,20 @@ async fn write_loop(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut result = Err(String::new());
-        for attempt in 0..5u32 {
+        // A database restarting (or a network blip) loses nothing: the batch's transaction is
+        // retried whole for up to `RETRY_FOR`, and its upserts make a repeat harmless.
+        let started = tokio::time::Instant::now();
+        let mut result;
+        let mut attempt = 0u32;
+        loop {
             result = commit(&pool, &batch).await.map_err(|e| e.to_string());
-            match &result {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(attempt, error = %e, "metrics batch failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
+            let Err(e) = &result else { break };
+            if started.elapsed() >= RETRY_FOR {
+                break;
             }
+            tracing::warn!(attempt, error = %e, "metrics batch failed; retrying");
+            tokio::time::sleep(retry_delay(attempt)).await;
+            attempt += 1;
         }
         if let Err(e) = &result {
             tracing::error!(error = %e, "metrics batch lost");
