@@ -8,7 +8,9 @@
 //! follow without a reload) and retries it from its checkpoint, fills the New run form from a
 //! method preset and previews it next to its button, submits an invalid form and reads the
 //! inline errors, downloads a checkpoint archive, and checks that nothing overflows a phone-width
-//! screen. `.ci/run` installs `chromium` and `chromium-driver`; without them this test fails.
+//! screen. On a server with `--auth-token` and a user, signs in (after a wrong password),
+//! launches a run from the form and downloads its checkpoint with the session cookie alone.
+//! `.ci/run` installs `chromium` and `chromium-driver`; without them this test fails.
 
 mod common;
 
@@ -225,6 +227,101 @@ async fn alarm_journey(t: &common::TestServer, client: &Client) {
     screenshot(client, "compare-alarm.png").await;
     js(client, "document.getElementById('past-peak').scrollIntoView(); return null;").await;
     screenshot(client, "compare-past-peak-table.png").await;
+}
+
+/// Sign-in for the team, in a browser, on a server with `--auth-token` and a user: a page sends
+/// the signed-out browser to the sign-in form, a wrong password says so, the right one goes back
+/// where it was going; the user launches a run from the New run form, the run page names them,
+/// and the run's checkpoint downloads with the session cookie alone; signing out ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_user_launches_a_run_and_downloads_its_checkpoint_on_a_token_protected_server() {
+    let scratch = tempfile::tempdir().unwrap();
+    let t = common::spawn_with(|c| {
+        c.auth_token = Some("team-s3cret".into());
+        c.max_concurrent_runs = 1;
+    })
+    .await;
+    let hash = server::accounts::hash_password("correct horse").unwrap();
+    server::db::users::add(&t.server.state.pool, "alice", &hash).await.unwrap().expect("a new user");
+    let driver = start_driver().await;
+    let downloads = scratch.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let client = browser(&driver, &downloads, &scratch.path().join("profile")).await;
+    let outcome = std::panic::AssertUnwindSafe(sign_in_journey(&t, &client, &downloads)).catch_unwind().await;
+    let _ = client.close().await;
+    t.server.stop().await.unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn sign_in_journey(t: &common::TestServer, client: &Client, downloads: &Path) {
+    client.goto(&t.url("/runs/new")).await.unwrap();
+    let url = client.current_url().await.unwrap();
+    assert_eq!((url.path(), url.query()), ("/login", Some("next=%2Fruns%2Fnew")), "signed out: to the sign-in form");
+    client.find(Locator::Css("#user")).await.unwrap().send_keys("alice").await.unwrap();
+    client.find(Locator::Css("#password")).await.unwrap().send_keys("wrong horse").await.unwrap();
+    client.find(Locator::Css("#sign-in")).await.unwrap().click().await.unwrap();
+    let error = client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#login-error")).await.unwrap();
+    assert!(error.text().await.unwrap().contains("Wrong user name or password"));
+    // The name is kept; the password is typed again.
+    client.find(Locator::Css("#password")).await.unwrap().send_keys("correct horse").await.unwrap();
+    client.find(Locator::Css("#sign-in")).await.unwrap().click().await.unwrap();
+    client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#f-task")).await.unwrap();
+    assert_eq!(client.current_url().await.unwrap().path(), "/runs/new", "back where it was going");
+    let who = client.find(Locator::Css("#signed-in-as")).await.unwrap().text().await.unwrap();
+    assert_eq!(who, "alice");
+
+    // Launch a small toy run from the form.
+    client.find(Locator::Css("#f-task")).await.unwrap().select_by_value("toy-tree").await.unwrap();
+    for (key, value) in [
+        ("max_steps", "20"),
+        ("eval_steps", "5"),
+        ("logging_steps", "5"),
+        ("save_steps", "10"),
+        ("toy_num_prompts", "3"),
+        ("toy_alphabet_size", "3"),
+        ("toy_response_length", "3"),
+        ("toy_hidden_size", "16"),
+        ("toy_num_layers", "1"),
+        ("toy_num_heads", "2"),
+        ("toy_pairs_per_prompt", "4"),
+        ("num_threads", "1"),
+    ] {
+        let field = client.find(Locator::Css(&format!("#f-{key}"))).await.unwrap_or_else(|_| panic!("#f-{key}"));
+        field.clear().await.unwrap();
+        field.send_keys(value).await.unwrap();
+    }
+    client.find(Locator::Css("button[value=launch]")).await.unwrap().click().await.unwrap();
+    let id: i64 = eventually("the new run's page", 30, || async {
+        let url = client.current_url().await.ok()?;
+        url.path().strip_prefix("/runs/")?.parse().ok()
+    })
+    .await;
+    let launcher = client.find(Locator::Css("#launched-by")).await.unwrap().text().await.unwrap();
+    assert_eq!(launcher, "alice", "the run page names who launched it");
+
+    // The API, for scripts, takes the token; the run finishes with its checkpoints.
+    let api = reqwest::Client::builder()
+        .default_headers(
+            [("authorization".parse().unwrap(), "Bearer team-s3cret".parse().unwrap())].into_iter().collect(),
+        )
+        .build()
+        .unwrap();
+    let run = common::wait_for(&api, &t.base, id, "finished", |r| r["status"] == "finished").await;
+    assert_eq!(run["launched_by"], "alice");
+    client.goto(&t.url(&format!("/runs/{id}"))).await.unwrap();
+    let link = client.find(Locator::Css("a[data-archive]")).await.expect("a checkpoint to download");
+    let step = link.attr("data-archive").await.unwrap().unwrap();
+    link.click().await.unwrap();
+    let names = downloaded_tar(downloads, &format!("run-{id}-checkpoint-{step}.tar")).await;
+    assert!(names.contains(&format!("checkpoint-{step}/model.safetensors")), "{names:?}");
+
+    // Signing out ends the session: the next page asks to sign in again.
+    client.find(Locator::Css("#sign-out")).await.unwrap().click().await.unwrap();
+    client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#sign-in")).await.unwrap();
+    client.goto(&t.url("/")).await.unwrap();
+    assert_eq!(client.current_url().await.unwrap().path(), "/login");
 }
 
 /// Saves what the browser shows into `$GOODHART_SCREENSHOTS`, when it is set.

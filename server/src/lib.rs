@@ -1,5 +1,6 @@
 //! Goodhart's application crate: the `goodhart` command line and the web server.
 
+pub mod accounts;
 pub mod bench;
 pub mod charts;
 pub mod cli;

@@ -180,10 +180,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
 /// [`start`] with its checkpoint store already open (`config.store` is not read).
 pub async fn start_with_store(config: ServeConfig, store: crate::store::CheckpointStore) -> anyhow::Result<Server> {
     let token = config.auth_token.clone().filter(|t| !t.is_empty());
-    if !config.bind.ip().is_loopback() && token.is_none() && !config.insecure {
+    if !config.bind.ip().is_loopback() && token.is_none() && !config.insecure && !has_users(&config).await? {
         bail!(
-            "refusing to listen on {} without --auth-token (or GOODHART_TOKEN): anyone who can reach it could \
-             start runs and download checkpoints. Pass --insecure to do it anyway.",
+            "refusing to listen on {} without --auth-token (or GOODHART_TOKEN) or a user (`goodhart user add`): \
+             anyone who can reach it could start runs and download checkpoints. Pass --insecure to do it anyway.",
             config.bind
         );
     }
@@ -200,7 +200,7 @@ pub async fn start_with_store(config: ServeConfig, store: crate::store::Checkpoi
     let state = jobs.state.clone();
     let shutdown = state.shutdown.clone();
     if config.demo_if_empty && !crate::db::runs::any(&state.pool).await? {
-        let sweep = crate::http::pages::demo::queue(&state)
+        let sweep = crate::http::pages::demo::queue(&state, &crate::http::auth::Identity::Open)
             .await
             .map_err(|e| anyhow::anyhow!("queueing the demo sweep: {e}"))?;
         tracing::info!(sweep, "the database had no runs: queued the demo sweep");
@@ -228,6 +228,17 @@ pub async fn start_with_store(config: ServeConfig, store: crate::store::Checkpoi
         if config.max_concurrent_runs == 0 { " (web and API only: runs train on `goodhart worker`s)" } else { "" }
     );
     Ok(Server { addr, state, shutdown, task })
+}
+
+/// Whether the database has users (`goodhart user add`), who sign in as a token does.
+async fn has_users(config: &ServeConfig) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let pool = crate::db::connect(&config.database_url)
+        .await
+        .with_context(|| format!("opening database {}", crate::db::redacted(&config.database_url)))?;
+    let any = crate::db::users::any(&pool).await;
+    pool.close().await;
+    Ok(any?)
 }
 
 /// A `goodhart worker`: claims and trains runs from the database, without HTTP.

@@ -143,28 +143,40 @@ async fn unknown_ids_and_names_answer_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_token_mutations_and_downloads_need_it_and_reads_do_not() {
-    let t = spawn_with(|c| c.auth_token = Some("s3cret".into())).await;
+async fn with_a_token_every_api_route_needs_it() {
+    let mut t = spawn_with(|c| c.auth_token = Some("s3cret".into())).await;
+    let anonymous = std::mem::replace(
+        &mut t.client,
+        reqwest::Client::builder()
+            .default_headers(
+                [("authorization".parse().unwrap(), "Bearer s3cret".parse().unwrap())].into_iter().collect(),
+            )
+            .build()
+            .unwrap(),
+    );
     let body = config(2, 0);
-    let r = t.client.post(t.url("/api/runs")).json(&body).send().await.unwrap();
+    let r = anonymous.post(t.url("/api/runs")).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = t.client.post(t.url("/api/runs")).bearer_auth("wrong").json(&body).send().await.unwrap();
+    let r = anonymous.post(t.url("/api/runs")).bearer_auth("wrong").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_nothing_stored(&t).await;
 
-    let r = t.client.post(t.url("/api/runs")).bearer_auth("s3cret").json(&body).send().await.unwrap();
+    let r = anonymous.post(t.url("/api/runs")).bearer_auth("s3cret").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
     t.wait_for_status(id, "finished").await;
-    assert_eq!(t.get(&format!("/api/runs/{id}/checkpoints")).await.0, 200, "listing is a read");
+    for read in [format!("/api/runs/{id}/checkpoints"), format!("/api/runs/{id}"), "/api/runs".into()] {
+        assert_eq!(anonymous.get(t.url(&read)).send().await.unwrap().status(), 401, "{read}");
+    }
+    assert_eq!(t.get(&format!("/api/runs/{id}/checkpoints")).await.0, 200);
     let archive = t.url(&format!("/api/runs/{id}/checkpoints/2/archive"));
-    assert_eq!(t.client.get(&archive).send().await.unwrap().status(), 401);
-    assert_eq!(t.client.get(&archive).bearer_auth("s3cret").send().await.unwrap().status(), 200);
+    assert_eq!(anonymous.get(&archive).send().await.unwrap().status(), 401);
+    assert_eq!(anonymous.get(&archive).bearer_auth("s3cret").send().await.unwrap().status(), 200);
     let file = t.url(&format!("/api/runs/{id}/checkpoints/2/files/config.json"));
-    assert_eq!(t.client.get(&file).send().await.unwrap().status(), 401);
+    assert_eq!(anonymous.get(&file).send().await.unwrap().status(), 401);
     let delete = t.url(&format!("/api/runs/{id}"));
-    assert_eq!(t.client.delete(&delete).send().await.unwrap().status(), 401);
-    assert_eq!(t.client.delete(&delete).bearer_auth("s3cret").send().await.unwrap().status(), 204);
+    assert_eq!(anonymous.delete(&delete).send().await.unwrap().status(), 401);
+    assert_eq!(anonymous.delete(&delete).bearer_auth("s3cret").send().await.unwrap().status(), 204);
     t.server.stop().await.unwrap();
 }
 

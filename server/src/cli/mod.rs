@@ -4,6 +4,7 @@ mod serve;
 mod sweep;
 mod sweep_report;
 mod train;
+mod user;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
     /// The web server: a run queue, background trainers and the JSON API.
     Serve(Box<serve::ServeArgs>),
+    /// Who may sign in to the server: `goodhart user add NAME`, `list`, `remove`, `token`, `revoke-token`.
+    User(user::UserArgs),
     /// A trainer without HTTP, for GPU machines: claims runs from the shared database.
     Worker(Box<worker::WorkerArgs>),
     /// Benchmarks: `goodhart bench trainer`, `device`, `kernels`, `eval`, `scale`, `server`, `data`, `ui`.
@@ -35,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Sweep(args) => sweep::run(&args),
         Command::Serve(args) => serve::run(*args),
+        Command::User(args) => user::run(args),
         Command::Worker(args) => worker::run(*args),
         Command::Bench(cmd) => crate::bench::run(cmd),
     }

@@ -8,7 +8,7 @@ use crate::lifecycle::{start, ServeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Anything but loopback needs --auth-token (or --insecure).
+    /// Address to listen on. Anything but loopback needs --auth-token or a user (or --insecure).
     #[arg(long, env = "GOODHART_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
     /// A host name this server is reached by, besides its address and `localhost` (repeat it, or
@@ -40,7 +40,8 @@ pub struct ServeArgs {
     /// Connections open at once; more wait until one closes.
     #[arg(long, env = "GOODHART_MAX_CONNECTIONS", default_value_t = crate::lifecycle::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
-    /// Require `Authorization: Bearer <token>` on every mutating route and every download.
+    /// Require sign-in: the API takes `Authorization: Bearer <token>`, the pages this token as the
+    /// password of user `admin` (users from `goodhart user add` sign in too).
     #[arg(long, env = "GOODHART_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
     /// Listen on a non-loopback address without a token.

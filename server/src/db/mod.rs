@@ -7,11 +7,14 @@
 //! spells its own way ask [`Backend`] (the claim's `skip locked`, the packed series, how a
 //! writing transaction starts).
 
+pub mod api_tokens;
 pub mod checkpoints;
 pub mod metrics;
 pub mod runs;
+pub mod sessions;
 pub mod sweeps;
 pub mod testing;
+pub mod users;
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

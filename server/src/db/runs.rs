@@ -57,6 +57,8 @@ pub struct Run {
     pub heartbeat_at: Option<i64>,
     /// The worker (server) holding the run while it runs.
     pub worker: Option<String>,
+    /// The user who launched it; `None` for the `--auth-token` or a server without sign-in.
+    pub launched_by: Option<String>,
 }
 
 #[cfg(test)]
@@ -81,6 +83,7 @@ impl Run {
             finished_at: None,
             heartbeat_at: None,
             worker: None,
+            launched_by: None,
         }
     }
 }
@@ -102,7 +105,7 @@ impl Run {
 
 const COLUMNS: &str =
     "id, sweep_id, config, status, cancel_requested, step, total_steps, error, status_reason, attempts, \
-                       parent_id, created_at, started_at, finished_at, heartbeat_at, worker";
+                       parent_id, created_at, started_at, finished_at, heartbeat_at, worker, launched_by";
 
 pub async fn get(pool: &Pool, id: i64) -> sqlx::Result<Option<Run>> {
     sqlx::query_as(&format!("select {COLUMNS} from runs where id = $1")).bind(id).fetch_optional(pool).await
@@ -136,12 +139,33 @@ impl Sort {
 }
 
 pub async fn list(pool: &Pool, status: Option<RunStatus>, sweep_id: Option<i64>, sort: Sort) -> sqlx::Result<Vec<Run>> {
+    list_launched_by(pool, status, sweep_id, None, sort).await
+}
+
+/// [`list`], and of those only the runs this user launched (`?launched_by=NAME`).
+pub async fn list_launched_by(
+    pool: &Pool,
+    status: Option<RunStatus>,
+    sweep_id: Option<i64>,
+    launched_by: Option<&str>,
+    sort: Sort,
+) -> sqlx::Result<Vec<Run>> {
     let sql = format!(
         "select {COLUMNS} from runs where ($1 is null or status = $1) and ($2 is null or sweep_id = $2) \
-         order by {}",
+         and ($3 is null or launched_by = $3) order by {}",
         sort.order_by()
     );
-    sqlx::query_as(&sql).bind(status.map(RunStatus::as_str)).bind(sweep_id).fetch_all(pool).await
+    sqlx::query_as(&sql).bind(status.map(RunStatus::as_str)).bind(sweep_id).bind(launched_by).fetch_all(pool).await
+}
+
+/// Records who launched these runs (right after the queue stored them).
+pub async fn set_launched_by(pool: &Pool, ids: &[i64], user: &str) -> sqlx::Result<()> {
+    for chunk in ids.chunks(500) {
+        let mut q = super::Sql::new("update runs set launched_by = ");
+        q.bind(user.to_string()).push(" where id in (").bind_list(chunk.iter().copied()).push(")");
+        q.execute(pool).await?;
+    }
+    Ok(())
 }
 
 /// The runs with these ids that exist, in the order of `ids`.

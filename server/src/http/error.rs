@@ -31,8 +31,9 @@ pub enum Error {
     /// A body over one of the server's limits, named by the flag that sets it.
     #[error("the request body is larger than this server's limit of {limit} bytes ({flag})")]
     TooLarge { limit: usize, flag: &'static str },
-    #[error("this route needs `Authorization: Bearer <token>`")]
-    Unauthorized,
+    /// No credentials, or ones that are not valid; says what to send.
+    #[error("{0}")]
+    Unauthorized(String),
     /// Refused whoever asks: a cross-site request, a foreign `Host`, a form without its token.
     #[error("{0}")]
     Forbidden(String),
@@ -84,7 +85,7 @@ impl Error {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,

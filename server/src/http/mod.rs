@@ -1,7 +1,8 @@
 //! The JSON API (one router per resource) and the web pages ([`pages`]), one [`error::Error`],
-//! bearer auth on mutating routes and downloads, cross-site protection ([`security`]), and the
-//! HTTP/1 server with its connection limits ([`listen`]).
+//! sign-in and bearer tokens ([`auth`]), cross-site protection ([`security`]), and the HTTP/1
+//! server with its connection limits ([`listen`]).
 
+pub mod auth;
 pub mod cache;
 pub mod checkpoints;
 pub mod datasets;
@@ -22,9 +23,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, Method};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -108,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .merge(models::router())
         .merge(datasets::router())
         .merge(pages::router(&state))
+        .merge(auth::router())
         .route("/api/openapi.json", get(openapi))
         // Bounds the time to the response head; streamed bodies (SSE, downloads) may run longer.
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, settings.request_timeout))
@@ -116,7 +118,7 @@ pub fn router(state: AppState) -> Router {
         // Uploads have their own limits (see `datasets::upload_router`).
         .merge(datasets::upload_router(&settings))
         .layer(middleware::from_fn_with_state(state.clone(), security::csrf))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), security::same_origin))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(CatchPanicLayer::new())
@@ -125,33 +127,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The API's OpenAPI document, as this server answers: without `--auth-token`, no route asks
-/// for one, so none lists the bearer requirement or its 401.
+/// The API's OpenAPI document, as this server answers: on a server that signs nobody in (no
+/// `--auth-token`, no users), no route asks for credentials, so none lists them or a 401.
 async fn openapi(State(state): State<AppState>) -> Response {
-    axum::Json(openapi::document(state.settings.auth_token.is_some())).into_response()
-}
-
-/// With a token configured, everything that changes state or downloads files needs it.
-fn needs_token(method: &Method, path: &str) -> bool {
-    let mutating = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let download = path.contains("/checkpoints/") && (path.ends_with("/archive") || path.contains("/files/"));
-    mutating || download
-}
-
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(token) = &state.settings.auth_token else { return next.run(request).await };
-    if !needs_token(request.method(), request.uri().path()) {
-        return next.run(request).await;
-    }
-    if security::constant_time_eq(bearer(request.headers()).unwrap_or("").as_bytes(), token.as_bytes()) {
-        next.run(request).await
-    } else {
-        error::Error::Unauthorized.into_response()
+    match auth::required(&state).await {
+        Ok(required) => axum::Json(openapi::document(required)).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
 /// The token of `Authorization: Bearer <token>`; the scheme's case does not matter (RFC 9110).
-fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -160,16 +146,6 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_are_public_but_mutations_and_downloads_need_the_token() {
-        assert!(!needs_token(&Method::GET, "/api/runs/1"));
-        assert!(!needs_token(&Method::GET, "/api/runs/1/checkpoints"));
-        assert!(needs_token(&Method::POST, "/api/runs"));
-        assert!(needs_token(&Method::DELETE, "/api/runs/1"));
-        assert!(needs_token(&Method::GET, "/api/runs/1/checkpoints/4/archive"));
-        assert!(needs_token(&Method::GET, "/api/runs/1/checkpoints/4/files/config.json"));
-    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {

@@ -59,9 +59,9 @@ const REQUESTS: &[(&str, &str, &str)] = &[
     ("post", "/api/runs/{id}/retry", "Retry"),
 ];
 
-/// The whole document. Without `--auth-token` no route asks for one, so none lists the bearer
-/// requirement or its 401.
-pub fn document(with_token: bool) -> Value {
+/// The whole document. On a server with sign-in (`with_auth`: `--auth-token` or users) every
+/// route but the document itself asks for a bearer token and may answer 401; without, none does.
+pub fn document(with_auth: bool) -> Value {
     let mut doc: Value = serde_json::from_str(SKELETON).expect("openapi.json is JSON (a unit test parses it)");
     let mut generator = SchemaSettings::openapi3()
         .with(|s| {
@@ -97,6 +97,15 @@ pub fn document(with_token: bool) -> Value {
         let content = &mut paths[*path][*method]["requestBody"]["content"]["application/json"];
         content["schema"] = json!({ "$ref": format!("#/components/schemas/{name}") });
     }
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else { continue };
+        for operation in item.values_mut().filter(|o| o.get("responses").is_some()) {
+            if with_auth && path != "/api/openapi.json" {
+                operation["security"] = json!([{ "bearer": [] }]);
+                operation["responses"]["401"] = json!({ "$ref": "#/components/responses/Unauthorized" });
+            }
+        }
+    }
     for operation in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|p| p.values_mut()) {
         let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else { continue };
         for (status, response) in responses.iter_mut() {
@@ -105,7 +114,7 @@ pub fn document(with_token: bool) -> Value {
                 response["content"] = json!({ "application/json": { "schema": error.clone() } });
             }
         }
-        if !with_token {
+        if !with_auth {
             responses.remove("401");
             if let Some(op) = operation.as_object_mut() {
                 op.remove("security");

@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::auth::Identity;
 use super::datasets::check_datasets;
 use super::error::{Error, Result};
 use super::posted_config::{parse_body, prepare};
@@ -67,6 +68,8 @@ pub struct RunView {
     pub heartbeat_at: Option<i64>,
     /// The server holding the run while it runs: `<host>:<data dir name>-<digest>`.
     pub worker: Option<String>,
+    /// The user who launched it; `null` for the `--auth-token` or a server without sign-in.
+    pub launched_by: Option<String>,
 }
 
 /// A run with the summary of each metric it logged (`GET /api/runs/{id}`).
@@ -134,6 +137,7 @@ pub fn view(run: &Run) -> RunView {
         finished_at: run.finished_at,
         heartbeat_at: run.heartbeat_at,
         worker: run.worker.as_deref().map(public_worker),
+        launched_by: run.launched_by.clone(),
     }
 }
 
@@ -152,19 +156,31 @@ fn public_worker(id: &str) -> String {
 
 async fn create(
     State(state): State<AppState>,
+    who: Identity,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Created>)> {
     let value = parse_body(&headers, body, state.settings.max_body_bytes)?;
-    let id = launch(&state, value, None).await?;
+    let id = launch(&state, value, None, &who).await?;
     Ok((StatusCode::CREATED, Json(Created { id })))
 }
 
-/// Validates a config and queues it as a new run (`parent`: the run it retries or clones).
-pub async fn launch(state: &AppState, config: Value, parent: Option<i64>) -> Result<i64> {
+/// Validates a config and queues it as a new run (`parent`: the run it retries or clones),
+/// launched by `who`.
+pub async fn launch(state: &AppState, config: Value, parent: Option<i64>, who: &Identity) -> Result<i64> {
     let (config, stored) = prepare(config, &state.settings).map_err(Error::Invalid)?;
     check_datasets(std::slice::from_ref(&config), &state.settings).await?;
-    Ok(state.queue.enqueue(stored, parent).await?)
+    let id = state.queue.enqueue(stored, parent).await?;
+    record_launcher(state, &[id], who).await?;
+    Ok(id)
+}
+
+/// Records who launched runs the queue just stored (a user's name; nothing for the token).
+pub async fn record_launcher(state: &AppState, ids: &[i64], who: &Identity) -> Result<()> {
+    if let Some(name) = who.launcher() {
+        runs::set_launched_by(&state.pool, ids, name).await?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +188,7 @@ struct ListQuery {
     status: Option<String>,
     sweep: Option<String>,
     sort: Option<String>,
+    launched_by: Option<String>,
 }
 
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<RunList>> {
@@ -204,7 +221,7 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
     }
-    let runs = runs::list(&state.pool, status, sweep, sort).await?;
+    let runs = runs::list_launched_by(&state.pool, status, sweep, q.launched_by.as_deref(), sort).await?;
     Ok(Json(RunList { runs: runs.iter().map(view).collect() }))
 }
 
@@ -246,6 +263,7 @@ impl RetryFrom {
 /// `POST /api/runs/{id}/retry`, body `{"from": "checkpoint" | "start"}` (default checkpoint).
 async fn retry(
     State(state): State<AppState>,
+    who: Identity,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -270,18 +288,18 @@ async fn retry(
             Ok((StatusCode::OK, Json(RetryAnswer { id, retry_of: id, resumes_from_step: Some(step) })))
         }
         RetryFrom::Start => {
-            let new_id = retry_run(&state, id).await?;
+            let new_id = retry_run(&state, id, &who).await?;
             Ok((StatusCode::CREATED, Json(RetryAnswer { id: new_id, retry_of: id, resumes_from_step: None })))
         }
     }
 }
 
 /// A failed or cancelled run, again, as a new run with the same config; answers its id.
-pub async fn retry_run(state: &AppState, id: i64) -> Result<i64> {
+pub async fn retry_run(state: &AppState, id: i64, who: &Identity) -> Result<i64> {
     let config = state.queue.retry(id).await?;
     let value: Value = serde_json::from_str(&config).map_err(|e| Error::Internal(format!("stored config: {e}")))?;
     // Revalidated: a model or dataset may have moved since.
-    launch(state, value, Some(id)).await
+    launch(state, value, Some(id), who).await
 }
 
 /// A failed or cancelled run back in the queue under its own id, to continue from its last
@@ -301,6 +319,7 @@ pub async fn resume_run(state: &AppState, id: i64) -> Result<Option<i64>> {
 /// A new run: this run's config with the posted keys replaced.
 async fn clone_with_edits(
     State(state): State<AppState>,
+    who: Identity,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -319,7 +338,7 @@ async fn clone_with_edits(
         return Err(Error::Internal(format!("run {} has a config that is not an object", run.id)));
     };
     object.extend(edits);
-    let new_id = launch(&state, config, Some(run.id)).await?;
+    let new_id = launch(&state, config, Some(run.id), &who).await?;
     Ok((StatusCode::CREATED, Json(CloneAnswer { id: new_id, cloned_from: run.id })))
 }
 

@@ -13,7 +13,9 @@
 //!   server answers no such question. The routes that read a body check it ([`json_problem`],
 //!   [`multipart_problem`]), so a method a route does not take still answers 405.
 //! - **Page forms** carry a token that must equal the `goodhart_csrf` cookie (double submit):
-//!   a page elsewhere can neither read the cookie nor set the field to match it.
+//!   a page elsewhere can neither read the cookie nor set the field to match it. A signed-in
+//!   browser's forms carry its session's token instead ([`super::auth::SessionCsrf`]), which
+//!   only the holder of the session's HttpOnly cookie can know.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -164,12 +166,13 @@ impl<S: Send + Sync> FromRequestParts<S> for CsrfToken {
 }
 
 /// Page forms (every `POST` outside `/api/`) must repeat the browser's `goodhart_csrf` cookie in
-/// their `csrf_token` field. Pages get the token as [`CsrfToken`]; a browser without the
-/// cookie gets a fresh one with the page.
+/// their `csrf_token` field, or a signed-in browser's session token. Pages get the token as
+/// [`CsrfToken`]; a browser with neither gets a fresh cookie with the page.
 pub async fn csrf(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let page = !path.starts_with("/api/") && !path.starts_with("/static/");
-    let cookie = cookie_token(request.headers());
+    let session = request.extensions().get::<super::auth::SessionCsrf>().map(|s| s.0.clone());
+    let cookie = session.or_else(|| cookie_token(request.headers()));
     if page && request.method() == Method::POST {
         let (parts, body) = request.into_parts();
         let limit = state.settings.max_body_bytes;

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use trainer::config::RunConfig;
 use trainer::error::FieldError;
 
+use super::auth::Identity;
 use super::datasets::check_datasets;
 use super::error::{Error, Result};
 use super::posted_config::{parse_body, prepare};
@@ -49,6 +50,7 @@ pub struct SweepView {
 
 async fn create(
     State(state): State<AppState>,
+    who: Identity,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SweepCreated>)> {
@@ -66,7 +68,7 @@ async fn create(
     if let Some(key) = body.keys().next() {
         return Err(Error::field(key, "unknown key: a sweep has only `base` and `grid`"));
     }
-    let launched = launch(&state, base, grid).await?;
+    let launched = launch(&state, base, grid, &who).await?;
     let answer = SweepCreated { id: launched.id, run_ids: launched.run_ids, duplicates_dropped: launched.duplicates };
     Ok((StatusCode::CREATED, Json(answer)))
 }
@@ -79,8 +81,9 @@ pub struct Launched {
     pub duplicates: usize,
 }
 
-/// Validates every grid point of `base` × `grid` and queues them all as one sweep, or none.
-pub async fn launch(state: &AppState, base: Value, grid: Value) -> Result<Launched> {
+/// Validates every grid point of `base` × `grid` and queues them all as one sweep, or none,
+/// launched by `who`.
+pub async fn launch(state: &AppState, base: Value, grid: Value, who: &Identity) -> Result<Launched> {
     let (configs, duplicates) = validate(state, &base, &grid).map_err(Error::Invalid)?;
     let run_configs = configs
         .iter()
@@ -89,6 +92,7 @@ pub async fn launch(state: &AppState, base: Value, grid: Value) -> Result<Launch
         .map_err(|e| Error::Internal(format!("a validated config no longer parses: {e}")))?;
     check_datasets(&run_configs, &state.settings).await?;
     let (id, run_ids) = state.queue.enqueue_sweep(base, grid, configs).await?;
+    super::runs::record_launcher(state, &run_ids, who).await?;
     Ok(Launched { id, run_ids, duplicates })
 }
 

@@ -30,6 +30,8 @@ pub struct RunRow {
     pub error: Option<String>,
     /// The overoptimization alarm, while the run is past its peak.
     pub past_peak: Option<super::PastPeak>,
+    /// The user who launched it.
+    pub launched_by: Option<String>,
 }
 
 impl RunRow {
@@ -68,6 +70,7 @@ impl RunRow {
             summary: super::summarize(evals, checkpoint_steps),
             error: run.error.clone(),
             past_peak: super::PastPeak::of(evals),
+            launched_by: run.launched_by.clone(),
         }
     }
 
@@ -93,6 +96,7 @@ impl RunRow {
             Column::Beta => Key::Number(self.meta.config.beta),
             Column::Seed => Key::Number(self.meta.config.task_seed as f64 * 1e9 + self.meta.config.seed as f64),
             Column::Progress => num(self.progress),
+            Column::LaunchedBy => self.launched_by.clone().map_or(Key::Missing, Key::Text),
             // The run summary's own columns (`RunSummary::columns`), under the same keys.
             Column::StartGold | Column::PeakGold | Column::FinalGold | Column::PeakKl | Column::Drop => {
                 num(s.and_then(|s| s.value(column.as_str())?.as_f64()))
@@ -164,10 +168,11 @@ pub enum Column {
     FinalGold,
     PeakKl,
     Drop,
+    LaunchedBy,
 }
 
 impl Column {
-    pub const ALL: [Column; 13] = [
+    pub const ALL: [Column; 14] = [
         Self::Id,
         Self::Status,
         Self::Method,
@@ -181,6 +186,7 @@ impl Column {
         Self::FinalGold,
         Self::PeakKl,
         Self::Drop,
+        Self::LaunchedBy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -198,6 +204,7 @@ impl Column {
             Self::FinalGold => "final_gold",
             Self::PeakKl => "peak_kl",
             Self::Drop => "drop",
+            Self::LaunchedBy => "launched_by",
         }
     }
 
@@ -216,6 +223,7 @@ impl Column {
             Self::FinalGold => "Final gold",
             Self::PeakKl => "KL at peak (nats)",
             Self::Drop => "Drop",
+            Self::LaunchedBy => "Launched by",
         }
     }
 
@@ -230,6 +238,8 @@ pub struct Filter {
     /// A [`RunMeta::method`] label.
     pub method: Option<String>,
     pub sweep: Option<i64>,
+    /// A user's name.
+    pub launched_by: Option<String>,
 }
 
 impl Filter {
@@ -237,6 +247,7 @@ impl Filter {
         self.status.is_none_or(|s| s == row.status)
             && self.method.as_ref().is_none_or(|m| *m == row.meta.method())
             && self.sweep.is_none_or(|s| Some(s) == row.sweep_id)
+            && self.launched_by.as_ref().is_none_or(|u| Some(u) == row.launched_by.as_ref())
     }
 }
 

@@ -8,6 +8,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::{see_other, PageResult};
+use crate::http::auth::Identity;
 use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -27,14 +28,14 @@ pub fn sweep() -> Value {
 }
 
 /// Queues the demo sweep this server was configured with; answers the sweep id.
-pub async fn queue(state: &AppState) -> crate::http::error::Result<i64> {
+pub async fn queue(state: &AppState, who: &Identity) -> crate::http::error::Result<i64> {
     let spec = &state.settings.demo_sweep;
-    let id = crate::http::sweeps::launch(state, spec["base"].clone(), spec["grid"].clone()).await?.id;
+    let id = crate::http::sweeps::launch(state, spec["base"].clone(), spec["grid"].clone(), who).await?.id;
     Ok(id)
 }
 
-async fn launch(State(state): State<AppState>) -> PageResult {
-    let id = queue(&state).await?;
+async fn launch(State(state): State<AppState>, who: Identity) -> PageResult {
+    let id = queue(&state, &who).await?;
     Ok(see_other(&format!("/sweeps/{id}")))
 }
 

@@ -78,7 +78,7 @@ pub fn error_page(public: super::error::Public) -> Response {
     let status = public.status;
     let page =
         ErrorPage { status: status.as_u16(), reason: status.canonical_reason().unwrap_or(""), message: public.message };
-    match page.render() {
+    match page.render_with_values(&super::auth::chrome()) {
         Ok(html) => (status, Html(html)).into_response(),
         Err(_) => (status, page.message).into_response(),
     }
@@ -94,7 +94,9 @@ pub type PageResult<T = Response> = Result<T, PageError>;
 
 /// A rendered page with `status`.
 pub fn page(status: StatusCode, template: &impl Template) -> PageResult {
-    Ok((status, Html(template.render().map_err(Error::from)?)).into_response())
+    // Every page's header shows who is signed in, and a sign-out button.
+    let html = template.render_with_values(&super::auth::chrome()).map_err(Error::from)?;
+    Ok((status, Html(html)).into_response())
 }
 
 /// After a form's action: go to the page that shows its result (303, so a reload does not post again).

@@ -14,6 +14,7 @@ use trainer::error::FieldError;
 
 use super::fields::{self, Group, Kind, FIELDS};
 use super::{page, pairs, see_other, value, PageError, PageResult};
+use crate::http::auth::Identity;
 use crate::http::error::Error;
 use crate::http::posted_config::prepare;
 use crate::http::security::CsrfToken;
@@ -195,7 +196,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Query(q): Query<Sh
     page(StatusCode::OK, &page_data)
 }
 
-async fn submit(State(state): State<AppState>, csrf: CsrfToken, body: String) -> PageResult {
+async fn submit(State(state): State<AppState>, who: Identity, csrf: CsrfToken, body: String) -> PageResult {
     let mut form = pairs(&body);
     fields::apply_preset(&mut form);
     let values: BTreeMap<String, String> = form.iter().cloned().collect();
@@ -227,7 +228,7 @@ async fn submit(State(state): State<AppState>, csrf: CsrfToken, body: String) ->
             Err(errors) => render(StatusCode::UNPROCESSABLE_ENTITY, errors, None),
         };
     }
-    match crate::http::runs::launch(&state, config, parent).await {
+    match crate::http::runs::launch(&state, config, parent, &who).await {
         Ok(id) => Ok(see_other(&format!("/runs/{id}"))),
         Err(Error::Invalid(errors)) => render(StatusCode::UNPROCESSABLE_ENTITY, errors, None),
         Err(e) => Err(PageError(e)),

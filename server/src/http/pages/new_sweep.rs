@@ -17,6 +17,7 @@ use trainer::error::FieldError;
 use super::fields::{Field, Group, Kind, FIELDS};
 use super::new_run::{groups, summary, GroupView};
 use super::{fields, flag, page, pairs, see_other, value, values, PageError, PageResult};
+use crate::http::auth::Identity;
 use crate::http::error::Error;
 use crate::http::security::CsrfToken;
 use crate::http::AppState;
@@ -234,7 +235,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken) -> PageResult {
     render(&state, &csrf, &[], &[], None, StatusCode::OK)
 }
 
-async fn submit(State(state): State<AppState>, csrf: CsrfToken, body: String) -> PageResult {
+async fn submit(State(state): State<AppState>, who: Identity, csrf: CsrfToken, body: String) -> PageResult {
     let form = pairs(&body);
     let (built, errors) = build(&form);
     if !errors.is_empty() {
@@ -247,7 +248,7 @@ async fn submit(State(state): State<AppState>, csrf: CsrfToken, body: String) ->
             Err(errors) => render(&state, &csrf, &form, &errors, runs, StatusCode::UNPROCESSABLE_ENTITY),
         };
     }
-    match crate::http::sweeps::launch(&state, built.base, built.grid).await {
+    match crate::http::sweeps::launch(&state, built.base, built.grid, &who).await {
         Ok(launched) => Ok(see_other(&format!("/sweeps/{}", launched.id))),
         Err(Error::Invalid(errors)) => render(&state, &csrf, &form, &errors, runs, StatusCode::UNPROCESSABLE_ENTITY),
         Err(e) => Err(PageError(e)),

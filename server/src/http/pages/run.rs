@@ -16,6 +16,7 @@ use axum::Router;
 use super::{bytes, figure_file, num, page, see_other, when, PageResult};
 use crate::charts::colour::hex;
 use crate::db::{self, runs::Run, runs::RunStatus};
+use crate::http::auth::Identity;
 use crate::http::error::Error;
 use crate::http::runs::{find, parse_id, RetryFrom};
 use crate::http::security::CsrfToken;
@@ -107,6 +108,8 @@ struct RunPage {
     sweep: Option<i64>,
     parent: Option<i64>,
     created: String,
+    /// The user who launched it.
+    launched_by: Option<String>,
     summary: Vec<SummaryItem>,
     charts: Vec<ChartView>,
     pareto: Vec<ParetoView>,
@@ -384,6 +387,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         sweep: run.sweep_id,
         parent: run.parent_id,
         created: when(run.created_at),
+        launched_by: run.launched_by.clone(),
         summary,
         charts: charts_in_order(meta.config.task.is_toy(), sft.is_some())
             .into_iter()
@@ -438,7 +442,7 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
 }
 
 /// The form's `from`: `checkpoint` (default) resumes this run, `start` makes a new one.
-async fn retry(State(state): State<AppState>, Path(id): Path<String>, body: String) -> PageResult {
+async fn retry(State(state): State<AppState>, who: Identity, Path(id): Path<String>, body: String) -> PageResult {
     let id = parse_id(&id, "run")?;
     let form = super::pairs(&body);
     let target = match RetryFrom::parse(super::value(&form, "from"))? {
@@ -446,7 +450,7 @@ async fn retry(State(state): State<AppState>, Path(id): Path<String>, body: Stri
             crate::http::runs::resume_run(&state, id).await?;
             id
         }
-        RetryFrom::Start => crate::http::runs::retry_run(&state, id).await?,
+        RetryFrom::Start => crate::http::runs::retry_run(&state, id, &who).await?,
     };
     Ok(see_other(&format!("/runs/{target}")))
 }

@@ -52,6 +52,8 @@ pub struct RowView {
     /// "past peak since step N (KL x)", and its explanation; empty unless the run is past its peak.
     pub past_peak: String,
     pub past_peak_title: String,
+    /// The user who launched it, or empty.
+    pub launched_by: String,
 }
 
 impl RowView {
@@ -80,6 +82,7 @@ impl RowView {
             error: r.error.clone().unwrap_or_default(),
             past_peak: r.past_peak.map(|p| p.badge()).unwrap_or_default(),
             past_peak_title: r.past_peak.map(|p| p.title()).unwrap_or_default(),
+            launched_by: r.launched_by.clone().unwrap_or_default(),
         }
     }
 }
@@ -127,6 +130,7 @@ struct RunsPage {
     statuses: Vec<(&'static str, bool)>,
     methods: Vec<(String, bool)>,
     sweeps: Vec<(i64, bool)>,
+    launchers: Vec<(String, bool)>,
     sort: &'static str,
     dir: &'static str,
 }
@@ -143,6 +147,8 @@ struct RunsTable {
     headers: Vec<HeaderView>,
     total: usize,
     any_live: bool,
+    /// Whether the table has the "Launched by" column.
+    show_launcher: bool,
     /// This table's own address, with the page's filters and sort.
     src: String,
 }
@@ -154,6 +160,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, RawQuery(query): R
         statuses: choices.statuses,
         methods: choices.methods,
         sweeps: choices.sweeps,
+        launchers: choices.launchers,
         sort: choices.sort,
         dir: choices.dir,
         t,
@@ -171,6 +178,7 @@ struct Choices {
     statuses: Vec<(&'static str, bool)>,
     methods: Vec<(String, bool)>,
     sweeps: Vec<(i64, bool)>,
+    launchers: Vec<(String, bool)>,
     sort: &'static str,
     dir: &'static str,
 }
@@ -181,6 +189,7 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
         status: value(&q, "status").and_then(RunStatus::parse),
         method: value(&q, "method").filter(|m| !m.is_empty()).map(String::from),
         sweep: value(&q, "sweep").and_then(|s| s.parse().ok()),
+        launched_by: value(&q, "launched_by").filter(|u| !u.is_empty()).map(String::from),
     };
     let column = value(&q, "sort").and_then(Column::parse).unwrap_or(Column::Id);
     let descending = value(&q, "dir").map_or(column == Column::Id, |d| d == "desc");
@@ -205,6 +214,7 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
     let styles = Styles::for_runs(all.iter().map(|r| &r.meta));
     let methods: BTreeSet<String> = all.iter().map(|r| r.meta.method()).collect();
     let sweeps: BTreeSet<i64> = all.iter().filter_map(|r| r.sweep_id).collect();
+    let launchers: BTreeSet<String> = all.iter().filter_map(|r| r.launched_by.clone()).collect();
     let total = all.len();
     let rows = select(all, &filter, column, descending);
 
@@ -219,15 +229,22 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
         if let Some(s) = filter.sweep {
             params.push(("sweep".into(), s.to_string()));
         }
+        if let Some(u) = &filter.launched_by {
+            params.push(("launched_by".into(), u.clone()));
+        }
         params.extend(extra.iter().map(|(k, v)| ((*k).to_string(), v.clone())));
         format!("/?{}", serde_urlencoded::to_string(&params).unwrap_or_default())
     };
+    // Who launched each run, once anyone signed in has launched one.
+    let show_launcher = !launchers.is_empty();
     let headers = Column::ALL
         .into_iter()
+        .filter(|c| show_launcher || *c != Column::LaunchedBy)
         .map(|c| {
             let active = c == column;
             // A click sorts by the column, or flips the direction of the current one.
-            let next_desc = if active { !descending } else { !matches!(c, Column::Status | Column::Method) };
+            let next_desc =
+                if active { !descending } else { !matches!(c, Column::Status | Column::Method | Column::LaunchedBy) };
             HeaderView {
                 title: c.title(),
                 href: keep(&[("sort", c.as_str().into()), ("dir", if next_desc { "desc" } else { "asc" }.into())]),
@@ -245,6 +262,7 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
         headers,
         total,
         any_live,
+        show_launcher,
         src: format!(
             "/runs/table{}",
             keep(&[("sort", column.as_str().into()), ("dir", dir.into())]).trim_start_matches('/')
@@ -254,6 +272,7 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
         statuses: RunStatus::ALL.iter().map(|s| (s.as_str(), filter.status == Some(*s))).collect(),
         methods: methods.into_iter().map(|m| (m.clone(), filter.method.as_ref() == Some(&m))).collect(),
         sweeps: sweeps.into_iter().map(|s| (s, filter.sweep == Some(s))).collect(),
+        launchers: launchers.into_iter().map(|u| (u.clone(), filter.launched_by.as_ref() == Some(&u))).collect(),
         sort: column.as_str(),
         dir,
     };
