@@ -5,7 +5,10 @@
 //! lands.
 //!
 //! They need a Postgres server: `GOODHART_TEST_POSTGRES` (`.ci/run` starts one and sets it).
-//! Without it each test says so and passes.
+//! Without it each test says so and passes. Checkpoints go to a store every process shares: a
+//! fresh bucket on the S3-compatible server at `GOODHART_TEST_S3_ENDPOINT` (`.ci/run` starts
+//! moto and sets it, with the `AWS_*` variables), otherwise a `file://` directory of the test's
+//! own, apart from every process's data dir either way.
 
 mod common;
 
@@ -21,19 +24,39 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// The test database's URL, or `None` (after saying why) without a Postgres server.
-async fn postgres(dir: &Path) -> Option<String> {
+async fn postgres(dir: &Path) -> Option<Shared> {
     if !server::db::testing::on_postgres() {
         eprintln!("skipped: set {} to a Postgres server to run it", server::db::testing::POSTGRES_ENV);
         return None;
     }
-    Some(server::db::testing::database_url(dir).await)
+    Some(Shared { db: server::db::testing::database_url(dir).await, store: shared_store(dir).await })
 }
 
-/// Flags every process of a test shares: the database, the fixtures, fast heartbeats.
-fn common_flags<'a>(database_url: &'a str, fixtures: &'a str) -> Vec<&'a str> {
+/// The `--store` every process of a test shares (see the module).
+async fn shared_store(dir: &Path) -> String {
+    let Ok(endpoint) = std::env::var("GOODHART_TEST_S3_ENDPOINT") else {
+        return format!("file://{}", dir.join("store").display());
+    };
+    let bucket = format!("scale-out-{}-{}", std::process::id(), server::db::now_ms());
+    // object_store does not create buckets; S3's CreateBucket is a PUT of the bucket's path.
+    let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.expect("create bucket");
+    assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
+    format!("s3://{bucket}/goodhart")
+}
+
+/// What every process of a test shares: its database and checkpoint store.
+struct Shared {
+    db: String,
+    store: String,
+}
+
+/// Flags every process of a test shares: the database, the store, the fixtures, fast heartbeats.
+fn common_flags<'a>(database_url: &'a str, store: &'a str, fixtures: &'a str) -> Vec<&'a str> {
     vec![
         "--database-url",
         database_url,
+        "--store",
+        store,
         "--models-dir",
         fixtures,
         "--datasets-dir",
@@ -46,22 +69,23 @@ fn common_flags<'a>(database_url: &'a str, fixtures: &'a str) -> Vec<&'a str> {
 }
 
 /// `serve --max-concurrent-runs 0`: pages and API only.
-fn web(database_url: &str, dir: &Path) -> (Goodhart, String) {
+fn web(shared: &Shared, dir: &Path) -> (Goodhart, String) {
     let fixtures = fixtures().display().to_string();
     let data = dir.join("web").display().to_string();
     let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--max-concurrent-runs", "0", "--data-dir", &data];
-    args.extend(common_flags(database_url, &fixtures));
+    args.extend(common_flags(&shared.db, &shared.store, &fixtures));
     let mut node = Goodhart::spawn("web", &args, &[]);
     let base = node.wait_listening();
     (node, base)
 }
 
-/// `goodhart worker --worker-id NAME` with a data dir of its own.
-fn worker(name: &str, database_url: &str, dir: &Path) -> Goodhart {
+/// `goodhart worker --worker-id NAME` with a data dir of its own, on `database_url` (the shared
+/// database, or a way to it) and the shared store.
+fn worker(name: &str, database_url: &str, shared: &Shared, dir: &Path) -> Goodhart {
     let fixtures = fixtures().display().to_string();
     let data = dir.join(name).display().to_string();
     let mut args = vec!["worker", "--worker-id", name, "--max-concurrent-runs", "1", "--data-dir", &data];
-    args.extend(common_flags(database_url, &fixtures));
+    args.extend(common_flags(database_url, &shared.store, &fixtures));
     let mut w = Goodhart::spawn(name, &args, &[]);
     w.wait_for_line("worker started", Duration::from_secs(60));
     w
@@ -85,10 +109,10 @@ async fn assert_each_step_once(client: &reqwest::Client, base: &str, id: i64, st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_the_runs_and_the_web_node_streams_a_run_trained_by_a_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(db) = postgres(dir.path()).await else { return };
+    let Some(shared) = postgres(dir.path()).await else { return };
     let client = reqwest::Client::new();
-    let (_web, base) = web(&db, dir.path());
-    let (_a, _b) = (worker("a", &db, dir.path()), worker("b", &db, dir.path()));
+    let (_web, base) = web(&shared, dir.path());
+    let (_a, _b) = (worker("a", &shared.db, &shared, dir.path()), worker("b", &shared.db, &shared, dir.path()));
     let total = 150;
     let first = create_run(&client, &base, &config(total, 50)).await;
     // The web node trains nothing: what it streams comes from the worker through NOTIFY.
@@ -124,15 +148,15 @@ async fn two_workers_share_the_runs_and_the_web_node_streams_a_run_trained_by_a_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_is_taken_over_by_another_that_resumes_and_stores_every_step_once() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(db) = postgres(dir.path()).await else { return };
+    let Some(shared) = postgres(dir.path()).await else { return };
     let client = reqwest::Client::new();
-    let (_web, base) = web(&db, dir.path());
-    let mut doomed = worker("doomed", &db, dir.path());
+    let (_web, base) = web(&shared, dir.path());
+    let mut doomed = worker("doomed", &shared.db, &shared, dir.path());
     let (total, save_steps) = (600, 50);
     let id = create_run(&client, &base, &config(total, save_steps)).await;
     let before = wait_for(&client, &base, id, "step 120", |r| r["step"].as_i64().unwrap_or(0) >= 120).await;
     assert_eq!(before["worker"], "doomed");
-    let _heir = worker("heir", &db, dir.path());
+    let _heir = worker("heir", &shared.db, &shared, dir.path());
     doomed.kill();
     let killed_ms = server::db::now_ms();
     let run = wait_for(&client, &base, id, "finished", |r| r["status"] == "finished").await;
@@ -212,20 +236,20 @@ async fn pipe(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_from_the_database_past_stale_after_is_fenced_and_nothing_it_writes_later_lands() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(db) = postgres(dir.path()).await else { return };
+    let Some(shared) = postgres(dir.path()).await else { return };
     let client = reqwest::Client::new();
-    let (_web, base) = web(&db, dir.path());
+    let (_web, base) = web(&shared, dir.path());
     // `postgres://user@HOST:PORT/name` through the cable.
-    let (prefix, rest) = db.split_once('@').unwrap();
+    let (prefix, rest) = shared.db.split_once('@').unwrap();
     let (host_port, name) = rest.split_once('/').unwrap();
     let cable = Cable::to(host_port.to_string()).await;
     let cut_off_url = format!("{prefix}@127.0.0.1:{}/{name}", cable.port);
-    let _cut_off = worker("cut-off", &cut_off_url, dir.path());
+    let _cut_off = worker("cut-off", &cut_off_url, &shared, dir.path());
     let id = create_run(&client, &base, &config(100_000, 50)).await;
     wait_for(&client, &base, id, "step 60", |r| r["step"].as_i64().unwrap_or(0) >= 60).await;
 
     cable.set_cut(true);
-    let _other = worker("other", &db, dir.path());
+    let _other = worker("other", &shared.db, &shared, dir.path());
     // The other worker takes the run over once the cut-off one's heartbeat is 3 s old, and
     // resumes it; cancelling it then fixes how far the run got.
     let taken = wait_for(&client, &base, id, "taken over", |r| r["attempts"] == 2 && r["status"] == "running").await;

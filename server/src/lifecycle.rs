@@ -30,6 +30,8 @@ pub struct ServeConfig {
     pub heartbeat_interval: Duration,
     /// How old another server's heartbeat must be before its runs are taken back.
     pub stale_after: Duration,
+    /// The device every run trains on here, whatever its `device` says (`worker --device`).
+    pub device: Option<String>,
     pub max_sweep_runs: usize,
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
@@ -129,6 +131,7 @@ impl ServeConfig {
             worker_id: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             stale_after: DEFAULT_STALE_AFTER,
+            device: None,
             max_sweep_runs: 512,
             max_body_bytes: 1 << 20,
             max_upload_bytes: 1 << 30,
@@ -390,6 +393,7 @@ async fn start_jobs(config: &ServeConfig, store: crate::store::CheckpointStore) 
         max_concurrent: config.max_concurrent_runs,
         heartbeat_interval: config.heartbeat_interval,
         stale_after: config.stale_after,
+        device: config.device.clone(),
         shutdown: shutdown.clone(),
     });
     let runner = runner.map(|r| tokio::spawn(r.run()));

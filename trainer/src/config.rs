@@ -825,6 +825,12 @@ impl RunConfig {
     }
 }
 
+/// Whether `name` is a device this build can train on (`cpu`, `cuda`, `cuda:N`; CUDA only in a
+/// `--features cuda` build), as the `device` key is checked: what `goodhart worker --device` takes.
+pub fn check_device(name: &str) -> Result<(), String> {
+    DeviceSpec::parse(name).and_then(DeviceSpec::available).map(|_| ())
+}
+
 /// The `device` key, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DeviceSpec {

@@ -9,10 +9,20 @@ use crate::lifecycle::start_worker;
 pub struct WorkerArgs {
     #[command(flatten)]
     pub jobs: JobArgs,
+    /// The device every run this worker claims trains on (`cpu`, `cuda`, `cuda:N`), whatever
+    /// the run's own `device` says: one worker per GPU, each with its `cuda:N`. Without it, each
+    /// run trains where its `device` says.
+    #[arg(long, env = "GOODHART_DEVICE", value_parser = parse_device)]
+    pub device: Option<String>,
+}
+
+fn parse_device(raw: &str) -> Result<String, String> {
+    trainer::config::check_device(raw.trim()).map(|()| raw.trim().to_string())
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let mut config = args.jobs.config();
+    config.device = args.device;
     if config.max_concurrent_runs == 0 {
         anyhow::bail!("--max-concurrent-runs must be at least 1 for a worker (0 is for a web-only `serve`)");
     }
@@ -29,4 +39,23 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         });
         worker.wait().await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    fn worker_error(args: &[&str]) -> String {
+        use clap::Parser;
+        let argv = ["goodhart", "worker"].iter().chain(args);
+        crate::cli::Cli::try_parse_from(argv).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_device_that_is_not_one_is_refused_naming_the_flag() {
+        let refused = worker_error(&["--device", "tpu"]);
+        assert!(refused.contains("--device") && refused.contains("is not a device"), "{refused}");
+        if !cfg!(feature = "cuda") {
+            let refused = worker_error(&["--device", "cuda:1"]);
+            assert!(refused.contains("built without CUDA"), "{refused}");
+        }
+    }
 }

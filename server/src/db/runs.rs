@@ -203,6 +203,13 @@ pub async fn set_progress(conn: &mut Conn, id: i64, step: i64, total: i64) -> sq
     Ok(())
 }
 
+/// Sets how far a run has trained (a resumed run starts again from its checkpoint's step),
+/// inside the metric writer's transaction.
+pub async fn set_step(conn: &mut Conn, id: i64, step: i64) -> sqlx::Result<()> {
+    sqlx::query("update runs set step = $1 where id = $2").bind(step).bind(id).execute(conn).await?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 pub struct SummaryRow {
     pub name: String,

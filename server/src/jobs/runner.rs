@@ -42,6 +42,9 @@ pub struct Runner {
     pub heartbeat_interval: Duration,
     /// When another worker's claims count as abandoned (`--stale-after`).
     pub stale_after: Duration,
+    /// The device every run this worker claims trains on, whatever its `device` says
+    /// (`goodhart worker --device cuda:N`); `None` keeps each run's own.
+    pub device: Option<String>,
     /// Stops claiming new runs and asks running trainers to checkpoint and stop.
     pub shutdown: CancellationToken,
 }
@@ -85,7 +88,8 @@ impl Runner {
             };
             let (queue, pool, writer, stop_all, train) =
                 (self.queue.clone(), self.pool.clone(), self.writer.clone(), stop_all.clone(), self.train);
-            let dirs = Dirs { data: self.data_dir.clone(), public: self.public_dirs.clone() };
+            let dirs =
+                Dirs { data: self.data_dir.clone(), public: self.public_dirs.clone(), device: self.device.clone() };
             trainers.spawn(async move {
                 run_one(claim, queue.as_ref(), &pool, train, writer, &dirs, stop_all).await;
                 drop(permit);
@@ -153,6 +157,8 @@ async fn keep_alive(
 struct Dirs {
     data: PathBuf,
     public: Vec<PathBuf>,
+    /// [`Runner::device`].
+    device: Option<String>,
 }
 
 async fn run_one(
@@ -215,6 +221,9 @@ async fn train_blocking(
     if cfg.task.is_toy() {
         // Stored relative to the data directory: each server keeps the cache in its own.
         cfg.toy_cache_dir = Some(super::toy_cache_dir(&cfg, &dirs.data));
+    }
+    if let Some(device) = &dirs.device {
+        cfg.device.clone_from(device);
     }
     match writer.store() {
         None => discard_unrecorded_checkpoints(pool, claim.run_id, &output_dir).await?,
@@ -459,6 +468,7 @@ mod tests {
             max_concurrent: 1,
             heartbeat_interval,
             stale_after: Duration::from_secs(60),
+            device: None,
             shutdown: shutdown.clone(),
         };
         let task = tokio::spawn(runner.run());

@@ -274,6 +274,9 @@ async fn commit(pool: &Pool, batch: &[WriteMsg]) -> sqlx::Result<(HashSet<Lease>
                 db::metrics::delete_after(&mut tx, lease.run_id, *step).await?;
                 forgotten.extend(db::checkpoints::paths_after(&mut tx, lease.run_id, *step).await?);
                 db::checkpoints::delete_after(&mut tx, lease.run_id, *step).await?;
+                // Its progress is where it resumes, not where an earlier attempt got to.
+                db::runs::set_step(&mut tx, lease.run_id, (*step).max(0)).await?;
+                progress.remove(&lease.run_id);
             }
             WriteMsg::Checkpoint { lease, step, path, sha256, files } => {
                 // Re-recorded by another claim: the earlier upload is no longer listed.
