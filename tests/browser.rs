@@ -234,11 +234,14 @@ async fn alarm_journey(t: &common::TestServer, client: &Client) {
 /// where it was going; the user launches a run from the New run form, the run page names them,
 /// and the run's checkpoint downloads with the session cookie alone; signing out ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signed_in_user_launches_a_run_and_downloads_its_checkpoint_on_a_token_protected_server() {
+async fn a_signed_in_user_launches_a_run_and_downloads_its_checkpoint_from_the_store_on_a_token_protected_server() {
     let scratch = tempfile::tempdir().unwrap();
+    // Checkpoints go to an object store (moto's S3 in CI), not the data dir.
+    let store = common::test_store(scratch.path()).await;
     let t = common::spawn_with(|c| {
         c.auth_token = Some("team-s3cret".into());
         c.max_concurrent_runs = 1;
+        c.store = Some(store);
     })
     .await;
     let hash = server::accounts::hash_password("correct horse").unwrap();
@@ -310,6 +313,8 @@ async fn sign_in_journey(t: &common::TestServer, client: &Client, downloads: &Pa
         .unwrap();
     let run = common::wait_for(&api, &t.base, id, "finished", |r| r["status"] == "finished").await;
     assert_eq!(run["launched_by"], "alice");
+    // The download streams from the store: the local scratch copies are gone.
+    std::fs::remove_dir_all(t.dir.path().join("data").join("runs").join(id.to_string())).unwrap();
     client.goto(&t.url(&format!("/runs/{id}"))).await.unwrap();
     let link = client.find(Locator::Css("a[data-archive]")).await.expect("a checkpoint to download");
     let step = link.attr("data-archive").await.unwrap().unwrap();

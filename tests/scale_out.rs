@@ -29,19 +29,7 @@ async fn postgres(dir: &Path) -> Option<Shared> {
         eprintln!("skipped: set {} to a Postgres server to run it", server::db::testing::POSTGRES_ENV);
         return None;
     }
-    Some(Shared { db: server::db::testing::database_url(dir).await, store: shared_store(dir).await })
-}
-
-/// The `--store` every process of a test shares (see the module).
-async fn shared_store(dir: &Path) -> String {
-    let Ok(endpoint) = std::env::var("GOODHART_TEST_S3_ENDPOINT") else {
-        return format!("file://{}", dir.join("store").display());
-    };
-    let bucket = format!("scale-out-{}-{}", std::process::id(), server::db::now_ms());
-    // object_store does not create buckets; S3's CreateBucket is a PUT of the bucket's path.
-    let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.expect("create bucket");
-    assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
-    format!("s3://{bucket}/goodhart")
+    Some(Shared { db: server::db::testing::database_url(dir).await, store: common::test_store(dir).await })
 }
 
 /// What every process of a test shares: its database and checkpoint store.

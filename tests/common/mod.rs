@@ -171,6 +171,22 @@ pub async fn lab_with(edit: impl FnOnce(&mut server::http::Settings)) -> Lab {
     Lab { state, writer, dir }
 }
 
+/// A `--store` for a test: a fresh bucket on the S3-compatible server at
+/// `GOODHART_TEST_S3_ENDPOINT` (`.ci/run` starts moto and sets it, with the `AWS_*` variables
+/// the store reads), otherwise `file://DIR/store`. Either way apart from any data dir.
+pub async fn test_store(dir: &std::path::Path) -> String {
+    let Ok(endpoint) = std::env::var("GOODHART_TEST_S3_ENDPOINT") else {
+        return format!("file://{}", dir.join("store").display());
+    };
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let bucket = format!("test-{}-{}-{n}", std::process::id(), server::db::now_ms());
+    // object_store does not create buckets; S3's CreateBucket is a PUT of the bucket's path.
+    let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.expect("create bucket");
+    assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
+    format!("s3://{bucket}/goodhart")
+}
+
 /// A stored toy-tree config (as the API would store it) with `edits`.
 pub fn toy_config(edits: Value) -> Value {
     let mut v = json!({"task": "toy-tree", "max_steps": 1000, "eval_steps": 25, "save_steps": 500});
