@@ -177,6 +177,9 @@ async fn listen_loop(
                         bus.deliver(RunEvent::Metrics { run_id, step, data: data.into() });
                     }
                 }
+                // Too large to carry: the streams read it from the database when they next
+                // catch up (after 2 s without events, or the next event after it).
+                RunEvent::Sft { data, .. } if data.is_empty() => {}
                 other => bus.deliver(other),
             }
         }
@@ -194,6 +197,50 @@ async fn metrics_at(pool: &Pool, run_id: i64, step: i64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::event_bus::event_bus;
+    use crate::jobs::queue::DbQueue;
+
+    /// One process's bus, queue and relay on the database at `url`.
+    async fn process(url: &str, shutdown: &CancellationToken) -> (EventBus, Arc<DbQueue>) {
+        let pool = db::connect(url).await.unwrap();
+        let bus = event_bus();
+        let queue = Arc::new(DbQueue::new(pool.clone(), bus.clone(), "w"));
+        start(url, pool, bus.clone(), queue.clone(), shutdown.clone()).await.unwrap();
+        (bus, queue)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_sent_in_one_process_reaches_anothers_subscribers_and_a_queued_run_wakes_its_claimer() {
+        if !db::testing::on_postgres() {
+            eprintln!("skipped: the relay runs on Postgres only (set {})", db::testing::POSTGRES_ENV);
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let url = db::testing::database_url(dir.path()).await;
+        let shutdown = CancellationToken::new();
+        let (sender, _) = process(&url, &shutdown).await;
+        let (receiver, receiver_queue) = process(&url, &shutdown).await;
+        let mut heard = receiver.subscribe();
+        let mut own = sender.subscribe();
+        let woken = receiver_queue.work_available();
+        let big = format!("{{\"step\":3,\"values\":{{\"x\":\"{}\"}}}}", "9".repeat(6000));
+        sender.send(RunEvent::Status { run_id: 1, status: RunStatus::Queued, error: None });
+        sender.send(RunEvent::Checkpoint { run_id: 1, step: 2, deleted: false });
+        sender.send(RunEvent::Sft { run_id: 1, step: 3, data: big.into() });
+        let within = std::time::Duration::from_secs(10);
+        let first = tokio::time::timeout(within, heard.recv()).await.expect("relayed").unwrap();
+        assert!(matches!(first, RunEvent::Status { run_id: 1, status: RunStatus::Queued, .. }), "{first:?}");
+        let second = tokio::time::timeout(within, heard.recv()).await.expect("relayed").unwrap();
+        assert!(matches!(second, RunEvent::Checkpoint { run_id: 1, step: 2, deleted: false }), "{second:?}");
+        tokio::time::timeout(within, woken).await.expect("the other process's claimer woke up");
+        // The sender hears its own events once, locally: its relay skips its own notifications.
+        for _ in 0..3 {
+            own.recv().await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(own.try_recv().is_err(), "no echo of its own events");
+        shutdown.cancel();
+    }
 
     #[test]
     fn events_pack_into_payloads_under_the_postgres_limit_in_order() {
