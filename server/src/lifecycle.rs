@@ -272,7 +272,7 @@ impl Worker {
 /// run limits; its HTTP settings are not used.
 pub async fn start_worker(config: ServeConfig) -> anyhow::Result<Worker> {
     if config.max_concurrent_runs == 0 {
-        bail!("--max-concurrent-runs must be at least 1 for a worker");
+        bail!("--max-concurrent-runs must be at least 1 for a worker (0 is for a web-only `serve`)");
     }
     let store = crate::store::open(config.store.as_deref(), &config.data_dir)?;
     let jobs = start_jobs(&config, store).await?;

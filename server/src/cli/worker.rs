@@ -23,9 +23,6 @@ fn parse_device(raw: &str) -> Result<String, String> {
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let mut config = args.jobs.config();
     config.device = args.device;
-    if config.max_concurrent_runs == 0 {
-        anyhow::bail!("--max-concurrent-runs must be at least 1 for a worker (0 is for a web-only `serve`)");
-    }
     // A worker listens nowhere; its HTTP settings stay the defaults and are not used.
     config.demo_if_empty = false;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyConnection, Arguments, ConnectOptions, Connection, Encode, Executor, FromRow, Type};
+use sqlx::{Any, AnyConnection, Arguments, ConnectOptions, Encode, Executor, FromRow, Type};
 
 /// The database handle everything outside `db/` and the queue holds: one pool type for both
 /// backends. (An alias rather than a wrapper: callers only pass it back into `db::` functions.)
@@ -229,11 +229,6 @@ impl Sql {
 /// Unix milliseconds, the timestamp format of every table.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Checks the connection still answers (what a reconnecting worker waits for).
-pub async fn ping(pool: &Pool) -> sqlx::Result<()> {
-    pool.acquire().await?.ping().await
 }
 
 #[cfg(test)]

@@ -196,16 +196,9 @@ fn session_csrf(session_id: &str) -> String {
     accounts::sha256_hex(&format!("csrf:{session_id}"))[..32].to_string()
 }
 
-/// The value of cookie `name`, if the request has it.
+/// The value of cookie `name`, if the request has a non-empty one.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, v)| *n == name && !v.is_empty())
-        .map(|(_, v)| v.to_string())
+    super::security::cookie(headers, name, |value| !value.is_empty())
 }
 
 /// Where to go after signing in: a path on this server, never another site (`//evil`, `/\evil`).

@@ -209,13 +209,18 @@ pub async fn csrf(State(state): State<AppState>, mut request: Request, next: Nex
 
 /// The `goodhart_csrf` cookie's token, if it has the form this server writes.
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, CSRF_COOKIE, |value| value.len() == 32 && value.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// The first value of cookie `name` that `accept` takes, if the request has one.
+pub(super) fn cookie(headers: &HeaderMap, name: &str, accept: impl Fn(&str) -> bool) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| *name == CSRF_COOKIE && value.len() == 32 && value.chars().all(|c| c.is_ascii_hexdigit()))
+        .find(|(n, value)| *n == name && accept(value))
         .map(|(_, value)| value.to_string())
 }
 
