@@ -1,7 +1,9 @@
 //! Starting and stopping the whole server: database, queue, metric writer, runner, HTTP.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -9,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{AppState, Settings};
+use crate::jobs::queue::DbQueue;
 use crate::jobs::runner::Runner;
 use crate::jobs::sink::MetricWriter;
 
@@ -32,6 +35,8 @@ pub struct ServeConfig {
     pub stale_after: Duration,
     /// The device every run trains on here, whatever its `device` says (`worker --device`).
     pub device: Option<String>,
+    /// This worker's labels (`--labels gpu=h100`): it claims only runs they satisfy.
+    pub labels: BTreeMap<String, String>,
     pub max_sweep_runs: usize,
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
@@ -132,6 +137,7 @@ impl ServeConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             stale_after: DEFAULT_STALE_AFTER,
             device: None,
+            labels: BTreeMap::new(),
             max_sweep_runs: 512,
             max_body_bytes: 1 << 20,
             max_upload_bytes: 1 << 30,
@@ -349,7 +355,15 @@ async fn start_jobs(config: &ServeConfig, store: crate::store::CheckpointStore) 
         None => default_worker_id(&config.data_dir)
             .with_context(|| format!("naming this worker after {}", config.data_dir.display()))?,
     };
+    if !config.labels.is_empty() && config.max_concurrent_runs == 0 {
+        bail!("--labels is for a process that trains: this one has --max-concurrent-runs 0");
+    }
     let mut state = AppState::new(pool.clone(), config.settings(), worker.clone());
+    if !config.labels.is_empty() {
+        tracing::info!(labels = %trainer::config::labels_text(&config.labels), "claiming runs these labels satisfy");
+        let queue = DbQueue::new(pool.clone(), state.events.clone(), worker.clone()).with_labels(config.labels.clone());
+        state.queue = Arc::new(queue);
+    }
     state.store = store.clone();
     let orphans = state.queue.requeue_orphans().await?;
     if !orphans.is_empty() {

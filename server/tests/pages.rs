@@ -64,6 +64,7 @@ async fn a_running_run_shows_progress_eta_live_charts_and_its_checkpoints() {
         .enqueue(
             toy_config(json!({"sync_ref_model": true, "ref_model_mixup_alpha": 0.1, "ref_model_sync_steps": 1})),
             None,
+            None,
         )
         .await
         .unwrap();
@@ -114,7 +115,7 @@ async fn a_run_without_a_gold_reward_shows_proxies_labelled_as_such_and_says_why
     let mut config = common::config(100, 0);
     config["eval_split_ratio"] = json!(0.25);
     config["eval_steps"] = json!(25);
-    let id = lab.state.queue.enqueue(config, None).await.unwrap();
+    let id = lab.state.queue.enqueue(config, None, None).await.unwrap();
     let claim = lab.state.queue.claim().await.unwrap().unwrap();
     for step in [0i64, 25, 50] {
         let x = step as f64 / 25.0;
@@ -141,7 +142,7 @@ async fn a_run_without_a_gold_reward_shows_proxies_labelled_as_such_and_says_why
 #[tokio::test]
 async fn a_failed_run_resumes_from_its_last_checkpoint_or_starts_over_as_a_new_run() {
     let lab = lab().await;
-    let id = lab.state.queue.enqueue(toy_config(json!({})), None).await.unwrap();
+    let id = lab.state.queue.enqueue(toy_config(json!({})), None, None).await.unwrap();
     lab.train_next(75, 1000, 1.0, &[50]).await;
     lab.finish(id, Outcome::Failed("non-finite loss at step 80".into())).await;
     let (status, body) = lab.get(&format!("/runs/{id}")).await;
@@ -187,8 +188,12 @@ async fn sweep_of(lab: &common::Lab, n: usize) -> (i64, Vec<i64>) {
             }))
         })
         .collect();
-    let (sweep, ids) =
-        lab.state.queue.enqueue_sweep(json!({"task": "toy-tree"}), json!({"seed": [0, 1, 2]}), configs).await.unwrap();
+    let (sweep, ids) = lab
+        .state
+        .queue
+        .enqueue_sweep(json!({"task": "toy-tree"}), json!({"seed": [0, 1, 2]}), configs, None)
+        .await
+        .unwrap();
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(lab.train_next(1000, 1000, 0.5 + i as f64 * 0.05, &[500, 1000]).await, *id);
         lab.finish(*id, Outcome::Finished).await;
@@ -264,7 +269,7 @@ async fn a_hundred_runs_fill_the_table_and_the_sweep_chart_has_one_path_each() {
 async fn the_runs_table_sorts_and_filters_on_any_column() {
     let lab = lab().await;
     let (sweep, ids) = sweep_of(&lab, 6).await;
-    let lone = lab.state.queue.enqueue(toy_config(json!({"loss_type": "kto"})), None).await.unwrap();
+    let lone = lab.state.queue.enqueue(toy_config(json!({"loss_type": "kto"})), None, None).await.unwrap();
     let order = |body: &str| -> Vec<i64> {
         body.split("<tr data-run=\"").skip(1).map(|s| s[..s.find('"').unwrap()].parse().unwrap()).collect()
     };

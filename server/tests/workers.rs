@@ -59,8 +59,8 @@ async fn a_cancel_sent_to_one_server_stops_a_run_that_another_server_is_training
 #[tokio::test]
 async fn an_ended_runs_metrics_answer_is_kept_in_memory_and_a_running_runs_is_read_afresh() {
     let lab = lab().await;
-    let ended = lab.state.queue.enqueue(toy_config(json!({})), None).await.unwrap();
-    let running = lab.state.queue.enqueue(toy_config(json!({})), None).await.unwrap();
+    let ended = lab.state.queue.enqueue(toy_config(json!({})), None, None).await.unwrap();
+    let running = lab.state.queue.enqueue(toy_config(json!({})), None, None).await.unwrap();
     lab.train_next(100, 1000, 1.0, &[]).await;
     lab.finish(ended, Outcome::Finished).await;
     lab.train_next(100, 1000, 1.0, &[]).await;

@@ -1,5 +1,6 @@
 //! The run config: one struct, TRL's key names and defaults, every error reported by field.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -257,6 +258,9 @@ pub struct RunConfig {
     pub num_threads: usize,
     /// Where the model trains: `cpu` (default), `cuda` or `cuda:N` (a build with `--features cuda`).
     pub device: String,
+    /// Labels a worker must have to claim the run (`requires = {gpu = "h100"}`; see
+    /// `goodhart worker --labels`). Empty: any worker.
+    pub requires: BTreeMap<String, String>,
     /// Mixed precision as transformers' `bf16`: bfloat16 matmuls and activations, float32
     /// weights, optimizer state, norms, softmaxes and loss.
     pub bf16: bool,
@@ -370,6 +374,7 @@ impl Default for RunConfig {
             dataloader_drop_last: false,
             num_threads: 0,
             device: "cpu".into(),
+            requires: BTreeMap::new(),
             bf16: false,
             fp16: false,
             gradient_checkpointing: false,
@@ -405,7 +410,13 @@ impl Default for RunConfig {
 impl RunConfig {
     /// Parses a JSON object; a wrong type or unknown key is reported with the field's name.
     /// A toy `task` first fills the keys it has defaults for (see [`Task`]) where they are absent.
-    pub fn from_json_value(mut value: Value) -> Result<Self, Vec<FieldError>> {
+    pub fn from_json_value(value: Value) -> Result<Self, Vec<FieldError>> {
+        Self::from_json_value_on(value, Machine::This)
+    }
+
+    /// [`Self::from_json_value`], checked for `machine`: a web node that queues runs for workers
+    /// elsewhere leaves out what only the training machine can answer.
+    pub fn from_json_value_on(mut value: Value, machine: Machine) -> Result<Self, Vec<FieldError>> {
         if let Some(map) = value.as_object_mut() {
             let task =
                 map.get("task").cloned().and_then(|t| serde_json::from_value::<Task>(t).ok()).unwrap_or_default();
@@ -440,7 +451,7 @@ impl RunConfig {
             }
         }
         let config: Self = serde_path_to_error::deserialize(value).map_err(|e| vec![as_field_error(e)])?;
-        config.validate()?;
+        config.validate_on(machine)?;
         Ok(config)
     }
 
@@ -472,8 +483,14 @@ impl RunConfig {
     }
 
     /// Every problem at once, each naming its field and the allowed range: first every key's
-    /// [`fields::Range`], then the rules that tie keys together.
+    /// [`fields::Range`], then the rules that tie keys together, then what this machine can train.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        self.validate_on(Machine::This)
+    }
+
+    /// [`Self::validate`], with this machine's checks ([`Self::check_machine`]) only on
+    /// [`Machine::This`].
+    pub fn validate_on(&self, machine: Machine) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         fields::check_ranges(self, false, &mut errors);
         let mut check = |ok: bool, field: &str, message: &str| {
@@ -491,15 +508,6 @@ impl RunConfig {
             self.max_steps.is_none_or(|s| s <= MAX_STEPS),
             "max_steps",
             &format!("must be <= 2^53 ({MAX_STEPS}), the largest step count every JSON reader keeps exact"),
-        );
-        let max_threads = crate::workers::max_threads();
-        check(
-            self.num_threads <= max_threads,
-            "num_threads",
-            &format!(
-                "must be <= {max_threads}, the worker threads a run may use here (the cores, or the server's \
-                 --max-threads-per-run); 0 uses one per core"
-            ),
         );
         check(
             self.max_steps.is_some() || (finite(self.num_train_epochs) && self.num_train_epochs > 0.0),
@@ -544,8 +552,13 @@ impl RunConfig {
             "eval_split_ratio",
             "must be 0 when eval_dataset_path names the evaluation set",
         );
-        if let Err(message) = DeviceSpec::parse(&self.device).and_then(DeviceSpec::available) {
+        if let Err(message) = DeviceSpec::parse(&self.device) {
             errors.push(FieldError::new("device", message));
+        }
+        for (key, value) in &self.requires {
+            if let Err(message) = check_label(key, value) {
+                errors.push(FieldError::new("requires", message));
+            }
         }
         self.validate_saving(&mut errors);
         if self.task.is_toy() {
@@ -553,16 +566,40 @@ impl RunConfig {
         } else {
             self.validate_paths(&mut errors);
         }
-        if errors.is_empty() {
-            if let Some(machine) = crate::memory::machine_bytes() {
-                errors.extend(crate::memory::bounds(&self.memory_shape(), machine));
-            }
+        if errors.is_empty() && machine == Machine::This {
+            errors.extend(self.check_machine());
         }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
         }
+    }
+
+    /// What only the machine that trains the run can answer: whether this build has its device,
+    /// whether its `num_threads` fit this machine's cores, whether it fits this machine's memory.
+    /// A worker checks them when it claims a run that a web node queued ([`Machine::Any`]).
+    pub fn check_machine(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if let Err(message) = DeviceSpec::parse(&self.device).and_then(DeviceSpec::available) {
+            errors.push(FieldError::new("device", message));
+        }
+        let max_threads = crate::workers::max_threads();
+        if self.num_threads > max_threads {
+            errors.push(FieldError::new(
+                "num_threads",
+                format!(
+                    "must be <= {max_threads}, the worker threads a run may use here (the cores, or the server's \
+                     --max-threads-per-run); 0 uses one per core"
+                ),
+            ));
+        }
+        if errors.is_empty() {
+            if let Some(machine) = crate::memory::machine_bytes() {
+                errors.extend(crate::memory::bounds(&self.memory_shape(), machine));
+            }
+        }
+        errors
     }
 
     /// Checkpoint keys: what `best` and `pareto` rank by, and that the run evaluates at all.
@@ -823,6 +860,61 @@ impl RunConfig {
             DeviceSpec::Cuda(ordinal) => candle_core::Device::new_cuda(ordinal)?,
         })
     }
+}
+
+/// Which machine a config is checked for (see [`RunConfig::validate_on`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// This one trains it: the checks include [`RunConfig::check_machine`].
+    This,
+    /// Another one will (a web node that trains nothing queues runs for its workers): only what
+    /// holds wherever the run trains.
+    Any,
+}
+
+/// The characters a label's name or value may hold, as the OpenAPI schema states it: a letter or
+/// digit, then up to 62 letters, digits, `.`, `_` or `-` (a Kubernetes label value's rule).
+pub const LABEL_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+
+fn is_label(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && text.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Why `name = value` is no label, if it is not one.
+pub fn check_label(name: &str, value: &str) -> Result<(), String> {
+    let rule = "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit";
+    if !is_label(name) {
+        return Err(format!("the label name {name:?} must be {rule}"));
+    }
+    if !is_label(value) {
+        return Err(format!("the value {value:?} of label {name:?} must be {rule}"));
+    }
+    Ok(())
+}
+
+/// Labels written as `gpu=h100,zone=eu` (what `goodhart worker --labels` and the run form take;
+/// spaces around the parts are ignored), or why not.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, value)) = part.split_once('=') else {
+            return Err(format!("{part:?} is not name=value (write labels as gpu=h100,zone=eu)"));
+        };
+        let (name, value) = (name.trim(), value.trim());
+        check_label(name, value)?;
+        if labels.insert(name.to_string(), value.to_string()).is_some() {
+            return Err(format!("the label {name:?} is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
+/// Labels as [`parse_labels`] reads them: `gpu=h100,zone=eu`.
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// Whether `name` is a device this build can train on (`cpu`, `cuda`, `cuda:N`; CUDA only in a
@@ -1213,5 +1305,47 @@ mod tests {
         } else {
             assert!(cuda.unwrap_err()[0].message.contains("--features cuda"));
         }
+    }
+
+    #[test]
+    fn a_run_requires_worker_labels_written_in_toml_or_as_name_value_text() {
+        let config =
+            RunConfig::parse("task = \"toy-tree\"\nrequires = {gpu = \"h100\", zone = \"eu-1\"}", "toml").unwrap();
+        let expected = BTreeMap::from([("gpu".to_string(), "h100".to_string()), ("zone".into(), "eu-1".into())]);
+        assert_eq!(config.requires, expected);
+        assert_eq!(parse_labels(" gpu = h100 , zone=eu-1,").unwrap(), expected);
+        assert_eq!(labels_text(&expected), "gpu=h100,zone=eu-1");
+        assert!(RunConfig::default().requires.is_empty(), "no requirement: any worker");
+    }
+
+    #[test]
+    fn a_malformed_label_is_refused_naming_requires_and_the_rule() {
+        let errors =
+            RunConfig::from_json_value(json!({"task": "toy-tree", "requires": {"gpu": "h100 sxm"}})).unwrap_err();
+        assert_eq!(fields(&errors), vec!["requires"]);
+        assert!(
+            errors[0].message.contains("\"h100 sxm\"") && errors[0].message.contains("letters, digits"),
+            "{errors:?}"
+        );
+        let errors = RunConfig::from_json_value(json!({"task": "toy-tree", "requires": {"": "x"}})).unwrap_err();
+        assert_eq!(fields(&errors), vec!["requires"]);
+        assert!(parse_labels("gpu").unwrap_err().contains("name=value"));
+        assert!(parse_labels("gpu=a,gpu=b").unwrap_err().contains("twice"));
+        assert!(parse_labels(&format!("gpu={}", "x".repeat(64))).is_err(), "63 characters at most");
+    }
+
+    #[test]
+    fn a_config_queued_for_another_machine_skips_this_machines_checks() {
+        let elsewhere = json!({"task": "toy-tree", "device": "cuda:1", "num_threads": 100_000});
+        let config = RunConfig::from_json_value_on(elsewhere.clone(), Machine::Any).unwrap();
+        let here = RunConfig::from_json_value(elsewhere);
+        if cfg!(feature = "cuda") {
+            assert_eq!(fields(&here.unwrap_err()), vec!["num_threads"]);
+        } else {
+            assert_eq!(fields(&here.unwrap_err()), vec!["device", "num_threads"]);
+        }
+        assert_eq!(fields(&config.check_machine()), fields(&config.validate().unwrap_err()));
+        let errors = RunConfig::from_json_value_on(json!({"task": "toy-tree", "device": "tpu"}), Machine::Any);
+        assert_eq!(fields(&errors.unwrap_err()), vec!["device"], "the device's name is checked anywhere");
     }
 }

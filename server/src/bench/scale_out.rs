@@ -158,7 +158,7 @@ async fn ingestion(args: &ScaleOutBenchArgs, backend: Backend, dir: &std::path::
         let pool = db::connect(&url).await?;
         let queue = DbQueue::new(pool.clone(), event_bus(), "producer");
         for _ in 0..args.processes {
-            queue.enqueue(json!({}), None).await?;
+            queue.enqueue(json!({}), None, None).await?;
         }
         pool.close().await;
         let children: Vec<_> = (0..args.processes)
@@ -248,7 +248,7 @@ async fn claims(args: &ScaleOutBenchArgs, backend: Backend, dir: &std::path::Pat
     let pool = db::connect(&url).await?;
     let queue = DbQueue::new(pool.clone(), event_bus(), "producer");
     for chunk in (0..args.claim_runs).collect::<Vec<_>>().chunks(500) {
-        queue.enqueue_sweep(json!({}), json!({}), chunk.iter().map(|_| json!({})).collect()).await?;
+        queue.enqueue_sweep(json!({}), json!({}), chunk.iter().map(|_| json!({})).collect(), None).await?;
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -303,7 +303,7 @@ async fn fan_out(args: &ScaleOutBenchArgs, dir: &std::path::Path) -> anyhow::Res
     config.max_concurrent_runs = 0;
     let web = start(config).await?;
     let base = format!("http://{}", web.addr);
-    let run_id = web.state.queue.enqueue(json!({}), None).await?;
+    let run_id = web.state.queue.enqueue(json!({}), None, None).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.subscribers).build()?;
     let mut subscribers = Vec::new();
     for _ in 0..args.subscribers {
@@ -367,7 +367,7 @@ async fn runs_page(args: &ScaleOutBenchArgs, backend: Backend, dir: &std::path::
         let mut ids = Vec::new();
         for chunk in (0..args.runs).collect::<Vec<_>>().chunks(1000) {
             let (_, mut more) =
-                queue.enqueue_sweep(json!({}), json!({}), chunk.iter().map(|_| config.clone()).collect()).await?;
+                queue.enqueue_sweep(json!({}), json!({}), chunk.iter().map(|_| config.clone()).collect(), None).await?;
             ids.append(&mut more);
         }
         sqlx::query("update runs set status = 'finished', step = 100, total_steps = 100, finished_at = created_at")

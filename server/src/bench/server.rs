@@ -131,7 +131,7 @@ pub fn run(args: &ServerBenchArgs) -> anyhow::Result<()> {
 /// Logs `steps` steps into a fresh run through the trainer's sink, as the worker that claimed
 /// it; answers the run (then cancelled: it has ended) and rows per second.
 async fn ingest_once(queue: &DbQueue, writer: &MetricWriter, steps: u64) -> anyhow::Result<(i64, f64)> {
-    let run_id = queue.enqueue(json!({}), None).await?;
+    let run_id = queue.enqueue(json!({}), None, None).await?;
     let claim = queue.claim().await?.context("the run just queued")?;
     anyhow::ensure!(claim.run_id == run_id, "claimed run {} instead of {run_id}", claim.run_id);
     let (writer, lease) = (writer.clone(), claim.lease());

@@ -68,7 +68,7 @@ async fn fill(state: &AppState, writer: &MetricWriter, runs: usize, points: usiz
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (sweep, ids) =
-        state.queue.enqueue_sweep(json!({"task": "toy-tree"}), json!({"seed": [0, 1, 2]}), configs).await?;
+        state.queue.enqueue_sweep(json!({"task": "toy-tree"}), json!({"seed": [0, 1, 2]}), configs, None).await?;
     let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
     for (i, _) in ids.iter().enumerate() {
         let claim = state.queue.claim().await?.ok_or_else(|| anyhow::anyhow!("no queued run"))?;

@@ -1,5 +1,6 @@
 //! `goodhart serve`: the web server, its run queue and background trainers.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,6 +104,11 @@ pub struct JobArgs {
     /// worker pool all runs share [default: the number of cores].
     #[arg(long, env = "GOODHART_MAX_THREADS_PER_RUN")]
     pub max_threads_per_run: Option<usize>,
+    /// What this machine offers, as `gpu=h100,zone=eu`: it claims a run only when every label
+    /// the run `requires` is among these (with the same value). Runs that require nothing go
+    /// to any worker, labelled or not.
+    #[arg(long, env = "GOODHART_LABELS", value_parser = trainer::config::parse_labels)]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 impl JobArgs {
@@ -120,6 +126,7 @@ impl JobArgs {
         config.heartbeat_interval = self.heartbeat_interval;
         config.stale_after = self.stale_after;
         config.max_threads_per_run = self.max_threads_per_run.unwrap_or_else(trainer::workers::cores);
+        config.labels = self.labels.unwrap_or_default();
         config
     }
 }

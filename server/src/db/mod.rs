@@ -217,6 +217,14 @@ impl Sql {
         Ok(sqlx::query_with(&self.text, self.args).execute(executor).await?.rows_affected())
     }
 
+    pub async fn fetch_optional<'c, T, E>(self, executor: E) -> sqlx::Result<Option<T>>
+    where
+        T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+        E: Executor<'c, Database = Any>,
+    {
+        sqlx::query_as_with(&self.text, self.args).fetch_optional(executor).await
+    }
+
     pub async fn fetch_all<'c, T, E>(self, executor: E) -> sqlx::Result<Vec<T>>
     where
         T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,

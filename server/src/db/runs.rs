@@ -158,16 +158,6 @@ pub async fn list_launched_by(
     sqlx::query_as(&sql).bind(status.map(RunStatus::as_str)).bind(sweep_id).bind(launched_by).fetch_all(pool).await
 }
 
-/// Records who launched these runs (right after the queue stored them).
-pub async fn set_launched_by(pool: &Pool, ids: &[i64], user: &str) -> sqlx::Result<()> {
-    for chunk in ids.chunks(500) {
-        let mut q = super::Sql::new("update runs set launched_by = ");
-        q.bind(user.to_string()).push(" where id in (").bind_list(chunk.iter().copied()).push(")");
-        q.execute(pool).await?;
-    }
-    Ok(())
-}
-
 /// The runs with these ids that exist, in the order of `ids`.
 pub async fn by_ids(pool: &Pool, ids: &[i64]) -> sqlx::Result<Vec<Run>> {
     let mut found: Vec<Run> = Vec::with_capacity(ids.len());

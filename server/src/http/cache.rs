@@ -168,7 +168,7 @@ mod tests {
         let pool = crate::db::testing::pool(dir.path()).await;
         let queue = DbQueue::new(pool.clone(), event_bus(), "w");
         let (ended, running) =
-            (queue.enqueue(json!({}), None).await.unwrap(), queue.enqueue(json!({}), None).await.unwrap());
+            (queue.enqueue(json!({}), None, None).await.unwrap(), queue.enqueue(json!({}), None, None).await.unwrap());
         queue.claim().await.unwrap();
         queue.claim().await.unwrap();
         let rows: Vec<MetricRow> = [ended, running]

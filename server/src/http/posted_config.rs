@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use serde_json::Value;
-use trainer::config::RunConfig;
+use trainer::config::{Machine, RunConfig};
 use trainer::error::FieldError;
 
 use super::error::Error;
@@ -77,7 +77,7 @@ impl Settings {
     }
 }
 
-/// Validates a config and answers the JSON to store: every key with its value (defaults filled
+/// Validates a config (for this machine, unless it trains nothing) and answers the JSON to store: every key with its value (defaults filled
 /// in), the model, reward model and dataset paths canonical and inside the server's directories,
 /// and `toy_cache_dir` relative to `--data-dir` (each server that trains the run puts the cache
 /// in its own, see [`crate::jobs::toy_cache_dir`]).
@@ -111,7 +111,10 @@ pub fn prepare(mut value: Value, settings: &Settings) -> Result<(RunConfig, Valu
     let redact = |errors: Vec<FieldError>| -> Vec<FieldError> {
         errors.into_iter().map(|e| FieldError::new(e.field, settings.redact(&e.message))).collect()
     };
-    match RunConfig::from_json_value(value) {
+    // A web node that trains nothing cannot say what its workers' machines can train: they check
+    // the device, cores and memory when they claim the run.
+    let machine = if settings.max_concurrent_runs == 0 { Machine::Any } else { Machine::This };
+    match RunConfig::from_json_value_on(value, machine) {
         Ok(config) if errors.is_empty() => {
             let mut stored =
                 serde_json::to_value(&config).map_err(|e| vec![FieldError::new("(config)", e.to_string())])?;

@@ -170,17 +170,7 @@ async fn create(
 pub async fn launch(state: &AppState, config: Value, parent: Option<i64>, who: &Identity) -> Result<i64> {
     let (config, stored) = prepare(config, &state.settings).map_err(Error::Invalid)?;
     check_datasets(std::slice::from_ref(&config), &state.settings).await?;
-    let id = state.queue.enqueue(stored, parent).await?;
-    record_launcher(state, &[id], who).await?;
-    Ok(id)
-}
-
-/// Records who launched runs the queue just stored (a user's name; nothing for the token).
-pub async fn record_launcher(state: &AppState, ids: &[i64], who: &Identity) -> Result<()> {
-    if let Some(name) = who.launcher() {
-        runs::set_launched_by(&state.pool, ids, name).await?;
-    }
-    Ok(())
+    Ok(state.queue.enqueue(stored, parent, who.launcher().map(String::from)).await?)
 }
 
 #[derive(Debug, Deserialize)]

@@ -91,8 +91,7 @@ pub async fn launch(state: &AppState, base: Value, grid: Value, who: &Identity) 
         .collect::<Result<Vec<RunConfig>, _>>()
         .map_err(|e| Error::Internal(format!("a validated config no longer parses: {e}")))?;
     check_datasets(&run_configs, &state.settings).await?;
-    let (id, run_ids) = state.queue.enqueue_sweep(base, grid, configs).await?;
-    super::runs::record_launcher(state, &run_ids, who).await?;
+    let (id, run_ids) = state.queue.enqueue_sweep(base, grid, configs, who.launcher().map(String::from)).await?;
     Ok(Launched { id, run_ids, duplicates })
 }
 

@@ -38,7 +38,7 @@
 //! remote workers (claim with `for update skip locked`, the same heartbeat and fencing) can
 //! replace [`DbQueue`] without touching them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,11 +142,19 @@ impl Reclaimed {
 pub trait RunQueue: Send + Sync {
     /// The worker id this queue claims runs as.
     fn worker(&self) -> &str;
-    /// Adds one run; answers its id.
-    fn enqueue(&self, config: Value, parent_id: Option<i64>) -> BoxFuture<'_, Result<i64>>;
+    /// Adds one run (`parent_id`: the run it retries or clones; `launched_by`: a user's name);
+    /// answers its id. The labels its config `requires` decide which workers may claim it.
+    fn enqueue(&self, config: Value, parent_id: Option<i64>, launched_by: Option<String>)
+        -> BoxFuture<'_, Result<i64>>;
     /// Adds a sweep and all its runs in one transaction; answers the sweep id and run ids.
-    fn enqueue_sweep(&self, base: Value, grid: Value, configs: Vec<Value>) -> BoxFuture<'_, Result<(i64, Vec<i64>)>>;
-    /// Atomically takes the oldest queued run for this worker, if any.
+    fn enqueue_sweep(
+        &self,
+        base: Value,
+        grid: Value,
+        configs: Vec<Value>,
+        launched_by: Option<String>,
+    ) -> BoxFuture<'_, Result<(i64, Vec<i64>)>>;
+    /// Atomically takes the oldest queued run this worker's labels satisfy, if any.
     fn claim(&self) -> BoxFuture<'_, Result<Option<Claim>>>;
     /// Resolves when work may be available (a hint; claim decides).
     fn work_available(&self) -> BoxFuture<'_, ()>;
@@ -191,6 +199,8 @@ pub struct DbQueue {
     pool: Pool,
     events: EventBus,
     worker: String,
+    /// This worker's `--labels`: it claims only runs whose `requires` they all satisfy.
+    labels: BTreeMap<String, String>,
     work: Notify,
     /// The claims this process holds. Locked across every statement that claims, cancels,
     /// renews, reclaims or finishes, so none of them can slip between another and its effect
@@ -201,7 +211,52 @@ pub struct DbQueue {
 impl DbQueue {
     /// The queue as seen by worker `worker` (see `goodhart serve --worker-id`).
     pub fn new(pool: Pool, events: EventBus, worker: impl Into<String>) -> Self {
-        Self { pool, events, worker: worker.into(), work: Notify::new(), running: Mutex::new(HashMap::new()) }
+        Self {
+            pool,
+            events,
+            worker: worker.into(),
+            labels: BTreeMap::new(),
+            work: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This queue with worker labels (`goodhart worker --labels gpu=h100`).
+    pub fn with_labels(self, labels: BTreeMap<String, String>) -> Self {
+        Self { labels, ..self }
+    }
+
+    /// Stores one queued run and the labels its config requires.
+    async fn insert_run(
+        tx: &mut Conn,
+        sweep_id: Option<i64>,
+        config: &Value,
+        parent_id: Option<i64>,
+        launched_by: Option<&str>,
+        now: i64,
+    ) -> Result<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "insert into runs (sweep_id, config, status, parent_id, launched_by, created_at)
+             values ($1, $2, 'queued', $3, $4, $5) returning id",
+        )
+        .bind(sweep_id)
+        .bind(config.to_string())
+        .bind(parent_id)
+        .bind(launched_by)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        // The config was validated: `requires` is a map of strings, or absent.
+        let requires = config.get("requires").and_then(Value::as_object).into_iter().flatten();
+        for (label, value) in requires {
+            sqlx::query("insert into run_requirements (run_id, label, value) values ($1, $2, $3)")
+                .bind(id)
+                .bind(label)
+                .bind(value.as_str().unwrap_or_default())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(id)
     }
 
     fn announce(&self, run_id: i64, status: RunStatus, error: Option<String>) {
@@ -296,23 +351,29 @@ impl RunQueue for DbQueue {
         &self.worker
     }
 
-    fn enqueue(&self, config: Value, parent_id: Option<i64>) -> BoxFuture<'_, Result<i64>> {
+    fn enqueue(
+        &self,
+        config: Value,
+        parent_id: Option<i64>,
+        launched_by: Option<String>,
+    ) -> BoxFuture<'_, Result<i64>> {
         Box::pin(async move {
-            let id: i64 = sqlx::query_scalar(
-                "insert into runs (config, status, parent_id, created_at) values ($1, 'queued', $2, $3) returning id",
-            )
-            .bind(config.to_string())
-            .bind(parent_id)
-            .bind(db::now_ms())
-            .fetch_one(&self.pool)
-            .await?;
+            let mut tx = db::begin_write(&self.pool).await?;
+            let id = Self::insert_run(&mut tx, None, &config, parent_id, launched_by.as_deref(), db::now_ms()).await?;
+            tx.commit().await?;
             self.announce(id, RunStatus::Queued, None);
             self.work.notify_one();
             Ok(id)
         })
     }
 
-    fn enqueue_sweep(&self, base: Value, grid: Value, configs: Vec<Value>) -> BoxFuture<'_, Result<(i64, Vec<i64>)>> {
+    fn enqueue_sweep(
+        &self,
+        base: Value,
+        grid: Value,
+        configs: Vec<Value>,
+        launched_by: Option<String>,
+    ) -> BoxFuture<'_, Result<(i64, Vec<i64>)>> {
         Box::pin(async move {
             let now = db::now_ms();
             let mut tx = db::begin_write(&self.pool).await?;
@@ -326,15 +387,7 @@ impl RunQueue for DbQueue {
             .await?;
             let mut ids = Vec::with_capacity(configs.len());
             for config in &configs {
-                let id: i64 = sqlx::query_scalar(
-                    "insert into runs (sweep_id, config, status, created_at) values ($1, $2, 'queued', $3) returning id",
-                )
-                .bind(sweep_id)
-                .bind(config.to_string())
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                ids.push(id);
+                ids.push(Self::insert_run(&mut tx, Some(sweep_id), config, None, launched_by.as_deref(), now).await?);
             }
             tx.commit().await?;
             for id in &ids {
@@ -351,22 +404,31 @@ impl RunQueue for DbQueue {
             let now = db::now_ms();
             // One statement, so two workers can never take the same run. On Postgres, `skip
             // locked` lets workers claiming at once each take a different run without waiting.
-            let pick = match Backend::of_pool(&self.pool) {
-                Backend::Sqlite => "select id from runs where status = 'queued' order by id limit 1",
-                Backend::Postgres => {
-                    "select id from runs where status = 'queued' order by id limit 1 for update skip locked"
-                }
-            };
-            let row: Option<(i64, String, i64)> = sqlx::query_as(&format!(
-                "update runs set status = 'running', worker = $1, attempts = attempts + 1, error = null,
-                        started_at = coalesce(started_at, $2), heartbeat_at = $2
-                 where id = ({pick}) and status = 'queued'
-                 returning id, config, attempts"
-            ))
-            .bind(&self.worker)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
+            // A run is this worker's to take when none of its requirements is missing from the
+            // worker's labels.
+            let mut q = Sql::new("update runs set status = 'running', worker = ");
+            q.bind(self.worker.clone())
+                .push(", attempts = attempts + 1, error = null, started_at = coalesce(started_at, ")
+                .bind(now)
+                .push("), heartbeat_at = ")
+                .bind(now)
+                .push(
+                    " where status = 'queued' and id = (select id from runs where status = 'queued' and not exists \
+                     (select 1 from run_requirements r where r.run_id = runs.id and not (",
+                );
+            if self.labels.is_empty() {
+                q.push("false");
+            }
+            for (i, (label, value)) in self.labels.iter().enumerate() {
+                q.push(if i == 0 { "(r.label = " } else { " or (r.label = " });
+                q.bind(label.clone()).push(" and r.value = ").bind(value.clone()).push(")");
+            }
+            q.push(")) order by id limit 1");
+            if Backend::of_pool(&self.pool) == Backend::Postgres {
+                q.push(" for update skip locked");
+            }
+            q.push(") returning id, config, attempts");
+            let row: Option<(i64, String, i64)> = q.fetch_optional(&self.pool).await?;
             let Some((run_id, config, attempt)) = row else { return Ok(None) };
             let stop = Arc::new(AtomicBool::new(false));
             running.insert(run_id, Held { attempt, stop: stop.clone() });
@@ -625,7 +687,7 @@ mod tests {
     async fn concurrent_workers_never_claim_the_same_run() {
         let (dir, q) = queue().await;
         for _ in 0..40 {
-            q.enqueue(json!({}), None).await.unwrap();
+            q.enqueue(json!({}), None, None).await.unwrap();
         }
         let mut workers = Vec::new();
         for w in 0..8 {
@@ -647,10 +709,67 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_claims_the_runs_whose_required_labels_it_has_and_those_that_require_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let labelled = |id: &'static str, labels: &'static str| {
+            let dir = &dir;
+            async move {
+                let labels = trainer::config::parse_labels(labels).unwrap();
+                Arc::new(DbQueue::new(db::testing::pool(dir.path()).await, event_bus(), id).with_labels(labels))
+            }
+        };
+        let (plain, h100, a100) =
+            (worker(&dir, "cpu").await, labelled("h100", "gpu=h100,zone=eu").await, labelled("a100", "gpu=a100").await);
+        let needs = |requires: Value| json!({ "requires": requires });
+        let h100_any = plain.enqueue(needs(json!({"gpu": "h100"})), None, None).await.unwrap();
+        let h100_eu = plain.enqueue(needs(json!({"gpu": "h100", "zone": "eu"})), None, None).await.unwrap();
+        let h100_us = plain.enqueue(needs(json!({"gpu": "h100", "zone": "us"})), None, None).await.unwrap();
+        let anywhere = plain.enqueue(json!({}), None, None).await.unwrap();
+
+        assert_eq!(plain.claim().await.unwrap().map(|c| c.run_id), Some(anywhere), "older runs require labels");
+        assert!(plain.claim().await.unwrap().is_none());
+        assert!(a100.claim().await.unwrap().is_none(), "a100 is not h100");
+        assert_eq!(h100.claim().await.unwrap().map(|c| c.run_id), Some(h100_any));
+        assert_eq!(h100.claim().await.unwrap().map(|c| c.run_id), Some(h100_eu));
+        assert!(h100.claim().await.unwrap().is_none(), "zone us is not among its labels");
+        assert_eq!(run(&plain, h100_us).await.status.as_str(), "queued");
+
+        // Requeued, the run keeps its requirements.
+        assert_eq!(h100.finish(h100_any, Outcome::Stopped).await.unwrap(), RunStatus::Queued);
+        assert!(plain.claim().await.unwrap().is_none());
+        let again = h100.claim().await.unwrap().unwrap();
+        assert_eq!((again.run_id, again.attempt), (h100_any, 2));
+
+        // Deleting a run deletes its requirements.
+        plain.cancel(h100_us).await.unwrap();
+        plain.delete(h100_us).await.unwrap();
+        let left: i64 = sqlx::query_scalar("select count(*) from run_requirements where run_id = $1")
+            .bind(h100_us)
+            .fetch_one(&plain.pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_and_a_sweep_record_who_launched_them_as_they_are_stored() {
+        let (_dir, q) = queue().await;
+        let id = q.enqueue(json!({}), None, Some("alice".into())).await.unwrap();
+        let (_, ids) =
+            q.enqueue_sweep(json!({}), json!({}), vec![json!({}), json!({})], Some("bob".into())).await.unwrap();
+        let anonymous = q.enqueue(json!({}), None, None).await.unwrap();
+        assert_eq!(run(&q, id).await.launched_by.as_deref(), Some("alice"));
+        for id in ids {
+            assert_eq!(run(&q, id).await.launched_by.as_deref(), Some("bob"));
+        }
+        assert_eq!(run(&q, anonymous).await.launched_by, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stopped_run_is_requeued_unless_it_was_cancelled() {
         let (_dir, q) = queue().await;
-        let a = q.enqueue(json!({}), None).await.unwrap();
-        let b = q.enqueue(json!({}), None).await.unwrap();
+        let a = q.enqueue(json!({}), None, None).await.unwrap();
+        let b = q.enqueue(json!({}), None, None).await.unwrap();
         let ca = q.claim().await.unwrap().unwrap();
         let cb = q.claim().await.unwrap().unwrap();
         assert_eq!((ca.run_id, cb.run_id), (a, b));
@@ -667,8 +786,8 @@ mod tests {
     async fn a_restarted_worker_requeues_its_runs_at_once_and_a_pending_cancel_still_counts() {
         let dir = tempfile::tempdir().unwrap();
         let before = worker(&dir, "w").await;
-        let a = before.enqueue(json!({}), None).await.unwrap();
-        let b = before.enqueue(json!({}), None).await.unwrap();
+        let a = before.enqueue(json!({}), None, None).await.unwrap();
+        let b = before.enqueue(json!({}), None, None).await.unwrap();
         before.claim().await.unwrap().unwrap();
         before.claim().await.unwrap().unwrap();
         before.cancel(b).await.unwrap();
@@ -686,7 +805,7 @@ mod tests {
     async fn a_live_workers_runs_are_left_alone_when_another_worker_starts() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (worker(&dir, "a").await, worker(&dir, "b").await);
-        let id = a.enqueue(json!({}), None).await.unwrap();
+        let id = a.enqueue(json!({}), None, None).await.unwrap();
         a.claim().await.unwrap().unwrap();
         assert!(b.requeue_orphans().await.unwrap().is_empty(), "not b's run");
         assert!(b.reclaim_stale(Duration::from_secs(60)).await.unwrap().is_empty(), "a's heartbeat is fresh");
@@ -702,11 +821,11 @@ mod tests {
     async fn a_stale_run_of_a_dead_worker_is_reclaimed_and_resumes_elsewhere() {
         let dir = tempfile::tempdir().unwrap();
         let (dead, live) = (worker(&dir, "dead").await, worker(&dir, "live").await);
-        let id = dead.enqueue(json!({}), None).await.unwrap();
+        let id = dead.enqueue(json!({}), None, None).await.unwrap();
         dead.claim().await.unwrap().unwrap();
         age().await;
         // The live worker's own claims are renewed, never reclaimed by itself.
-        let other = live.enqueue(json!({}), None).await.unwrap();
+        let other = live.enqueue(json!({}), None, None).await.unwrap();
         live.claim().await.unwrap().unwrap();
         assert_eq!(live.reclaim_stale(STALE).await.unwrap(), Reclaimed { requeued: vec![id], cancelled: vec![] });
         let again = live.claim().await.unwrap().unwrap();
@@ -719,7 +838,7 @@ mod tests {
     async fn a_cancel_sent_through_another_worker_stops_the_run_at_its_holders_next_heartbeat() {
         let dir = tempfile::tempdir().unwrap();
         let (holder, other) = (worker(&dir, "holder").await, worker(&dir, "other").await);
-        let id = holder.enqueue(json!({}), None).await.unwrap();
+        let id = holder.enqueue(json!({}), None, None).await.unwrap();
         let claim = holder.claim().await.unwrap().unwrap();
         assert_eq!(other.cancel(id).await.unwrap(), Cancelled::Requested);
         assert!(!claim.stop.load(Ordering::SeqCst), "nothing reached the holder yet");
@@ -732,7 +851,7 @@ mod tests {
     /// `slow` claims a run, goes quiet past `STALE`, and `fast` reclaims and claims it.
     async fn taken_over(dir: &tempfile::TempDir) -> (Arc<DbQueue>, Claim, Arc<DbQueue>, Claim) {
         let (slow, fast) = (worker(dir, "slow").await, worker(dir, "fast").await);
-        slow.enqueue(json!({}), None).await.unwrap();
+        slow.enqueue(json!({}), None, None).await.unwrap();
         let old = slow.claim().await.unwrap().unwrap();
         age().await;
         fast.reclaim_stale(STALE).await.unwrap();
@@ -773,7 +892,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_failed_or_cancelled_runs_retry_and_running_runs_are_not_deleted() {
         let (_dir, q) = queue().await;
-        let a = q.enqueue(json!({"beta": 0.2}), None).await.unwrap();
+        let a = q.enqueue(json!({"beta": 0.2}), None, None).await.unwrap();
         assert!(matches!(q.retry(a).await, Err(QueueError::Conflict { .. })));
         q.claim().await.unwrap().unwrap();
         assert!(matches!(q.delete(a).await, Err(QueueError::Conflict { .. })));
@@ -786,7 +905,7 @@ mod tests {
     #[tokio::test]
     async fn a_resumed_run_is_queued_again_under_its_own_id_and_claimed_with_the_next_attempt() {
         let (_dir, q) = queue().await;
-        let a = q.enqueue(json!({}), None).await.unwrap();
+        let a = q.enqueue(json!({}), None, None).await.unwrap();
         assert!(matches!(q.resume(a).await, Err(QueueError::Conflict { .. })), "a queued run");
         let first = q.claim().await.unwrap().unwrap();
         q.finish(a, Outcome::Failed("boom".into())).await.unwrap();

@@ -225,6 +225,12 @@ async fn train_blocking(
     if let Some(device) = &dirs.device {
         cfg.device.clone_from(device);
     }
+    // Queued by a web node that trains nothing, the run was not checked against this machine.
+    let unfit = cfg.check_machine();
+    if !unfit.is_empty() {
+        let problems: Vec<String> = unfit.iter().map(ToString::to_string).collect();
+        return Ok(Outcome::Failed(format!("this worker cannot train the run: {}", problems.join("; "))));
+    }
     match writer.store() {
         None => discard_unrecorded_checkpoints(pool, claim.run_id, &output_dir).await?,
         Some(store) => fetch_recorded_checkpoints(store, pool, claim.run_id, &output_dir).await?,
@@ -449,7 +455,7 @@ mod tests {
         let (dir, pool) = database().await;
         let queue = DbQueue::new(pool.clone(), event_bus(), "runner");
         for config in configs {
-            queue.enqueue(config.clone(), None).await.unwrap();
+            queue.enqueue(config.clone(), None, None).await.unwrap();
         }
         start_on(dir, pool, train, heartbeat_interval)
     }
@@ -571,7 +577,7 @@ mod tests {
         // An earlier attempt recorded its checkpoint at step 5. The one at step 9 was written
         // but never recorded: its worker stopped first, or another worker has run the run since.
         let earlier = DbQueue::new(pool.clone(), event_bus(), "earlier");
-        let id = earlier.enqueue(json!({"task": "toy-tree", "max_steps": 1}), None).await.unwrap();
+        let id = earlier.enqueue(json!({"task": "toy-tree", "max_steps": 1}), None, None).await.unwrap();
         let lease = earlier.claim().await.unwrap().unwrap().lease();
         let run_dir = super::super::run_dir(dir.path(), id);
         for step in [5, 9] {

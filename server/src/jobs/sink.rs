@@ -493,7 +493,7 @@ mod tests {
         let events = event_bus();
         let mut rx = events.subscribe();
         let queue = DbQueue::new(pool.clone(), events.clone(), "w");
-        let run_id = queue.enqueue(json!({}), None).await.unwrap();
+        let run_id = queue.enqueue(json!({}), None, None).await.unwrap();
         let lease = queue.claim().await.unwrap().unwrap().lease();
         let (writer, task) = MetricWriter::spawn(pool.clone(), events);
         let w = writer.clone();
@@ -536,7 +536,7 @@ mod tests {
         let mut rx = events.subscribe();
         let slow = DbQueue::new(pool.clone(), events.clone(), "slow");
         let fast = DbQueue::new(db::connect(&url).await.unwrap(), event_bus(), "fast");
-        let run_id = slow.enqueue(json!({}), None).await.unwrap();
+        let run_id = slow.enqueue(json!({}), None, None).await.unwrap();
         let old = slow.claim().await.unwrap().unwrap().lease();
         tokio::time::sleep(Duration::from_millis(60)).await;
         fast.reclaim_stale(Duration::from_millis(20)).await.unwrap();

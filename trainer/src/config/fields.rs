@@ -63,6 +63,9 @@ pub enum Kind {
     /// A dataset file (the server's `--datasets-dir`).
     Dataset,
     Text,
+    /// Names to values, `{gpu = "h100"}`: the form takes them as `gpu=h100,zone=eu`
+    /// ([`super::parse_labels`]).
+    Labels,
 }
 
 /// The numbers a key accepts; [`RunConfig::validate`] checks it and names it in its message
@@ -244,8 +247,15 @@ impl Field {
             Kind::Int => "integer",
             Kind::Bool | Kind::Choice(YES_NO) => "boolean",
             Kind::Choice(_) | Kind::Model | Kind::Dataset | Kind::Text => "string",
+            Kind::Labels => "object",
         };
         s.insert("type".into(), ty.into());
+        if self.kind == Kind::Labels {
+            s.insert(
+                "additionalProperties".into(),
+                serde_json::json!({"type": "string", "pattern": super::LABEL_PATTERN}),
+            );
+        }
         if self.kind == Kind::Int {
             s.insert("minimum".into(), 0.into());
         }
@@ -399,7 +409,7 @@ impl Field {
 }
 
 use Group::{Logging, Method, Optimization, Toy as ToyGroup, TrustRegion};
-use Kind::{Bool, Choice, Dataset, Float, Int, Model, Text};
+use Kind::{Bool, Choice, Dataset, Float, Int, Labels, Model, Text};
 use Lit::{Float as F, Int as I, Str as S};
 use Role::{Bookkeeping, Seed};
 
@@ -469,6 +479,7 @@ pub const FIELDS: &[Field] = &[
     f("num_threads", Logging, "Threads", Int, "Worker threads per micro-batch, at most the cores (or the server's --max-threads-per-run); 0: one per core.").role(Bookkeeping),
     f("max_new_tokens", Logging, "New tokens", Int, "Tokens the policy samples per evaluation prompt (temperature 1) for KL, gold reward and length (dataset runs).").range(Range::at_least(1.0)),
     f("device", Logging, "Device", Choice(DEVICES), "Where the model trains: cpu, or cuda in a build with --features cuda (cuda:N through the API).").pattern("^(cpu|cuda(:[0-9]+)?)$").role(Bookkeeping),
+    f("requires", Logging, "Requires", Labels, "Labels a worker must have to claim the run, as gpu=h100,zone=eu (TOML: requires = {gpu = \"h100\"}); set them with goodhart worker --labels. Blank: any worker. A worker with labels also takes runs that require none.").role(Bookkeeping),
     f("bf16", Optimization, "bf16", Bool, "Mixed precision as transformers' bf16: bfloat16 matmuls and activations on float32 weights; norms, softmaxes and the loss stay float32. For GPUs: on the CPU it is slower."),
     f("fp16", Optimization, "fp16", Bool, "The same in float16, with dynamic loss scaling (an overflowing step is skipped and the scale halves). Not with bf16."),
     f("gradient_checkpointing", Optimization, "Gradient checkpointing", Bool, "Keep only each layer's input and recompute the layer in the backward pass: about half the memory at 6 layers, for one more policy forward pass per step.").role(Bookkeeping),
@@ -525,6 +536,7 @@ mod tests {
                 Kind::Choice(YES_NO) => d.is_boolean() || d.is_null(),
                 Kind::Choice(c) => d.is_null() || c.iter().any(|(v, _)| d == *v),
                 Kind::Model | Kind::Dataset | Kind::Text => d.is_string() || d.is_null(),
+                Kind::Labels => d.is_object(),
             };
             assert!(ok, "{}: default {d} is not a {:?}", f.name, f.kind);
             if let Some(r) = f.range {

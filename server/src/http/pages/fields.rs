@@ -10,7 +10,7 @@ use trainer::config::RunConfig;
 use trainer::error::FieldError;
 
 pub use trainer::config::fields::{field, Field, Group, Kind, FIELDS, YES_NO};
-use Kind::{Bool, Choice, Dataset, Float, Int, Model, Text};
+use Kind::{Bool, Choice, Dataset, Float, Int, Labels, Model, Text};
 
 /// The paper's methods by name: each fills `loss_type`, `sync_ref_model`, α and τ. Soft updates
 /// use TRL's (and the paper's) α = 0.6 every step; hard updates replace the reference every
@@ -106,6 +106,13 @@ pub fn config_from_form(form: &[(String, String)]) -> (Value, Vec<FieldError>) {
             // A yes/no choice is a boolean that may be left unset.
             Choice(YES_NO) => Some(Value::Bool(raw == "true")),
             Choice(_) | Model | Dataset | Text => Some(Value::String(raw.to_string())),
+            Labels => match trainer::config::parse_labels(raw) {
+                Ok(labels) => Some(Value::Object(labels.into_iter().map(|(k, v)| (k, Value::String(v))).collect())),
+                Err(message) => {
+                    errors.push(FieldError::new(f.name, message));
+                    None
+                }
+            },
         };
         if let Some(v) = value {
             config.insert(f.name.to_string(), v);
@@ -137,6 +144,13 @@ pub fn form_from_config(
                 relative.unwrap_or_else(|| s.clone())
             }
             Value::Bool(b) => b.to_string(),
+            Value::Object(labels) if field(key).is_some_and(|f| f.kind == Labels) => {
+                if labels.is_empty() {
+                    continue;
+                }
+                let labels = labels.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()));
+                trainer::config::labels_text(&labels.collect())
+            }
             other => other.to_string(),
         };
         out.insert(key.clone(), text);
@@ -149,6 +163,7 @@ pub fn default_text(name: &str) -> String {
     fn text(v: Option<&Value>) -> String {
         match v {
             None | Some(Value::Null) => "unset".into(),
+            Some(Value::Object(m)) if m.is_empty() => "none".into(),
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
         }
@@ -215,6 +230,23 @@ mod tests {
         let (config, errors) = config_from_form(&form);
         assert_eq!(config, json!({"task": "toy-tree", "beta": 0.2, "sync_ref_model": true}));
         assert_eq!(errors, vec![FieldError::new("max_steps", "must be a whole number ≥ 0")]);
+    }
+
+    #[test]
+    fn required_labels_are_typed_as_name_value_text_and_shown_back_the_same_way() {
+        let form = vec![("requires".to_string(), "gpu=h100, zone=eu".to_string())];
+        let (config, errors) = config_from_form(&form);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(config, json!({"requires": {"gpu": "h100", "zone": "eu"}}));
+        let back = form_from_config(&config, std::path::Path::new("/m"), std::path::Path::new("/d"));
+        assert_eq!(back.get("requires").map(String::as_str), Some("gpu=h100,zone=eu"));
+        let none = form_from_config(&json!({"requires": {}}), std::path::Path::new("/m"), std::path::Path::new("/d"));
+        assert!(!none.contains_key("requires"), "no requirement leaves the input blank");
+
+        let (_, errors) = config_from_form(&[("requires".to_string(), "gpu:h100".to_string())]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "requires");
+        assert!(errors[0].message.contains("name=value"), "{errors:?}");
     }
 
     #[test]

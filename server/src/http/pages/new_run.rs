@@ -94,7 +94,7 @@ pub fn groups(
                     let mut options = Vec::new();
                     let input = match f.kind {
                         Kind::Float | Kind::Int => "number",
-                        Kind::Text => "text",
+                        Kind::Text | Kind::Labels => "text",
                         Kind::Bool => "checkbox",
                         Kind::Choice(choices) => {
                             options.push(OptionView {
