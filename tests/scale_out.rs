@@ -70,10 +70,16 @@ fn web(shared: &Shared, dir: &Path) -> (Goodhart, String) {
 /// `goodhart worker --worker-id NAME` with a data dir of its own, on `database_url` (the shared
 /// database, or a way to it) and the shared store.
 fn worker(name: &str, database_url: &str, shared: &Shared, dir: &Path) -> Goodhart {
+    worker_with(name, database_url, shared, dir, &[])
+}
+
+/// [`worker`] with more flags (`--labels gpu=h100`).
+fn worker_with(name: &str, database_url: &str, shared: &Shared, dir: &Path, extra: &[&str]) -> Goodhart {
     let fixtures = fixtures().display().to_string();
     let data = dir.join(name).display().to_string();
     let mut args = vec!["worker", "--worker-id", name, "--max-concurrent-runs", "1", "--data-dir", &data];
     args.extend(common_flags(database_url, &shared.store, &fixtures));
+    args.extend(extra);
     let mut w = Goodhart::spawn(name, &args, &[]);
     w.wait_for_line("worker started", Duration::from_secs(60));
     w
@@ -131,6 +137,42 @@ async fn two_workers_share_the_runs_and_the_web_node_streams_a_run_trained_by_a_
     }
     assert_each_step_once(&client, &base, first, 1..=total as i64).await;
     assert_each_step_once(&client, &base, second, 1..=total as i64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_requires_labels_goes_to_the_worker_that_has_them_and_one_no_worker_can_train_fails_with_its_reason()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let Some(shared) = postgres(dir.path()).await else { return };
+    let client = reqwest::Client::new();
+    let (_web, base) = web(&shared, dir.path());
+    let _cpu = worker("cpu", &shared.db, &shared, dir.path());
+    let _gpu = worker_with("gpu", &shared.db, &shared, dir.path(), &["--labels", "gpu=h100,zone=eu"]);
+    let with = |extra: Value| {
+        let mut c = config(60, 0);
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let nowhere = create_run(&client, &base, &with(serde_json::json!({"requires": {"gpu": "a100"}}))).await;
+    let mut h100 = Vec::new();
+    for _ in 0..3 {
+        h100.push(create_run(&client, &base, &with(serde_json::json!({"requires": {"gpu": "h100"}}))).await);
+    }
+    // The web node trains nothing, so it cannot judge this machine's cores: the worker does.
+    let unfit = create_run(&client, &base, &with(serde_json::json!({"num_threads": 100_000}))).await;
+    for id in &h100 {
+        wait_for(&client, &base, *id, "finished", |r| r["status"] == "finished").await;
+        // The worker that trains a run writes it in its own data dir.
+        let trained_in = |w: &str| dir.path().join(w).join("runs").join(id.to_string()).exists();
+        assert!(trained_in("gpu") && !trained_in("cpu"), "only the labelled worker takes run {id}");
+    }
+    let failed = wait_for(&client, &base, unfit, "failed", |r| r["status"] == "failed").await;
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("this worker cannot train the run") && error.contains("num_threads"), "{failed}");
+    let waiting = get(&client, format!("{base}/api/runs/{nowhere}")).await;
+    assert_eq!((waiting["status"].as_str(), waiting["attempts"].as_i64()), (Some("queued"), Some(0)), "{waiting}");
+    let page = client.get(format!("{base}/runs/{nowhere}")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("waiting for a free worker labelled gpu=a100"), "the page says what it waits for");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,6 +164,17 @@ async fn a_runs_checkpoint_is_uploaded_then_recorded_and_downloads_byte_identica
         assert_eq!(r.status(), 416);
         assert_eq!(r.headers()["content-range"], format!("bytes */{len}").as_str());
         server.stop().await.unwrap();
+
+        // A web node started without the store answers an error before any byte of the tar,
+        // not a 200 that breaks off.
+        let (web, web_base) = serve(dir.path(), |c| c.data_dir = dir.path().join("web")).await;
+        for path in ["archive", "files/model.safetensors"] {
+            let r = client.get(format!("{web_base}/api/runs/{id}/checkpoints/12/{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 500, "{path} on a node without {}", backend.url);
+            let body: Value = r.json().await.unwrap();
+            assert!(body["error"].as_str().unwrap().contains("the server's log has the details"), "{body}");
+        }
+        web.stop().await.unwrap();
     }
 }
 

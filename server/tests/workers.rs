@@ -118,3 +118,20 @@ async fn a_live_stream_opened_on_one_server_follows_a_run_that_another_server_tr
     b.stop().await.unwrap();
     a.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_web_node_that_trains_nothing_queues_a_run_this_machine_could_not_train_and_a_training_server_refuses_it() {
+    let elsewhere = json!({"task": "toy-tree", "max_steps": 5, "device": "cuda:1", "num_threads": 100_000});
+    let web = common::spawn_with(|c| c.max_concurrent_runs = 0).await;
+    let (status, body) = web.post("/api/runs", &elsewhere).await;
+    assert_eq!(status, 201, "a worker elsewhere judges its own device, cores and memory: {body}");
+    let (status, body) = web.post("/api/runs", &json!({"task": "toy-tree", "device": "tpu"})).await;
+    assert_eq!((status, body["fields"][0]["field"].as_str()), (422, Some("device")), "a name that is no device");
+
+    let trainer = common::spawn().await;
+    let (status, body) = trainer.post("/api/runs", &elsewhere).await;
+    assert_eq!(status, 422, "{body}");
+    let fields: Vec<&str> = body["fields"].as_array().unwrap().iter().filter_map(|e| e["field"].as_str()).collect();
+    let expected: &[&str] = if cfg!(feature = "cuda") { &["num_threads"] } else { &["device", "num_threads"] };
+    assert_eq!(fields, expected, "{body}");
+}

@@ -55,4 +55,12 @@ mod tests {
             assert!(refused.contains("built without CUDA"), "{refused}");
         }
     }
+
+    #[test]
+    fn labels_that_are_not_name_value_pairs_are_refused_naming_the_flag() {
+        let refused = worker_error(&["--labels", "gpu"]);
+        assert!(refused.contains("--labels") && refused.contains("name=value"), "{refused}");
+        let refused = worker_error(&["--labels", "gpu=h100 sxm"]);
+        assert!(refused.contains("--labels") && refused.contains("\"h100 sxm\""), "{refused}");
+    }
 }

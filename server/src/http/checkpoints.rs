@@ -122,6 +122,17 @@ async fn archive(State(state): State<AppState>, Path((id, step)): Path<(String, 
     let (run_id, checkpoint) = find_checkpoint(&state, &id, &step).await?;
     let files = checkpoints::files(&state.pool, run_id, checkpoint.step).await?;
     let location = Location::of(&checkpoint.path);
+    // Every file is found before the answer starts: a store this server cannot reach (or one
+    // without the files) is an error answer, not a 200 whose tar breaks off.
+    let mut sized = Vec::with_capacity(files.len());
+    for f in files {
+        let size = state
+            .store
+            .size(&location, &f.name)
+            .await
+            .map_err(|e| Error::Internal(format!("checkpoint {} of run {run_id}: {e}", checkpoint.step)))?;
+        sized.push((f, size));
+    }
     let prefix = format!("checkpoint-{}", checkpoint.step);
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     let (store, runtime) = (state.store.clone(), tokio::runtime::Handle::current());
@@ -129,12 +140,9 @@ async fn archive(State(state): State<AppState>, Path((id, step)): Path<(String, 
         let errors = tx.clone();
         let result = (|| -> io::Result<()> {
             let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 16, ChannelWriter(tx)));
-            for f in &files {
-                let opened = runtime.block_on(async {
-                    let size = store.size(&location, &f.name).await?;
-                    Ok::<_, String>((size, store.read(&location, &f.name, None).await?))
-                });
-                let (size, stream) = opened.map_err(io::Error::other)?;
+            for (f, size) in &sized {
+                let size = *size;
+                let stream = runtime.block_on(store.read(&location, &f.name, None)).map_err(io::Error::other)?;
                 let mut header = tar::Header::new_gnu();
                 header.set_size(size);
                 header.set_mode(0o644);

@@ -332,11 +332,16 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
                 .collect()
         })
         .unwrap_or_default();
+    // A run that requires labels waits for a worker that has them (`goodhart worker --labels`).
+    let waits_for = match &meta.config.requires {
+        labels if labels.is_empty() => "a free trainer".to_string(),
+        labels => format!("a free worker labelled {}", trainer::config::labels_text(labels)),
+    };
     let mut progress_text = match (status, run.total_steps) {
         (RunStatus::Queued, _) => match row.queue_position {
-            Some(1) => "waiting for a free trainer: next in the queue".to_string(),
-            Some(n) => format!("waiting for a free trainer: {} runs ahead in the queue", n - 1),
-            None => "waiting for a free trainer".to_string(),
+            Some(1) => format!("waiting for {waits_for}: next in the queue"),
+            Some(n) => format!("waiting for {waits_for}: {} runs ahead in the queue", n - 1),
+            None => format!("waiting for {waits_for}"),
         },
         (RunStatus::Running, None) => match &sft {
             Some((step, values)) => {

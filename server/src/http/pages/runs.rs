@@ -90,11 +90,17 @@ impl RowView {
 /// Where a run is: its step and ETA; π_init's SFT before its first step; its place in the queue.
 pub fn progress_text(r: &RunRow, sft: Option<&(i64, BTreeMap<String, f64>)>) -> String {
     let mut text = match (r.status, r.total_steps, sft) {
-        (RunStatus::Queued, _, _) => match r.queue_position {
-            Some(1) => "next in the queue".to_string(),
-            Some(n) => format!("#{n} in the queue"),
-            None => "queued".to_string(),
-        },
+        (RunStatus::Queued, _, _) => {
+            let mut text = match r.queue_position {
+                Some(1) => "next in the queue".to_string(),
+                Some(n) => format!("#{n} in the queue"),
+                None => "queued".to_string(),
+            };
+            if !r.meta.config.requires.is_empty() {
+                text.push_str(&format!(" · needs {}", trainer::config::labels_text(&r.meta.config.requires)));
+            }
+            text
+        }
         (RunStatus::Running, None, Some((step, values))) => {
             let kl = values.get(names::SFT_KL_BEHAVIOUR).map(|kl| format!(", KL(behaviour ‖ π) {}", num(Some(*kl))));
             format!("building π_init: SFT step {step}{}", kl.unwrap_or_default())
