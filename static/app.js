@@ -9,12 +9,25 @@
 (function () {
   const body = document.body;
 
+  // --- A browser whose session ended (expired, signed out elsewhere) is answered with the
+  // sign-in page or a 401: reload, so the page itself sends it to sign in, rather than swap the
+  // sign-in page's HTML into this one. Answers null then.
+  async function fetchFresh(url, options) {
+    const response = await fetch(url, Object.assign({ cache: "no-store" }, options || {}));
+    const toLogin = response.redirected && new URL(response.url).pathname === "/login";
+    if (toLogin || response.status === 401) {
+      location.reload();
+      return null;
+    }
+    return response;
+  }
+
   // --- Charts: replace a figure's SVG with a fresh one from the server.
   async function refreshChart(figure) {
     const src = figure.dataset.src;
     if (!src) return;
-    const response = await fetch(src, { cache: "no-store" });
-    if (!response.ok) return;
+    const response = await fetchFresh(src);
+    if (!response || !response.ok) return;
     const text = await response.text();
     const holder = figure.querySelector(".chart-svg");
     if (!holder) return;
@@ -29,8 +42,8 @@
   // --- Sections: the parts of a page marked data-live-section, fetched again and swapped in
   // place (tables, summaries, notes; charts inside them come along).
   async function refreshSections(url) {
-    const response = await fetch(url, { cache: "no-store" });
-    if (!response.ok) return false;
+    const response = await fetchFresh(url);
+    if (!response || !response.ok) return false;
     const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
     document.querySelectorAll("[data-live-section][id]").forEach((old) => {
       const replacement = fresh.getElementById(old.id);
@@ -85,6 +98,10 @@
     const refresh = throttled(refreshAll, 1000);
     const refreshTables = throttled(() => refreshSections(location.href), 1500);
     const source = new EventSource("/api/runs/" + id + "/events");
+    // The browser gives up on a stream answered with an error (a 401 once the session ended).
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) fetchFresh(location.href).catch(() => {});
+    });
     let totalSteps = total;
     let lastStep = null;
     let asking = false;
@@ -93,9 +110,9 @@
     function learnTotal() {
       if (totalSteps || asking) return;
       asking = true;
-      fetch("/api/runs/" + id, { cache: "no-store" })
-        .then((r) => r.json())
-        .then((run) => { totalSteps = run.total_steps || 0; })
+      fetchFresh("/api/runs/" + id)
+        .then((r) => (r && r.ok ? r.json() : null))
+        .then((run) => { if (run) totalSteps = run.total_steps || 0; })
         .catch(() => {})
         .finally(() => { asking = false; });
     }
@@ -169,8 +186,8 @@
   if (body.dataset.page === "runs" && live && live.dataset.src) {
     async function pollRuns() {
       if (document.hidden) return;
-      const response = await fetch(live.dataset.src, { cache: "no-store" });
-      if (!response.ok) return;
+      const response = await fetchFresh(live.dataset.src);
+      if (!response || !response.ok) return;
       const html = await response.text();
       if (html === live.dataset.last) return;
       const checked = new Set(Array.from(live.querySelectorAll("input[name=runs]:checked")).map((b) => b.value));
@@ -269,7 +286,8 @@
         event.preventDefault();
         const data = new URLSearchParams(new FormData(runForm));
         data.set("action", "preview");
-        const response = await fetch("/runs/new", { method: "POST", body: data });
+        const response = await fetchFresh("/runs/new", { method: "POST", body: data });
+        if (!response) return;
         if (!response.ok) {
           // The errors go next to their fields: submit the form as without the script.
           previewButton.dataset.plain = "1";
@@ -291,8 +309,8 @@
   if (sweepForm && count) {
     const update = throttled(async () => {
       const data = new URLSearchParams(new FormData(sweepForm));
-      const response = await fetch("/sweeps/new/count", { method: "POST", body: data });
-      if (!response.ok) return;
+      const response = await fetchFresh("/sweeps/new/count", { method: "POST", body: data });
+      if (!response || !response.ok) return;
       const answer = await response.json();
       const over = answer.runs > answer.limit;
       count.textContent = answer.runs + " run" + (answer.runs === 1 ? "" : "s") +

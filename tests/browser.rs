@@ -322,6 +322,18 @@ async fn sign_in_journey(t: &common::TestServer, client: &Client, downloads: &Pa
     let names = downloaded_tar(downloads, &format!("run-{id}-checkpoint-{step}.tar")).await;
     assert!(names.contains(&format!("checkpoint-{step}/model.safetensors")), "{names:?}");
 
+    // A session that ends while a page is open (it expired, or was removed): the live runs
+    // table sends the browser to sign in, rather than drawing the sign-in form inside the table.
+    client.goto(&t.url("/")).await.unwrap();
+    client.find(Locator::Css("#runs-live[data-src]")).await.expect("the live runs table");
+    sqlx::query("delete from sessions").execute(&t.server.state.pool).await.unwrap();
+    eventually("the sign-in page", 30, || async { client.current_url().await.ok().filter(|u| u.path() == "/login") })
+        .await;
+    client.find(Locator::Css("#user")).await.unwrap().send_keys("alice").await.unwrap();
+    client.find(Locator::Css("#password")).await.unwrap().send_keys("correct horse").await.unwrap();
+    client.find(Locator::Css("#sign-in")).await.unwrap().click().await.unwrap();
+    client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#sign-out")).await.unwrap();
+
     // Signing out ends the session: the next page asks to sign in again.
     client.find(Locator::Css("#sign-out")).await.unwrap().click().await.unwrap();
     client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#sign-in")).await.unwrap();
