@@ -173,6 +173,21 @@ async fn a_run_that_requires_labels_goes_to_the_worker_that_has_them_and_one_no_
     assert_eq!((waiting["status"].as_str(), waiting["attempts"].as_i64()), (Some("queued"), Some(0)), "{waiting}");
     let page = client.get(format!("{base}/runs/{nowhere}")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("waiting for a free worker labelled gpu=a100"), "the page says what it waits for");
+    assert!(page.contains("No live worker has gpu=a100 (the 2 live workers lack them)"), "and that none can take it");
+    // The web node lists both workers, with their labels.
+    let listed = get(&client, format!("{base}/api/workers")).await;
+    let mut seen: Vec<(String, Value, bool)> = listed["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["id"].as_str().unwrap().to_string(), w["labels"].clone(), w["live"].as_bool().unwrap()))
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected = vec![
+        ("cpu".to_string(), serde_json::json!({}), true),
+        ("gpu".to_string(), serde_json::json!({"gpu": "h100", "zone": "eu"}), true),
+    ];
+    assert_eq!(seen, expected, "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

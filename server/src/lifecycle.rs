@@ -76,6 +76,7 @@ impl ServeConfig {
             static_dir: self.static_dir.clone(),
             demo_sweep: self.demo_sweep.clone(),
             max_concurrent_runs: self.max_concurrent_runs,
+            stale_after: self.stale_after,
         }
     }
 }
@@ -410,6 +411,19 @@ async fn start_jobs(config: &ServeConfig, store: crate::store::CheckpointStore) 
         device: config.device.clone(),
         shutdown: shutdown.clone(),
     });
+    if runner.is_some() {
+        let now = crate::db::now_ms();
+        let me = crate::db::workers::Worker {
+            id: worker.clone(),
+            labels: trainer::config::labels_text(&config.labels),
+            device: config.device.clone(),
+            max_concurrent_runs: i64::try_from(config.max_concurrent_runs).unwrap_or(i64::MAX),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: now,
+            seen_at: now,
+        };
+        crate::db::workers::register(&pool, &me).await.context("registering this worker")?;
+    }
     let runner = runner.map(|r| tokio::spawn(r.run()));
     Ok(Jobs { state, runner, writer: writer_task, relay })
 }

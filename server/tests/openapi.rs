@@ -129,6 +129,7 @@ fn served_routes() -> std::collections::BTreeSet<(String, String)> {
         include_str!("../src/http/checkpoints.rs"),
         include_str!("../src/http/models.rs"),
         include_str!("../src/http/datasets.rs"),
+        include_str!("../src/http/workers.rs"),
     ];
     let mut out = std::collections::BTreeSet::new();
     for source in sources {
@@ -214,6 +215,16 @@ async fn answers_of_the_main_routes_validate_against_their_schemas() {
     assert_valid(&doc, "post", "/api/runs", status, &created);
     let id = created["id"].as_i64().unwrap();
     lab.train_next(50, 100, 1.0, &[25]).await;
+    let me = server::db::workers::Worker {
+        id: "test".into(),
+        labels: "gpu=h100".into(),
+        device: Some("cuda:0".into()),
+        max_concurrent_runs: 2,
+        version: "0.1.0".into(),
+        started_at: server::db::now_ms(),
+        seen_at: server::db::now_ms(),
+    };
+    server::db::workers::register(&lab.state.pool, &me).await.unwrap();
 
     for (template, uri) in [
         ("/api/runs", "/api/runs".to_string()),
@@ -222,6 +233,7 @@ async fn answers_of_the_main_routes_validate_against_their_schemas() {
         ("/api/runs/{id}/checkpoints", format!("/api/runs/{id}/checkpoints")),
         ("/api/models", "/api/models".to_string()),
         ("/api/datasets", "/api/datasets".to_string()),
+        ("/api/workers", "/api/workers".to_string()),
     ] {
         let (status, body) = call(&lab, "GET", &uri, None).await;
         assert_eq!(status, 200, "{uri}: {body}");

@@ -135,3 +135,28 @@ async fn a_web_node_that_trains_nothing_queues_a_run_this_machine_could_not_trai
     let expected: &[&str] = if cfg!(feature = "cuda") { &["num_threads"] } else { &["device", "num_threads"] };
     assert_eq!(fields, expected, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_training_server_lists_itself_as_a_labelled_worker_and_a_run_no_live_worker_can_take_says_so() {
+    let t = common::spawn_with(|c| c.labels = trainer::config::parse_labels("gpu=h100,zone=eu").unwrap()).await;
+    let (status, listed) = t.get("/api/workers").await;
+    assert_eq!(status, 200, "{listed}");
+    let workers = listed["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{listed}");
+    assert_eq!(workers[0]["labels"], json!({"gpu": "h100", "zone": "eu"}));
+    assert_eq!((workers[0]["live"].as_bool(), workers[0]["max_concurrent_runs"].as_i64()), (Some(true), Some(1)));
+    let page = t.client.get(t.url("/workers")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("gpu=h100") && page.contains(">live<"), "{page}");
+
+    let id = t.create_run(&json!({"task": "toy-tree", "max_steps": 5, "requires": {"gpu": "a100"}})).await;
+    let page = t.client.get(t.url(&format!("/runs/{id}"))).send().await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains("No live worker has gpu=a100 (the 1 live worker lacks them)"),
+        "the page says why the run waits and what to start"
+    );
+    assert!(page.contains("waiting for a free worker labelled gpu=a100"));
+    // A clean shutdown takes the worker off the list.
+    t.server.stop().await.unwrap();
+    let pool = server::db::testing::pool(t.dir.path()).await;
+    assert!(server::db::workers::list(&pool).await.unwrap().is_empty());
+}

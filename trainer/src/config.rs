@@ -912,6 +912,12 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(labels)
 }
 
+/// Whether a worker with `labels` may claim a run that `requires` these: it has every one, with
+/// the same value (the queue's claim asks the same in SQL).
+pub fn labels_satisfy(labels: &BTreeMap<String, String>, requires: &BTreeMap<String, String>) -> bool {
+    requires.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// Labels as [`parse_labels`] reads them: `gpu=h100,zone=eu`.
 pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
     labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
@@ -1315,6 +1321,11 @@ mod tests {
         assert_eq!(config.requires, expected);
         assert_eq!(parse_labels(" gpu = h100 , zone=eu-1,").unwrap(), expected);
         assert_eq!(labels_text(&expected), "gpu=h100,zone=eu-1");
+        let needs = |text: &str| parse_labels(text).unwrap();
+        assert!(labels_satisfy(&expected, &needs("")) && labels_satisfy(&expected, &needs("gpu=h100")));
+        assert!(labels_satisfy(&expected, &needs("zone=eu-1,gpu=h100")));
+        assert!(!labels_satisfy(&expected, &needs("gpu=a100")) && !labels_satisfy(&expected, &needs("gpu=h100,x=y")));
+        assert!(!labels_satisfy(&BTreeMap::new(), &needs("gpu=h100")));
         assert!(RunConfig::default().requires.is_empty(), "no requirement: any worker");
     }
 

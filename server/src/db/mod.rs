@@ -15,6 +15,7 @@ pub mod sessions;
 pub mod sweeps;
 pub mod testing;
 pub mod users;
+pub mod workers;
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

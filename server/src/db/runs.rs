@@ -158,6 +158,13 @@ pub async fn list_launched_by(
     sqlx::query_as(&sql).bind(status.map(RunStatus::as_str)).bind(sweep_id).bind(launched_by).fetch_all(pool).await
 }
 
+/// (worker, run id) of every running run.
+pub async fn running_by_worker(pool: &Pool) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("select worker, id from runs where status = 'running' and worker is not null order by id")
+        .fetch_all(pool)
+        .await
+}
+
 /// The runs with these ids that exist, in the order of `ids`.
 pub async fn by_ids(pool: &Pool, ids: &[i64]) -> sqlx::Result<Vec<Run>> {
     let mut found: Vec<Run> = Vec::with_capacity(ids.len());

@@ -17,6 +17,7 @@ pub mod posted_config;
 pub mod runs;
 pub mod security;
 pub mod sweeps;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ pub struct Settings {
     pub demo_sweep: serde_json::Value,
     /// Trainers this server runs at once: what queue positions and ETAs are estimated with.
     pub max_concurrent_runs: usize,
+    /// When a worker whose heartbeat is older counts as gone (`--stale-after`).
+    pub stale_after: Duration,
 }
 
 #[derive(Clone)]
@@ -108,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .merge(checkpoints::router())
         .merge(models::router())
         .merge(datasets::router())
+        .merge(workers::router())
         .merge(pages::router(&state))
         .merge(auth::router())
         .route("/api/openapi.json", get(openapi))

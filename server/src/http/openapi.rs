@@ -15,6 +15,7 @@ use super::metrics::MetricsAnswer;
 use super::models::ModelList;
 use super::runs::{CancelAnswer, CloneAnswer, Created, RetryAnswer, RunDetail, RunList};
 use super::sweeps::{SweepCreated, SweepView};
+use super::workers::WorkerList;
 
 /// The operations' summaries, parameters, error statuses and links.
 const SKELETON: &str = include_str!("openapi.json");
@@ -48,6 +49,7 @@ const ANSWERS: &[Answer] = &[
     ("get", "/api/runs/{id}/checkpoints", "200", |g| g.subschema_for::<CheckpointList>()),
     ("get", "/api/models", "200", |g| g.subschema_for::<ModelList>()),
     ("get", "/api/datasets", "200", |g| g.subschema_for::<DatasetList>()),
+    ("get", "/api/workers", "200", |g| g.subschema_for::<WorkerList>()),
     ("post", "/api/datasets", "201", |g| g.subschema_for::<DatasetView>()),
 ];
 

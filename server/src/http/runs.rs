@@ -143,7 +143,7 @@ pub fn view(run: &Run) -> RunView {
 
 /// A worker id as anyone may read it. Ids are `<host>:<data dir name>-<digest>` now; one stored
 /// in the old form, `<host>:<absolute data dir>`, is shown with the directory's name only.
-fn public_worker(id: &str) -> String {
+pub fn public_worker(id: &str) -> String {
     match id.split_once(':') {
         Some((host, dir)) if dir.starts_with('/') => {
             let name =

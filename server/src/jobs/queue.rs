@@ -171,7 +171,8 @@ pub trait RunQueue: Send + Sync {
     fn resume(&self, run_id: i64) -> BoxFuture<'_, Result<()>>;
     /// Removes a run that is not running.
     fn delete(&self, run_id: i64) -> BoxFuture<'_, Result<()>>;
-    /// Renews this worker's claims, and stops the trainers of those cancelled or lost since.
+    /// Renews this worker's claims and its `workers` row, and stops the trainers of those
+    /// cancelled or lost since.
     fn heartbeat(&self) -> BoxFuture<'_, Result<Beat>>;
     /// At startup: runs left `running` under this worker id by its previous process (a crash)
     /// go back to `queued` and will resume.
@@ -600,6 +601,8 @@ impl RunQueue for DbQueue {
     fn heartbeat(&self) -> BoxFuture<'_, Result<Beat>> {
         Box::pin(async move {
             let mut running = self.running.lock().await;
+            // The web node's list of workers, and its "no live worker has these labels", read it.
+            db::workers::seen(&self.pool, &self.worker).await?;
             if running.is_empty() {
                 return Ok(Beat::default());
             }

@@ -108,6 +108,9 @@ impl Runner {
         if let Err(e) = ticker.await {
             tracing::error!(error = %e, "the heartbeat ticker failed");
         }
+        if let Err(e) = crate::db::workers::leave(&self.pool, self.queue.worker()).await {
+            tracing::warn!(error = %e, "removing this worker from the list of workers failed");
+        }
     }
 }
 

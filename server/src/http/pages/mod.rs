@@ -10,6 +10,7 @@ pub mod new_run;
 pub mod new_sweep;
 pub mod run;
 pub mod runs;
+pub mod workers;
 
 use askama::Template;
 use axum::http::{header, StatusCode};
@@ -28,6 +29,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(run::router())
         .merge(compare::router())
         .merge(demo::router())
+        .merge(workers::router())
         .nest_service("/static", ServeDir::new(&state.settings.static_dir))
 }
 

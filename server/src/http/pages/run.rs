@@ -95,6 +95,8 @@ struct RunPage {
     total_steps: i64,
     percent: Option<u32>,
     progress_text: String,
+    /// A queued run that no live worker can take: why, and what to start.
+    no_worker: String,
     error: String,
     /// Why a finished run ended before its last step.
     status_reason: String,
@@ -117,6 +119,25 @@ struct RunPage {
     config: Vec<(String, String)>,
     toml: String,
     csrf: String,
+}
+
+/// Why no live worker can take a queued run that requires `requires`, or nothing when one can.
+async fn no_worker(state: &AppState, requires: &BTreeMap<String, String>) -> Result<String, Error> {
+    let live: Vec<_> = crate::http::workers::workers(state).await?.into_iter().filter(|w| w.live).collect();
+    if live.iter().any(|w| trainer::config::labels_satisfy(&w.labels, requires)) {
+        return Ok(String::new());
+    }
+    Ok(if requires.is_empty() {
+        "No worker is live: the run waits until one starts (goodhart worker).".to_string()
+    } else {
+        let labels = trainer::config::labels_text(requires);
+        let others = match live.len() {
+            0 => "none is live".to_string(),
+            1 => "the 1 live worker lacks them".to_string(),
+            n => format!("the {n} live workers lack them"),
+        };
+        format!("No live worker has {labels} ({others}): the run waits until one starts with goodhart worker --labels {labels}.")
+    })
 }
 
 /// Every metric the charts read, by name.
@@ -337,6 +358,8 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         labels if labels.is_empty() => "a free trainer".to_string(),
         labels => format!("a free worker labelled {}", trainer::config::labels_text(labels)),
     };
+    let no_worker =
+        if status == RunStatus::Queued { no_worker(&state, &meta.config.requires).await? } else { String::new() };
     let mut progress_text = match (status, run.total_steps) {
         (RunStatus::Queued, _) => match row.queue_position {
             Some(1) => format!("waiting for {waits_for}: next in the queue"),
@@ -378,6 +401,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         total_steps: run.total_steps.unwrap_or(0),
         percent: row.progress.map(|p| (p * 100.0).round() as u32),
         progress_text,
+        no_worker,
         error: run.error.clone().unwrap_or_default(),
         status_reason: run.status_reason.clone().filter(|_| status == RunStatus::Finished).unwrap_or_default(),
         past_peak: row.past_peak.map(|p| p.badge()).unwrap_or_default(),
