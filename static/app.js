@@ -154,6 +154,7 @@
         status.textContent = data.status;
         status.className = "status status-" + data.status;
       }
+      const was = body.dataset.status;
       body.dataset.status = data.status;
       showForStatus(data.status);
       if (TERMINAL.includes(data.status)) {
@@ -166,8 +167,9 @@
           text.textContent = data.status + (at !== "" ? " at step " + at : "") + (totalSteps ? " of " + totalSteps : "");
         }
         if (note) note.textContent = "The run is " + data.status + ".";
-      } else if (data.status === "queued" && text) {
-        text.textContent = "waiting for a free trainer";
+      } else if (data.status === "queued" && text && was !== "queued") {
+        // Back in the queue (its worker stopped or was lost): say what it waits for.
+        text.textContent = text.dataset.queued || "waiting for a free trainer";
       }
     });
     source.addEventListener("checkpoint", (event) => {

@@ -173,7 +173,10 @@ async fn a_run_that_requires_labels_goes_to_the_worker_that_has_them_and_one_no_
     assert_eq!((waiting["status"].as_str(), waiting["attempts"].as_i64()), (Some("queued"), Some(0)), "{waiting}");
     let page = client.get(format!("{base}/runs/{nowhere}")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("waiting for a free worker labelled gpu=a100"), "the page says what it waits for");
-    assert!(page.contains("No live worker has gpu=a100 (the 2 live workers lack them)"), "and that none can take it");
+    assert!(
+        page.contains("No live worker has <code>gpu=a100</code> (the 2 live workers lack them)"),
+        "and that none can take it"
+    );
     // The web node lists both workers, with their labels.
     let listed = get(&client, format!("{base}/api/workers")).await;
     let mut seen: Vec<(String, Value, bool)> = listed["workers"]

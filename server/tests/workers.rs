@@ -151,7 +151,7 @@ async fn a_training_server_lists_itself_as_a_labelled_worker_and_a_run_no_live_w
     let id = t.create_run(&json!({"task": "toy-tree", "max_steps": 5, "requires": {"gpu": "a100"}})).await;
     let page = t.client.get(t.url(&format!("/runs/{id}"))).send().await.unwrap().text().await.unwrap();
     assert!(
-        page.contains("No live worker has gpu=a100 (the 1 live worker lacks them)"),
+        page.contains("No live worker has <code>gpu=a100</code> (the 1 live worker lacks them)"),
         "the page says why the run waits and what to start"
     );
     assert!(page.contains("waiting for a free worker labelled gpu=a100"));

@@ -105,10 +105,11 @@ impl RunRow {
     }
 }
 
-/// Queue positions and when each run should end, as this server would run them: the oldest
-/// queued run starts next, on the first of `slots` trainers to free up. A run without its own pace
-/// takes the median pace of finished or running runs of the same task (all runs, failing that);
-/// without any, queued runs get their position but no times.
+/// Queue positions and when each run should end: the oldest queued run starts next, on the
+/// first of `slots` trainers (the live workers') to free up. A run without its own pace takes the
+/// median pace of finished or running runs of the same task (all runs, failing that); without
+/// any, queued runs get their position but no times. So do all of them without a live trainer
+/// (`slots` 0), and runs that require worker labels: only some workers may take those.
 pub fn estimate(rows: &mut [RunRow], slots: usize) {
     let median = |mut v: Vec<f64>| -> Option<f64> {
         v.sort_by(f64::total_cmp);
@@ -127,9 +128,12 @@ pub fn estimate(rows: &mut [RunRow], slots: usize) {
     free_at.resize(slots.max(running.len()).max(1), 0.0);
     let mut queued: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].status == RunStatus::Queued).collect();
     queued.sort_by_key(|&i| rows[i].meta.id);
-    let mut known = true;
+    let mut known = slots > 0;
     for (position, i) in queued.into_iter().enumerate() {
         rows[i].queue_position = Some(position + 1);
+        if !rows[i].meta.config.requires.is_empty() {
+            continue;
+        }
         let duration = match (pace_of(&rows[i], rows), rows[i].planned_steps()) {
             (Some(pace), Some(steps)) if known => pace * steps as f64,
             _ => {
@@ -367,5 +371,26 @@ mod tests {
         let mut unknown = vec![row(5, "queued", None, None), row(6, "queued", None, None)];
         estimate(&mut unknown, 1);
         assert_eq!((unknown[1].queue_position, unknown[1].eta), (Some(2), None));
+    }
+
+    #[test]
+    fn runs_that_require_labels_and_queues_without_a_live_trainer_get_a_position_but_no_times() {
+        // As above: one running (5 s left), three queued of 10 steps, two trainers; the first
+        // queued run requires a label.
+        let mut rows = vec![row(1, "running", None, None)];
+        rows.extend((2..=4).map(|id| row(id, "queued", None, None)));
+        for r in rows.iter_mut().skip(1) {
+            r.total_steps = None;
+            r.meta.config.max_steps = Some(10);
+        }
+        rows[1].meta.config.requires = trainer::config::parse_labels("gpu=h100").unwrap();
+        estimate(&mut rows, 2);
+        assert_eq!((rows[1].queue_position, rows[1].starts_in), (Some(1), None), "only some workers may take it");
+        assert_eq!((rows[2].starts_in, rows[3].starts_in), (Some(0.0), Some(5.0)), "the others keep their times");
+        for r in &mut rows {
+            (r.starts_in, r.queue_position) = (None, None);
+        }
+        estimate(&mut rows, 0);
+        assert!(rows[1..].iter().all(|r| r.queue_position.is_some() && r.starts_in.is_none()), "nothing trains them");
     }
 }

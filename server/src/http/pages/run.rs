@@ -95,8 +95,10 @@ struct RunPage {
     total_steps: i64,
     percent: Option<u32>,
     progress_text: String,
-    /// A queued run that no live worker can take: why, and what to start.
-    no_worker: String,
+    /// What a queued run waits for: "a free trainer", or a worker with the labels it requires.
+    waits_for: String,
+    /// A queued run that no live worker can take.
+    no_worker: Option<NoWorker>,
     error: String,
     /// Why a finished run ended before its last step.
     status_reason: String,
@@ -121,23 +123,20 @@ struct RunPage {
     csrf: String,
 }
 
-/// Why no live worker can take a queued run that requires `requires`, or nothing when one can.
-async fn no_worker(state: &AppState, requires: &BTreeMap<String, String>) -> Result<String, Error> {
+/// No live worker can take a queued run: the labels it requires (`gpu=h100`; empty: none), and
+/// how many workers are live.
+struct NoWorker {
+    labels: String,
+    live: usize,
+}
+
+/// Whether no live worker can take a queued run that requires `requires`.
+async fn no_worker(state: &AppState, requires: &BTreeMap<String, String>) -> Result<Option<NoWorker>, Error> {
     let live: Vec<_> = crate::http::workers::workers(state).await?.into_iter().filter(|w| w.live).collect();
     if live.iter().any(|w| trainer::config::labels_satisfy(&w.labels, requires)) {
-        return Ok(String::new());
+        return Ok(None);
     }
-    Ok(if requires.is_empty() {
-        "No worker is live: the run waits until one starts (goodhart worker).".to_string()
-    } else {
-        let labels = trainer::config::labels_text(requires);
-        let others = match live.len() {
-            0 => "none is live".to_string(),
-            1 => "the 1 live worker lacks them".to_string(),
-            n => format!("the {n} live workers lack them"),
-        };
-        format!("No live worker has {labels} ({others}): the run waits until one starts with goodhart worker --labels {labels}.")
-    })
+    Ok(Some(NoWorker { labels: trainer::config::labels_text(requires), live: live.len() }))
 }
 
 /// Every metric the charts read, by name.
@@ -267,7 +266,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         let everything = db::runs::list(&state.pool, None, None, db::runs::Sort::Oldest).await?;
         let mut rows: Vec<RunRow> =
             everything.iter().filter(|r| !r.status().is_terminal()).map(|r| RunRow::new(r, &[], &[])).collect();
-        estimate(&mut rows, state.settings.max_concurrent_runs);
+        estimate(&mut rows, crate::http::workers::live_slots(&state).await?);
         if let Some(me) = rows.into_iter().find(|r| r.id() == run.id) {
             (row.queue_position, row.starts_in, row.eta) = (me.queue_position, me.starts_in, me.eta);
         }
@@ -358,8 +357,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         labels if labels.is_empty() => "a free trainer".to_string(),
         labels => format!("a free worker labelled {}", trainer::config::labels_text(labels)),
     };
-    let no_worker =
-        if status == RunStatus::Queued { no_worker(&state, &meta.config.requires).await? } else { String::new() };
+    let no_worker = if status == RunStatus::Queued { no_worker(&state, &meta.config.requires).await? } else { None };
     let mut progress_text = match (status, run.total_steps) {
         (RunStatus::Queued, _) => match row.queue_position {
             Some(1) => format!("waiting for {waits_for}: next in the queue"),
@@ -401,6 +399,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         total_steps: run.total_steps.unwrap_or(0),
         percent: row.progress.map(|p| (p * 100.0).round() as u32),
         progress_text,
+        waits_for,
         no_worker,
         error: run.error.clone().unwrap_or_default(),
         status_reason: run.status_reason.clone().filter(|_| status == RunStatus::Finished).unwrap_or_default(),
