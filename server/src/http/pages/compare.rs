@@ -333,7 +333,7 @@ async fn eta(state: &AppState, runs: &[db::runs::Run]) -> Result<String, Error> 
         .filter(|r| !r.status().is_terminal() || runs.iter().any(|m| m.id == r.id))
         .map(|r| RunRow::new(r, &[], &[]))
         .collect();
-    estimate(&mut rows, crate::http::workers::live_slots(&state).await?);
+    estimate(&mut rows, crate::http::workers::live_slots(state).await?);
     let mine: Vec<&RunRow> = rows.iter().filter(|r| runs.iter().any(|m| m.id == r.id())).collect();
     let left: Vec<&&RunRow> = mine.iter().filter(|r| !r.status.is_terminal()).collect();
     let queued: Vec<usize> = left.iter().filter_map(|r| r.queue_position).collect();

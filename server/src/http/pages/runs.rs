@@ -213,7 +213,7 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
             RunRow::new(run, &evals, checkpoints.get(&run.id).map_or(&[][..], Vec::as_slice))
         })
         .collect();
-    estimate(&mut all, crate::http::workers::live_slots(&state).await?);
+    estimate(&mut all, crate::http::workers::live_slots(state).await?);
     let starting: Vec<i64> =
         runs.iter().filter(|r| r.status() == RunStatus::Running && r.total_steps.is_none()).map(|r| r.id).collect();
     let sft = db::metrics::latest_sft(&state.pool, &starting).await?;
