@@ -51,6 +51,8 @@ pub struct ServeConfig {
     pub auth_token: Option<String>,
     /// Allow a non-loopback bind without a token.
     pub insecure: bool,
+    /// The session cookie is `Secure` on every sign-in (`--secure-cookies`).
+    pub secure_cookies: bool,
     pub static_dir: PathBuf,
     /// What "Launch demo sweep" queues (see [`crate::http::pages::demo::sweep`]).
     pub demo_sweep: serde_json::Value,
@@ -77,6 +79,7 @@ impl ServeConfig {
             demo_sweep: self.demo_sweep.clone(),
             max_concurrent_runs: self.max_concurrent_runs,
             stale_after: self.stale_after,
+            secure_cookies: self.secure_cookies,
         }
     }
 }
@@ -149,6 +152,7 @@ impl ServeConfig {
             max_threads_per_run: trainer::workers::cores(),
             auth_token: None,
             insecure: false,
+            secure_cookies: false,
             static_dir: default_static_dir(),
             demo_sweep: crate::http::pages::demo::sweep(),
             demo_if_empty: false,

@@ -157,6 +157,17 @@ async fn a_wrong_password_fails_alike_for_unknown_users_and_a_right_one_opens_a_
     let html = browser().get(t.url("/")).header("cookie", &admin).send().await.unwrap().text().await.unwrap();
     assert!(html.contains(">admin</span>"), "{html}");
     t.server.stop().await.unwrap();
+
+    // With --secure-cookies it is Secure without the proxy's word.
+    let t = spawn_with(|c| {
+        c.auth_token = Some("s3cret".into());
+        c.secure_cookies = true;
+    })
+    .await;
+    let r = sign_in(&t, "", "s3cret", &[]).await;
+    assert_eq!(r.status(), 303);
+    assert!(set_cookie(&r, "goodhart_session").unwrap().1.contains("Secure"));
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,4 +379,27 @@ async fn the_laptop_path_without_a_token_or_users_signs_nobody_in() {
     let (_, doc) = t.get("/api/openapi.json").await;
     assert!(!doc.to_string().contains("\"security\""));
     t.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_password_replaces_the_old_one_and_signs_the_user_out_of_every_browser() {
+    let t = spawn_with(|c| c.auth_token = Some("s3cret".into())).await;
+    let (ok, _, err) = goodhart_user(&t, &["add", "alice", "--password-stdin"], "correct horse\n").await;
+    assert!(ok, "{err}");
+    let cookie = session(&t, "alice", "correct horse").await;
+    let page = |cookie: String| {
+        let url = t.url("/runs/new");
+        async move { browser().get(url).header("cookie", cookie).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(page(cookie.clone()).await, 200, "signed in");
+
+    let (ok, out, err) = goodhart_user(&t, &["password", "alice", "--password-stdin"], "battery staple\n").await;
+    assert!(ok && out.contains("signed them out"), "{out}{err}");
+    assert_eq!(page(cookie).await, 303, "the old session ended: to the sign-in form");
+    assert_eq!(sign_in(&t, "alice", "correct horse", &[]).await.status(), 401, "the old password is refused");
+    session(&t, "alice", "battery staple").await;
+    let (ok, _, err) = goodhart_user(&t, &["password", "nobody", "--password-stdin"], "battery staple\n").await;
+    assert!(!ok && err.contains("no user \"nobody\""), "{err}");
+    let (ok, _, err) = goodhart_user(&t, &["password", "alice", "--password-stdin"], "short\n").await;
+    assert!(!ok && err.contains("at least 8 characters"), "{err}");
 }

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Listen on a non-loopback address without a token.
     #[arg(long, env = "GOODHART_INSECURE")]
     pub insecure: bool,
+    /// Mark the session cookie `Secure` on every sign-in, for a server reached only over HTTPS
+    /// whose proxy does not send `X-Forwarded-Proto: https` (which marks it `Secure` without this).
+    #[arg(long, env = "GOODHART_SECURE_COOKIES")]
+    pub secure_cookies: bool,
     /// The pages' CSS and JavaScript [default: static/ in the source tree].
     #[arg(long, env = "GOODHART_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
@@ -144,6 +148,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         auth_token: args.auth_token,
         insecure: args.insecure,
+        secure_cookies: args.secure_cookies,
         static_dir: args.static_dir.unwrap_or_else(crate::lifecycle::default_static_dir),
         demo_sweep: crate::http::pages::demo::sweep(),
         demo_if_empty: args.demo,

@@ -26,6 +26,14 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Sets NAME's password (asked for twice on the terminal) and ends their browser sessions;
+    /// their API tokens keep working.
+    Password {
+        name: String,
+        /// Read the password from the first line of standard input instead.
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Lists the users and their API tokens (ids and labels; never the tokens themselves).
     List,
     /// Removes a user, their API tokens and their sessions. Their runs keep their name.
@@ -61,6 +69,7 @@ pub fn run(args: UserArgs) -> anyhow::Result<()> {
             }
             Some(read_password(*password_stdin)?)
         }
+        UserCommand::Password { password_stdin, .. } => Some(read_password(*password_stdin)?),
         _ => None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -82,6 +91,14 @@ async fn command(pool: &db::Pool, command: UserCommand, password: Option<String>
                 bail!("there is already a user {name:?} (`goodhart user remove {name}` first to replace them)");
             }
             println!("added user {name}: they can sign in now");
+        }
+        UserCommand::Password { name, .. } => {
+            let password = password.unwrap_or_default();
+            let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&password)).await??;
+            if !db::users::set_password(pool, &name, &hash).await? {
+                bail!("no user {name:?} (`goodhart user add {name}` adds them)");
+            }
+            println!("set the password of {name} and signed them out of every browser");
         }
         UserCommand::List => {
             let users = db::users::list(pool).await?;

@@ -40,6 +40,22 @@ pub async fn add(pool: &Pool, name: &str, password_hash: &str) -> sqlx::Result<O
     .await
 }
 
+/// Replaces a user's password hash and ends their sessions; whether there is such a user.
+pub async fn set_password(pool: &Pool, name: &str, password_hash: &str) -> sqlx::Result<bool> {
+    let mut tx = super::begin_append(pool).await?;
+    let updated = sqlx::query("update users set password_hash = $1 where name = $2")
+        .bind(password_hash)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("delete from sessions where user_id in (select id from users where name = $1)")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(updated.rows_affected() > 0)
+}
+
 /// Removes a user with their API tokens and sessions; whether there was one.
 pub async fn remove(pool: &Pool, name: &str) -> sqlx::Result<bool> {
     let mut tx = super::begin_append(pool).await?;

@@ -9,7 +9,8 @@
 //! - **A session cookie** (`goodhart_session`), from signing in at `/login` with a user's name
 //!   and password, or with an empty name (or `admin`) and the `--auth-token` as the password.
 //!   The cookie is `HttpOnly; SameSite=Strict; Path=/`, plus `Secure` when the request came
-//!   through a TLS proxy that says so (`X-Forwarded-Proto: https`). A session lasts 30 days
+//!   through a TLS proxy that says so (`X-Forwarded-Proto: https`), or always with
+//!   `--secure-cookies`. A session lasts 30 days
 //!   from sign-in (fixed, not sliding); signing out ends it. Its page forms carry a token
 //!   derived from the session id ([`security::csrf`] checks it).
 //!
@@ -265,7 +266,7 @@ async fn sign_in(State(state): State<AppState>, csrf: CsrfToken, headers: Header
         Some(_) => None,
     };
     db::sessions::add(&state.pool, &accounts::sha256_hex(&id), user_id, admin_token.as_deref(), expires).await?;
-    let secure = if over_tls(&headers) { "; Secure" } else { "" };
+    let secure = if state.settings.secure_cookies || over_tls(&headers) { "; Secure" } else { "" };
     let cookie =
         format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", SESSION_DAYS * 86_400);
     let mut response = Redirect::to(&next).into_response();

@@ -66,6 +66,8 @@ pub struct Settings {
     pub max_concurrent_runs: usize,
     /// When a worker whose heartbeat is older counts as gone (`--stale-after`).
     pub stale_after: Duration,
+    /// The session cookie is `Secure` on every sign-in, not only behind a proxy that says TLS.
+    pub secure_cookies: bool,
 }
 
 #[derive(Clone)]
