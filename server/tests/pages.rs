@@ -415,3 +415,32 @@ async fn serve_demo_queues_the_demo_sweep_into_an_empty_database_only() {
     assert_eq!(runs.len(), 7, "a database with runs gets no second demo sweep");
     again.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lab_with_hundreds_of_runs_pages_the_table_and_every_link_keeps_the_filters() {
+    let lab = lab().await;
+    let configs: Vec<serde_json::Value> = (0..450).map(|seed| toy_config(json!({"seed": seed}))).collect();
+    let (sweep, ids) = lab.state.queue.enqueue_sweep(json!({}), json!({}), configs, None).await.unwrap();
+    let lone = lab.state.queue.enqueue(toy_config(json!({})), None, None).await.unwrap();
+    let shown = |body: &str| -> Vec<i64> {
+        body.split("<tr data-run=\"").skip(1).map(|s| s[..s.find('"').unwrap()].parse().unwrap()).collect()
+    };
+    let (status, first) = lab.get("/").await;
+    assert_eq!(status, 200);
+    assert_eq!(shown(&first).len(), 200, "one page of the newest runs");
+    assert_eq!(shown(&first)[0], lone);
+    assert!(first.contains("1–200 of 451 runs") && first.contains("page 1 of 3"), "where the page is");
+    assert!(first.contains("href=\"/?sort=id&#38;dir=desc&#38;page=2\" rel=\"next\""), "a link to the next page");
+    assert!(first.contains("data-src=\"/runs/table?sort=id&#38;dir=desc&#38;page=1\""), "the live table stays on it");
+
+    // Filtered, the pages are the matching runs'; sort links start again at page 1.
+    let (_, last) = lab.get(&format!("/?sweep={sweep}&page=3")).await;
+    assert_eq!(shown(&last), ids[..50].iter().rev().copied().collect::<Vec<_>>(), "the oldest 50 of the sweep");
+    assert!(last.contains("401–450 of 450 matching (451 runs in all)"), "counted among the matching runs");
+    assert!(last.contains(&format!("href=\"/?sweep={sweep}&#38;sort=id&#38;dir=desc&#38;page=2\" rel=\"prev\"")));
+    assert!(last.contains(&format!("href=\"/?sweep={sweep}&#38;sort=status&#38;dir=asc\"")), "sorting: page 1");
+    let (_, beyond) = lab.get("/?page=99").await;
+    assert!(beyond.contains("page 3 of 3"), "a page past the end shows the last");
+    let (_, few) = lab.get(&format!("/runs/table?status=queued&sweep={}", sweep + 1)).await;
+    assert!(few.contains("0 of 451 runs") && !few.contains("class=\"pager\""), "one page needs no pager");
+}

@@ -148,10 +148,19 @@ struct RunsTableFragment {
     t: RunsTable,
 }
 
+/// Rows of the runs table per page: a lab's thousands of runs are pages, not megabytes of HTML.
+pub const PAGE_SIZE: usize = 200;
+
 struct RunsTable {
     rows: Vec<RowView>,
     headers: Vec<HeaderView>,
+    /// Runs in the database, and those the filters keep.
     total: usize,
+    matched: usize,
+    /// The first row's number among those matched (1-based).
+    first: usize,
+    /// (this page, pages, the previous page's link, the next's) when there is more than one.
+    pager: Option<(usize, usize, Option<String>, Option<String>)>,
     any_live: bool,
     /// Whether the table has the "Launched by" column.
     show_launcher: bool,
@@ -223,6 +232,10 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
     let launchers: BTreeSet<String> = all.iter().filter_map(|r| r.launched_by.clone()).collect();
     let total = all.len();
     let rows = select(all, &filter, column, descending);
+    let matched = rows.len();
+    let pages = matched.div_ceil(PAGE_SIZE).max(1);
+    let page = value(&q, "page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).clamp(1, pages);
+    let rows: Vec<RunRow> = rows.into_iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE).collect();
 
     let keep = |extra: &[(&str, String)]| -> String {
         let mut params: Vec<(String, String)> = Vec::new();
@@ -263,16 +276,20 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
         })
         .collect();
     let any_live = rows.iter().any(|r| matches!(r.status, RunStatus::Queued | RunStatus::Running));
+    let sorted = [("sort", column.as_str().to_string()), ("dir", dir.to_string())];
+    let page_link = |p: usize| keep(&[sorted[0].clone(), sorted[1].clone(), ("page", p.to_string())]);
+    let pager = (pages > 1)
+        .then(|| (page, pages, (page > 1).then(|| page_link(page - 1)), (page < pages).then(|| page_link(page + 1))));
     let table = RunsTable {
         rows: rows.iter().map(|r| RowView::new(r, &styles, sft.get(&r.id()))).collect(),
         headers,
         total,
+        matched,
+        first: (page - 1) * PAGE_SIZE + 1,
+        pager,
         any_live,
         show_launcher,
-        src: format!(
-            "/runs/table{}",
-            keep(&[("sort", column.as_str().into()), ("dir", dir.into())]).trim_start_matches('/')
-        ),
+        src: format!("/runs/table{}", page_link(page).trim_start_matches('/')),
     };
     let choices = Choices {
         statuses: RunStatus::ALL.iter().map(|s| (s.as_str(), filter.status == Some(*s))).collect(),
