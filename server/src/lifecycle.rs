@@ -350,6 +350,9 @@ async fn start_jobs(config: &ServeConfig, store: crate::store::CheckpointStore) 
     if config.max_threads_per_run == 0 {
         bail!("--max-threads-per-run must be at least 1");
     }
+    if !config.labels.is_empty() && config.max_concurrent_runs == 0 {
+        bail!("--labels is for a process that trains: this one has --max-concurrent-runs 0");
+    }
     trainer::workers::set_max_threads(config.max_threads_per_run);
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let pool = crate::db::connect(&config.database_url)
@@ -360,9 +363,6 @@ async fn start_jobs(config: &ServeConfig, store: crate::store::CheckpointStore) 
         None => default_worker_id(&config.data_dir)
             .with_context(|| format!("naming this worker after {}", config.data_dir.display()))?,
     };
-    if !config.labels.is_empty() && config.max_concurrent_runs == 0 {
-        bail!("--labels is for a process that trains: this one has --max-concurrent-runs 0");
-    }
     let mut state = AppState::new(pool.clone(), config.settings(), worker.clone());
     if !config.labels.is_empty() {
         tracing::info!(labels = %trainer::config::labels_text(&config.labels), "claiming runs these labels satisfy");

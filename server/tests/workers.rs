@@ -160,3 +160,14 @@ async fn a_training_server_lists_itself_as_a_labelled_worker_and_a_run_no_live_w
     let pool = server::db::testing::pool(t.dir.path()).await;
     assert!(server::db::workers::list(&pool).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn labels_on_a_server_that_trains_nothing_are_refused_before_the_database_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = serve_config(dir.path()).await;
+    config.max_concurrent_runs = 0;
+    config.labels = trainer::config::parse_labels("gpu=h100").unwrap();
+    let refused = start(config).await.err().expect("refused").to_string();
+    assert!(refused.contains("--labels") && refused.contains("--max-concurrent-runs 0"), "{refused}");
+    assert!(!dir.path().join("goodhart.db").exists(), "nothing was created");
+}
