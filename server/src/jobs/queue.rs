@@ -227,7 +227,8 @@ impl DbQueue {
         Self { labels, ..self }
     }
 
-    /// Stores one queued run and the labels its config requires.
+    /// Stores one queued run and the labels its config requires, inside the caller's transaction:
+    /// no claim can see the run without its requirements and go to a worker that lacks them.
     async fn insert_run(
         tx: &mut Conn,
         sweep_id: Option<i64>,
@@ -406,7 +407,7 @@ impl RunQueue for DbQueue {
             // One statement, so two workers can never take the same run. On Postgres, `skip
             // locked` lets workers claiming at once each take a different run without waiting.
             // A run is this worker's to take when none of its requirements is missing from the
-            // worker's labels.
+            // worker's labels (what `trainer::config::labels_satisfy` says for the pages).
             let mut q = Sql::new("update runs set status = 'running', worker = ");
             q.bind(self.worker.clone())
                 .push(", attempts = attempts + 1, error = null, started_at = coalesce(started_at, ")
