@@ -161,7 +161,8 @@ async fn a_run_that_requires_labels_goes_to_the_worker_that_has_them_and_one_no_
     // The web node trains nothing, so it cannot judge this machine's cores: the worker does.
     let unfit = create_run(&client, &base, &with(serde_json::json!({"num_threads": 100_000}))).await;
     for id in &h100 {
-        wait_for(&client, &base, *id, "finished", |r| r["status"] == "finished").await;
+        let run = wait_for(&client, &base, *id, "finished", |r| r["status"] == "finished").await;
+        assert_eq!(run["worker"], "gpu", "the run names the worker that trained it: {run}");
         // The worker that trains a run writes it in its own data dir.
         let trained_in = |w: &str| dir.path().join(w).join("runs").join(id.to_string()).exists();
         assert!(trained_in("gpu") && !trained_in("cpu"), "only the labelled worker takes run {id}");

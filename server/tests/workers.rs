@@ -155,6 +155,12 @@ async fn a_training_server_lists_itself_as_a_labelled_worker_and_a_run_no_live_w
         "the page says why the run waits and what to start"
     );
     assert!(page.contains("waiting for a free worker labelled gpu=a100"));
+    // A finished run names the worker that trained it.
+    let done = t.create_run(&config(5, 0)).await;
+    let run = t.wait_for_status(done, "finished").await;
+    let page = t.client.get(t.url(&format!("/runs/{done}"))).send().await.unwrap().text().await.unwrap();
+    let worker = run["worker"].as_str().expect("the worker that trained it");
+    assert!(page.contains(&format!("trained on <a href=\"/workers\" id=\"worker\"><code>{worker}</code>")), "{page}");
     // A clean shutdown takes the worker off the list.
     t.server.stop().await.unwrap();
     let pool = server::db::testing::pool(t.dir.path()).await;

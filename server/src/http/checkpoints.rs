@@ -42,7 +42,7 @@ pub struct CheckpointView {
     pub step: i64,
     pub bytes: i64,
     pub sha256: String,
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub created_at: i64,
     pub files: Vec<checkpoints::CheckpointFile>,
     /// Where the whole checkpoint downloads as one archive.

@@ -61,12 +61,13 @@ pub struct RunView {
     pub attempts: i64,
     /// The run this one retries or clones.
     pub parent_id: Option<i64>,
-    /// Unix seconds.
+    /// Unix milliseconds, as are the other times.
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub heartbeat_at: Option<i64>,
-    /// The server holding the run while it runs: `<host>:<data dir name>-<digest>`.
+    /// The worker holding the run while it runs, and the one that trained it once it has ended
+    /// (its `--worker-id`; by default `<host>:<data dir name>-<digest>`). `null` while queued.
     pub worker: Option<String>,
     /// The user who launched it; `null` for the `--auth-token` or a server without sign-in.
     pub launched_by: Option<String>,

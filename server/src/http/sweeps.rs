@@ -43,7 +43,7 @@ pub struct SweepView {
     pub base: Value,
     /// The grid as posted.
     pub grid: Value,
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub created_at: i64,
     pub runs: Vec<RunView>,
 }

@@ -479,9 +479,11 @@ impl RunQueue for DbQueue {
             };
             let finished_at = status.is_terminal().then_some(now);
             // The write lock (SQLite) or the row lock (Postgres) is ours since the check above: it still holds.
-            sqlx::query(
-                "update runs set status = $1, error = $2, status_reason = $3, finished_at = $4, worker = null where id = $5",
-            )
+            // An ended run keeps the worker that trained it; one back in the queue has none.
+            let worker = if status.is_terminal() { "" } else { ", worker = null" };
+            sqlx::query(&format!(
+                "update runs set status = $1, error = $2, status_reason = $3, finished_at = $4{worker} where id = $5",
+            ))
             .bind(status.as_str())
             .bind(&error)
             .bind(&reason)
@@ -559,7 +561,8 @@ impl RunQueue for DbQueue {
         Box::pin(async move {
             let mut tx = db::begin_write(&self.pool).await?;
             let requeued = sqlx::query(
-                "update runs set status = 'queued', error = null, finished_at = null, cancel_requested = 0
+                "update runs set status = 'queued', error = null, finished_at = null, cancel_requested = 0,
+                        worker = null
                  where id = $1 and status in ('failed', 'cancelled')",
             )
             .bind(run_id)
@@ -753,6 +756,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ended_run_keeps_the_worker_that_trained_it_and_a_run_back_in_the_queue_has_none() {
+        let (_dir, q) = queue().await;
+        let (a, b) = (q.enqueue(json!({}), None, None).await.unwrap(), q.enqueue(json!({}), None, None).await.unwrap());
+        q.claim().await.unwrap().unwrap();
+        q.claim().await.unwrap().unwrap();
+        assert_eq!(q.finish(a, Outcome::Failed("boom".into())).await.unwrap(), RunStatus::Failed);
+        assert_eq!(q.finish(b, Outcome::Stopped).await.unwrap(), RunStatus::Queued);
+        assert_eq!(run(&q, a).await.worker.as_deref(), Some("w"), "who trained the failed run");
+        assert_eq!(run(&q, b).await.worker, None, "queued again: nobody holds it");
+        q.resume(a).await.unwrap();
+        assert_eq!(run(&q, a).await.worker, None, "resumed: queued, nobody holds it");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,8 @@ struct RunPage {
     created: String,
     /// The user who launched it.
     launched_by: Option<String>,
+    /// The worker training it, or that trained it.
+    worker: Option<String>,
     summary: Vec<SummaryItem>,
     charts: Vec<ChartView>,
     pareto: Vec<ParetoView>,
@@ -416,6 +418,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         parent: run.parent_id,
         created: when(run.created_at),
         launched_by: run.launched_by.clone(),
+        worker: run.worker.as_deref().map(crate::http::runs::public_worker),
         summary,
         charts: charts_in_order(meta.config.task.is_toy(), sft.is_some())
             .into_iter()
