@@ -444,3 +444,37 @@ async fn a_lab_with_hundreds_of_runs_pages_the_table_and_every_link_keeps_the_fi
     let (_, few) = lab.get(&format!("/runs/table?status=queued&sweep={}", sweep + 1)).await;
     assert!(few.contains("0 of 451 runs") && !few.contains("class=\"pager\""), "one page needs no pager");
 }
+
+#[tokio::test]
+async fn the_runs_api_pages_on_request_and_counts_every_matching_run() {
+    let lab = lab().await;
+    let mut ids = Vec::new();
+    for seed in 0..5 {
+        ids.push(lab.state.queue.enqueue(toy_config(json!({"seed": seed})), None, None).await.unwrap());
+    }
+    let answer = |path: &str| {
+        let lab = &lab;
+        let path = path.to_string();
+        async move {
+            let (status, body) = lab.get(&path).await;
+            (status, serde_json::from_str::<serde_json::Value>(&body).unwrap())
+        }
+    };
+    let ids_of = |v: &serde_json::Value| -> Vec<i64> {
+        v["runs"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect()
+    };
+    let (_, all) = answer("/api/runs").await;
+    assert_eq!((ids_of(&all).len(), all["total"].as_i64()), (5, Some(5)), "without a limit: every run");
+    let (_, first) = answer("/api/runs?limit=2").await;
+    assert_eq!((ids_of(&first), first["total"].as_i64()), (vec![ids[4], ids[3]], Some(5)), "the newest two");
+    let (_, last) = answer("/api/runs?limit=2&offset=4").await;
+    assert_eq!(ids_of(&last), vec![ids[0]]);
+    let (_, oldest) = answer("/api/runs?sort=id&offset=3").await;
+    assert_eq!((ids_of(&oldest), oldest["total"].as_i64()), (vec![ids[3], ids[4]], Some(5)), "an offset alone");
+    for (query, field) in
+        [("limit=0", "limit"), ("limit=10001", "limit"), ("limit=two", "limit"), ("offset=-1", "offset")]
+    {
+        let (status, body) = answer(&format!("/api/runs?{query}")).await;
+        assert_eq!((status, body["fields"][0]["field"].as_str()), (422, Some(field)), "{query}: {body}");
+    }
+}

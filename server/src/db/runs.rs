@@ -139,23 +139,46 @@ impl Sort {
 }
 
 pub async fn list(pool: &Pool, status: Option<RunStatus>, sweep_id: Option<i64>, sort: Sort) -> sqlx::Result<Vec<Run>> {
-    list_launched_by(pool, status, sweep_id, None, sort).await
+    list_launched_by(pool, status, sweep_id, None, sort, None).await
 }
 
-/// [`list`], and of those only the runs this user launched (`?launched_by=NAME`).
+/// The filters of [`list_launched_by`] and [`count_launched_by`]: `$1` status, `$2` sweep,
+/// `$3` launcher, each ignored when null.
+const FILTERS: &str =
+    "($1 is null or status = $1) and ($2 is null or sweep_id = $2) and ($3 is null or launched_by = $3)";
+
+/// [`list`], and of those only the runs this user launched (`?launched_by=NAME`); `page`: at most
+/// `limit` of them from the `offset`-th on (`GET /api/runs?limit=&offset=`).
 pub async fn list_launched_by(
     pool: &Pool,
     status: Option<RunStatus>,
     sweep_id: Option<i64>,
     launched_by: Option<&str>,
     sort: Sort,
+    page: Option<(i64, i64)>,
 ) -> sqlx::Result<Vec<Run>> {
-    let sql = format!(
-        "select {COLUMNS} from runs where ($1 is null or status = $1) and ($2 is null or sweep_id = $2) \
-         and ($3 is null or launched_by = $3) order by {}",
-        sort.order_by()
-    );
-    sqlx::query_as(&sql).bind(status.map(RunStatus::as_str)).bind(sweep_id).bind(launched_by).fetch_all(pool).await
+    let limit = if page.is_some() { " limit $4 offset $5" } else { "" };
+    let sql = format!("select {COLUMNS} from runs where {FILTERS} order by {}{limit}", sort.order_by());
+    let q = sqlx::query_as(&sql).bind(status.map(RunStatus::as_str)).bind(sweep_id).bind(launched_by);
+    match page {
+        Some((limit, offset)) => q.bind(limit).bind(offset).fetch_all(pool).await,
+        None => q.fetch_all(pool).await,
+    }
+}
+
+/// How many runs [`list_launched_by`] would answer without a page.
+pub async fn count_launched_by(
+    pool: &Pool,
+    status: Option<RunStatus>,
+    sweep_id: Option<i64>,
+    launched_by: Option<&str>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(&format!("select count(*) from runs where {FILTERS}"))
+        .bind(status.map(RunStatus::as_str))
+        .bind(sweep_id)
+        .bind(launched_by)
+        .fetch_one(pool)
+        .await
 }
 
 /// (worker, run id) of every running run.

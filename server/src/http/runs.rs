@@ -86,6 +86,8 @@ pub struct RunDetail {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RunList {
     pub runs: Vec<RunView>,
+    /// The runs the filters match: with `limit`, more than `runs` may hold.
+    pub total: i64,
 }
 
 /// A queued run's id.
@@ -180,7 +182,12 @@ struct ListQuery {
     sweep: Option<String>,
     sort: Option<String>,
     launched_by: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
 }
+
+/// The most runs one page of `GET /api/runs` may ask for.
+pub const MAX_LIMIT: i64 = 10_000;
 
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<RunList>> {
     let mut errors = Vec::new();
@@ -209,11 +216,35 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
             Sort::Newest
         }),
     };
+    let limit = match q.limit.as_deref() {
+        None => None,
+        Some(s) => s.parse::<i64>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).or_else(|| {
+            errors.push(trainer::error::FieldError::new(
+                "limit",
+                format!("must be a whole number from 1 to {MAX_LIMIT}"),
+            ));
+            None
+        }),
+    };
+    let offset = match q.offset.as_deref() {
+        None => None,
+        Some(s) => s.parse::<i64>().ok().filter(|o| *o >= 0).or_else(|| {
+            errors.push(trainer::error::FieldError::new("offset", "must be a whole number >= 0"));
+            None
+        }),
+    };
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
     }
-    let runs = runs::list_launched_by(&state.pool, status, sweep, q.launched_by.as_deref(), sort).await?;
-    Ok(Json(RunList { runs: runs.iter().map(view).collect() }))
+    // Without a limit, every matching run from the offset on.
+    let page = (limit.is_some() || offset.is_some()).then(|| (limit.unwrap_or(i64::MAX), offset.unwrap_or(0)));
+    let launched_by = q.launched_by.as_deref();
+    let runs = runs::list_launched_by(&state.pool, status, sweep, launched_by, sort, page).await?;
+    let total = match page {
+        None => i64::try_from(runs.len()).unwrap_or(i64::MAX),
+        Some(_) => runs::count_launched_by(&state.pool, status, sweep, launched_by).await?,
+    };
+    Ok(Json(RunList { runs: runs.iter().map(view).collect(), total }))
 }
 
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<RunDetail>> {
