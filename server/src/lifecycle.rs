@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -11,7 +10,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{AppState, Settings};
-use crate::jobs::queue::DbQueue;
 use crate::jobs::runner::Runner;
 use crate::jobs::sink::MetricWriter;
 
@@ -363,12 +361,10 @@ async fn start_jobs(config: &ServeConfig, store: crate::store::CheckpointStore) 
         None => default_worker_id(&config.data_dir)
             .with_context(|| format!("naming this worker after {}", config.data_dir.display()))?,
     };
-    let mut state = AppState::new(pool.clone(), config.settings(), worker.clone());
     if !config.labels.is_empty() {
         tracing::info!(labels = %trainer::config::labels_text(&config.labels), "claiming runs these labels satisfy");
-        let queue = DbQueue::new(pool.clone(), state.events.clone(), worker.clone()).with_labels(config.labels.clone());
-        state.queue = Arc::new(queue);
     }
+    let mut state = AppState::with_labels(pool.clone(), config.settings(), worker.clone(), config.labels.clone());
     state.store = store.clone();
     let orphans = state.queue.requeue_orphans().await?;
     if !orphans.is_empty() {

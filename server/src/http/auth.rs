@@ -10,9 +10,9 @@
 //!   and password, or with an empty name (or `admin`) and the `--auth-token` as the password.
 //!   The cookie is `HttpOnly; SameSite=Strict; Path=/`, plus `Secure` when the request came
 //!   through a TLS proxy that says so (`X-Forwarded-Proto: https`), or always with
-//!   `--secure-cookies`. A session lasts 30 days
-//!   from sign-in (fixed, not sliding); signing out ends it. Its page forms carry a token
-//!   derived from the session id ([`security::csrf`] checks it).
+//!   `--secure-cookies`. A session lasts 30 days from sign-in (fixed, not sliding); signing out
+//!   ends it. Its page forms carry a token derived from the session id ([`security::csrf`]
+//!   checks it).
 //!
 //! Without either, a page answers a redirect to `/login?next=<where it was going>`, and the API
 //! 401 with what to send. A server with neither a token nor users signs nobody in.

@@ -113,6 +113,11 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
+/// A checkpoint's file that the store could not give, as an internal error (the log names why).
+fn store_error(run_id: i64, step: i64) -> impl Fn(String) -> Error + Copy {
+    move |e| Error::Internal(format!("checkpoint {step} of run {run_id}: {e}"))
+}
+
 /// The mtime `tar::HeaderMode::Deterministic` writes.
 const DETERMINISTIC_MTIME: u64 = 1_153_704_088;
 
@@ -126,11 +131,7 @@ async fn archive(State(state): State<AppState>, Path((id, step)): Path<(String, 
     // without the files) is an error answer, not a 200 whose tar breaks off.
     let mut sized = Vec::with_capacity(files.len());
     for f in files {
-        let size = state
-            .store
-            .size(&location, &f.name)
-            .await
-            .map_err(|e| Error::Internal(format!("checkpoint {} of run {run_id}: {e}", checkpoint.step)))?;
+        let size = state.store.size(&location, &f.name).await.map_err(store_error(run_id, checkpoint.step))?;
         sized.push((f, size));
     }
     let prefix = format!("checkpoint-{}", checkpoint.step);
@@ -212,7 +213,7 @@ async fn file(
         .ok_or_else(|| Error::NotFound(format!("file {name:?} in checkpoint {}", checkpoint.step)))?;
     let location = Location::of(&checkpoint.path);
     let store = &state.store;
-    let internal = |e: String| Error::Internal(format!("checkpoint {} of run {run_id}: {e}", checkpoint.step));
+    let internal = store_error(run_id, checkpoint.step);
     let len = store.size(&location, &entry.name).await.map_err(internal)?;
     let disposition = format!("attachment; filename=\"{}\"", entry.name);
     let mut response = match parse_range(headers.get(header::RANGE), len) {

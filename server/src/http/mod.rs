@@ -89,8 +89,20 @@ impl AppState {
     /// State over `pool` with the SQLite queue, claiming as `worker`, and a fresh event bus;
     /// nothing runs the queue until a [`crate::jobs::runner::Runner`] is started on it.
     pub fn new(pool: Pool, settings: Settings, worker: String) -> Self {
+        Self::with_labels(pool, settings, worker, std::collections::BTreeMap::new())
+    }
+
+    /// [`AppState::new`], its queue claiming only runs whose `requires` these worker `labels`
+    /// satisfy (`--labels`).
+    pub fn with_labels(
+        pool: Pool,
+        settings: Settings,
+        worker: String,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Self {
         let events = crate::jobs::event_bus::event_bus();
-        let queue: Arc<dyn RunQueue> = Arc::new(crate::jobs::queue::DbQueue::new(pool.clone(), events.clone(), worker));
+        let queue = crate::jobs::queue::DbQueue::new(pool.clone(), events.clone(), worker).with_labels(labels);
+        let queue: Arc<dyn RunQueue> = Arc::new(queue);
         Self {
             pool,
             queue,

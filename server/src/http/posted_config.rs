@@ -77,10 +77,11 @@ impl Settings {
     }
 }
 
-/// Validates a config (for this machine, unless it trains nothing) and answers the JSON to store: every key with its value (defaults filled
-/// in), the model, reward model and dataset paths canonical and inside the server's directories,
-/// and `toy_cache_dir` relative to `--data-dir` (each server that trains the run puts the cache
-/// in its own, see [`crate::jobs::toy_cache_dir`]).
+/// Validates a config (for this machine, unless it trains nothing) and answers the JSON to
+/// store: every key with its value (defaults filled in), the model, reward model and dataset
+/// paths canonical and inside the server's directories, and `toy_cache_dir` relative to
+/// `--data-dir` (each server that trains the run puts the cache in its own, see
+/// [`crate::jobs::toy_cache_dir`]).
 pub fn prepare(mut value: Value, settings: &Settings) -> Result<(RunConfig, Value), Vec<FieldError>> {
     let Some(object) = value.as_object_mut() else {
         return Err(vec![FieldError::new("(config)", "must be a JSON object")]);

@@ -81,9 +81,8 @@ pub async fn workers(state: &AppState) -> Result<Vec<WorkerView>> {
         .collect())
 }
 
-/// The runs the live workers train at once, together: what the queue's time estimates divide
-/// the queued runs over ([`crate::report::runs::estimate`]).
-pub async fn live_slots(state: &AppState) -> Result<usize> {
-    let live = workers(state).await?.into_iter().filter(|w| w.live);
-    Ok(live.map(|w| usize::try_from(w.max_concurrent_runs).unwrap_or(0)).sum())
+/// The runs the live ones of `workers` train at once, together: what the queue's time estimates
+/// divide the queued runs over ([`crate::report::runs::estimate`]).
+pub fn live_slots(workers: &[WorkerView]) -> usize {
+    workers.iter().filter(|w| w.live).map(|w| usize::try_from(w.max_concurrent_runs).unwrap_or(0)).sum()
 }

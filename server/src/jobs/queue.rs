@@ -604,9 +604,10 @@ impl RunQueue for DbQueue {
 
     fn heartbeat(&self) -> BoxFuture<'_, Result<Beat>> {
         Box::pin(async move {
-            let mut running = self.running.lock().await;
             // The web node's list of workers, and its "no live worker has these labels", read it.
+            // Outside the claims' lock: it touches none of them.
             db::workers::seen(&self.pool, &self.worker).await?;
+            let mut running = self.running.lock().await;
             if running.is_empty() {
                 return Ok(Beat::default());
             }

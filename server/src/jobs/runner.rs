@@ -296,12 +296,20 @@ async fn discard_unrecorded_checkpoints(pool: &Pool, run_id: i64, output_dir: &P
         .into_iter()
         .filter_map(|c| Path::new(&c.path).canonicalize().ok())
         .collect();
+    remove_unlisted_checkpoints(run_id, output_dir, |path, _| path.canonicalize().is_ok_and(|p| recorded.contains(&p)))
+}
+
+/// Removes each `checkpoint-*` directory in `output_dir` that `listed` (given its path and
+/// name) says the database does not list.
+fn remove_unlisted_checkpoints(
+    run_id: i64,
+    output_dir: &Path,
+    listed: impl Fn(&Path, &str) -> bool,
+) -> Result<(), String> {
     let Ok(entries) = std::fs::read_dir(output_dir) else { return Ok(()) };
     for entry in entries.flatten() {
-        let path = entry.path();
-        if !entry.file_name().to_string_lossy().starts_with("checkpoint-")
-            || path.canonicalize().is_ok_and(|p| recorded.contains(&p))
-        {
+        let (path, name) = (entry.path(), entry.file_name().to_string_lossy().into_owned());
+        if !name.starts_with("checkpoint-") || listed(&path, &name) {
             continue;
         }
         tracing::warn!(run_id, dir = %path.display(), "removing a checkpoint that the database does not list");
@@ -324,17 +332,7 @@ async fn fetch_recorded_checkpoints(
     let recorded =
         db::checkpoints::list(pool, run_id).await.map_err(|e| format!("listing the run's checkpoints: {e}"))?;
     let steps: HashSet<String> = recorded.iter().map(|c| format!("checkpoint-{}", c.step)).collect();
-    if let Ok(entries) = std::fs::read_dir(output_dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("checkpoint-") || steps.contains(&name) {
-                continue;
-            }
-            let path = entry.path();
-            tracing::warn!(run_id, dir = %path.display(), "removing a checkpoint that the database does not list");
-            std::fs::remove_dir_all(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
-        }
-    }
+    remove_unlisted_checkpoints(run_id, output_dir, |_, name| steps.contains(name))?;
     for c in &recorded {
         let local = output_dir.join(format!("checkpoint-{}", c.step));
         if local.is_dir() && digest(local.clone()).await.is_ok_and(|d| d == c.sha256) {

@@ -20,6 +20,7 @@ use super::{csv_file, figure_file, flag, num, page, pairs, value, values, when, 
 use crate::db;
 use crate::http::error::Error;
 use crate::http::runs::parse_id;
+use crate::http::workers::{live_slots, workers};
 use crate::http::AppState;
 use crate::report::compare::{
     self, Aggregate, CompareRun, Comparison, LegendItem, Options, SummaryTable, XAxis, PAIRED_STATS,
@@ -333,7 +334,7 @@ async fn eta(state: &AppState, runs: &[db::runs::Run]) -> Result<String, Error> 
         .filter(|r| !r.status().is_terminal() || runs.iter().any(|m| m.id == r.id))
         .map(|r| RunRow::new(r, &[], &[]))
         .collect();
-    estimate(&mut rows, crate::http::workers::live_slots(state).await?);
+    estimate(&mut rows, live_slots(&workers(state).await?));
     let mine: Vec<&RunRow> = rows.iter().filter(|r| runs.iter().any(|m| m.id == r.id())).collect();
     let left: Vec<&&RunRow> = mine.iter().filter(|r| !r.status.is_terminal()).collect();
     let queued: Vec<usize> = left.iter().filter_map(|r| r.queue_position).collect();

@@ -20,6 +20,7 @@ use crate::http::auth::Identity;
 use crate::http::error::Error;
 use crate::http::runs::{find, parse_id, RetryFrom};
 use crate::http::security::CsrfToken;
+use crate::http::workers::{live_slots, workers, WorkerView};
 use crate::http::AppState;
 use crate::report::compare::fit_cell;
 use crate::report::run::{figure, RunChart};
@@ -132,13 +133,11 @@ struct NoWorker {
     live: usize,
 }
 
-/// Whether no live worker can take a queued run that requires `requires`.
-async fn no_worker(state: &AppState, requires: &BTreeMap<String, String>) -> Result<Option<NoWorker>, Error> {
-    let live: Vec<_> = crate::http::workers::workers(state).await?.into_iter().filter(|w| w.live).collect();
-    if live.iter().any(|w| trainer::config::labels_satisfy(&w.labels, requires)) {
-        return Ok(None);
-    }
-    Ok(Some(NoWorker { labels: trainer::config::labels_text(requires), live: live.len() }))
+/// Whether none of the live `workers` can take a queued run that requires `requires`.
+fn no_worker(workers: &[WorkerView], requires: &BTreeMap<String, String>) -> Option<NoWorker> {
+    let live: Vec<&WorkerView> = workers.iter().filter(|w| w.live).collect();
+    let taken = live.iter().any(|w| trainer::config::labels_satisfy(&w.labels, requires));
+    (!taken).then(|| NoWorker { labels: trainer::config::labels_text(requires), live: live.len() })
 }
 
 /// Every metric the charts read, by name.
@@ -263,12 +262,14 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
     let checkpoints = db::checkpoints::list(&state.pool, run.id).await?;
     let steps: Vec<i64> = checkpoints.iter().map(|c| c.step).collect();
     let mut row = RunRow::new(&run, &evals, &steps);
+    // Who could take a queued run: its place in the queue, and whether any live worker can.
+    let workers = if row.status == RunStatus::Queued { workers(&state).await? } else { Vec::new() };
     if row.status == RunStatus::Queued {
         // Its place in the queue depends on every run in it.
         let everything = db::runs::list(&state.pool, None, None, db::runs::Sort::Oldest).await?;
         let mut rows: Vec<RunRow> =
             everything.iter().filter(|r| !r.status().is_terminal()).map(|r| RunRow::new(r, &[], &[])).collect();
-        estimate(&mut rows, crate::http::workers::live_slots(&state).await?);
+        estimate(&mut rows, live_slots(&workers));
         if let Some(me) = rows.into_iter().find(|r| r.id() == run.id) {
             (row.queue_position, row.starts_in, row.eta) = (me.queue_position, me.starts_in, me.eta);
         }
@@ -359,7 +360,7 @@ async fn show(State(state): State<AppState>, csrf: CsrfToken, Path(id): Path<Str
         labels if labels.is_empty() => "a free trainer".to_string(),
         labels => format!("a free worker labelled {}", trainer::config::labels_text(labels)),
     };
-    let no_worker = if status == RunStatus::Queued { no_worker(&state, &meta.config.requires).await? } else { None };
+    let no_worker = if status == RunStatus::Queued { no_worker(&workers, &meta.config.requires) } else { None };
     let mut progress_text = match (status, run.total_steps) {
         (RunStatus::Queued, _) => match row.queue_position {
             Some(1) => format!("waiting for {waits_for}: next in the queue"),

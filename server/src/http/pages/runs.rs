@@ -18,6 +18,7 @@ use super::{num, page, pairs, value, PageResult};
 use crate::charts::colour::hex;
 use crate::db::{self, runs::RunStatus};
 use crate::http::security::CsrfToken;
+use crate::http::workers::{live_slots, workers};
 use crate::http::AppState;
 use crate::report::runs::{estimate, select, Column, Filter, RunRow};
 use crate::report::style::Styles;
@@ -222,7 +223,7 @@ async fn build(state: &AppState, query: &str) -> Result<(RunsTable, Choices), cr
             RunRow::new(run, &evals, checkpoints.get(&run.id).map_or(&[][..], Vec::as_slice))
         })
         .collect();
-    estimate(&mut all, crate::http::workers::live_slots(state).await?);
+    estimate(&mut all, live_slots(&workers(state).await?));
     let starting: Vec<i64> =
         runs.iter().filter(|r| r.status() == RunStatus::Running && r.total_steps.is_none()).map(|r| r.id).collect();
     let sft = db::metrics::latest_sft(&state.pool, &starting).await?;
